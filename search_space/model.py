@@ -1,0 +1,58 @@
+"""The model every spec builds: conv stem, stages of sandwich blocks, final norm, mean-pooled head."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+
+from .blocks import ClassifierHead, ConvStem, PatchMerging, PreNorm, Stage
+from .norms import NORMS
+from .spec import ArchSpec
+
+
+class NASViT(nn.Module):
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        spec.validate()
+        self.spec = spec
+        first, last = spec.stages[0], spec.stages[-1]
+        grids = spec.grids()
+        self.stem = ConvStem(spec.in_chans, first.width, spec.patch)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grids[0] ** 2, first.width))
+        depth = sum(s.depth for s in spec.stages)
+        rates = torch.linspace(0, spec.drop_path, depth).tolist()
+        stages, prev = [], None
+        for s, g in zip(spec.stages, grids):
+            down = None
+            if prev is not None:
+                down = PreNorm(NORMS[prev.norm](prev.width), PatchMerging(prev.width, s.width, 2 * g))
+            stages.append(Stage(s, g, down, rates[:s.depth]))
+            rates, prev = rates[s.depth:], s
+        self.stages = nn.ModuleList(stages)
+        self.head = PreNorm(NORMS[last.norm](last.width), ClassifierHead(last.width, spec.num_classes))
+        trunc_normal_(self.pos_embed, std=0.02)
+        self.apply(_init_linear)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x) + self.pos_embed
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_linear(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def build_model(spec: ArchSpec) -> NASViT:
+    """Build the trainable model of a spec (raises SpecError if the spec is not buildable)."""
+    return NASViT(spec)

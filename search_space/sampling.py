@@ -1,0 +1,102 @@
+"""What is searched: the space's bounds and `sample()`, which draws a valid spec from an Optuna
+trial (conditional parameters) or from a seeded RNG through the same code path."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .spec import ATTENTION_NAMES, NORM_NAMES, ArchSpec, SpecError, StageSpec
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Choices per axis. Override any of them with a JSON file (`SearchSpace.load`)."""
+
+    stages: tuple[int, ...] = (1, 2, 3)
+    patch: tuple[int, ...] = (1, 2, 4)
+    widths: tuple[int, ...] = (32, 48, 64, 96, 128, 160, 192)
+    depths: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    norms: tuple[str, ...] = NORM_NAMES
+    attentions: tuple[str, ...] = ATTENTION_NAMES
+    heads: tuple[int, ...] = (1, 2, 4)
+    key_dims: tuple[int, ...] = (8, 16, 32)
+    value_ratios: tuple[int, ...] = (1, 2)
+    ffns: tuple[int, ...] = (1, 2, 3)
+    mlp_ratios: tuple[float, ...] = (2.0, 3.0, 4.0)
+    dwconv: tuple[bool, ...] = (False, True)
+    skip_fractions: tuple[float, ...] = (0.0, 0.25, 0.5)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SearchSpace:
+        """Defaults overridden by a JSON object of {axis: [choices]}."""
+        try:
+            override = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise SpecError(f"cannot read search-space file {path}: {e}") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = set(override) - known
+        if bad:
+            raise SpecError(f"{path}: unknown axis {sorted(bad)}; known axes: {sorted(known)}")
+        empty = [k for k, v in override.items() if not isinstance(v, list) or not v]
+        if empty:
+            raise SpecError(f"{path}: axis {empty} must be a non-empty list of choices")
+        unknown_ops = set(override.get("norms", ())) - set(NORM_NAMES) | set(override.get("attentions", ())) - set(ATTENTION_NAMES)
+        if unknown_ops:
+            raise SpecError(f"{path}: unknown operator(s) {sorted(unknown_ops)}")
+        return cls(**{k: tuple(v) for k, v in override.items()})
+
+
+class Suggester(Protocol):
+    def suggest_categorical(self, name: str, choices: list) -> Any: ...
+
+
+class RngSuggester:
+    """The one method of optuna.Trial that `sample` uses, answered by a seeded numpy RNG."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def suggest_categorical(self, name: str, choices: list) -> Any:
+        return choices[int(self.rng.integers(len(choices)))]
+
+
+def sample(trial_or_rng: Suggester | np.random.Generator | int, space: SearchSpace = SearchSpace(),
+           img_size: int = 32, in_chans: int = 3, num_classes: int = 10) -> ArchSpec:
+    """Draw one valid spec. Parameters are conditional: stage i's are named `s{i}.*` and asked
+    only when the spec has that stage; `value_ratio` only for non-CGA stages (CGA needs 1)."""
+    t = trial_or_rng
+    if isinstance(t, (int, np.integer)):
+        t = np.random.default_rng(int(t))
+    if isinstance(t, np.random.Generator):
+        t = RngSuggester(t)
+    patch = t.suggest_categorical("patch", [p for p in space.patch if img_size % p == 0] or list(space.patch))
+    n_stages = t.suggest_categorical("stages", list(space.stages))
+    grid = img_size // patch
+    while n_stages > 1 and (grid // 2 ** (n_stages - 2)) % 2:  # keep every downsampling exact
+        n_stages -= 1
+    norm = t.suggest_categorical("norm", list(space.norms))
+    widths = sorted(t.suggest_categorical(f"s{i}.width", list(space.widths)) for i in range(n_stages))
+    stages = []
+    for i, width in enumerate(widths):
+        attention = t.suggest_categorical(f"s{i}.attention", list(space.attentions))
+        depth = t.suggest_categorical(f"s{i}.depth", list(space.depths))
+        heads = t.suggest_categorical(f"s{i}.heads", list(space.heads))
+        key_dim = t.suggest_categorical(f"s{i}.key_dim", list(space.key_dims))
+        value_ratio = 1 if attention == "cga" else t.suggest_categorical(f"s{i}.value_ratio", list(space.value_ratios))
+        ffns = t.suggest_categorical(f"s{i}.ffns", list(space.ffns))
+        mlp_ratio = t.suggest_categorical(f"s{i}.mlp_ratio", list(space.mlp_ratios))
+        dwconv = t.suggest_categorical(f"s{i}.dwconv", list(space.dwconv))
+        skip: tuple[int, ...] = ()
+        if depth > 1:
+            frac = t.suggest_categorical(f"s{i}.skip_fraction", list(space.skip_fractions))
+            k = min(int(frac * depth), depth - 1)
+            start = max(1, (depth - k) // 2)
+            skip = tuple(range(start, start + k))
+        stages.append(StageSpec(width, depth, norm, attention, heads, key_dim, value_ratio, ffns,
+                                mlp_ratio, dwconv, skip))
+    return ArchSpec(tuple(stages), img_size, in_chans, num_classes, patch).validate()

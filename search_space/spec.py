@@ -1,0 +1,180 @@
+"""ArchSpec: the immutable, JSON-serialisable description of one architecture in the space."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+NORM_NAMES = ("layernorm", "rmsnorm", "batchnorm", "prepbn", "unified")
+ATTENTION_NAMES = ("mhsa", "sla", "cga")
+GRID_ATTENTIONS = ("sla", "cga")  # need the tokens to form a square grid
+PATCH_SIZES = (1, 2, 4, 8, 16)
+
+
+class SpecError(ValueError):
+    """A spec that cannot be built; the message lists every problem found."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: `depth` blocks of one width, each an attention layer sandwiched by `ffns` FFNs.
+
+    Blocks whose index is in `skip` replace their attention by SkipAt's parametric function,
+    fed by the attention output of the nearest earlier block of the stage.
+    """
+
+    width: int
+    depth: int
+    norm: str = "layernorm"
+    attention: str = "mhsa"
+    heads: int = 4
+    key_dim: int = 16
+    value_ratio: int = 1
+    ffns: int = 1
+    mlp_ratio: float = 4.0
+    dwconv: bool = False
+    skip: tuple[int, ...] = ()
+
+    def short(self) -> str:
+        parts = [self.norm, self.attention, f"h{self.heads}k{self.key_dim}v{self.value_ratio}",
+                 f"ffn{self.ffns}x{self.mlp_ratio:g}"]
+        if self.dwconv:
+            parts.append("dw")
+        if self.skip:
+            parts.append("skip" + "-".join(map(str, self.skip)))
+        return f"{self.width}x{self.depth}[{'·'.join(parts)}]"
+
+    def problems(self, index: int, grid: int) -> list[str]:
+        where = f"stage {index}"
+        out = []
+        if self.width <= 0 or self.depth <= 0:
+            out.append(f"{where}: width and depth must be positive (got {self.width}x{self.depth})")
+        if self.norm not in NORM_NAMES:
+            out.append(f"{where}: unknown norm '{self.norm}'; choose one of {', '.join(NORM_NAMES)}")
+        if self.attention not in ATTENTION_NAMES:
+            out.append(f"{where}: unknown attention '{self.attention}'; "
+                       f"choose one of {', '.join(ATTENTION_NAMES)}")
+        if self.heads <= 0 or self.width % max(self.heads, 1):
+            out.append(f"{where}: {self.heads} heads do not divide width {self.width}")
+        if self.key_dim <= 0 or self.value_ratio <= 0 or self.ffns <= 0 or self.mlp_ratio <= 0:
+            out.append(f"{where}: key_dim, value_ratio, ffns and mlp_ratio must be positive")
+        if self.attention == "cga" and self.value_ratio != 1:
+            out.append(f"{where}: cga cascades each head's output into the next head's input "
+                       f"chunk, so value_ratio must be 1 (got {self.value_ratio})")
+        for i in self.skip:
+            if not 0 <= i < self.depth:
+                out.append(f"{where}: skip block {i} is outside 0..{self.depth - 1}")
+            elif i == 0:
+                out.append(f"{where}: SkipAt block 0 has no earlier attention in its stage to reuse")
+        if tuple(sorted(set(self.skip))) != tuple(self.skip):
+            out.append(f"{where}: skip indices must be sorted and unique (got {list(self.skip)})")
+        if (self.attention in GRID_ATTENTIONS or self.skip or self.dwconv) and grid < 1:
+            out.append(f"{where}: {self.attention} needs a square token grid, got none")
+        return out
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A whole model: conv patch stem, stages joined by 2x2 downsampling, final norm, linear head."""
+
+    stages: tuple[StageSpec, ...]
+    img_size: int = 32
+    in_chans: int = 3
+    num_classes: int = 10
+    patch: int = 4
+    drop_path: float = 0.0
+    name: str = field(default="", compare=False)  # a label (preset name); not part of the identity
+
+    def __post_init__(self):
+        object.__setattr__(self, "stages", tuple(
+            s if isinstance(s, StageSpec) else StageSpec(**{**s, "skip": tuple(s.get("skip", ()))})
+            for s in self.stages))
+
+    # --- geometry -------------------------------------------------------------------------
+    def grids(self) -> list[int]:
+        """Token grid side of each stage (the image is square)."""
+        g = self.img_size // self.patch if self.patch else 0
+        return [g // 2**i for i in range(len(self.stages))]
+
+    # --- identity and serialisation -------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("name")
+        for s in d["stages"]:
+            s["skip"] = list(s["skip"])
+        return d
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): equal specs give equal strings."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ArchSpec:
+        if not isinstance(d, dict) or "stages" not in d:
+            raise SpecError("spec must be a JSON object with a 'stages' list")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise SpecError(f"unknown spec field(s) {sorted(unknown)}; known: {sorted(known)}")
+        stage_fields = {f.name for f in dataclasses.fields(StageSpec)}
+        for i, s in enumerate(d["stages"]):
+            if not isinstance(s, dict):
+                raise SpecError(f"stage {i} must be a JSON object")
+            bad = set(s) - stage_fields
+            if bad:
+                raise SpecError(f"stage {i}: unknown field(s) {sorted(bad)}; known: {sorted(stage_fields)}")
+            missing = {"width", "depth"} - set(s)
+            if missing:
+                raise SpecError(f"stage {i}: missing {sorted(missing)}")
+        return cls(**{**d, "stages": tuple(d["stages"])})
+
+    @classmethod
+    def from_json(cls, text: str) -> ArchSpec:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"spec is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        return cls.from_dict(d)
+
+    @property
+    def arch_id(self) -> str:
+        """Stable 12-hex id: a hash of the canonical JSON, so it survives save/load."""
+        return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
+
+    def short(self) -> str:
+        """Canonical human-readable string, e.g. `p4 64x2[prepbn·sla·h4k16v1·ffn2x4] 128x3[...]`."""
+        return f"p{self.patch} " + " ".join(s.short() for s in self.stages)
+
+    # --- validation -----------------------------------------------------------------------
+    def problems(self) -> list[str]:
+        out = []
+        if not self.stages:
+            return ["spec has no stages; give 1 to 3"]
+        if len(self.stages) > 3:
+            out.append(f"{len(self.stages)} stages; the space allows 1 to 3")
+        if self.patch not in PATCH_SIZES:
+            out.append(f"patch {self.patch} not in {PATCH_SIZES}")
+        elif self.img_size % self.patch:
+            out.append(f"patch {self.patch} does not divide image size {self.img_size}")
+        grids = self.grids()
+        for i, g in enumerate(grids[:-1]):
+            if g < 2 or g % 2:
+                out.append(f"stage {i} grid {g}x{g} cannot be downsampled 2x2 into stage {i + 1}; "
+                           f"use fewer stages or a smaller patch")
+        for i, (s, g) in enumerate(zip(self.stages, grids)):
+            out.extend(s.problems(i, g))
+        if not 0 <= self.drop_path < 1:
+            out.append(f"drop_path {self.drop_path} must be in [0, 1)")
+        return out
+
+    def validate(self) -> ArchSpec:
+        """Raise SpecError naming every problem; return self when the spec is buildable."""
+        problems = self.problems()
+        if problems:
+            raise SpecError("; ".join(problems))
+        return self
+
+    def block_attentions(self) -> list[str]:
+        """Effective operator of every block: its stage's attention, or `skip` for SkipAt blocks."""
+        return [("skip" if b in s.skip else s.attention) for s in self.stages for b in range(s.depth)]

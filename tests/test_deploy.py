@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from search_space import build_model, deploy, presets, sample
+from search_space.check import check_spec, randomize_norms
+from search_space.norms import BN_FAMILY
+
+PRESETS = presets(32, 3, 10, width_mult=0.5, depth_mult=0.5)
+SAMPLES = [sample(np.random.default_rng(1000 + i), img_size=16) for i in range(50)]
+
+
+@pytest.mark.parametrize("spec", PRESETS.values(), ids=PRESETS.keys())
+def test_preset_deploy_equivalence(spec):
+    res = check_spec(spec, seed=1)
+    assert res["max_rel_err"] <= 1e-4
+    assert res["leftover_norms"] == [] and res["no_grad"] == []
+
+
+@pytest.mark.parametrize("spec", SAMPLES, ids=[s.arch_id for s in SAMPLES])
+def test_sampled_deploy_equivalence(spec):
+    res = check_spec(spec, seed=2)
+    assert res["max_rel_err"] <= 1e-4, spec.short()
+    assert res["leftover_norms"] == []
+
+
+def _trained_like(spec):
+    model = build_model(spec)
+    randomize_norms(model, torch.Generator().manual_seed(0))
+    return model.eval()
+
+
+def test_layernorm_stage_becomes_affine_free_rmsnorm():
+    model = _trained_like(PRESETS["deit-tiny"])
+    d = deploy(model)
+    assert not any(isinstance(m, nn.LayerNorm) for m in d.modules())
+    rms = [m for m in d.modules() if isinstance(m, nn.RMSNorm)]
+    assert rms and all(m.weight is None for m in rms)
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.allclose(model(x), d(x), rtol=1e-4, atol=1e-5)
+
+
+def test_skipat_stage_keeps_layernorm():
+    d = deploy(_trained_like(PRESETS["skipat-tiny"]))
+    assert any(isinstance(m, nn.LayerNorm) for m in d.modules())
+
+
+def test_bn_family_folds_away_and_cga_bias_is_cached():
+    for name in ("slab-deit", "efficientvit-m0", "unified-norm"):
+        d = deploy(_trained_like(PRESETS[name]))
+        assert not any(isinstance(m, (*BN_FAMILY, nn.BatchNorm2d, nn.LayerNorm)) for m in d.modules()), name
+    d = deploy(_trained_like(PRESETS["efficientvit-m0"]))
+    cga = [m for m in d.modules() if hasattr(m, "cached_bias")]
+    assert cga and all(m.cached_bias is not None for m in cga)
+
+
+def test_deploy_leaves_the_original_untouched_and_frozen():
+    model = _trained_like(PRESETS["slab-deit"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    d = deploy(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(p.requires_grad for p in d.parameters())

@@ -1,0 +1,118 @@
+import json
+
+import numpy as np
+import optuna
+import pytest
+
+from search_space import ArchSpec, SearchSpace, SpecError, StageSpec, presets, sample
+from search_space.presets import patch_for
+
+
+def _spec(**stage):
+    return ArchSpec((StageSpec(**{"width": 32, "depth": 2, **stage}),), img_size=16, patch=4)
+
+
+def test_json_round_trip_and_stable_id():
+    spec = sample(np.random.default_rng(5))
+    again = ArchSpec.from_json(spec.to_json())
+    assert again == spec and again.arch_id == spec.arch_id and again.to_json() == spec.to_json()
+    assert ArchSpec.from_json(json.dumps(json.loads(spec.to_json()), indent=2)).arch_id == spec.arch_id
+
+
+def test_id_ignores_label_but_not_structure():
+    a = _spec()
+    assert ArchSpec(a.stages, a.img_size, patch=4, name="label").arch_id == a.arch_id
+    assert _spec(heads=2).arch_id != a.arch_id
+
+
+def test_short_string_is_canonical():
+    spec = ArchSpec((StageSpec(64, 2, "prepbn", "sla", 4, 16, 1, 2, 4.0),
+                     StageSpec(128, 3, "prepbn", "mhsa", 4, 16, 1, 1, 4.0, True, (1, 2))), 32, patch=4)
+    assert spec.short() == "p4 64x2[prepbn·sla·h4k16v1·ffn2x4] 128x3[prepbn·mhsa·h4k16v1·ffn1x4·dw·skip1-2]"
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"heads": 3}, "3 heads do not divide width 32"),
+    ({"skip": (0,)}, "SkipAt block 0 has no earlier attention in its stage"),
+    ({"skip": (5,)}, "skip block 5 is outside 0..1"),
+    ({"norm": "groupnorm"}, "unknown norm 'groupnorm'"),
+    ({"attention": "flash"}, "unknown attention 'flash'"),
+    ({"attention": "cga", "value_ratio": 2}, "value_ratio must be 1"),
+    ({"depth": 0}, "width and depth must be positive"),
+])
+def test_validation_messages(stage, message):
+    with pytest.raises(SpecError, match=message):
+        _spec(**stage).validate()
+
+
+def test_validation_of_geometry():
+    with pytest.raises(SpecError, match="patch 3 not in"):
+        ArchSpec((StageSpec(32, 1),), img_size=12, patch=3).validate()
+    with pytest.raises(SpecError, match="patch 8 does not divide image size 12"):
+        ArchSpec((StageSpec(32, 1),), img_size=12, patch=8).validate()
+    with pytest.raises(SpecError, match="grid 3x3 cannot be downsampled"):
+        ArchSpec((StageSpec(32, 1), StageSpec(64, 1)), img_size=12, patch=4).validate()
+    with pytest.raises(SpecError, match="no stages"):
+        ArchSpec(()).validate()
+
+
+def test_malformed_json_messages():
+    with pytest.raises(SpecError, match="not valid JSON"):
+        ArchSpec.from_json("{oops")
+    with pytest.raises(SpecError, match="unknown spec field"):
+        ArchSpec.from_json('{"stages": [], "colour": 1}')
+    with pytest.raises(SpecError, match="stage 0: missing"):
+        ArchSpec.from_json('{"stages": [{"width": 8}]}')
+    with pytest.raises(SpecError, match="stage 0: unknown field"):
+        ArchSpec.from_json('{"stages": [{"width": 8, "depth": 1, "colour": 2}]}')
+
+
+def test_every_validation_problem_is_reported_at_once():
+    with pytest.raises(SpecError) as e:
+        _spec(heads=3, norm="nope", skip=(0,)).validate()
+    assert str(e.value).count(";") >= 2
+
+
+def test_presets_scale_grid_to_input():
+    assert patch_for(224, 1) == 16 and patch_for(32, 1) == 4 and patch_for(8, 1) == 1
+    assert patch_for(224, 3) == 8 and patch_for(32, 3) == 4
+    ps = presets(32, 3, 10)
+    assert ps["deit-tiny"].stages[0].width == 192 and ps["deit-tiny"].stages[0].depth == 12
+    assert ps["skipat-tiny"].stages[0].skip == (3, 4, 5, 6, 7, 8)
+    assert [s.width for s in ps["efficientvit-m0"].stages] == [64, 128, 192]
+    assert {s.norm for p in ps.values() for s in p.stages} == {"layernorm", "prepbn", "batchnorm", "rmsnorm", "unified"}
+
+
+def test_sampling_is_seeded_and_valid():
+    a = [sample(np.random.default_rng(1)).arch_id for _ in range(3)]
+    assert len(set(a)) == 1
+    rng = np.random.default_rng(2)
+    specs = [sample(rng, img_size=8, in_chans=1) for _ in range(100)]
+    assert all(not s.problems() for s in specs)
+
+
+def test_sampling_from_optuna_trial_uses_conditional_parameters():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(15):
+        trial = study.ask()
+        spec = sample(trial, img_size=32)
+        study.tell(trial, 0.0)
+        assert all(not k.startswith(f"s{len(spec.stages)}.") for k in trial.params)
+        assert ("s0.value_ratio" in trial.params) == (spec.stages[0].attention != "cga")
+        seen.add(spec.arch_id)
+    assert len(seen) > 10
+
+
+def test_space_override_file(tmp_path):
+    f = tmp_path / "space.json"
+    f.write_text(json.dumps({"norms": ["batchnorm"], "attentions": ["sla"], "stages": [1]}))
+    space = SearchSpace.load(f)
+    spec = sample(np.random.default_rng(0), space)
+    assert len(spec.stages) == 1 and spec.stages[0].norm == "batchnorm" and spec.stages[0].attention == "sla"
+    f.write_text(json.dumps({"colours": [1]}))
+    with pytest.raises(SpecError, match="unknown axis"):
+        SearchSpace.load(f)
+    f.write_text(json.dumps({"norms": ["groupnorm"]}))
+    with pytest.raises(SpecError, match="unknown operator"):
+        SearchSpace.load(f)
