@@ -6,6 +6,8 @@ from collections.abc import Callable
 from .spec import PATCH_SIZES, ArchSpec, StageSpec
 
 PAPER_GRID = 14  # 224 px / patch 16 in DeiT, SkipAt and SLAB-DeiT; EfficientViT's stem too
+SEARCH_SCALE = 0.5  # presets in a search are the paper designs at half width and depth: trainable
+                    # as proxies on 2 cores, and inside the sampled space's width/depth range
 
 
 def patch_for(img_size: int, n_stages: int) -> int:

@@ -18,7 +18,8 @@ class SearchSpace:
     """Choices per axis. Override any of them with a JSON file (`SearchSpace.load`)."""
 
     stages: tuple[int, ...] = (1, 2, 3)
-    patch: tuple[int, ...] = (1, 2, 4)
+    patch: tuple[int, ...] = (1, 2, 4, 8)
+    max_grid: int = 16  # patches giving a finer token grid than this are not offered
     widths: tuple[int, ...] = (32, 48, 64, 96, 128, 160, 192)
     depths: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
     norms: tuple[str, ...] = NORM_NAMES
@@ -42,13 +43,13 @@ class SearchSpace:
         bad = set(override) - known
         if bad:
             raise SpecError(f"{path}: unknown axis {sorted(bad)}; known axes: {sorted(known)}")
-        empty = [k for k, v in override.items() if not isinstance(v, list) or not v]
+        empty = [k for k, v in override.items() if k != "max_grid" and (not isinstance(v, list) or not v)]
         if empty:
             raise SpecError(f"{path}: axis {empty} must be a non-empty list of choices")
         unknown_ops = set(override.get("norms", ())) - set(NORM_NAMES) | set(override.get("attentions", ())) - set(ATTENTION_NAMES)
         if unknown_ops:
             raise SpecError(f"{path}: unknown operator(s) {sorted(unknown_ops)}")
-        return cls(**{k: tuple(v) for k, v in override.items()})
+        return cls(**{k: (v if k == "max_grid" else tuple(v)) for k, v in override.items()})
 
 
 class Suggester(Protocol):
@@ -74,7 +75,8 @@ def sample(trial_or_rng: Suggester | np.random.Generator | int, space: SearchSpa
         t = np.random.default_rng(int(t))
     if isinstance(t, np.random.Generator):
         t = RngSuggester(t)
-    patch = t.suggest_categorical("patch", [p for p in space.patch if img_size % p == 0] or list(space.patch))
+    patches = [p for p in space.patch if img_size % p == 0 and img_size // p <= space.max_grid]
+    patch = t.suggest_categorical("patch", patches or list(space.patch))
     n_stages = t.suggest_categorical("stages", list(space.stages))
     grid = img_size // patch
     while n_stages > 1 and (grid // 2 ** (n_stages - 2)) % 2:  # keep every downsampling exact

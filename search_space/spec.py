@@ -178,3 +178,20 @@ class ArchSpec:
     def block_attentions(self) -> list[str]:
         """Effective operator of every block: its stage's attention, or `skip` for SkipAt blocks."""
         return [("skip" if b in s.skip else s.attention) for s in self.stages for b in range(s.depth)]
+
+
+def load_specs(path) -> list[ArchSpec]:
+    """Specs from a JSONL file (one spec object per line), each validated."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"spec file {path} does not exist; write one with `search.py space sample --out {path}`")
+    specs = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                specs.append(ArchSpec.from_json(line).validate())
+            except SpecError as e:
+                raise SpecError(f"{path} line {i}: {e}") from None
+    return specs

@@ -1,0 +1,224 @@
+"""The deployed model as the runtime executes it, computed from the spec alone (no model built):
+a list of kernels (kind, FLOPs, bytes moved), aggregated into a fixed feature vector.
+
+FLOPs follow the conventions of `search_space.costs` (fvcore, one multiply-add = one FLOP; one
+per element for elementwise ops), so the total equals `count_flops(deploy(build_model(spec)))`.
+Computing this takes microseconds, which is what lets the predictor score 10k+ specs a second.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from search_space.attentions import window_for
+from search_space.spec import ArchSpec, StageSpec
+
+KINDS = ("linear", "conv", "dwconv", "matmul", "sdpa", "softmax", "norm", "elementwise", "reduce", "copy")
+F32 = 4
+
+
+@dataclass
+class KernelTally:
+    """Per kind: number of kernel launches, FLOPs and bytes moved."""
+
+    calls: dict
+    flops: dict
+    bytes: dict
+    module_calls: int = 0
+
+    def add(self, kind: str, flops: float, nbytes: float, calls: int = 1) -> None:
+        self.calls[kind] += calls
+        self.flops[kind] += flops
+        self.bytes[kind] += nbytes
+
+    def merge(self, other: KernelTally, times: int) -> None:
+        """Add `times` copies of another tally (identical blocks are tallied once)."""
+        for kind in other.calls:
+            self.add(kind, times * other.flops[kind], times * other.bytes[kind], times * other.calls[kind])
+        self.module_calls += times * other.module_calls
+
+
+def _new_tally() -> KernelTally:
+    return KernelTally(defaultdict(int), defaultdict(float), defaultdict(float))
+
+
+def linear(t: KernelTally, m: int, k: int, n: int, calls: int = 1) -> None:
+    t.add("linear", calls * m * k * n, calls * F32 * (m * k + k * n + m * n + n), calls)
+    t.module_calls += calls
+
+
+def conv(t: KernelTally, out_pixels: int, cin: int, cout: int, k: int, groups: int = 1, calls: int = 1) -> None:
+    kind = "dwconv" if groups > 1 else "conv"
+    flops = out_pixels * cout * (cin // groups) * k * k
+    t.add(kind, calls * flops, calls * F32 * (out_pixels * (cin + cout) + cout * (cin // groups) * k * k), calls)
+    t.module_calls += calls
+
+
+def elementwise(t: KernelTally, numel: int, calls: int = 1, flops: bool = True) -> None:
+    t.add("elementwise", calls * numel if flops else 0, calls * 2 * F32 * numel, calls)
+
+
+def copy(t: KernelTally, numel: int, calls: int = 1) -> None:
+    t.add("copy", 0, calls * 2 * F32 * numel, calls)
+
+
+def deployed_norm(spec: ArchSpec, stage: int) -> str | None:
+    """The norm left in stage `stage` after deploy: BN family folds away, a LayerNorm stage
+    becomes affine-free RMSNorm unless SkipAt reads an attention output there."""
+    s = spec.stages[stage]
+    if s.norm == "layernorm":
+        return "layernorm" if s.skip else "rms"
+    return "rms_affine" if s.norm == "rmsnorm" else None
+
+
+def norm(t: KernelTally, kind: str | None, numel: int) -> None:
+    if kind is not None:
+        t.add("norm", numel * (4 if kind == "rms" else 5), 2 * F32 * numel)
+        t.module_calls += 1
+
+
+def ffn(t: KernelTally, s: StageSpec, n: int) -> None:
+    c, hidden = s.width, int(s.width * s.mlp_ratio)
+    linear(t, n, c, hidden)
+    elementwise(t, n * hidden)  # GELU
+    t.module_calls += 2
+    if s.dwconv:
+        copy(t, n * hidden)
+        conv(t, n, hidden, hidden, 3, groups=hidden)
+        elementwise(t, n * hidden)
+    linear(t, n, hidden, c)
+
+
+def mhsa(t: KernelTally, s: StageSpec, n: int) -> None:
+    h, kd, dv = s.heads, s.key_dim, s.value_ratio * s.width // s.heads
+    linear(t, n, s.width, h * (2 * kd + dv))
+    t.add("sdpa", h * n * n * (kd + dv + 1), F32 * h * (n * (2 * kd + 2 * dv) + n * n))
+    copy(t, n * h * dv)
+    linear(t, n, h * dv, s.width)
+
+
+def sla(t: KernelTally, s: StageSpec, n: int) -> None:
+    h, kd, dv = s.heads, s.key_dim, s.value_ratio * s.width // s.heads
+    linear(t, n, s.width, h * (2 * kd + dv))
+    elementwise(t, h * n * kd)  # k + pos
+    elementwise(t, h * n * kd, calls=2, flops=False)  # ReLUs (fvcore: free)
+    t.add("reduce", h * n * kd, F32 * h * n * kd)  # sum_j k_j
+    t.add("matmul", h * n * kd, F32 * h * (n * kd + kd + n))
+    elementwise(t, h * n, calls=2)  # + 1e-6, reciprocal
+    if n * n * (kd + dv) < 2 * n * kd * dv:
+        t.add("matmul", h * n * n * (kd + dv), F32 * h * (2 * n * kd + 2 * n * n + 2 * n * dv), calls=2)
+    else:
+        t.add("matmul", 2 * h * n * kd * dv, F32 * h * (2 * n * kd + 2 * kd * dv + 2 * n * dv), calls=2)
+    elementwise(t, h * n * dv)  # * z
+    copy(t, h * n * dv)  # V to a map
+    conv(t, h * n, dv, dv, 5, groups=dv)
+    elementwise(t, h * n * dv)  # + DWC(V)
+    copy(t, n * h * dv)
+    linear(t, n, h * dv, s.width)
+
+
+def cga(t: KernelTally, s: StageSpec, n: int, grid: int, folded: bool) -> None:
+    """`folded`: a norm was folded in, so the cascade input has its own projection."""
+    h, kd, c = s.heads, s.key_dim, s.width
+    d, w = c // h, window_for(grid)
+    nw = w * w  # tokens per window; n // nw windows
+    copy(t, n * c)  # to windows
+    linear(t, n, d, 2 * kd + d, calls=h)
+    if folded:
+        linear(t, n, d, 2 * kd + d, calls=h - 1)
+        elementwise(t, n * (2 * kd + d), calls=h - 1)
+    else:
+        elementwise(t, n * d, calls=h - 1)
+    copy(t, n * kd, calls=2 * h)  # q to a map and back
+    conv(t, n, kd, kd, 5, groups=kd, calls=h)
+    t.add("matmul", h * n * nw * (kd + d), F32 * h * (n * (2 * kd + d) + 2 * n * nw), calls=2 * h)
+    elementwise(t, n * nw, calls=2 * h)  # * scale, + bias
+    t.add("softmax", h * n * nw, 2 * F32 * h * n * nw, calls=h)
+    copy(t, n * c, calls=2)  # concat, back from windows
+    elementwise(t, n * c, flops=False)  # ReLU
+    linear(t, n, c, c)
+
+
+def skip_phi(t: KernelTally, s: StageSpec, n: int) -> None:
+    c, hidden = s.width, 2 * s.width
+    linear(t, n, c, hidden)
+    elementwise(t, n * hidden, calls=2)  # GELUs
+    copy(t, n * hidden, calls=2)
+    conv(t, n, hidden, hidden, 5, groups=hidden)
+    linear(t, n, hidden, c)
+    t.add("reduce", n * c, F32 * n * c)
+    t.add("conv", 3 * c, F32 * 2 * c)
+    elementwise(t, c)  # sigmoid
+    elementwise(t, n * c)  # gate
+
+
+ATTENTION_KERNELS = {"mhsa": mhsa, "sla": sla}
+
+
+def tally(spec: ArchSpec) -> KernelTally:
+    """Every kernel the deployed model of `spec` launches for one batch-1 forward."""
+    t = _new_tally()
+    grids = spec.grids()
+    # stem: log2(patch) 3x3 convs (one stride-1 conv for patch 1), GELU between
+    n_convs = max(spec.patch.bit_length() - 1, 1)
+    c0 = spec.stages[0].width
+    widths = [spec.in_chans] + [max(c0 // 2 ** (n_convs - 1 - i), 8) for i in range(n_convs - 1)] + [c0]
+    side = spec.img_size
+    for i in range(n_convs):
+        side = side // 2 if spec.patch > 1 else side
+        conv(t, side * side, widths[i], widths[i + 1], 3)
+        if i < n_convs - 1:
+            elementwise(t, side * side * widths[i + 1])
+    elementwise(t, grids[0] ** 2 * c0)  # + pos_embed
+    for i, (s, g) in enumerate(zip(spec.stages, grids)):
+        n, nk = g * g, deployed_norm(spec, i)
+        if i:
+            prev = spec.stages[i - 1]
+            norm(t, deployed_norm(spec, i - 1), 4 * n * prev.width)
+            conv(t, n, prev.width, s.width, 2)
+        attention_block, skip_block = _new_tally(), _new_tally()
+        for block, is_skip in ((attention_block, False), (skip_block, True)):
+            for _ in range(s.ffns):
+                norm(block, nk, n * s.width)
+                ffn(block, s, n)
+                elementwise(block, n * s.width)  # residual add
+            if is_skip:
+                skip_phi(block, s, n)
+            else:
+                norm(block, nk, n * s.width)
+                if s.attention == "cga":
+                    cga(block, s, n, g, folded=nk in (None, "rms"))
+                else:
+                    ATTENTION_KERNELS[s.attention](block, s, n)
+            elementwise(block, n * s.width)  # residual add
+            block.module_calls += 2 * s.ffns + 2
+        t.merge(attention_block, s.depth - len(s.skip))
+        t.merge(skip_block, len(s.skip))
+    last = spec.stages[-1]
+    norm(t, deployed_norm(spec, len(spec.stages) - 1), grids[-1] ** 2 * last.width)
+    t.add("reduce", grids[-1] ** 2 * last.width, F32 * grids[-1] ** 2 * last.width)
+    linear(t, 1, last.width, spec.num_classes)
+    return t
+
+
+FEATURE_NAMES = ([f"{k}_{q}" for k in KINDS for q in ("calls", "flops", "bytes")]
+                 + ["module_calls", "flops", "tokens", "blocks"])
+
+
+def features(spec: ArchSpec) -> np.ndarray:
+    """Fixed-length feature vector (FEATURE_NAMES) of one spec."""
+    t = tally(spec)
+    row = [v for k in KINDS for v in (t.calls[k], t.flops[k], t.bytes[k])]
+    total = sum(t.flops.values())
+    tokens = sum(g * g * s.depth for s, g in zip(spec.stages, spec.grids()))
+    return np.array(row + [t.module_calls, total, tokens, sum(s.depth for s in spec.stages)], dtype=np.float64)
+
+
+def feature_matrix(specs: list[ArchSpec]) -> np.ndarray:
+    return np.stack([features(s) for s in specs]) if specs else np.zeros((0, len(FEATURE_NAMES)))
+
+
+def total_flops(spec: ArchSpec) -> int:
+    return int(round(sum(tally(spec).flops.values())))

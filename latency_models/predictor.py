@@ -1,0 +1,121 @@
+"""LatencyModel: an additive kernel-cost model of the deployed network, corrected by a learned residual.
+
+Stage 1 (the decomposition): latency = sum over kernel kinds of (launch overhead x calls +
+cost per FLOP x FLOPs + cost per byte x bytes), plus a per-module dispatch cost and a constant,
+fitted by non-negative least squares on relative error. Every coefficient is a physical cost, so
+it extrapolates sanely. Stage 2 (the correction): gradient-boosted trees on the log ratio of
+measured to stage-1 latency, from the same features, capture what adding up kernels misses
+(cache effects between kernels, GEMM shape efficiency).
+"""
+from __future__ import annotations
+
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import nnls
+from sklearn.ensemble import HistGradientBoostingRegressor
+
+from search_space import ArchSpec
+
+from .features import FEATURE_NAMES, feature_matrix
+
+FORMAT_VERSION = 1
+RANGE_FEATURES = ("flops", "tokens", "blocks")
+
+
+class ModelFileError(ValueError):
+    """A latency-model file that cannot be used."""
+
+
+@dataclass
+class LatencyModel:
+    fingerprint: dict = field(default_factory=dict)
+    coef: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    residual: HistGradientBoostingRegressor | None = None
+    ranges: dict = field(default_factory=dict)
+    n_train: int = 0
+
+    # --- fitting ------------------------------------------------------------------------------
+    @staticmethod
+    def _design(x: np.ndarray) -> np.ndarray:
+        return np.hstack([x, np.ones((len(x), 1))])
+
+    def fit(self, specs: list[ArchSpec], ms: np.ndarray, residual: bool = True, seed: int = 0) -> LatencyModel:
+        x = feature_matrix(specs)
+        y = np.asarray(ms, dtype=float)
+        a = self._design(x)
+        self.scale = np.maximum(a.max(0), 1e-12)
+        coef, _ = nnls((a / self.scale) / y[:, None], np.ones(len(y)), maxiter=50 * a.shape[1])
+        self.coef = coef / self.scale
+        if residual and len(y) >= 20:
+            base = a @ self.coef
+            self.residual = HistGradientBoostingRegressor(
+                max_iter=300, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=8,
+                l2_regularization=1.0, random_state=seed)
+            self.residual.fit(self._residual_inputs(x, base), np.log(y / np.maximum(base, 1e-9)))
+        names = list(FEATURE_NAMES)
+        self.ranges = {f: (float(x[:, names.index(f)].min()), float(x[:, names.index(f)].max()))
+                       for f in RANGE_FEATURES}
+        self.n_train = len(y)
+        return self
+
+    @staticmethod
+    def _residual_inputs(x: np.ndarray, base: np.ndarray) -> np.ndarray:
+        return np.hstack([np.log1p(x), np.log(np.maximum(base, 1e-9))[:, None]])
+
+    # --- predicting ---------------------------------------------------------------------------
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        if self.coef is None:
+            raise ModelFileError("latency model is not fitted")
+        base = np.maximum(self._design(x) @ self.coef, 1e-6)
+        if self.residual is not None:
+            base = base * np.exp(self.residual.predict(self._residual_inputs(x, base)))
+        return base
+
+    def predict(self, specs: list[ArchSpec]) -> np.ndarray:
+        """Predicted latency in milliseconds of each spec's deployed model."""
+        x = feature_matrix(list(specs))
+        out = self.out_of_range(x)
+        if out:
+            warnings.warn(f"{out} of {len(x)} specs lie outside the measured range "
+                          f"({', '.join(f'{k} {lo:.3g}..{hi:.3g}' for k, (lo, hi) in self.ranges.items())}); "
+                          f"predictions there are extrapolated", stacklevel=2)
+        return self.predict_features(x)
+
+    def out_of_range(self, x: np.ndarray) -> int:
+        names = list(FEATURE_NAMES)
+        bad = np.zeros(len(x), dtype=bool)
+        for f, (lo, hi) in self.ranges.items():
+            col = x[:, names.index(f)]
+            bad |= (col < lo) | (col > hi)
+        return int(bad.sum())
+
+    def terms(self, spec: ArchSpec) -> dict[str, float]:
+        """Stage-1 milliseconds per feature for one spec: where the time goes."""
+        x = self._design(feature_matrix([spec]))[0]
+        return {n: float(v) for n, v in zip([*FEATURE_NAMES, "constant"], x * self.coef) if v > 0}
+
+    # --- persistence --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            pickle.dump({"version": FORMAT_VERSION, "model": self}, f)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyModel:
+        path = Path(path)
+        if not path.exists():
+            raise ModelFileError(f"latency model {path} does not exist; fit one with `search.py fit-latency`")
+        try:
+            with open(path, "rb") as f:
+                blob = pickle.load(f)
+            if blob.get("version") != FORMAT_VERSION or not isinstance(blob.get("model"), cls):
+                raise ValueError("unknown format")
+        except Exception as e:  # any unreadable file gets the same actionable message
+            raise ModelFileError(f"latency model {path} is unreadable ({type(e).__name__}); "
+                                 f"re-fit it with `search.py fit-latency`") from None
+        return blob["model"]

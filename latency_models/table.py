@@ -1,0 +1,63 @@
+"""The timing table: a CSV with one row per measured architecture (per device fingerprint)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = ["arch_id", "short", "spec_json", "median_ms", "p10_ms", "p90_ms", "repeats", "flops", "params",
+           "fingerprint", "fingerprint_json", "measured_at"]
+REQUIRED = ["arch_id", "spec_json", "median_ms", "p10_ms", "p90_ms", "repeats", "fingerprint"]
+
+
+class TableError(ValueError):
+    """A timing table that cannot be used; the message says which file and what to do."""
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one row, writing the header first for a new file; flushed at once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Load and check a timing table."""
+    path = Path(path)
+    if not path.exists():
+        raise TableError(f"timing table {path} does not exist; measure one with `search.py measure --out {path}`")
+    try:
+        df = pd.read_csv(path, dtype={"arch_id": str, "fingerprint": str})
+    except pd.errors.EmptyDataError:
+        raise TableError(f"timing table {path} is empty; measure some architectures first") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise TableError(f"timing table {path} is not a valid CSV ({str(e).splitlines()[0]}); "
+                         f"delete it or re-measure") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise TableError(f"timing table {path} lacks columns {missing}; was it written by `search.py measure`?")
+    if df.empty:
+        raise TableError(f"timing table {path} has no rows; measure some architectures first")
+    bad = pd.to_numeric(df["median_ms"], errors="coerce")
+    if bad.isna().any() or (bad <= 0).any():
+        n = int(bad.isna().sum() + (bad <= 0).sum())
+        raise TableError(f"timing table {path} has {n} row(s) with a missing or non-positive median_ms; "
+                         f"remove them or re-measure")
+    df["median_ms"] = bad
+    return df
+
+
+def measured_counts(path: Path, fingerprint: str) -> dict[str, int]:
+    """How many times each architecture was measured under this fingerprint (resume support)."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return {}
+    df = read_table(path)
+    return df[df["fingerprint"] == fingerprint]["arch_id"].value_counts().to_dict()

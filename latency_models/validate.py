@@ -1,0 +1,80 @@
+"""Honest validation: held-out accuracy of the predictor beside FLOPs and params baselines and the
+measurement's own noise floor."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from scipy.stats import kendalltau
+from sklearn.linear_model import LinearRegression
+
+from search_space import ArchSpec
+
+from .features import feature_matrix
+from .predictor import LatencyModel
+from .table import TableError
+
+
+def metrics(pred: np.ndarray, meas: np.ndarray) -> dict:
+    rel = np.abs(pred - meas) / meas
+    return {"within_5": float(np.mean(rel <= 0.05)), "within_10": float(np.mean(rel <= 0.10)),
+            "mape": float(np.mean(rel)), "rmse_ms": float(np.sqrt(np.mean((pred - meas) ** 2))),
+            "kendall_tau": float(kendalltau(pred, meas)[0])}
+
+
+def per_architecture(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per architecture: the mean of its measurements' medians."""
+    return df.groupby("arch_id", sort=True).agg(spec_json=("spec_json", "first"), median_ms=("median_ms", "mean"),
+                                                 flops=("flops", "first"), params=("params", "first"),
+                                                 n=("median_ms", "size")).reset_index()
+
+
+def noise_floor(df: pd.DataFrame) -> dict:
+    """Relative difference between the first two measurements of re-measured architectures."""
+    pairs = df.groupby("arch_id")["median_ms"].apply(list)
+    pairs = [p[:2] for p in pairs if len(p) >= 2]
+    if not pairs:
+        return {"noise_floor": float("nan"), "noise_pairs": 0, "noise_within_10": float("nan")}
+    rel = np.array([abs(b - a) / a for a, b in pairs])
+    return {"noise_floor": float(np.median(rel)), "noise_pairs": len(pairs), "noise_within_10": float(np.mean(rel <= 0.10))}
+
+
+def select_fingerprint(df: pd.DataFrame, fingerprint: str | None) -> tuple[pd.DataFrame, dict]:
+    fps = df["fingerprint"].unique().tolist()
+    if fingerprint is None:
+        if len(fps) > 1:
+            raise TableError(f"the table mixes {len(fps)} device fingerprints {fps}; pick one with --fingerprint")
+        fingerprint = fps[0]
+    elif fingerprint not in fps:
+        raise TableError(f"fingerprint {fingerprint} is not in the table (it has {fps})")
+    rows = df[df["fingerprint"] == fingerprint]
+    fp = json.loads(rows["fingerprint_json"].iloc[0]) if "fingerprint_json" in rows else {}
+    return rows, {**fp, "id": fingerprint}
+
+
+def fit_and_report(df: pd.DataFrame, test_fraction: float = 0.25, seed: int = 0,
+                   fingerprint: str | None = None) -> tuple[LatencyModel, dict]:
+    """Fit on a seeded split of architectures, report held-out figures, then refit on all rows."""
+    rows, fp = select_fingerprint(df, fingerprint)
+    archs = per_architecture(rows)
+    if len(archs) < 10:
+        raise TableError(f"only {len(archs)} architectures measured; fit needs at least 10 (more than 400 for accuracy)")
+    specs = [ArchSpec.from_json(s) for s in archs["spec_json"]]
+    y = archs["median_ms"].to_numpy(float)
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(y), dtype=bool)
+    test[rng.permutation(len(y))[: max(1, int(round(test_fraction * len(y))))]] = True
+    tr, te = ~test, test
+    model = LatencyModel(fingerprint=fp).fit([s for s, t in zip(specs, tr) if t], y[tr], seed=seed)
+    pred = model.predict_features(feature_matrix(specs)[te])
+    report = {"n_train": int(tr.sum()), "n_test": int(te.sum()), **metrics(pred, y[te]), "baselines": {}}
+    for name in ("flops", "params"):
+        col = archs[name].to_numpy(float)[:, None]
+        base = LinearRegression().fit(col[tr], y[tr]).predict(col[te])
+        report["baselines"][name] = metrics(np.maximum(base, 1e-6), y[te])
+    report.update(noise_floor(rows))
+    report["fingerprint"] = fp
+    report["saved_model"] = f"refit on all {len(y)} architectures after this held-out report"
+    final = LatencyModel(fingerprint=fp).fit(specs, y, seed=seed)
+    return final, report
