@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(stderr=True)
@@ -52,7 +54,7 @@ def cmd_space_check(args) -> None:
         table = Table("name", "ok", "max rel err", "MFLOPs", "params", "architecture")
         for r in report["archs"]:
             table.add_row(r["name"], "yes" if r["ok"] else "[red]NO", f"{r['max_rel_err']:.1e}",
-                          f"{r['flops'] / 1e6:.1f}", f"{r['params']:,}", r["short"])
+                          f"{r['flops'] / 1e6:.1f}", f"{r['params']:,}", escape(r["short"]))
         Console().print(table)
         Console().print({k: v for k, v in report["coverage"].items() if k in ("norm", "attention")})
         for f in report["failures"]:
@@ -123,6 +125,119 @@ def cmd_fit_latency(args) -> None:
                     f"{report['noise_within_10']:.1%}. Model saved to {args.out} ({report['saved_model']}).")
 
 
+# --- search -----------------------------------------------------------------------------------
+def cmd_run(args) -> None:
+    from rich.live import Live
+
+    from evaluators.data import load_dataset
+    from latency_models import LatencyModel
+    from latency_models.calibrate import calibrate, fingerprint_mismatch
+    from nas.search import SearchConfig, resolve_target, run_search, search_space_for, space_latencies
+
+    data = load_dataset(args.dataset)
+    shape = (data.img_size, data.in_chans, data.num_classes)
+    cfg = SearchConfig(name=args.name, target_ms=0.0, latency_model=args.latency_model or "",
+                       dataset=args.dataset, trials=args.trials, workers=args.workers, epochs=args.epochs,
+                       subset=args.subset, resolution=args.resolution, batch_size=args.batch_size, lr=args.lr,
+                       sampler=args.sampler, seed=args.seed, space=args.space, prune=not args.no_prune,
+                       ray_address=args.ray_address, runs_dir=args.runs_dir)
+    space, _ = search_space_for(cfg, shape)
+    if not args.latency_model:
+        with progress_bar() as bar:
+            task = bar.add_task("calibrating latency model", total=None, info="")
+            path, report = calibrate(*shape, Path(args.runs_dir) / "latency", space, n=args.calibrate_n,
+                                     on_row=lambda r: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms"))
+        if report:
+            console.print(f"latency model {path}: held-out within ±10% {report['within_10']:.0%}, "
+                          f"Kendall tau {report['kendall_tau']:.2f} ({report['n_test']} held out)")
+        else:
+            console.print(f"reusing latency model {path}")
+        cfg = dataclasses.replace(cfg, latency_model=str(path))
+    model = LatencyModel.load(cfg.latency_model)
+    mismatch = fingerprint_mismatch(model, data.img_size)
+    if mismatch and not args.force:
+        raise UserError(f"latency model {cfg.latency_model} was measured elsewhere ({'; '.join(mismatch)}); "
+                        f"pass --force to search for that device anyway")
+    target = resolve_target(args.target_ms, space_latencies(model, space, shape, args.seed))
+    cfg = dataclasses.replace(cfg, target_ms=target)
+    if args.target_ms.startswith("p"):
+        console.print(f"target {args.target_ms} of the space's predicted latencies: {target:g} ms")
+    state = {"text": "starting Ray workers"}
+
+    def view():
+        return f"[bold]{args.name}[/] {state['text']}"
+
+    with Live(view(), console=console, refresh_per_second=4) as live:
+        def on_progress(p):
+            eta = ""
+            if p.mean_train_s:
+                left = max(p.total - p.done, 0)
+                eta = f", ETA ~{left * p.mean_train_s / max(args.workers, 1) / 60:.1f} min"
+            best = f"{p.best_acc:.4f}" if p.best_acc is not None else "-"
+            state["text"] = (f"{p.done}/{p.total} done, {p.running} running, {p.failed} failed, "
+                             f"{p.infeasible} infeasible | best acc under {target:g} ms: {best} | "
+                             f"front {p.front_size}{eta}\n  {escape(p.last)}")
+            live.update(view())
+        front = run_search(cfg, on_progress)
+    print_front(cfg.run_dir, as_json=False)
+    console.print(f"{len(front)} architectures on the front; browse: python search.py front {cfg.run_dir}")
+
+
+def print_front(run_dir: Path, as_json: bool) -> None:
+    from nas.front import load_view, write_html
+
+    trials, front, target = load_view(Path(run_dir))
+    html = write_html(Path(run_dir), trials, front, target)
+    if as_json:
+        print(json.dumps(front))
+        return
+    table = Table("trial", "val acc", "pred ms", "measured ms", "MFLOPs", "params", "architecture",
+                  title=f"Pareto front of {run_dir} (target {target:g} ms)")
+    for f in front:
+        measured = f"{f['measured_ms']:.3f}" if f.get("measured_ms") else "-"
+        name = f" [green](preset {f['preset']})" if f.get("preset") else ""
+        table.add_row(str(f["trial"]), f"{f['val_acc']:.4f}", f"{f['pred_ms']:.3f}", measured,
+                      f"{f['flops'] / 1e6:.1f}", f"{int(f['params']):,}", escape(f["short"]) + name)
+    Console().print(table)
+    refs = trials[trials["preset"].notna()]
+    if len(refs):
+        ref = Table("preset", "trial", "val acc", "pred ms", "state", title="seed presets (reference points)")
+        for _, r in refs.iterrows():
+            acc = f"{r['val_acc']:.4f}" if r["val_acc"] == r["val_acc"] else "-"
+            ref.add_row(str(r["preset"]), str(r["number"]), acc, f"{r['pred_ms']:.3f}", str(r["state"]))
+        Console().print(ref)
+    console.print(f"plot: {html}")
+
+
+def cmd_front(args) -> None:
+    print_front(Path(args.run), args.json)
+
+
+def cmd_train(args) -> None:
+    from nas.final import resolve_trial, train_final
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"training trial {args.trial}", total=None, info="")
+        report = train_final(Path(args.run), resolve_trial(Path(args.run), args.trial), args.epochs,
+                             on_step=lambda step, total, loss: bar.update(task, completed=step, total=total,
+                                                                          info=f"loss {loss:.3f}"))
+    table = Table("figure", "value", title=f"final training of trial {report['trial']}")
+    for k in ("short", "test_acc", "pred_ms", "measured_ms", "pred_rel_err", "epochs", "train_s", "params"):
+        v = report[k]
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else escape(str(v)))
+    Console().print(table)
+
+
+def cmd_export(args) -> None:
+    from nas.final import resolve_trial
+    from nas.package import export_trial
+
+    number = resolve_trial(Path(args.run), args.trial)
+    res = export_trial(Path(args.run), number, Path(args.out), tuple(f for f in args.format.split(",") if f))
+    console.print(f"exported to {res['out']}: {', '.join(res['files'])}; max abs diff vs PyTorch "
+                  f"{', '.join(f'{k} {v:.1e}' for k, v in res['max_abs_diff'].items())}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="search.py", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -166,17 +281,60 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--fingerprint", help="device fingerprint id to fit, when the CSV holds several")
     f.set_defaults(fn=cmd_fit_latency)
+
+    r = sub.add_parser("run", help="search for the best architectures under a latency target")
+    r.add_argument("--name", required=True)
+    r.add_argument("--target-ms", required=True, help="latency target in ms, or pN: the N-th percentile of the "
+                                                      "space's predicted latencies (p50: half the space meets it)")
+    r.add_argument("--latency-model", help="fitted predictor (default: calibrate this machine, cached in runs/latency)")
+    r.add_argument("--dataset", default="digits", help="digits, npz:PATH, imagefolder:PATH or cifar10:ROOT")
+    r.add_argument("--trials", type=int, default=30, help="trials in all, the 6 seed presets included")
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--epochs", type=float, default=3, help="proxy training epochs")
+    r.add_argument("--subset", type=float, help="share of the training split the proxy trains on")
+    r.add_argument("--resolution", type=int, help="proxy input side")
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    r.add_argument("--sampler", choices=["nsga2", "tpe", "random"], default="nsga2")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--space", help="JSON file overriding the search space's choices")
+    r.add_argument("--ray-address", help="join an existing Ray cluster (default: local workers)")
+    r.add_argument("--no-prune", action="store_true", help="train every feasible trial for the full proxy budget")
+    r.add_argument("--calibrate-n", type=int, default=150, help="architectures timed when calibrating")
+    r.add_argument("--force", action="store_true", help="use a latency model measured on another device")
+    r.add_argument("--runs-dir", default="runs")
+    r.set_defaults(fn=cmd_run)
+
+    fr = sub.add_parser("front", help="show a run's Pareto front and write front.html")
+    fr.add_argument("run")
+    fr.add_argument("--json", action="store_true")
+    fr.set_defaults(fn=cmd_front)
+
+    t = sub.add_parser("train", help="fully train one trial's architecture and measure it")
+    t.add_argument("run")
+    t.add_argument("--trial", required=True, help="trial number, or 'best': the most accurate front point")
+    t.add_argument("--epochs", type=float, help="default: 4x the proxy epochs, at least 10")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("export", help="export a trained trial to ONNX and torch.export files")
+    e.add_argument("run")
+    e.add_argument("--trial", required=True, help="trial number, or 'best': the most accurate front point")
+    e.add_argument("--out", required=True)
+    e.add_argument("--format", default="onnx,pt2")
+    e.set_defaults(fn=cmd_export)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from evaluators.data import DataError
     from latency_models import ModelFileError, TableError
+    from nas.search import SearchError
     from search_space import SpecError
 
     try:
         args.fn(args)
-    except (UserError, SpecError, TableError, ModelFileError, FileNotFoundError) as e:
+    except (UserError, SpecError, TableError, ModelFileError, DataError, SearchError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -64,11 +64,11 @@ def torch_runner(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
 def onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int, device: str) -> Callable[[], None]:
     import onnxruntime as ort
 
-    from nas.export import export_onnx
+    from search_space.export import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        export_onnx(model, x, path)
+        export_onnx(model.cpu(), path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]

@@ -24,13 +24,22 @@ class SearchSpace:
     depths: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
     norms: tuple[str, ...] = NORM_NAMES
     attentions: tuple[str, ...] = ATTENTION_NAMES
-    heads: tuple[int, ...] = (1, 2, 4)
+    heads: tuple[int, ...] = (1, 2, 3, 4)
     key_dims: tuple[int, ...] = (8, 16, 32)
     value_ratios: tuple[int, ...] = (1, 2)
     ffns: tuple[int, ...] = (1, 2, 3)
     mlp_ratios: tuple[float, ...] = (2.0, 3.0, 4.0)
     dwconv: tuple[bool, ...] = (False, True)
     skip_fractions: tuple[float, ...] = (0.0, 0.25, 0.5)
+
+    def including(self, params: dict[str, Any]) -> SearchSpace:
+        """This space with the values of `params` (as from `params_of`) added to their axes."""
+        axes = {f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "max_grid"}
+        for name, value in params.items():
+            axis = axes[AXIS_OF[name.split(".")[-1]]]
+            if value not in axis:
+                axis.append(value)
+        return dataclasses.replace(self, **{k: tuple(v) for k, v in axes.items()})
 
     @classmethod
     def load(cls, path: str | Path) -> SearchSpace:
@@ -79,8 +88,8 @@ def sample(trial_or_rng: Suggester | np.random.Generator | int, space: SearchSpa
     patch = t.suggest_categorical("patch", patches or list(space.patch))
     n_stages = t.suggest_categorical("stages", list(space.stages))
     grid = img_size // patch
-    while n_stages > 1 and (grid // 2 ** (n_stages - 2)) % 2:  # keep every downsampling exact
-        n_stages -= 1
+    while n_stages > 1 and any((grid >> i) < 2 or (grid >> i) % 2 for i in range(n_stages - 1)):
+        n_stages -= 1  # every downsampled grid must be even, so the 2x2 merging stays exact
     norm = t.suggest_categorical("norm", list(space.norms))
     widths = sorted(t.suggest_categorical(f"s{i}.width", list(space.widths)) for i in range(n_stages))
     stages = []
@@ -88,6 +97,7 @@ def sample(trial_or_rng: Suggester | np.random.Generator | int, space: SearchSpa
         attention = t.suggest_categorical(f"s{i}.attention", list(space.attentions))
         depth = t.suggest_categorical(f"s{i}.depth", list(space.depths))
         heads = t.suggest_categorical(f"s{i}.heads", list(space.heads))
+        heads = max((h for h in space.heads if h <= heads and width % h == 0), default=1)  # must divide width
         key_dim = t.suggest_categorical(f"s{i}.key_dim", list(space.key_dims))
         value_ratio = 1 if attention == "cga" else t.suggest_categorical(f"s{i}.value_ratio", list(space.value_ratios))
         ffns = t.suggest_categorical(f"s{i}.ffns", list(space.ffns))
@@ -102,3 +112,37 @@ def sample(trial_or_rng: Suggester | np.random.Generator | int, space: SearchSpa
         stages.append(StageSpec(width, depth, norm, attention, heads, key_dim, value_ratio, ffns,
                                 mlp_ratio, dwconv, skip))
     return ArchSpec(tuple(stages), img_size, in_chans, num_classes, patch).validate()
+
+
+def params_of(spec: ArchSpec, space: SearchSpace) -> dict[str, Any]:
+    """The trial parameters from which `sample` rebuilds exactly this spec (used to enqueue the
+    seed presets as ordinary trials). Raises SpecError if the spec is outside the sampler's form."""
+    s0 = spec.stages[0]
+    params: dict[str, Any] = {"patch": spec.patch, "stages": len(spec.stages), "norm": s0.norm}
+    for i, s in enumerate(spec.stages):
+        params.update({f"s{i}.width": s.width, f"s{i}.attention": s.attention, f"s{i}.depth": s.depth,
+                       f"s{i}.heads": s.heads, f"s{i}.key_dim": s.key_dim, f"s{i}.ffns": s.ffns,
+                       f"s{i}.mlp_ratio": s.mlp_ratio, f"s{i}.dwconv": s.dwconv})
+        if s.attention != "cga":
+            params[f"s{i}.value_ratio"] = s.value_ratio
+        if s.depth > 1:
+            params[f"s{i}.skip_fraction"] = len(s.skip) / s.depth
+    fixed = FixedSuggester(params)
+    if sample(fixed, space.including(params), spec.img_size, spec.in_chans, spec.num_classes) != spec:
+        raise SpecError(f"{spec.name or spec.short()} cannot be expressed by the sampler's parameters")
+    return params
+
+
+class FixedSuggester:
+    """Answers `suggest_categorical` from a dict of parameters (Optuna's FixedTrial, minus checks)."""
+
+    def __init__(self, params: dict[str, Any]):
+        self.params = params
+
+    def suggest_categorical(self, name: str, choices: list) -> Any:
+        return self.params[name]
+
+
+AXIS_OF = {"patch": "patch", "stages": "stages", "norm": "norms", "width": "widths", "attention": "attentions",
+           "depth": "depths", "heads": "heads", "key_dim": "key_dims", "value_ratio": "value_ratios",
+           "ffns": "ffns", "mlp_ratio": "mlp_ratios", "dwconv": "dwconv", "skip_fraction": "skip_fractions"}

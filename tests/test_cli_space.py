@@ -1,19 +1,8 @@
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 from search_space import ArchSpec
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args, check=True):
-    res = subprocess.run([sys.executable, str(ROOT / "search.py"), *args], capture_output=True, text=True, cwd=ROOT)
-    if check:
-        assert res.returncode == 0, res.stderr
-    return res
-
+from .helpers import run_cli
 
 def test_space_sample_writes_loadable_specs(tmp_path):
     out = tmp_path / "s.jsonl"

@@ -1,0 +1,41 @@
+"""A latency model for this machine when the user has none: measure, fit, and cache it under
+runs/latency/ keyed by the device fingerprint, so later runs reuse it."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from search_space import SearchSpace, presets, sample
+from search_space.presets import SEARCH_SCALE
+
+from .measure import fingerprint, fingerprint_id, measure_all
+from .predictor import LatencyModel
+from .table import read_table
+from .validate import fit_and_report
+
+
+def calibrate(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, space: SearchSpace,
+              n: int = 150, seed: int = 0, on_row: Callable[[dict], None] | None = None) -> tuple[Path, dict | None]:
+    """Return (model path, fit report or None when the cached model was reused)."""
+    fp = fingerprint("cpu", "torch", 1, 1, img_size)
+    stem = Path(cache_dir) / f"auto-{fingerprint_id(fp)}-{in_chans}x{img_size}"
+    model_path, csv_path = stem.with_suffix(".model"), stem.with_suffix(".csv")
+    if model_path.exists():
+        return model_path, None
+    rng = np.random.default_rng(seed)
+    specs = [sample(rng, space, img_size, in_chans, num_classes) for _ in range(n)]
+    specs += presets(img_size, in_chans, num_classes, SEARCH_SCALE, SEARCH_SCALE).values()
+    measure_all(specs, csv_path, "torch", "cpu", 1, 1, remeasure=0.1, on_row=on_row)
+    model, report = fit_and_report(read_table(csv_path), seed=seed)
+    model.save(model_path)
+    return model_path, report
+
+
+def fingerprint_mismatch(model: LatencyModel, img_size: int) -> list[str]:
+    """Where the model's device fingerprint differs from this machine's (torch, CPU, 1 thread)."""
+    here = fingerprint(model.fingerprint.get("device", "cpu"), model.fingerprint.get("runtime", "torch"),
+                       model.fingerprint.get("threads", 1), model.fingerprint.get("batch", 1), img_size)
+    return [f"{k} {model.fingerprint.get(k)!r} vs here {v!r}" for k, v in here.items()
+            if model.fingerprint.get(k) != v]

@@ -1,0 +1,118 @@
+"""From a trial of a run to a trained model: full training on train + validation data, one test
+evaluation, and the deployed model's latency measured on this device beside its prediction."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import torch
+
+from evaluators.data import load_dataset
+from evaluators.train import Normalizer, TrainConfig, accuracy, train
+from latency_models.measure import fingerprint, time_callable, torch_runner
+from search_space import ArchSpec, build_model, count_params, deploy
+
+from .records import trial_state
+from .search import SearchError
+
+
+def run_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir() or not path.exists():
+        raise SearchError(f"no run at {run_dir}; start one with `search.py run --name NAME --target-ms X`")
+    return json.loads(path.read_text())
+
+
+def load_trial(run_dir: Path, number: int) -> optuna.trial.FrozenTrial:
+    """A trained trial of the run, or a SearchError saying why it cannot be used."""
+    run_dir = Path(run_dir)
+    run_config(run_dir)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{run_dir / 'study.db'}"
+    (name,) = optuna.study.get_all_study_names(storage)
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise SearchError(f"run {run_dir} has no trial {number} (it has trials 0..{len(trials) - 1}); "
+                          f"see `search.py front {run_dir}`")
+    t = trials[number]
+    state = trial_state(t)
+    if state == "DUPLICATE":
+        return load_trial(run_dir, t.user_attrs["cached_from"])
+    if state != "COMPLETE":
+        why = t.user_attrs.get("failure", "")
+        raise SearchError(f"trial {number} of {run_dir} is {state}{': ' + why if why else ''}; pick a trained "
+                          f"trial from `search.py front {run_dir}`")
+    return t
+
+
+def resolve_trial(run_dir: Path, trial: str) -> int:
+    """A trial number from the command line: an integer, or `best` (the front's most accurate)."""
+    run_config(run_dir)
+    if trial == "best":
+        front_file = Path(run_dir) / "front.json"
+        front = json.loads(front_file.read_text()) if front_file.exists() else []
+        if not front:
+            raise SearchError(f"run {run_dir} has no feasible trained trial yet, so no 'best'; "
+                              f"give a trial number or let the search finish")
+        return max(front, key=lambda f: (f["val_acc"], -f["pred_ms"]))["trial"]
+    try:
+        return int(trial)
+    except ValueError:
+        raise SearchError(f"--trial {trial!r} is neither a trial number nor 'best'") from None
+
+
+def final_dir(run_dir: Path, number: int) -> Path:
+    return Path(run_dir) / "final" / str(number)
+
+
+def train_final(run_dir: Path, number: int, epochs: float | None = None,
+                on_step: Callable[[int, int, float], None] | None = None) -> dict:
+    """Train trial `number` from scratch with the full budget; resumes from its checkpoint."""
+    cfg = run_config(run_dir)
+    trial = load_trial(run_dir, number)
+    spec = ArchSpec.from_json(trial.user_attrs["spec"])
+    epochs = epochs if epochs is not None else max(4 * float(cfg["epochs"]), 10)
+    out = final_dir(run_dir, trial.number)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_dataset(cfg["dataset"])
+    mean, std = data.channel_stats()
+    tcfg = TrainConfig(epochs=epochs, batch_size=cfg["batch_size"], lr=cfg.get("lr", 2e-3), seed=cfg["seed"],
+                       threads=torch.get_num_threads())
+    t0 = time.perf_counter()
+    res = train(spec, data.x_train, data.y_train, None, None, tcfg, mean, std,
+                checkpoint=out / "checkpoint.pt", on_step=on_step)
+    norm = Normalizer(mean, std, spec.img_size)
+    test_acc = accuracy(res.model, data.x_test, data.y_test, norm)
+    torch.save({"spec": spec.to_json(), "state_dict": res.model.state_dict(), "mean": mean, "std": std},
+               out / "model.pt")
+    deployed = deploy(res.model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    timing = time_callable(torch_runner(deployed, torch.randn(1, spec.in_chans, spec.img_size, spec.img_size)))
+    torch.set_num_threads(threads)
+    pred = trial.user_attrs["pred_ms"]
+    report = {"trial": trial.number, "arch_id": spec.arch_id, "short": spec.short(), "test_acc": test_acc,
+              "val_acc_proxy": trial.user_attrs.get("val_acc"), "pred_ms": pred, "measured_ms": timing["median_ms"],
+              "p10_ms": timing["p10_ms"], "p90_ms": timing["p90_ms"],
+              "pred_rel_err": (pred - timing["median_ms"]) / timing["median_ms"], "epochs": epochs,
+              "train_s": res.train_s, "wall_s": time.perf_counter() - t0, "flops": trial.user_attrs.get("flops"),
+              "params": count_params(deployed), "dataset": cfg["dataset"],
+              "device": fingerprint("cpu", "torch", 1, 1, spec.img_size)}
+    (out / "final.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def load_trained(run_dir: Path, number: int) -> tuple[torch.nn.Module, dict]:
+    """The fully trained model of a trial (after `train_final`) and its input normalisation."""
+    trial = load_trial(run_dir, number)
+    path = final_dir(run_dir, trial.number) / "model.pt"
+    if not path.exists():
+        raise SearchError(f"trial {number} of {run_dir} has no final training yet; run "
+                          f"`search.py train {run_dir} --trial {number}` first")
+    blob = torch.load(path, weights_only=False)
+    model = build_model(ArchSpec.from_json(blob["spec"]))
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), {"mean": blob["mean"], "std": blob["std"]}

@@ -1,0 +1,71 @@
+"""What a run writes besides its study: trials.csv (every trial) and front.json (the Pareto-optimal
+feasible trials). Both are rebuilt from the study alone, atomically, after every finished trial."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+TRIAL_COLUMNS = ["number", "state", "arch_id", "short", "val_acc", "pred_ms", "flops", "params", "train_s",
+                 "failure", "preset", "cached_from", "history", "spec"]
+
+
+def trial_state(t: optuna.trial.FrozenTrial) -> str:
+    """Optuna's state, refined: an infeasible candidate or a duplicate is COMPLETE to the sampler
+    but was never trained."""
+    a = t.user_attrs
+    if a.get("infeasible"):
+        return "INFEASIBLE"
+    if a.get("cached_from") is not None:
+        return "DUPLICATE"
+    if a.get("interrupted"):
+        return "INTERRUPTED"
+    return t.state.name
+
+
+def trial_row(t: optuna.trial.FrozenTrial) -> dict:
+    a = t.user_attrs
+    state = trial_state(t)
+    trained = state == "COMPLETE"
+    return {"number": t.number, "state": state, "arch_id": a.get("arch_id"), "short": a.get("short"),
+            "val_acc": a.get("val_acc") if trained else None, "pred_ms": a.get("pred_ms"),
+            "flops": a.get("flops"), "params": a.get("params"), "train_s": a.get("train_s"),
+            "failure": a.get("failure"), "preset": a.get("preset"), "cached_from": a.get("cached_from"),
+            "history": json.dumps(a["history"]) if "history" in a else None, "spec": a.get("spec")}
+
+
+def pareto_front(rows: list[dict], target_ms: float) -> list[dict]:
+    """Trained, feasible rows not dominated on (val_acc up, pred_ms down); ties keep the earliest."""
+    cand = [r for r in rows if r["state"] == "COMPLETE" and r["val_acc"] is not None and r["pred_ms"] <= target_ms]
+    cand.sort(key=lambda r: (r["pred_ms"], -r["val_acc"], r["number"]))
+    front, best = [], -math.inf
+    for r in cand:
+        if r["val_acc"] > best:
+            front.append(r)
+            best = r["val_acc"]
+    return front
+
+
+def front_entry(r: dict) -> dict:
+    return {"trial": r["number"], "arch_id": r["arch_id"], "short": r["short"], "spec": json.loads(r["spec"]),
+            "val_acc": r["val_acc"], "pred_ms": r["pred_ms"], "flops": r["flops"], "params": r["params"],
+            "preset": r["preset"], "measured_ms": None}  # filled by `front` once a final training measured it
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_records(study: optuna.Study, run_dir: Path, target_ms: float) -> list[dict]:
+    """Write trials.csv and front.json for the study's current state; return the front."""
+    rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
+    front = [front_entry(r) for r in pareto_front(rows, target_ms)]
+    _atomic_write(run_dir / "trials.csv", pd.DataFrame(rows, columns=TRIAL_COLUMNS).to_csv(index=False))
+    _atomic_write(run_dir / "front.json", json.dumps(front, indent=1))
+    return front

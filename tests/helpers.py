@@ -1,0 +1,35 @@
+"""Shared test helpers: a latency model with a known true function, fitted in milliseconds."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from latency_models import LatencyModel
+from latency_models.features import total_flops
+from latency_models.measure import fingerprint
+from search_space import SearchSpace, sample
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic_ms(spec) -> float:
+    """A known 'device': 0.3 ms fixed cost plus 1 ms per 10 MFLOPs."""
+    return 0.3 + total_flops(spec) / 1e7
+
+
+def synthetic_model(path: Path, img_size: int = 8, in_chans: int = 1, n: int = 80) -> Path:
+    rng = np.random.default_rng(0)
+    specs = [sample(rng, SearchSpace(), img_size, in_chans, 10) for _ in range(n)]
+    model = LatencyModel(fingerprint=fingerprint("cpu", "torch", 1, 1, img_size))
+    model.fit(specs, np.array([synthetic_ms(s) for s in specs]), residual=False)
+    model.save(path)
+    return path
+
+
+def run_cli(*args, check=True, timeout=600):
+    res = subprocess.run([sys.executable, str(ROOT / "search.py"), *map(str, args)], capture_output=True, text=True,
+                         cwd=ROOT, timeout=timeout)
+    if check:
+        assert res.returncode == 0, res.stderr[-3000:]
+    return res

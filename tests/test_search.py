@@ -1,0 +1,123 @@
+"""The search engine end to end on digits: real Optuna studies, real Ray workers, real training."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+
+from nas.records import pareto_front
+
+from .helpers import ROOT, run_cli, synthetic_model
+
+TARGET = "p50"  # a target half the space meets, so the constraint bites
+TINY = ["--dataset", "digits", "--epochs", "1", "--subset", "0.3", "--workers", "2", "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def latency_model(tmp_path_factory):
+    return synthetic_model(tmp_path_factory.mktemp("lat") / "digits.model")
+
+
+def study_trials(run_dir):
+    storage = f"sqlite:///{run_dir}/study.db"
+    (name,) = optuna.study.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+def dominated(a, b):
+    return b["val_acc"] >= a["val_acc"] and b["pred_ms"] <= a["pred_ms"] and (
+        b["val_acc"] > a["val_acc"] or b["pred_ms"] < a["pred_ms"])
+
+
+def check_run(run_dir, trials_asked):
+    target = json.loads((run_dir / "config.json").read_text())["target_ms"]
+    trials = pd.read_csv(run_dir / "trials.csv")
+    finished = trials[~trials["state"].isin(["RUNNING", "INTERRUPTED"])]
+    assert len(finished) >= trials_asked
+    # presets first, as reference points
+    assert trials.sort_values("number")["preset"].head(6).notna().all()
+    # infeasible candidates are recorded with their prediction but never trained
+    infeasible = trials[trials["state"] == "INFEASIBLE"]
+    assert (infeasible["pred_ms"] > target).all() and infeasible["train_s"].isna().all()
+    over = trials[(trials["pred_ms"] > target) & trials["preset"].isna()]
+    assert over["val_acc"].isna().all()
+    trained = trials[trials["val_acc"].notna()]
+    assert not trained["arch_id"].duplicated().any()
+    front = json.loads((run_dir / "front.json").read_text())
+    assert front and all(p["pred_ms"] <= target for p in front)
+    assert not any(dominated(p, q) for p in front for q in front)
+    best = trained[trained["pred_ms"] <= target]["val_acc"].max()
+    assert max(p["val_acc"] for p in front) == pytest.approx(best)
+    complete = [t for t in study_trials(run_dir) if t.state == optuna.trial.TrialState.COMPLETE]
+    assert all("spec" in t.user_attrs for t in complete)
+    return trials
+
+
+def test_tiny_search_completes(tmp_path, latency_model):
+    res = run_cli("run", "--name", "tiny", "--target-ms", TARGET, "--trials", 12, "--latency-model", latency_model,
+                  "--runs-dir", tmp_path, *TINY)
+    trials = check_run(tmp_path / "tiny", 12)
+    assert (trials["state"] == "INFEASIBLE").any()  # the constraint was exercised
+    assert "Pareto front" in res.stdout
+    front = run_cli("front", tmp_path / "tiny", "--json")
+    assert json.loads(front.stdout) == json.loads((tmp_path / "tiny" / "front.json").read_text())
+    assert (tmp_path / "tiny" / "front.html").stat().st_size > 10_000
+
+
+def test_killed_run_resumes_without_loss_or_retraining(tmp_path, latency_model):
+    args = [sys.executable, str(ROOT / "search.py"), "run", "--name", "kill", "--target-ms", TARGET,
+            "--trials", "14", "--latency-model", str(latency_model), "--runs-dir", str(tmp_path), *TINY]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    csv = tmp_path / "kill" / "trials.csv"
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        if csv.exists() and (pd.read_csv(csv)["state"] == "COMPLETE").sum() >= 4:
+            break
+        time.sleep(1)
+    before = {t.number: (t.state.name, t.values) for t in study_trials(tmp_path / "kill") if t.state.is_finished()}
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray workers, mid-run
+    proc.wait()
+    assert sum(s == "COMPLETE" for s, _ in before.values()) >= 4
+    run_cli("run", "--name", "kill", "--target-ms", TARGET, "--trials", 14, "--latency-model", latency_model,
+            "--runs-dir", tmp_path, *TINY)
+    after = {t.number: (t.state.name, t.values) for t in study_trials(tmp_path / "kill")}
+    assert all(after[n] == v for n, v in before.items() if v[0] == "COMPLETE")
+    check_run(tmp_path / "kill", 14)
+
+
+def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, latency_model):
+    run_cli("run", "--name", "boom", "--target-ms", TARGET, "--trials", 7, "--latency-model", latency_model,
+            "--runs-dir", tmp_path, "--lr", "1e9", *TINY)
+    trials = pd.read_csv(tmp_path / "boom" / "trials.csv")
+    failed = trials[trials["state"] == "FAIL"]
+    assert len(failed) >= 1 and failed["failure"].str.contains("loss became").all()
+    assert len(trials[trials["state"] != "RUNNING"]) >= 7
+
+
+def test_changed_settings_refuse_to_resume(tmp_path, latency_model):
+    run_dir = tmp_path / "x"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"target_ms": 1.0}))
+    res = run_cli("run", "--name", "x", "--target-ms", TARGET, "--latency-model", latency_model,
+                  "--runs-dir", tmp_path, check=False)
+    assert res.returncode == 2 and "already exists with other settings" in res.stderr
+
+
+def test_unreachable_target_says_fastest_and_suggests(tmp_path, latency_model):
+    res = run_cli("run", "--name", "slow", "--target-ms", "0.01", "--latency-model", latency_model,
+                  "--runs-dir", tmp_path, check=False)
+    assert res.returncode == 2
+    assert "below the fastest architecture" in res.stderr and "try --target-ms" in res.stderr
+
+
+def test_pareto_front_keeps_only_non_dominated_feasible_rows():
+    rows = [{"number": i, "state": "COMPLETE", "val_acc": a, "pred_ms": m}
+            for i, (a, m) in enumerate([(0.5, 1.0), (0.6, 2.0), (0.55, 2.5), (0.9, 9.0), (0.6, 1.5)])]
+    front = pareto_front(rows, target_ms=5.0)
+    assert [(r["val_acc"], r["pred_ms"]) for r in front] == [(0.5, 1.0), (0.6, 1.5)]
