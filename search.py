@@ -214,11 +214,13 @@ def cmd_front(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from nas.final import resolve_trial, train_final
+    from nas.final import load_trial, resolve_trial, train_final
 
+    number = resolve_trial(Path(args.run), args.trial)
+    load_trial(Path(args.run), number)  # a bad trial is reported before any progress is drawn
     with progress_bar() as bar:
-        task = bar.add_task(f"training trial {args.trial}", total=None, info="")
-        report = train_final(Path(args.run), resolve_trial(Path(args.run), args.trial), args.epochs,
+        task = bar.add_task(f"training trial {number}", total=None, info="")
+        report = train_final(Path(args.run), number, args.epochs,
                              on_step=lambda step, total, loss: bar.update(task, completed=step, total=total,
                                                                           info=f"loss {loss:.3f}"))
     table = Table("figure", "value", title=f"final training of trial {report['trial']}")

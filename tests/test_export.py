@@ -1,0 +1,79 @@
+"""Export round-trips for every preset, and the main job end to end (run, front, train, export)."""
+import json
+
+import onnx
+import pandas as pd
+import pytest
+import torch
+
+from nas.package import verify_onnx, verify_pt2
+from search_space import build_model, deploy, presets
+from search_space.check import randomize_norms
+from search_space.export import export_onnx, export_pt2
+
+from .helpers import run_cli
+
+PRESETS = presets(8, 1, 10, width_mult=0.25, depth_mult=0.25)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_exports_match_pytorch(tmp_path, name):
+    model = build_model(PRESETS[name]).eval()
+    randomize_norms(model, torch.Generator().manual_seed(0))
+    deployed = deploy(model)
+    x = torch.randn(3, 1, 8, 8)  # batch 3: the exported batch dimension is dynamic
+    export_onnx(deployed, tmp_path / "m.onnx")
+    export_pt2(deployed, tmp_path / "m.pt2")
+    assert verify_onnx(tmp_path / "m.onnx", deployed, x) <= 1e-4
+    assert verify_pt2(tmp_path / "m.pt2", deployed, x) <= 1e-4
+    ops = {n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node}
+    assert not ops & {"BatchNormalization", "LayerNormalization"} or PRESETS[name].stages[0].skip
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The demo path at a tiny budget, calibration included."""
+    runs = tmp_path_factory.mktemp("runs")
+    run_cli("run", "--name", "demo", "--target-ms", "p60", "--trials", 9, "--epochs", 1, "--subset", 0.3,
+            "--calibrate-n", 16, "--workers", 2, "--runs-dir", runs)
+    return runs / "demo"
+
+
+def test_demo_path_trains_and_exports_the_best(demo_run, tmp_path):
+    assert list((demo_run.parent / "latency").glob("auto-*.model"))  # calibrated and cached
+    res = run_cli("train", demo_run, "--trial", "best", "--epochs", 1)
+    best = max(json.loads((demo_run / "front.json").read_text()), key=lambda f: f["val_acc"])
+    final = json.loads((demo_run / "final" / str(best["trial"]) / "final.json").read_text())
+    for key in ("trial", "arch_id", "test_acc", "pred_ms", "measured_ms", "epochs", "train_s"):
+        assert key in final
+    assert final["trial"] == best["trial"] and 0 <= final["test_acc"] <= 1 and final["measured_ms"] > 0
+    assert "test_acc" in res.stdout
+    run_cli("export", demo_run, "--trial", "best", "--out", tmp_path / "export")
+    assert {p.name for p in (tmp_path / "export").iterdir()} >= {"model.onnx", "model.pt2", "arch.json", "MODEL_CARD.md"}
+    card = (tmp_path / "export" / "MODEL_CARD.md").read_text()
+    assert f"{final['test_acc']:.4f}" in card and "onnxruntime" in card
+    front = json.loads(run_cli("front", demo_run, "--json").stdout)
+    assert next(f for f in front if f["trial"] == best["trial"])["measured_ms"] == final["measured_ms"]
+
+
+def _one_line_error(res, text):
+    assert res.returncode == 2, res.stderr
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], res.stderr
+
+
+def test_bad_input_is_one_line_exit_2(demo_run, tmp_path):
+    _one_line_error(run_cli("front", tmp_path / "nope", check=False), "no run at")
+    _one_line_error(run_cli("train", demo_run, "--trial", 999, check=False), "has no trial 999")
+    trials = pd.read_csv(demo_run / "trials.csv")
+    untrained = trials[trials["state"].isin(["INFEASIBLE", "FAIL", "PRUNED"])]
+    if len(untrained):
+        n = int(untrained["number"].iloc[0])
+        _one_line_error(run_cli("train", demo_run, "--trial", n, check=False), f"trial {n} of")
+    never_trained = trials[trials["state"] == "COMPLETE"]["number"].iloc[-1]
+    if not (demo_run / "final" / str(never_trained)).exists():
+        _one_line_error(run_cli("export", demo_run, "--trial", never_trained, "--out", tmp_path / "x", check=False),
+                        "has no final training yet")
+    _one_line_error(run_cli("run", "--name", "d", "--target-ms", 5, "--dataset", f"npz:{tmp_path}/none.npz",
+                            "--runs-dir", tmp_path, check=False), "does not exist")
+    _one_line_error(run_cli("train", demo_run, "--trial", "fastest", check=False), "neither a trial number")
