@@ -7,9 +7,6 @@ Computing this takes microseconds, which is what lets the predictor score 10k+ s
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
-
 import numpy as np
 
 from search_space.attentions import window_for
@@ -19,29 +16,33 @@ KINDS = ("linear", "conv", "dwconv", "matmul", "sdpa", "softmax", "norm", "eleme
 F32 = 4
 
 
-@dataclass
-class KernelTally:
-    """Per kind: number of kernel launches, FLOPs and bytes moved."""
+KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
 
-    calls: dict
-    flops: dict
-    bytes: dict
-    module_calls: int = 0
+
+class KernelTally:
+    """Per kind: number of kernel launches, FLOPs and bytes moved (flat lists: this is a hot path)."""
+
+    __slots__ = ("calls", "flops", "bytes", "module_calls")
+
+    def __init__(self):
+        self.calls = [0] * len(KINDS)
+        self.flops = [0.0] * len(KINDS)
+        self.bytes = [0.0] * len(KINDS)
+        self.module_calls = 0
 
     def add(self, kind: str, flops: float, nbytes: float, calls: int = 1) -> None:
-        self.calls[kind] += calls
-        self.flops[kind] += flops
-        self.bytes[kind] += nbytes
+        i = KIND_INDEX[kind]
+        self.calls[i] += calls
+        self.flops[i] += flops
+        self.bytes[i] += nbytes
 
     def merge(self, other: KernelTally, times: int) -> None:
         """Add `times` copies of another tally (identical blocks are tallied once)."""
-        for kind in other.calls:
-            self.add(kind, times * other.flops[kind], times * other.bytes[kind], times * other.calls[kind])
+        for i in range(len(KINDS)):
+            self.calls[i] += times * other.calls[i]
+            self.flops[i] += times * other.flops[i]
+            self.bytes[i] += times * other.bytes[i]
         self.module_calls += times * other.module_calls
-
-
-def _new_tally() -> KernelTally:
-    return KernelTally(defaultdict(int), defaultdict(float), defaultdict(float))
 
 
 def linear(t: KernelTally, m: int, k: int, n: int, calls: int = 1) -> None:
@@ -159,7 +160,7 @@ ATTENTION_KERNELS = {"mhsa": mhsa, "sla": sla}
 
 def tally(spec: ArchSpec) -> KernelTally:
     """Every kernel the deployed model of `spec` launches for one batch-1 forward."""
-    t = _new_tally()
+    t = KernelTally()
     grids = spec.grids()
     # stem: log2(patch) 3x3 convs (one stride-1 conv for patch 1), GELU between
     n_convs = max(spec.patch.bit_length() - 1, 1)
@@ -178,7 +179,7 @@ def tally(spec: ArchSpec) -> KernelTally:
             prev = spec.stages[i - 1]
             norm(t, deployed_norm(spec, i - 1), 4 * n * prev.width)
             conv(t, n, prev.width, s.width, 2)
-        attention_block, skip_block = _new_tally(), _new_tally()
+        attention_block, skip_block = KernelTally(), KernelTally()
         for block, is_skip in ((attention_block, False), (skip_block, True)):
             for _ in range(s.ffns):
                 norm(block, nk, n * s.width)
@@ -210,8 +211,8 @@ FEATURE_NAMES = ([f"{k}_{q}" for k in KINDS for q in ("calls", "flops", "bytes")
 def features(spec: ArchSpec) -> np.ndarray:
     """Fixed-length feature vector (FEATURE_NAMES) of one spec."""
     t = tally(spec)
-    row = [v for k in KINDS for v in (t.calls[k], t.flops[k], t.bytes[k])]
-    total = sum(t.flops.values())
+    row = [v for i in range(len(KINDS)) for v in (t.calls[i], t.flops[i], t.bytes[i])]
+    total = sum(t.flops)
     tokens = sum(g * g * s.depth for s, g in zip(spec.stages, spec.grids()))
     return np.array(row + [t.module_calls, total, tokens, sum(s.depth for s in spec.stages)], dtype=np.float64)
 
@@ -221,4 +222,4 @@ def feature_matrix(specs: list[ArchSpec]) -> np.ndarray:
 
 
 def total_flops(spec: ArchSpec) -> int:
-    return int(round(sum(tally(spec).flops.values())))
+    return int(round(sum(tally(spec).flops)))

@@ -3,9 +3,7 @@ a Ray worker trains the feasible ones, Optuna is told the result. State lives in
 so a re-run of the same command resumes where the last one stopped."""
 from __future__ import annotations
 
-import dataclasses
 import json
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +13,6 @@ import numpy as np
 import optuna
 
 from evaluators.data import load_dataset
-from evaluators.proxy import evaluate_proxy
 from evaluators.train import TrainConfig
 from latency_models import LatencyModel
 from latency_models.features import total_flops
@@ -113,7 +110,7 @@ def counts(study: optuna.Study) -> dict[str, int]:
 
 
 @dataclass
-class Progress:
+class SearchProgress:
     """What the live view shows after every event."""
 
     done: int = 0
@@ -167,7 +164,7 @@ def check_target(target_ms: float, latencies: np.ndarray) -> None:
                           f"(half the space meets it) or at least {q10:.2f} (a tenth does)")
 
 
-def run_search(cfg: SearchConfig, on_progress: Callable[[Progress], None] | None = None) -> list[dict]:
+def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] | None = None) -> list[dict]:
     """Run (or resume) a search; returns the Pareto front. Infeasible candidates are never trained."""
     import ray
 
@@ -202,9 +199,9 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[Progress], None] | None
     evaluated: dict[str, optuna.trial.FrozenTrial] = {
         t.user_attrs["arch_id"]: t for t in study.get_trials(deepcopy=False)
         if trial_state(t) == "COMPLETE"}
-    pending: dict = {}  # ray ref -> (trial, arch_id, t0)
+    pending: dict = {}  # ray ref -> (trial, arch_id)
     waiting_dupes: dict[str, list] = {}
-    prog = Progress(total=cfg.trials)
+    prog = SearchProgress(total=cfg.trials)
     front: list[dict] = write_records(study, cfg.run_dir, cfg.target_ms)
 
     def report(last: str = "") -> None:
@@ -266,18 +263,18 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[Progress], None] | None
                 elif spec.arch_id in evaluated:
                     tell_duplicate(trial, evaluated[spec.arch_id])
                     report(f"trial {trial.number} duplicates trial {evaluated[spec.arch_id].number}")
-                elif any(a == spec.arch_id for _, a, _ in pending.values()):
+                elif any(a == spec.arch_id for _, a in pending.values()):
                     waiting_dupes.setdefault(spec.arch_id, []).append(trial)
                 else:
                     curves = [t.user_attrs["history"] for t in evaluated.values() if "history" in t.user_attrs]
                     ref = remote_evaluate.remote(spec.to_json(), data_ref, train_cfg, curves if cfg.prune else None)
-                    pending[ref] = (trial, spec.arch_id, time.time())
+                    pending[ref] = (trial, spec.arch_id)
                     capacity -= 1
                     report(f"trial {trial.number} training {spec.short()[:60]}")
             if not pending:
                 break
             ready, _ = ray.wait(list(pending), num_returns=1)
-            trial, arch_id, _ = pending.pop(ready[0])
+            trial, arch_id = pending.pop(ready[0])
             res = ray.get(ready[0])
             msg = tell_result(trial, res)
             frozen = study.get_trials(deepcopy=False)[trial.number]
