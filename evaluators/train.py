@@ -162,7 +162,7 @@ def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
             opt.step()
             step += 1
             if on_step:
-                on_step(step, total, float(loss))
+                on_step(step, total, loss.item())
         if x_val is not None:
             history.append(accuracy(model, x_val, y_val, norm))
         if checkpoint is not None:

@@ -267,7 +267,8 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
                     waiting_dupes.setdefault(spec.arch_id, []).append(trial)
                 else:
                     curves = [t.user_attrs["history"] for t in evaluated.values() if "history" in t.user_attrs]
-                    ref = remote_evaluate.remote(spec.to_json(), data_ref, train_cfg, curves if cfg.prune else None)
+                    prunable = cfg.prune and not name  # presets are reference points: always trained in full
+                    ref = remote_evaluate.remote(spec.to_json(), data_ref, train_cfg, curves if prunable else None)
                     pending[ref] = (trial, spec.arch_id)
                     capacity -= 1
                     report(f"trial {trial.number} training {spec.short()[:60]}")

@@ -39,8 +39,9 @@ def check_run(run_dir, trials_asked):
     trials = pd.read_csv(run_dir / "trials.csv")
     finished = trials[~trials["state"].isin(["RUNNING", "INTERRUPTED"])]
     assert len(finished) >= trials_asked
-    # presets first, as reference points
-    assert trials.sort_values("number")["preset"].head(6).notna().all()
+    # presets first, as reference points, trained in full (never pruned)
+    presets = trials.sort_values("number").head(6)
+    assert presets["preset"].notna().all() and not (presets["state"] == "PRUNED").any()
     # infeasible candidates are recorded with their prediction but never trained
     infeasible = trials[trials["state"] == "INFEASIBLE"]
     assert (infeasible["pred_ms"] > target).all() and infeasible["train_s"].isna().all()
