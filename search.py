@@ -23,10 +23,12 @@ class UserError(Exception):
 
 # --- space ------------------------------------------------------------------------------------
 def cmd_space_sample(args) -> None:
+    import numpy as np
+
     from search_space import SearchSpace, sample
 
-    space = SearchSpace.load(args.space) if args.space else SearchSpace()
-    rng = __import__("numpy").random.default_rng(args.seed)
+    space = SearchSpace.load(args.space)
+    rng = np.random.default_rng(args.seed)
     specs = [sample(rng, space, args.img_size, args.in_chans, args.num_classes) for _ in range(args.n)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("".join(s.to_json() + "\n" for s in specs))
@@ -40,7 +42,7 @@ def cmd_space_check(args) -> None:
     from search_space import SearchSpace, presets, sample
     from search_space.check import check_space
 
-    space = SearchSpace.load(args.space) if args.space else SearchSpace()
+    space = SearchSpace.load(args.space)
     rng = np.random.default_rng(args.seed)
     named = list(presets(args.img_size, args.in_chans, args.num_classes).items())
     named += [(f"sample-{i}", sample(rng, space, args.img_size, args.in_chans, args.num_classes))
@@ -84,7 +86,7 @@ def cmd_measure(args) -> None:
             raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     shape = (args.img_size, args.in_chans, args.num_classes)
     specs = load_specs(args.specs) if args.specs else []
-    space = SearchSpace.load(args.space) if args.space else SearchSpace()
+    space = SearchSpace.load(args.space)
     rng = np.random.default_rng(args.seed)
     specs += [sample(rng, space, *shape) for _ in range(args.n)]
     for scale in (1.0, SEARCH_SCALE):

@@ -42,8 +42,10 @@ class SearchSpace:
         return dataclasses.replace(self, **{k: tuple(v) for k, v in axes.items()})
 
     @classmethod
-    def load(cls, path: str | Path) -> SearchSpace:
-        """Defaults overridden by a JSON object of {axis: [choices]}."""
+    def load(cls, path: str | Path | None) -> SearchSpace:
+        """Defaults overridden by a JSON object of {axis: [choices]} (none: the defaults)."""
+        if path is None:
+            return cls()
         try:
             override = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as e:

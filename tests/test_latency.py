@@ -140,3 +140,10 @@ def test_run_refuses_a_foreign_latency_model_unless_forced(tmp_path):
 
 def test_feature_matrix_shape():
     assert feature_matrix(tiny_specs(3)).shape == (3, len(FEATURE_NAMES))
+
+
+def test_onnxruntime_runner_times_the_exported_model():
+    from latency_models.measure import measure_spec
+
+    stats = measure_spec(tiny_specs(1)[0], runtime="onnxruntime")
+    assert 0 < stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"] and stats["repeats"] >= 30

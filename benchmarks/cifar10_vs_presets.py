@@ -1,0 +1,121 @@
+"""Searched architectures vs the seed papers' hand designs, through the shipped commands only:
+
+1. target: the median predicted latency of the six presets (so some presets meet it, some do not);
+2. `search.py run` on the data under that target;
+3. `search.py train` with one identical recipe for every preset and the best 3 searched (non-preset)
+   feasible trials, each measured on this CPU after deploy;
+4. DIR/results.json, a markdown table and DIR/cifar10_front.png (test accuracy vs measured latency).
+
+    .venv/bin/python benchmarks/cifar10_vs_presets.py [--data ../shared/data/cifar10.npz] [--out DIR] [--quick]
+
+`--data digits` runs on the embedded digits set; `--quick` uses tiny budgets (the test runs that).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from evaluators.data import load_dataset
+from latency_models import LatencyModel
+from search_space import presets
+from search_space.presets import SEARCH_SCALE
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGETS = {"full": {"trials": 40, "epochs": 2, "subset": 0.25, "final_epochs": 30},
+           "quick": {"trials": 8, "epochs": 1, "subset": 0.3, "final_epochs": 1}}
+
+
+def cli(*args: str) -> None:
+    subprocess.run([sys.executable, str(ROOT / "search.py"), *args], check=True, cwd=ROOT)
+
+
+def pick_target(model: LatencyModel, dataset) -> float:
+    specs = presets(dataset.img_size, dataset.in_chans, dataset.num_classes, SEARCH_SCALE, SEARCH_SCALE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return round(float(pd.Series(model.predict(list(specs.values()))).median()), 4)
+
+
+def chosen_trials(run: Path, target: float) -> tuple[dict[int, str], list[int]]:
+    """Preset trials by number, and the 3 most accurate searched feasible trials."""
+    trials = pd.read_csv(run / "trials.csv")
+    done = trials[trials["state"] == "COMPLETE"]
+    preset_rows = done[done["preset"].notna()]
+    searched = done[done["preset"].isna() & (done["pred_ms"] <= target)].sort_values("val_acc", ascending=False)
+    return dict(zip(preset_rows["number"], preset_rows["preset"])), searched["number"].head(3).tolist()
+
+
+def plot(rows: list[dict], target: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, marker, color in (("preset", "D", "#2ca02c"), ("searched", "o", "#9467bd")):
+        part = [r for r in rows if r["kind"] == kind]
+        ax.scatter([r["measured_ms"] for r in part], [r["test_acc"] for r in part], marker=marker, color=color,
+                   label=kind, s=50)
+        for r in part:
+            ax.annotate(r["name"], (r["measured_ms"], r["test_acc"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+    ax.axvline(target, linestyle="--", color="gray", label=f"target {target:g} ms")
+    ax.set_xlabel("measured latency after deploy (ms, batch 1, 1 thread)")
+    ax.set_ylabel("test accuracy")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10.npz"),
+                    help="an npz in the shared format, or 'digits'")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cifar10"))
+    ap.add_argument("--latency-model", default=str(ROOT / "runs" / "latency" / "cpu-torch.model"))
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    budget = BUDGETS["quick" if args.quick else "full"]
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    dataset_arg = "digits" if args.data == "digits" else f"npz:{Path(args.data).resolve()}"
+    dataset = load_dataset(dataset_arg)
+    target = pick_target(LatencyModel.load(args.latency_model), dataset)
+    run = out / "runs" / "search"
+    start = time.time()
+    cli("run", "--name", "search", "--runs-dir", str(out / "runs"), "--dataset", dataset_arg,
+        "--target-ms", str(target), "--latency-model", args.latency_model, "--trials", str(budget["trials"]),
+        "--epochs", str(budget["epochs"]), "--subset", str(budget["subset"]))
+    preset_trials, searched = chosen_trials(run, target)
+    rows = []
+    for number in [*preset_trials, *searched]:
+        cli("train", str(run), "--trial", str(number), "--epochs", str(budget["final_epochs"]))
+        final = json.loads((run / "final" / str(number) / "final.json").read_text())
+        rows.append({"name": preset_trials.get(number, f"trial-{number}"),
+                     "kind": "preset" if number in preset_trials else "searched", "short": final["short"],
+                     "test_acc": final["test_acc"], "measured_ms": final["measured_ms"], "pred_ms": final["pred_ms"],
+                     "pred_err": final["pred_rel_err"], "params": final["params"], "flops": final["flops"],
+                     "train_min": final["train_s"] / 60})
+    results = {"target_ms": target, "target_rule": "median predicted latency of the six presets",
+               "data": dataset_arg, "budget": budget, "wall_min": (time.time() - start) / 60, "rows": rows}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    plot(rows, target, out / "cifar10_front.png")
+    print(f"target {target} ms (median predicted latency of the presets); wall {results['wall_min']:.1f} min")
+    print("| architecture | kind | short | test acc | measured ms | predicted ms (err) | params | MFLOPs | train min |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {r['kind']} | `{r['short']}` | {r['test_acc']:.4f} | {r['measured_ms']:.3f} | "
+              f"{r['pred_ms']:.3f} ({r['pred_err']:+.1%}) | {r['params']:,} | {r['flops'] / 1e6:.1f} | "
+              f"{r['train_min']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

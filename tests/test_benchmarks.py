@@ -1,0 +1,21 @@
+"""The searched-vs-presets benchmark stays runnable: its --quick mode on digits."""
+import json
+import subprocess
+import sys
+
+from .helpers import ROOT, synthetic_model
+
+
+def test_cifar10_vs_presets_quick_on_digits(tmp_path):
+    model = synthetic_model(tmp_path / "digits.model")
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cifar10_vs_presets.py"), "--quick", "--data", "digits",
+                    "--out", str(tmp_path / "out"), "--latency-model", str(model)], check=True, cwd=ROOT,
+                   capture_output=True, timeout=900)
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["target_ms"] > 0
+    kinds = [r["kind"] for r in res["rows"]]
+    assert kinds.count("preset") == 6 and 1 <= kinds.count("searched") <= 3
+    for r in res["rows"]:
+        assert {"name", "kind", "short", "test_acc", "measured_ms", "pred_ms", "params", "flops", "train_min"} <= set(r)
+        assert 0 <= r["test_acc"] <= 1 and r["measured_ms"] > 0
+    assert (tmp_path / "out" / "cifar10_front.png").stat().st_size > 5_000
