@@ -29,12 +29,12 @@ def randomize_norms(model: nn.Module, generator: torch.Generator) -> None:
             m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=generator) * 0.5)
 
 
-def deploy_error(model: nn.Module, x: torch.Tensor) -> float:
+def deploy_error(model: nn.Module, deployed: nn.Module, x: torch.Tensor) -> float:
     """max |eval - deployed| / max |eval| on x."""
     model.eval()
     with torch.no_grad():
         ref = model(x)
-        out = deploy(model)(x)
+        out = deployed(x)
     return float((ref - out).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
@@ -52,8 +52,8 @@ def check_spec(spec: ArchSpec, seed: int = 0, batch: int = 2) -> dict:
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     randomize_norms(model, gen)
-    err = deploy_error(model, x)
     deployed = deploy(model)
+    err = deploy_error(model, deployed, x)
     leftover = [type(m).__name__ for m in deployed.modules() if isinstance(m, (*BN_FAMILY, nn.BatchNorm2d))]
     return {"max_rel_err": err, "flops": count_flops(deployed), "params": count_params(deployed),
             "no_grad": missing, "leftover_norms": leftover}
