@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from evaluators.data import DataError
     from latency_models import ModelFileError, TableError
-    from nas.search import SearchError
+    from nas import SearchError
     from search_space import SpecError
 
     try:

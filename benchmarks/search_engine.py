@@ -1,8 +1,9 @@
 """Benchmarks of the search engine on CIFAR-10 (issue: search engine):
 
-  fidelity  Kendall tau between proxy accuracy and accuracy after 5x longer training, over 12
-            architectures (6 presets + 6 sampled), for the proxy budget used by the searches;
-            also seconds per proxy evaluation.
+  fidelity  for each proxy budget (--budgets), Kendall tau between proxy accuracy and the accuracy
+            after 5x longer training, and after the final recipe (--final-epochs on the whole
+            training split), over the 6 presets + --fidelity-archs sampled architectures; also
+            seconds per proxy evaluation. `--device cuda --jobs 8` runs it on a GPU machine.
   samplers  NSGA-II, TPE and random search, 3 seeds each: hypervolume of the feasible front
             (reference point: accuracy 0 at the target latency) at equal numbers of proxy trainings.
   workers   wall-clock of the same search with 1 and with 2 Ray workers.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import subprocess
 import sys
 import time
@@ -32,7 +34,13 @@ from search_space.presets import SEARCH_SCALE
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PROXY = {"epochs": 1, "subset": 0.1}  # 1 epoch on 10% of the training split: ~1,800 images
+PROXY = {"epochs": 1, "subset": 0.1}  # the budget the searches below use (see `fidelity`)
+
+
+def parse_budget(text: str) -> dict:
+    """'2x0.25' -> 2 epochs on 25% of the training split."""
+    epochs, subset = text.split("x")
+    return {"epochs": float(epochs), "subset": float(subset)}
 
 
 def hypervolume(points: list[tuple[float, float]], target_ms: float) -> float:
@@ -46,36 +54,77 @@ def hypervolume(points: list[tuple[float, float]], target_ms: float) -> float:
     return float(sum(acc * (nxt - ms) for (ms, acc), nxt in zip(front, edges)))
 
 
+_DATA: tuple = ()
+
+
+def _hold(data: tuple) -> None:
+    """Worker initializer: the data is sent once per process, not once per training."""
+    global _DATA
+    _DATA = data
+
+
 def _proxy(args):
-    spec_json, data, cfg = args
-    return evaluate_proxy(spec_json, data, cfg)
+    spec_json, cfg = args
+    return evaluate_proxy(spec_json, _DATA, cfg)
 
 
-def fidelity(data_name: str, out: Path) -> dict:
-    data = load_dataset(data_name)
+def fidelity(args, out: Path) -> dict:
+    """Each proxy budget against the same training 5x longer (the issue's definition) and against the
+    final recipe (all of the training split for `--final-epochs`), on the fixed validation split.
+
+    Every training is appended to DIR/fidelity_runs.jsonl as it ends; a re-run (with more budgets,
+    or on another machine) skips what is there and summarises everything there."""
+    data = load_dataset(f"npz:{args.data}")
     tr, val = data.split(0.1, seed=0)
     mean, std = data.channel_stats()
     arrays = (data.x_train[tr], data.y_train[tr], data.x_train[val], data.y_train[val], mean, std)
     shape = (data.img_size, data.in_chans, data.num_classes)
     rng = np.random.default_rng(123)
-    specs = list(presets(*shape, SEARCH_SCALE, SEARCH_SCALE).values()) + [sample(rng, SearchSpace(), *shape)
-                                                                           for _ in range(6)]
-    rows = []
-    for scale in (1, 5):
-        cfg = TrainConfig(epochs=PROXY["epochs"] * scale, subset=PROXY["subset"], seed=0, threads=1)
-        with ProcessPoolExecutor(2) as pool:
-            for spec, res in zip(specs, pool.map(_proxy, [(s.to_json(), arrays, cfg) for s in specs])):
-                rows.append({"short": spec.short(), "scale": scale, **{k: res.get(k) for k in ("val_acc", "train_s", "failure")}})
-                print(f"  x{scale} {res.get('val_acc')!s:>8.6} {res.get('train_s', 0):7.1f}s {spec.short()[:70]}", flush=True)
-    df = pd.DataFrame(rows)
-    short, long = df[df.scale == 1], df[df.scale == 5]
-    tau = float(kendalltau(short["val_acc"].to_numpy(), long["val_acc"].to_numpy())[0])
-    res = {"proxy": PROXY, "n_archs": len(specs), "kendall_tau": tau,
-           "median_proxy_s": float(short["train_s"].median()), "median_5x_s": float(long["train_s"].median()),
-           "rows": rows}
+    specs = list(presets(*shape, SEARCH_SCALE, SEARCH_SCALE).values()) + [
+        sample(rng, SearchSpace(), *shape) for _ in range(args.fidelity_archs)]
+    runs = {}
+    for name in args.budgets.split(","):
+        runs[name] = parse_budget(name)
+        if "5x" in args.refs:
+            runs[f"{name}*5"] = {**runs[name], "epochs": 5 * runs[name]["epochs"]}
+    if "final" in args.refs:
+        runs["final"] = {"epochs": args.final_epochs, "subset": None}
+    log = out / "fidelity_runs.jsonl"
+    done = {(r["label"], r["arch_id"]): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    jobs = [(label, spec, TrainConfig(**run, seed=0, threads=1, device=args.device))
+            for label, run in runs.items() for spec in specs if (label, spec.arch_id) not in done]
+    jobs.sort(key=lambda j: -j[2].epochs * (j[2].subset or 1))  # longest first: no straggler at the end
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=_hold, initargs=(arrays,)) as pool, \
+            log.open("a") as f:
+        for (label, spec, cfg), res in zip(jobs, pool.map(_proxy, [(spec.to_json(), cfg) for _, spec, cfg in jobs])):
+            row = {"label": label, "arch_id": spec.arch_id, "short": spec.short(), "epochs": cfg.epochs,
+                   "subset": cfg.subset, "device": cfg.device, **{k: res.get(k) for k in ("val_acc", "train_s", "failure")}}
+            done[(label, spec.arch_id)] = row
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            print(f"  {label:>10} {row['val_acc']!s:>8.6} {row['train_s'] or 0:7.1f}s {row['short'][:70]}", flush=True)
+    acc = {label: {a: r["val_acc"] for (lab, a), r in done.items() if lab == label and r["val_acc"] is not None}
+           for label in {lab for lab, _ in done}}
+
+    def tau(a: str, b: str) -> tuple[float | None, int]:
+        common = [s.arch_id for s in specs if s.arch_id in acc.get(a, {}) and s.arch_id in acc.get(b, {})]
+        if len(common) < 3:
+            return None, len(common)
+        return float(kendalltau([acc[a][i] for i in common], [acc[b][i] for i in common])[0]), len(common)
+
+    table = {}
+    for name in sorted(lab for lab in acc if lab != "final" and not lab.endswith("*5")):
+        rows = [r for (lab, _), r in done.items() if lab == name and r["train_s"] is not None]
+        (t5, n5), (tf, nf) = tau(name, f"{name}*5"), tau(name, "final")
+        table[name] = {"tau_vs_5x": t5, "n_vs_5x": n5, "tau_vs_final": tf, "n_vs_final": nf,
+                       "median_train_s": float(np.median([r["train_s"] for r in rows])),
+                       "train_device": sorted({r["device"] for r in rows})}
+        print(f"fidelity {name}: tau vs 5x {t5} (n={n5}), vs final {tf} (n={nf}), "
+              f"median {table[name]['median_train_s']:.1f} s on {table[name]['train_device']}", flush=True)
+    res = {"final_epochs": args.final_epochs, "n_archs": len(specs), "budgets": table,
+           "tau_5x_vs_final": {name: tau(f"{name}*5", "final")[0] for name in table}}
     (out / "fidelity.json").write_text(json.dumps(res, indent=1))
-    print(f"fidelity: tau {tau:.3f} over {len(specs)} archs; proxy median {res['median_proxy_s']:.1f} s, "
-          f"5x median {res['median_5x_s']:.1f} s", flush=True)
     return res
 
 
@@ -125,18 +174,24 @@ def workers(args, out: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--latency-model", required=True)
+    ap.add_argument("--latency-model", help="required by samplers and workers")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10.npz"))
     ap.add_argument("--target", default="p50")
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--parts", default="fidelity,samplers,workers")
+    ap.add_argument("--budgets", default="1x0.1,2x0.25,4x0.25", help="proxy budgets EPOCHSxSUBSET for fidelity")
+    ap.add_argument("--refs", default="final,5x", help="references to train: final recipe, 5x each budget")
+    ap.add_argument("--final-epochs", type=float, default=6)
+    ap.add_argument("--fidelity-archs", type=int, default=10, help="sampled archs beside the presets")
+    ap.add_argument("--jobs", type=int, default=2, help="trainings at once (fidelity)")
+    ap.add_argument("--device", default="cpu", help="where fidelity trains: cpu, or cuda on a GPU machine")
     ap.add_argument("--out", default="benchmarks/results/search")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = args.parts.split(",")
     if "fidelity" in parts:
-        fidelity(f"npz:{args.data}", out)
+        fidelity(args, out)
     if "samplers" in parts:
         samplers(args, out)
     if "workers" in parts:

@@ -34,6 +34,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     threads: int = 1
+    device: str = "cpu"  # "cuda" trains on a GPU; the search's Ray workers stay on CPU threads
 
 
 @dataclass
@@ -62,7 +63,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, flip: bool) -> torch.Tensor:
     dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
     x = padded[..., dy:dy + side, dx:dx + side]
     if flip:
-        mask = torch.rand(x.shape[0], generator=gen) < 0.5
+        mask = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
         x = torch.where(mask[:, None, None, None], x.flip(-1), x)
     return x
 
@@ -76,7 +77,7 @@ class Normalizer:
         self.size = size
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() / 255 - self.mean) / self.std
+        x = (x.float() / 255 - self.mean.to(x.device)) / self.std.to(x.device)
         if x.shape[-1] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
         return x
@@ -85,9 +86,11 @@ class Normalizer:
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalizer, batch: int = 256) -> float:
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(x), batch):
-        correct += int((model(norm(x[i:i + batch])).argmax(-1) == y[i:i + batch]).sum())
+        logits = model(norm(x[i:i + batch].to(device)))
+        correct += int((logits.argmax(-1).cpu() == y[i:i + batch]).sum())
     return correct / max(len(x), 1)
 
 
@@ -120,6 +123,9 @@ def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
     if cfg.subset and cfg.subset < 1:
         keep = torch.randperm(len(x_train), generator=gen)[: max(cfg.batch_size, int(cfg.subset * len(x_train)))]
         x_train, y_train = x_train[keep], y_train[keep]
+    device = torch.device(cfg.device)
+    model.to(device)
+    x_train, y_train = x_train.to(device), y_train.to(device)
     norm = Normalizer(mean, std, spec.img_size)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos" not in n)]
@@ -132,11 +138,11 @@ def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
     history: list[float] = []
     step, start_epoch, elapsed = 0, 0, 0.0
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, start_epoch, history, elapsed = state["step"], state["epoch"], state["history"], state["train_s"]
-        gen.set_state(state["gen"])
+        gen.set_state(state["gen"].cpu())
     flip = x_train.shape[1] == 3
     t0 = time.perf_counter() - elapsed
     for epoch in range(start_epoch, epochs):
@@ -145,7 +151,7 @@ def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
         for i in range(0, len(order), cfg.batch_size):
             if step >= total:
                 break
-            idx = order[i:i + cfg.batch_size]
+            idx = order[i:i + cfg.batch_size].to(device)
             x = x_train[idx]
             if cfg.augment:
                 x = augment(x, gen, flip)

@@ -14,9 +14,9 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
-from scipy.optimize import nnls
-from sklearn.ensemble import HistGradientBoostingRegressor
 
 from search_space import ArchSpec
 
@@ -35,7 +35,7 @@ class LatencyModel:
     fingerprint: dict = field(default_factory=dict)
     coef: np.ndarray | None = None
     scale: np.ndarray | None = None
-    residual: HistGradientBoostingRegressor | None = None
+    residual: Any = None  # a fitted HistGradientBoostingRegressor
     ranges: dict = field(default_factory=dict)
     n_train: int = 0
 
@@ -45,6 +45,10 @@ class LatencyModel:
         return np.hstack([x, np.ones((len(x), 1))])
 
     def fit(self, specs: list[ArchSpec], ms: np.ndarray, residual: bool = True, seed: int = 0) -> LatencyModel:
+        # imported here so that measuring (which imports this package) needs neither scipy nor sklearn
+        from scipy.optimize import nnls
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
         x = feature_matrix(specs)
         y = np.asarray(ms, dtype=float)
         a = self._design(x)

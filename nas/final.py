@@ -16,7 +16,7 @@ from latency_models.measure import fingerprint, time_callable, torch_runner
 from search_space import ArchSpec, build_model, count_params, deploy
 
 from .records import trial_state
-from .search import SearchError
+from . import SearchError
 
 
 def run_config(run_dir: Path) -> dict:

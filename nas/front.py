@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from .final import run_config
-from .search import SearchError
+from . import SearchError
 
 
 def load_view(run_dir: Path) -> tuple[pd.DataFrame, list[dict], float]:

@@ -12,7 +12,7 @@ from search_space import count_params, deploy
 from search_space.export import export_onnx, export_pt2
 
 from .final import final_dir, load_trained
-from .search import SearchError
+from . import SearchError
 
 FORMATS = ("onnx", "pt2")
 TOLERANCE = 1e-4

@@ -20,11 +20,8 @@ from search_space import SearchSpace, build_model, count_params, presets, sample
 from search_space.presets import SEARCH_SCALE
 from search_space.sampling import FixedSuggester, params_of
 
+from . import SearchError
 from .records import trial_state, write_records
-
-
-class SearchError(ValueError):
-    """A search that cannot start or continue; the message says what to do."""
 
 
 @dataclass(frozen=True)

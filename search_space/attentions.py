@@ -122,7 +122,7 @@ class CascadedGroupAttention(nn.Module):
                for p in points for q in points]
         self.attention_biases = nn.Parameter(torch.zeros(heads, len(offsets)))
         self.register_buffer("bias_idx", torch.tensor(idx).view(w * w, w * w), persistent=False)
-        self.cached_bias: torch.Tensor | None = None
+        self.register_buffer("cached_bias", None, persistent=False)  # a buffer, so .to(device) moves it
 
     def attention_bias(self) -> torch.Tensor:
         if self.cached_bias is not None:

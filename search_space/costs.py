@@ -8,12 +8,15 @@ import warnings
 
 import torch
 import torch.nn as nn
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape, norm_flop_counter
+
+# fvcore is imported where FLOPs are counted, not here: the measuring path (on an edge board or a
+# GPU server) builds models through this package and needs only torch.
 
 
 def _sdpa_flops(inputs, outputs) -> int:
     """QK^T and AV matmuls plus one op per attention logit for the softmax."""
+    from fvcore.nn.jit_handles import get_shape
+
     q, k, v = (get_shape(t) for t in inputs[:3])
     batch_heads = math.prod(q[:-2])
     n, m = q[-2], k[-2]
@@ -25,6 +28,8 @@ def _elementwise(use_input: bool):
     records scalar arithmetic on shapes (`h * d`), which is not model work."""
 
     def handle(inputs, outputs) -> int:
+        from fvcore.nn.jit_handles import get_shape
+
         shape = get_shape(inputs[0] if use_input else outputs[0])
         return math.prod(shape) if shape else 0
 
@@ -32,19 +37,23 @@ def _elementwise(use_input: bool):
 
 
 _per_output, _per_input = _elementwise(False), _elementwise(True)
-HANDLES = {
-    "aten::scaled_dot_product_attention": _sdpa_flops,
-    "aten::rms_norm": norm_flop_counter(2),
-    "aten::softmax": _per_output,
-    **{op: _per_output for op in ("aten::add", "aten::add_", "aten::sub", "aten::mul", "aten::mul_",
-                                  "aten::div", "aten::reciprocal", "aten::gelu", "aten::sigmoid",
-                                  "aten::rsqrt", "aten::sqrt", "aten::pow")},
-    **{op: _per_input for op in ("aten::mean", "aten::sum")},
-}
 
 
-def flop_analysis(model: nn.Module, inputs: torch.Tensor | tuple) -> FlopCountAnalysis:
-    fa = FlopCountAnalysis(model, inputs).set_op_handle(**HANDLES)
+def flop_analysis(model: nn.Module, inputs: torch.Tensor | tuple):
+    """fvcore's FlopCountAnalysis with our handles registered."""
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import norm_flop_counter
+
+    handles = {
+        "aten::scaled_dot_product_attention": _sdpa_flops,
+        "aten::rms_norm": norm_flop_counter(2),
+        "aten::softmax": _per_output,
+        **{op: _per_output for op in ("aten::add", "aten::add_", "aten::sub", "aten::mul", "aten::mul_",
+                                      "aten::div", "aten::reciprocal", "aten::gelu", "aten::sigmoid",
+                                      "aten::rsqrt", "aten::sqrt", "aten::pow")},
+        **{op: _per_input for op in ("aten::mean", "aten::sum")},
+    }
+    fa = FlopCountAnalysis(model, inputs).set_op_handle(**handles)
     fa.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     return fa
 

@@ -61,3 +61,11 @@ def test_deploy_leaves_the_original_untouched_and_frozen():
     d = deploy(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(p.requires_grad for p in d.parameters())
+
+
+@pytest.mark.parametrize("spec", [*PRESETS.values(), *SAMPLES[:10]], ids=[*PRESETS, *(s.arch_id for s in SAMPLES[:10])])
+def test_every_tensor_of_the_deployed_model_follows_to(spec):
+    """A tensor held as a plain attribute stays behind on `.to('cuda')` (it broke CGA on a GPU)."""
+    for name, module in deploy(build_model(spec)).named_modules():
+        stray = [k for k, v in vars(module).items() if isinstance(v, torch.Tensor)]
+        assert not stray, f"{name}: {stray} are neither parameters nor buffers"
