@@ -36,8 +36,10 @@ from search_space.presets import SEARCH_SCALE
 ROOT = Path(__file__).resolve().parents[1]
 # The proxy budget comes from the fidelity benchmark (BENCHMARKS.md, issue 4 (c)/(d)); the final
 # recipe is the reference that benchmark ranks proxies against.
-BUDGETS = {"full": {"trials": 40, "epochs": 2, "subset": 0.25, "final_epochs": 6, "rounds": 7},
-           "quick": {"trials": 8, "epochs": 1, "subset": 0.3, "final_epochs": 1, "rounds": 2}}
+# (1 epoch on 10% ranked 16 architectures as the final recipe does with tau 0.55, 2 epochs on 25%
+# with 0.45 at 4x the cost), and TPE from the sampler comparison.
+BUDGETS = {"full": {"trials": 60, "epochs": 1, "subset": 0.1, "sampler": "tpe", "final_epochs": 6, "rounds": 7},
+           "quick": {"trials": 8, "epochs": 1, "subset": 0.3, "sampler": "tpe", "final_epochs": 1, "rounds": 2}}
 
 
 def cli(*args: str) -> None:
@@ -121,7 +123,7 @@ def main() -> None:
     start = time.time()
     cli("run", "--name", "search", "--runs-dir", str(out / "runs"), "--dataset", dataset_arg,
         "--target-ms", str(target), "--latency-model", args.latency_model, "--trials", str(budget["trials"]),
-        "--epochs", str(budget["epochs"]), "--subset", str(budget["subset"]))
+        "--epochs", str(budget["epochs"]), "--subset", str(budget["subset"]), "--sampler", budget["sampler"])
     search_min = (time.time() - start) / 60
     preset_trials, searched = chosen_trials(run, target)
     numbers = [*preset_trials, *searched]
