@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,7 +14,7 @@ from latency_models.measure import fingerprint, fingerprint_id, measure_all, tim
 from latency_models.validate import fit_and_report, metrics
 from search_space import SearchSpace, build_model, count_flops, deploy, presets, sample
 
-from .helpers import run_cli, synthetic_ms
+from .helpers import ROOT, run_cli, synthetic_ms
 
 TINY_SPACE = SearchSpace(widths=(16, 32), depths=(1, 2), stages=(1,), ffns=(1,))
 
@@ -147,3 +149,24 @@ def test_onnxruntime_runner_times_the_exported_model():
 
     stats = measure_spec(tiny_specs(1)[0], runtime="onnxruntime")
     assert 0 < stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"] and stats["repeats"] >= 30
+
+
+MEASURE_ALONE = """
+import runpy, sys
+for name in ("optuna", "ray", "fvcore", "sklearn", "scipy", "onnx", "onnxruntime"):
+    sys.modules[name] = None  # as if not installed: importing it raises ModuleNotFoundError
+sys.argv = ["search.py", *sys.argv[1:]]
+runpy.run_path("search.py", run_name="__main__")
+"""
+
+
+def test_measuring_needs_only_torch_and_the_project(tmp_path):
+    """What an edge board or GPU server runs: no Optuna, Ray, fvcore, scipy or scikit-learn there."""
+    specs = tmp_path / "s.jsonl"
+    specs.write_text("".join(s.to_json() + "\n" for s in tiny_specs(2)))
+    out = tmp_path / "t.csv"
+    res = subprocess.run([sys.executable, "-c", MEASURE_ALONE, "measure", "--specs", specs, "--n", "0",
+                          "--img-size", "8", "--in-chans", "1", "--remeasure", "0", "--out", out],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(read_table(out)) == 2 + 2 * len(presets(8, 1, 10))  # the specs and the presets at 2 scales
