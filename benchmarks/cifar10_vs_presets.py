@@ -8,7 +8,8 @@
    of them alike;
 4. DIR/results.json, a markdown table and DIR/cifar10_front.png (test accuracy vs measured latency).
 
-    .venv/bin/python benchmarks/cifar10_vs_presets.py [--data ../shared/data/cifar10.npz] [--out DIR] [--quick]
+    .venv/bin/python benchmarks/cifar10_vs_presets.py [--data ../shared/data/cifar10.npz] [--out DIR]
+        [--latency-model runs/latency/cpu-torch.model] [--quick]
 
 `--data digits` runs on the embedded digits set; `--quick` uses tiny budgets (the test runs that).
 """
@@ -28,9 +29,10 @@ import torch
 
 from evaluators.data import load_dataset
 from latency_models import LatencyModel
+from latency_models.calibrate import calibrate
 from latency_models.measure import time_callable, torch_runner
 from nas.final import load_trained
-from search_space import deploy, presets
+from search_space import SearchSpace, deploy, presets
 from search_space.presets import SEARCH_SCALE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +112,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10.npz"),
                     help="an npz in the shared format, or 'digits'")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cifar10"))
-    ap.add_argument("--latency-model", default=str(ROOT / "runs" / "latency" / "cpu-torch.model"))
+    ap.add_argument("--latency-model", help="predictor for this CPU (BENCHMARKS.md: the 432-architecture table); "
+                                            "default: calibrate this machine as `search.py run` does, cached")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     budget = BUDGETS["quick" if args.quick else "full"]
@@ -118,6 +121,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     dataset_arg = "digits" if args.data == "digits" else f"npz:{Path(args.data).resolve()}"
     dataset = load_dataset(dataset_arg)
+    if args.latency_model is None:
+        print("calibrating this CPU (measure + fit, cached under runs/latency/) ...", flush=True)
+        args.latency_model = str(calibrate(dataset.img_size, dataset.in_chans, dataset.num_classes,
+                                           ROOT / "runs" / "latency", SearchSpace())[0])
     target = pick_target(LatencyModel.load(args.latency_model), dataset)
     run = out / "runs" / "search"
     start = time.time()
