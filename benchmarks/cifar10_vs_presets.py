@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -68,6 +69,18 @@ def chosen_trials(run: Path, target: float) -> tuple[dict[int, str], list[int]]:
     return dict(zip(preset_rows["number"], preset_rows["preset"])), searched["number"].head(3).tolist()
 
 
+def reuse_final(previous: Path, run: Path, number: int, arch_id: str, epochs: float, dataset: str) -> bool:
+    """Copy a finished final training of the same architecture, recipe and data from a previous run
+    of this script (training is seeded, so it would repeat it); `search.py train` then finds the
+    finished checkpoint and only evaluates and times it."""
+    for path in Path(previous).glob("final/*/final.json"):
+        report = json.loads(path.read_text())
+        if (report["arch_id"], report["epochs"], report["dataset"]) == (arch_id, epochs, dataset):
+            shutil.copytree(path.parent, run / "final" / str(number), dirs_exist_ok=True)
+            return True
+    return False
+
+
 def measure_interleaved(run: Path, numbers: list[int], rounds: int) -> dict[int, float]:
     """Deployed latency of each trained model, batch 1, 1 thread: the median over `rounds` rounds
     that each time every model in turn, so slow spells of the shared machine hit all alike."""
@@ -114,6 +127,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cifar10"))
     ap.add_argument("--latency-model", help="predictor for this CPU (BENCHMARKS.md: the 432-architecture table); "
                                             "default: calibrate this machine as `search.py run` does, cached")
+    ap.add_argument("--reuse", help="a previous run's search dir (DIR/runs/search) whose finished final trainings "
+                                     "of the same architectures and recipe are reused")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     budget = BUDGETS["quick" if args.quick else "full"]
@@ -134,6 +149,9 @@ def main() -> None:
     search_min = (time.time() - start) / 60
     preset_trials, searched = chosen_trials(run, target)
     numbers = [*preset_trials, *searched]
+    arch_ids = pd.read_csv(run / "trials.csv").set_index("number")["arch_id"]
+    reused = [n for n in numbers if args.reuse and reuse_final(Path(args.reuse), run, n, arch_ids[n],
+                                                               float(budget["final_epochs"]), dataset_arg)]
     for number in numbers:
         cli("train", str(run), "--trial", str(number), "--epochs", str(budget["final_epochs"]))
     measured = measure_interleaved(run, numbers, budget["rounds"])
@@ -145,7 +163,8 @@ def main() -> None:
                      "kind": "preset" if number in preset_trials else "searched", "short": final["short"],
                      "test_acc": final["test_acc"], "measured_ms": ms, "pred_ms": final["pred_ms"],
                      "pred_err": (final["pred_ms"] - ms) / ms, "params": final["params"], "flops": final["flops"],
-                     "train_min": final["train_s"] / 60, "proxy_val_acc": final["val_acc_proxy"]})
+                     "train_min": final["train_s"] / 60, "proxy_val_acc": final["val_acc_proxy"],
+                     "reused_training": number in reused})
     results = {"target_ms": target, "target_rule": "median predicted latency of the six presets",
                "data": dataset_arg, "budget": budget, "search_min": search_min,
                "wall_min": (time.time() - start) / 60, "rows": rows}

@@ -19,3 +19,20 @@ def test_cifar10_vs_presets_quick_on_digits(tmp_path):
         assert {"name", "kind", "short", "test_acc", "measured_ms", "pred_ms", "params", "flops", "train_min"} <= set(r)
         assert 0 <= r["test_acc"] <= 1 and r["measured_ms"] > 0
     assert (tmp_path / "out" / "cifar10_front.png").stat().st_size > 5_000
+
+
+def test_reuse_final_copies_only_the_same_architecture_recipe_and_data(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("proof", ROOT / "benchmarks" / "cifar10_vs_presets.py")
+    proof = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(proof)
+    previous, run = tmp_path / "old", tmp_path / "new"
+    (previous / "final" / "3").mkdir(parents=True)
+    (previous / "final" / "3" / "final.json").write_text(json.dumps({"arch_id": "abc", "epochs": 6.0, "dataset": "digits"}))
+    (previous / "final" / "3" / "checkpoint.pt").write_text("finished")
+    assert not proof.reuse_final(previous, run, 0, "abc", 12.0, "digits")  # another recipe
+    assert not proof.reuse_final(previous, run, 0, "xyz", 6.0, "digits")  # another architecture
+    assert not proof.reuse_final(previous, run, 0, "abc", 6.0, "npz:other.npz")  # other data
+    assert proof.reuse_final(previous, run, 7, "abc", 6.0, "digits")
+    assert (run / "final" / "7" / "checkpoint.pt").read_text() == "finished"
