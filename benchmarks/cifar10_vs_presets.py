@@ -24,23 +24,21 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from evaluators.data import load_dataset
 from latency_models import LatencyModel
 from latency_models.calibrate import calibrate
-from latency_models.measure import time_callable, torch_runner
+from latency_models.measure import time_interleaved, torch_runner
 from nas.final import load_trained
 from search_space import SearchSpace, deploy, presets
 from search_space.presets import SEARCH_SCALE
 
 ROOT = Path(__file__).resolve().parents[1]
-# The proxy budget comes from the fidelity benchmark (BENCHMARKS.md, issue 4 (c)/(d)); the final
-# recipe is the reference that benchmark ranks proxies against.
-# (1 epoch on 10% ranked 16 architectures as the final recipe does with tau 0.55, 2 epochs on 25%
-# with 0.45 at 4x the cost), and TPE from the sampler comparison.
+# The proxy budget comes from the fidelity benchmark (BENCHMARKS.md, issue 4 (c)/(d)): 1 epoch on
+# 10% ranked 16 architectures against this final recipe at tau 0.55, 2 epochs on 25% at 0.45 for 4x
+# the cost. TPE had the highest median hypervolume in the sampler comparison.
 BUDGETS = {"full": {"trials": 60, "epochs": 1, "subset": 0.1, "sampler": "tpe", "final_epochs": 6, "rounds": 7},
            "quick": {"trials": 8, "epochs": 1, "subset": 0.3, "sampler": "tpe", "final_epochs": 1, "rounds": 2}}
 
@@ -82,19 +80,14 @@ def reuse_final(previous: Path, run: Path, number: int, arch_id: str, epochs: fl
 
 
 def measure_interleaved(run: Path, numbers: list[int], rounds: int) -> dict[int, float]:
-    """Deployed latency of each trained model, batch 1, 1 thread: the median over `rounds` rounds
-    that each time every model in turn, so slow spells of the shared machine hit all alike."""
+    """Deployed latency of each trained model, batch 1, 1 thread, all timed in turn each round."""
     torch.set_num_threads(1)
     runners = {}
     for n in numbers:
         model, _ = load_trained(run, n)
         spec = model.spec
         runners[n] = torch_runner(deploy(model), torch.randn(1, spec.in_chans, spec.img_size, spec.img_size))
-    times: dict[int, list[float]] = {n: [] for n in numbers}
-    for _ in range(rounds):
-        for n, runner in runners.items():
-            times[n].append(time_callable(runner)["median_ms"])
-    return {n: float(np.median(t)) for n, t in times.items()}
+    return time_interleaved(runners, rounds)
 
 
 def plot(rows: list[dict], target: float, path: Path) -> None:
@@ -150,8 +143,10 @@ def main() -> None:
     preset_trials, searched = chosen_trials(run, target)
     numbers = [*preset_trials, *searched]
     arch_ids = pd.read_csv(run / "trials.csv").set_index("number")["arch_id"]
-    reused = [n for n in numbers if args.reuse and reuse_final(Path(args.reuse), run, n, arch_ids[n],
-                                                               float(budget["final_epochs"]), dataset_arg)]
+    reused = []
+    for number in numbers if args.reuse else []:
+        if reuse_final(Path(args.reuse), run, number, arch_ids[number], float(budget["final_epochs"]), dataset_arg):
+            reused.append(number)
     for number in numbers:
         cli("train", str(run), "--trial", str(number), "--epochs", str(budget["final_epochs"]))
     measured = measure_interleaved(run, numbers, budget["rounds"])

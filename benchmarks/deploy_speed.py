@@ -11,21 +11,16 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from latency_models.measure import time_callable, torch_runner
+from latency_models.measure import time_interleaved, torch_runner
 from search_space import build_model, deploy, presets
 from search_space.check import randomize_norms
 
 
 def interleaved(runs: dict, rounds: int) -> dict[str, float]:
-    """Median over rounds of each runner's per-round median (ms)."""
-    out: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for k, run in runs.items():
-            out[k].append(time_callable(run, min_repeats=10, min_seconds=0.15, warmup_seconds=0.1)["median_ms"])
-    return {k: float(np.median(v)) for k, v in out.items()}
+    """Short timing windows: these models are timed many times over."""
+    return time_interleaved(runs, rounds, min_repeats=10, min_seconds=0.15, warmup_seconds=0.1)
 
 
 def main() -> None:

@@ -115,6 +115,17 @@ def time_callable(run: Callable[[], None], device: str = "cpu", min_repeats: int
             "p90_ms": float(np.percentile(arr, 90)), "repeats": len(arr)}
 
 
+def time_interleaved(runners: dict, rounds: int, **timer) -> dict:
+    """Median over `rounds` of each runner's per-round median (ms), the runners timed in turn each
+    round (A, B, C, A, B, C, ...), so that slow spells of a shared machine hit all of them alike.
+    `timer` goes to `time_callable`."""
+    times: dict = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, run in runners.items():
+            times[k].append(time_callable(run, **timer)["median_ms"])
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
 def measure_spec(spec: ArchSpec, runtime: str = "torch", device: str = "cpu", threads: int = 1,
                  batch: int = 1, seed: int = 0) -> dict:
     """Build, deploy and time one architecture; also report the deployed model's parameters."""
