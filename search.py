@@ -76,7 +76,7 @@ def progress_bar():
 def cmd_measure(args) -> None:
     import numpy as np
 
-    from latency_models.measure import fingerprint, fingerprint_id, measure_all, measured_counts, remeasured
+    from latency_models.measure import fingerprint, fingerprint_id, measure_all, timings_to_take
     from search_space import SearchSpace, load_specs, presets, sample
     from search_space.presets import SEARCH_SCALE
 
@@ -93,14 +93,14 @@ def cmd_measure(args) -> None:
         specs += presets(*shape, width_mult=scale, depth_mult=scale).values()
     unique = {s.arch_id: s for s in specs}
     fid = fingerprint_id(fingerprint(args.device, args.runtime, args.threads, args.batch, args.img_size))
-    done = measured_counts(Path(args.out), fid)
-    total = sum((done.get(a, 0) == 0) + (remeasured(a, args.remeasure) and done.get(a, 0) < 2) for a in unique)
-    console.print(f"{len(unique)} architectures, {total} timings to take "
-                  f"({len(unique) - sum(done.get(a, 0) == 0 for a in unique)} already measured for fingerprint {fid})")
+    first, second = timings_to_take(unique.values(), Path(args.out), fid, args.remeasure)
+    total = len(first) + len(second)
+    console.print(f"{len(unique)} architectures, {total} timings to take, {args.rounds} interleaved rounds each "
+                  f"({len(unique) - len(first)} already measured for fingerprint {fid})")
     with progress_bar() as bar:
         task = bar.add_task("measuring", total=total, info="")
         measure_all(unique.values(), Path(args.out), args.runtime, args.device, args.threads, args.batch,
-                    args.remeasure, on_row=lambda r: bar.update(task, advance=1,
+                    args.remeasure, args.rounds, on_row=lambda r: bar.update(task, advance=1,
                                                                  info=f"{r['median_ms']:.2f} ms {r['short'][:40]}"))
     console.print(f"timings in {args.out}")
 
@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--num-classes", type=int, default=10)
     m.add_argument("--space", help="JSON file overriding the search space's choices")
     m.add_argument("--remeasure", type=float, default=0.1, help="share measured twice, for the noise floor")
+    m.add_argument("--rounds", type=int, default=5,
+                   help="interleaved timing rounds per architecture (more: steadier on a shared machine)")
     m.add_argument("--out", required=True)
     m.set_defaults(fn=cmd_measure)
 

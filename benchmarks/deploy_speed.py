@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from latency_models.measure import time_interleaved, torch_runner
+from latency_models.measure import time_rounds, torch_runner
 from search_space import build_model, deploy, presets
 from search_space.check import randomize_norms
 
 
 def interleaved(runs: dict, rounds: int) -> dict[str, float]:
-    """Short timing windows: these models are timed many times over."""
-    return time_interleaved(runs, rounds, min_repeats=10, min_seconds=0.15, warmup_seconds=0.1)
+    """Median over the rounds of each model's round median (ms)."""
+    return {k: v["median_ms"] for k, v in time_rounds(runs, rounds).items()}
 
 
 def main() -> None:

@@ -77,9 +77,10 @@ def onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int, device: s
     return lambda: session.run(None, feed)
 
 
-def time_callable(run: Callable[[], None], device: str = "cpu", min_repeats: int = 30,
-                  min_seconds: float = 0.4, max_repeats: int = 2000, warmup_seconds: float = 0.25) -> dict:
-    """Median, p10 and p90 in ms over enough repeats to be stable. On CUDA: events after a sync.
+def sample_times(run: Callable[[], None], device: str = "cpu", min_repeats: int = 30,
+                 min_seconds: float = 0.4, max_repeats: int = 2000, warmup_seconds: float = 0.25) -> np.ndarray:
+    """Milliseconds of repeated calls after a warm-up, enough of them to be stable. On CUDA: events
+    after a sync.
 
     The warm-up is long on purpose: on this class of VM the first few hundred ms run up to 40%
     slower (caches, page faults, clock ramp), which moves the median of short runs."""
@@ -110,30 +111,46 @@ def time_callable(run: Callable[[], None], device: str = "cpu", min_repeats: int
     finally:
         if gc_was_enabled:
             gc.enable()
-    arr = np.asarray(times)
-    return {"median_ms": float(np.median(arr)), "p10_ms": float(np.percentile(arr, 10)),
-            "p90_ms": float(np.percentile(arr, 90)), "repeats": len(arr)}
+    return np.asarray(times)
 
 
-def time_interleaved(runners: dict, rounds: int, **timer) -> dict:
-    """Median over `rounds` of each runner's per-round median (ms), the runners timed in turn each
-    round (A, B, C, A, B, C, ...), so that slow spells of a shared machine hit all of them alike.
-    `timer` goes to `time_callable`."""
+def summarize(rounds: list[np.ndarray]) -> dict:
+    """median_ms: the median of the rounds' medians (robust to a slow round); p10/p90 over all repeats."""
+    pooled = np.concatenate(rounds)
+    return {"median_ms": float(np.median([np.median(r) for r in rounds])),
+            "p10_ms": float(np.percentile(pooled, 10)), "p90_ms": float(np.percentile(pooled, 90)),
+            "repeats": len(pooled), "rounds": len(rounds)}
+
+
+def time_callable(run: Callable[[], None], device: str = "cpu", **timer) -> dict:
+    """Median, p10 and p90 in ms of one timing window (`timer` goes to `sample_times`)."""
+    return summarize([sample_times(run, device, **timer)])
+
+
+# one round of several: shorter, since the rounds together give the repeats
+ROUND_TIMER = {"min_repeats": 10, "min_seconds": 0.15, "warmup_seconds": 0.1}
+
+
+def time_rounds(runners: dict, rounds: int, device: str = "cpu", **timer) -> dict[object, dict]:
+    """Statistics per runner (see `summarize`), the runners timed in turn each round (A, B, C, A, B,
+    C, ...): a slow spell of a shared machine hits all of them alike, and each runner's repeats are
+    spread over the whole session instead of one window. `timer` goes to `sample_times`."""
+    timer = timer or ROUND_TIMER
     times: dict = {k: [] for k in runners}
     for _ in range(rounds):
         for k, run in runners.items():
-            times[k].append(time_callable(run, **timer)["median_ms"])
-    return {k: float(np.median(v)) for k, v in times.items()}
+            times[k].append(sample_times(run, device, **timer))
+    return {k: summarize(v) for k, v in times.items()}
 
 
-def measure_spec(spec: ArchSpec, runtime: str = "torch", device: str = "cpu", threads: int = 1,
-                 batch: int = 1, seed: int = 0) -> dict:
-    """Build, deploy and time one architecture; also report the deployed model's parameters."""
+def deployed_runner(spec: ArchSpec, runtime: str = "torch", device: str = "cpu", threads: int = 1,
+                    batch: int = 1, seed: int = 0) -> tuple[Callable[[], None], int]:
+    """Build and deploy one architecture: a callable running one batch, and the deployed parameters."""
     torch.manual_seed(seed)
     model = deploy(build_model(spec)).to(device)
     x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size, device=device)
     run = torch_runner(model, x) if runtime == "torch" else onnx_runner(model, x, threads, device)
-    return {**time_callable(run, device), "params": count_params(model)}
+    return run, count_params(model)
 
 
 def remeasured(arch_id: str, fraction: float) -> bool:
@@ -141,29 +158,43 @@ def remeasured(arch_id: str, fraction: float) -> bool:
     return int(arch_id[:8], 16) / 16 ** 8 < fraction
 
 
-def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str, threads: int,
-                batch: int, remeasure: float = 0.1, on_row: Callable[[dict], None] | None = None) -> int:
-    """Measure every spec not yet in `out` for this fingerprint, appending a row as each finishes
-    (an interruption loses nothing measured). A `remeasure` share is measured a second time,
-    after all the others. Returns the number of rows written."""
+def timings_to_take(specs: Iterable[ArchSpec], out: Path, fid: str, remeasure: float) -> list[list[ArchSpec]]:
+    """[first timings, second timings]: the specs not yet in `out` for fingerprint `fid`, and the
+    `remeasure` share due a second, independent timing (taken after all the first ones)."""
     specs = list({s.arch_id: s for s in specs}.values())
+    done = measured_counts(out, fid)
+    return [[s for s in specs if done.get(s.arch_id, 0) == 0],
+            [s for s in specs if remeasured(s.arch_id, remeasure) and done.get(s.arch_id, 0) < 2]]
+
+
+def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str, threads: int,
+                batch: int, remeasure: float = 0.1, rounds: int = 5, chunk: int = 16,
+                on_row: Callable[[dict], None] | None = None) -> int:
+    """Measure every spec not yet in `out` for this fingerprint, appending a row per architecture.
+
+    Architectures are timed `chunk` at a time, in `rounds` interleaved rounds (see `time_rounds`),
+    so one slow spell cannot move a single architecture; each chunk's rows are written as soon as
+    it ends (an interruption loses at most the chunk in progress). Returns the rows written."""
+    specs = list(specs)
     if not specs:
         return 0
     torch.set_num_threads(threads)
     fp = fingerprint(device, runtime, threads, batch, specs[0].img_size)
     fid = fingerprint_id(fp)
-    done = measured_counts(out, fid)
-    todo = [s for s in specs if done.get(s.arch_id, 0) == 0]
-    todo += [s for s in specs if remeasured(s.arch_id, remeasure) and done.get(s.arch_id, 0) < 2]
     written = 0
-    for spec in todo:
-        stats = measure_spec(spec, runtime, device, threads, batch)
-        row = {"arch_id": spec.arch_id, "short": spec.short(), "spec_json": spec.to_json(),
-               **stats, "flops": total_flops(spec),
-               "fingerprint": fid, "fingerprint_json": json.dumps(fp, sort_keys=True),
-               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        append_row(out, row)
-        written += 1
-        if on_row:
-            on_row(row)
+    for todo in timings_to_take(specs, out, fid, remeasure):
+        for i in range(0, len(todo), chunk):
+            part = todo[i:i + chunk]
+            built = {s.arch_id: deployed_runner(s, runtime, device, threads, batch) for s in part}
+            stats = time_rounds({a: run for a, (run, _) in built.items()}, rounds, device)
+            for spec in part:
+                row = {"arch_id": spec.arch_id, "short": spec.short(), "spec_json": spec.to_json(),
+                       **stats[spec.arch_id], "flops": total_flops(spec), "params": built[spec.arch_id][1],
+                       "fingerprint": fid, "fingerprint_json": json.dumps(fp, sort_keys=True),
+                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                append_row(out, row)
+                written += 1
+                if on_row:
+                    on_row(row)
+            del built
     return written

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["arch_id", "short", "spec_json", "median_ms", "p10_ms", "p90_ms", "repeats", "flops", "params",
+COLUMNS = ["arch_id", "short", "spec_json", "median_ms", "p10_ms", "p90_ms", "repeats", "rounds", "flops", "params",
            "fingerprint", "fingerprint_json", "measured_at"]
 REQUIRED = ["arch_id", "spec_json", "median_ms", "p10_ms", "p90_ms", "repeats", "fingerprint"]
 
@@ -16,12 +16,14 @@ class TableError(ValueError):
 
 
 def append_row(path: Path, row: dict) -> None:
-    """Append one row, writing the header first for a new file; flushed at once."""
+    """Append one row, writing the header first for a new file (an existing file keeps its own
+    columns, so tables written before a column was added stay readable); flushed at once."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
+    fields = COLUMNS if new else next(csv.reader(path.open(newline="")))
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerow(row)

@@ -18,6 +18,9 @@ def test_cifar10_vs_presets_quick_on_digits(tmp_path):
     for r in res["rows"]:
         assert {"name", "kind", "short", "test_acc", "measured_ms", "pred_ms", "params", "flops", "train_min"} <= set(r)
         assert 0 <= r["test_acc"] <= 1 and r["measured_ms"] > 0
+    presets_ms = [r["measured_ms"] for r in res["rows"] if r["kind"] == "preset"]
+    assert sum(ms <= res["target_ms"] for ms in presets_ms) == 3  # the measured median of six
+    assert res["search_target_ms"] > 0
     assert (tmp_path / "out" / "cifar10_front.png").stat().st_size > 5_000
 
 

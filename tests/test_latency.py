@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from latency_models import LatencyModel, ModelFileError, TableError, read_table
+from latency_models.table import append_row
 from latency_models.calibrate import fingerprint_mismatch
 from latency_models.features import FEATURE_NAMES, feature_matrix, total_flops
-from latency_models.measure import fingerprint, fingerprint_id, measure_all, time_callable
+from latency_models.measure import fingerprint, fingerprint_id, measure_all, time_callable, time_rounds
 from latency_models.validate import fit_and_report, metrics
 from search_space import SearchSpace, build_model, count_flops, deploy, presets, sample
 
@@ -37,6 +38,24 @@ def test_timer_reports_ordered_statistics():
     assert 1.0 <= stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"] < 50
 
 
+def test_rounds_interleave_runners_and_take_the_median_of_round_medians():
+    calls, delays = [], iter([0.002, 0.002, 0.012, 0.002, 0.002] * 100)  # one slow round for "a"
+
+    def runner(name, base):
+        def run():
+            calls.append(name)
+            time.sleep(base + (next(delays) if name == "a" else 0.0))
+        return run
+
+    timer = {"min_repeats": 1, "min_seconds": 0.0, "max_repeats": 1, "warmup_seconds": 0.0}
+    stats = time_rounds({"a": runner("a", 0.0), "b": runner("b", 0.001)}, rounds=5, **timer)
+    # warm-up takes 3 calls, timing 1: a x4, b x4, a x4, ...
+    assert calls[:8] == ["a"] * 4 + ["b"] * 4 and calls[8] == "a"
+    assert stats["a"]["rounds"] == 5 and stats["a"]["repeats"] == 5
+    assert stats["a"]["median_ms"] < 8  # the slow round does not move the median of rounds
+    assert stats["a"]["p90_ms"] > stats["a"]["median_ms"]
+
+
 def test_measure_appends_rows_and_resumes(tmp_path):
     out = tmp_path / "t.csv"
     specs = tiny_specs(4)
@@ -52,6 +71,35 @@ def test_measure_appends_rows_and_resumes(tmp_path):
     fp = json.loads(df["fingerprint_json"].iloc[0])
     assert fp["threads"] == 1 and fp["runtime"] == "torch" and fp["img_size"] == 8
     assert (df["fingerprint"] == fingerprint_id(fp)).all()
+
+
+def test_measure_times_in_chunks_of_interleaved_rounds(tmp_path, monkeypatch):
+    from latency_models import measure
+
+    chunks = []
+
+    def recording(runners, rounds, *args, **kw):
+        chunks.append((sorted(runners), rounds))
+        return time_rounds(runners, rounds, *args, **kw)
+
+    monkeypatch.setattr(measure, "time_rounds", recording)
+    out = tmp_path / "t.csv"
+    specs = tiny_specs(5, seed=1)
+    measure_all(specs, out, "torch", "cpu", 1, 1, remeasure=0.0, rounds=3, chunk=2)
+    assert [len(c) for c, _ in chunks] == [2, 2, 1] and {r for _, r in chunks} == {3}
+    assert sorted(a for c, _ in chunks for a in c) == sorted(s.arch_id for s in specs)
+    df = read_table(out)
+    assert len(df) == 5 and (df["rounds"] == 3).all() and (df["repeats"] >= 30).all()
+
+
+def test_appending_to_a_table_written_before_the_rounds_column(tmp_path):
+    out = tmp_path / "old.csv"
+    out.write_text("arch_id,spec_json,median_ms,p10_ms,p90_ms,repeats,fingerprint\n"
+                   "a1,{},1.0,0.9,1.1,30,f\n")
+    append_row(out, {"arch_id": "a2", "spec_json": "{}", "median_ms": 2.0, "p10_ms": 1.9, "p90_ms": 2.1,
+                     "repeats": 40, "rounds": 5, "fingerprint": "f"})
+    df = read_table(out)
+    assert df["arch_id"].tolist() == ["a1", "a2"] and df["median_ms"].tolist() == [1.0, 2.0]
 
 
 def test_remeasured_share_gets_a_second_row(tmp_path):
@@ -145,9 +193,10 @@ def test_feature_matrix_shape():
 
 
 def test_onnxruntime_runner_times_the_exported_model():
-    from latency_models.measure import measure_spec
+    from latency_models.measure import deployed_runner
 
-    stats = measure_spec(tiny_specs(1)[0], runtime="onnxruntime")
+    run, _ = deployed_runner(tiny_specs(1)[0], runtime="onnxruntime")
+    stats = time_callable(run)
     assert 0 < stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"] and stats["repeats"] >= 30
 
 
