@@ -5,7 +5,8 @@ cost per FLOP x FLOPs + cost per byte x bytes), plus a per-module dispatch cost 
 fitted by non-negative least squares on relative error. Every coefficient is a physical cost, so
 it extrapolates sanely. Stage 2 (the correction): gradient-boosted trees on the log ratio of
 measured to stage-1 latency, from the same features, capture what adding up kernels misses
-(cache effects between kernels, GEMM shape efficiency).
+(cache effects between kernels, GEMM shape efficiency). On a noisy table the trees learn the
+noise instead, so `fit` keeps them only where they beat stage 1 on an inner validation split.
 """
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ FORMAT_VERSION = 1
 RANGE_FEATURES = ("flops", "tokens", "blocks")
 
 
+def _mape(pred: np.ndarray, meas: np.ndarray) -> float:
+    return float(np.mean(np.abs(pred - meas) / meas))
+
+
 class ModelFileError(ValueError):
     """A latency-model file that cannot be used."""
 
@@ -34,7 +39,8 @@ class LatencyModel:
     fingerprint: dict = field(default_factory=dict)
     coef: np.ndarray | None = None
     scale: np.ndarray | None = None
-    residual: Any = None  # a fitted HistGradientBoostingRegressor
+    residual: Any = None  # a fitted HistGradientBoostingRegressor, or None where it did not help
+    residual_check: dict = field(default_factory=dict)  # inner-validation MAPE with and without it
     ranges: dict = field(default_factory=dict)
     n_train: int = 0
 
@@ -44,26 +50,39 @@ class LatencyModel:
         return np.hstack([x, np.ones((len(x), 1))])
 
     def fit(self, specs: list[ArchSpec], ms: np.ndarray, residual: bool = True, seed: int = 0) -> LatencyModel:
+        x = feature_matrix(specs)
+        y = np.asarray(ms, dtype=float)
+        self.residual, self.residual_check = None, {}
+        if residual and len(y) >= 40:
+            inner = np.random.default_rng(seed).permutation(len(y)) < len(y) // 5
+            probe = LatencyModel()._fit_stages(x[~inner], y[~inner], seed)
+            with_trees = probe.predict_features(x[inner])
+            probe.residual = None
+            self.residual_check = {"mape_stage1": _mape(probe.predict_features(x[inner]), y[inner]),
+                                   "mape_with_trees": _mape(with_trees, y[inner])}
+            residual = self.residual_check["mape_with_trees"] < self.residual_check["mape_stage1"]
+        self._fit_stages(x, y, seed, residual=residual and len(y) >= 20)
+        names = list(FEATURE_NAMES)
+        self.ranges = {f: (float(x[:, names.index(f)].min()), float(x[:, names.index(f)].max()))
+                       for f in RANGE_FEATURES}
+        self.n_train = len(y)
+        return self
+
+    def _fit_stages(self, x: np.ndarray, y: np.ndarray, seed: int, residual: bool = True) -> LatencyModel:
         # imported here so that measuring (which imports this package) needs neither scipy nor sklearn
         from scipy.optimize import nnls
         from sklearn.ensemble import HistGradientBoostingRegressor
 
-        x = feature_matrix(specs)
-        y = np.asarray(ms, dtype=float)
         a = self._design(x)
         self.scale = np.maximum(a.max(0), 1e-12)
         coef, _ = nnls((a / self.scale) / y[:, None], np.ones(len(y)), maxiter=50 * a.shape[1])
         self.coef = coef / self.scale
-        if residual and len(y) >= 20:
+        if residual:
             base = a @ self.coef
             self.residual = HistGradientBoostingRegressor(
                 max_iter=300, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=8,
                 l2_regularization=1.0, random_state=seed)
             self.residual.fit(self._residual_inputs(x, base), np.log(y / np.maximum(base, 1e-9)))
-        names = list(FEATURE_NAMES)
-        self.ranges = {f: (float(x[:, names.index(f)].min()), float(x[:, names.index(f)].max()))
-                       for f in RANGE_FEATURES}
-        self.n_train = len(y)
         return self
 
     @staticmethod

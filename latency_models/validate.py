@@ -77,4 +77,5 @@ def fit_and_report(df: pd.DataFrame, test_fraction: float = 0.25, seed: int = 0,
     report["fingerprint"] = fp
     report["saved_model"] = f"refit on all {len(y)} architectures after this held-out report"
     final = LatencyModel(fingerprint=fp).fit(specs, y, seed=seed)
+    report["correction"] = {"kept": final.residual is not None, **final.residual_check}
     return final, report
