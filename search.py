@@ -218,13 +218,19 @@ def cmd_front(args) -> None:
 def cmd_train(args) -> None:
     from nas.final import load_trial, resolve_trial, train_final
 
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     number = resolve_trial(Path(args.run), args.trial)
     load_trial(Path(args.run), number)  # a bad trial is reported before any progress is drawn
     with progress_bar() as bar:
         task = bar.add_task(f"training trial {number}", total=None, info="")
-        report = train_final(Path(args.run), number, args.epochs,
+        report = train_final(Path(args.run), number, args.epochs, args.device,
                              on_step=lambda step, total, loss: bar.update(task, completed=step, total=total,
                                                                           info=f"loss {loss:.3f}"))
+        if bar.tasks[0].total is None:  # resumed from a finished checkpoint: nothing left to step
+            bar.update(task, total=1, completed=1, info="already trained")
     table = Table("figure", "value", title=f"final training of trial {report['trial']}")
     for k in ("short", "test_acc", "pred_ms", "measured_ms", "pred_rel_err", "epochs", "train_s", "params"):
         v = report[k]
@@ -320,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("run")
     t.add_argument("--trial", required=True, help="trial number, or 'best': the most accurate front point")
     t.add_argument("--epochs", type=float, help="default: 4x the proxy epochs, at least 10")
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where to train (the latency is always measured on this CPU)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("export", help="export a trained trial to ONNX and torch.export files")

@@ -12,7 +12,7 @@ import torch
 
 from evaluators.data import load_dataset
 from evaluators.train import Normalizer, TrainConfig, accuracy, train
-from latency_models.measure import fingerprint, time_callable, torch_runner
+from latency_models.measure import fingerprint, time_rounds, torch_runner
 from search_space import ArchSpec, build_model, count_params, deploy
 
 from .records import trial_state
@@ -68,9 +68,10 @@ def final_dir(run_dir: Path, number: int) -> Path:
     return Path(run_dir) / "final" / str(number)
 
 
-def train_final(run_dir: Path, number: int, epochs: float | None = None,
+def train_final(run_dir: Path, number: int, epochs: float | None = None, device: str = "cpu",
                 on_step: Callable[[int, int, float], None] | None = None) -> dict:
-    """Train trial `number` from scratch with the full budget; resumes from its checkpoint."""
+    """Train trial `number` from scratch with the full budget (on `device`); resumes from its
+    checkpoint. The latency is measured on this machine's CPU, where the predictor was fitted."""
     cfg = run_config(run_dir)
     trial = load_trial(run_dir, number)
     spec = ArchSpec.from_json(trial.user_attrs["spec"])
@@ -80,18 +81,20 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None,
     data = load_dataset(cfg["dataset"])
     mean, std = data.channel_stats()
     tcfg = TrainConfig(epochs=epochs, batch_size=cfg["batch_size"], lr=cfg.get("lr", 2e-3), seed=cfg["seed"],
-                       threads=torch.get_num_threads())
+                       threads=torch.get_num_threads(), device=device)
     t0 = time.perf_counter()
     res = train(spec, data.x_train, data.y_train, None, None, tcfg, mean, std,
                 checkpoint=out / "checkpoint.pt", on_step=on_step)
     norm = Normalizer(mean, std, spec.img_size)
     test_acc = accuracy(res.model, data.x_test, data.y_test, norm)
-    torch.save({"spec": spec.to_json(), "state_dict": res.model.state_dict(), "mean": mean, "std": std},
+    model = res.model.cpu()
+    torch.save({"spec": spec.to_json(), "state_dict": model.state_dict(), "mean": mean, "std": std},
                out / "model.pt")
-    deployed = deploy(res.model)
+    deployed = deploy(model)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    timing = time_callable(torch_runner(deployed, torch.randn(1, spec.in_chans, spec.img_size, spec.img_size)))
+    runner = torch_runner(deployed, torch.randn(1, spec.in_chans, spec.img_size, spec.img_size))
+    timing = time_rounds({"model": runner}, rounds=5)["model"]
     torch.set_num_threads(threads)
     pred = trial.user_attrs["pred_ms"]
     report = {"trial": trial.number, "arch_id": spec.arch_id, "short": spec.short(), "test_acc": test_acc,
@@ -99,7 +102,7 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None,
               "p10_ms": timing["p10_ms"], "p90_ms": timing["p90_ms"],
               "pred_rel_err": (pred - timing["median_ms"]) / timing["median_ms"], "epochs": epochs,
               "train_s": res.train_s, "wall_s": time.perf_counter() - t0, "flops": trial.user_attrs.get("flops"),
-              "params": count_params(deployed), "dataset": cfg["dataset"],
+              "params": count_params(deployed), "dataset": cfg["dataset"], "trained_on": device,
               "device": fingerprint("cpu", "torch", 1, 1, spec.img_size)}
     (out / "final.json").write_text(json.dumps(report, indent=1))
     return report

@@ -9,6 +9,7 @@ import time
 import optuna
 import pandas as pd
 import pytest
+import torch
 
 from nas.records import pareto_front
 
@@ -115,6 +116,12 @@ def test_unreachable_target_says_fastest_and_suggests(tmp_path, latency_model):
                   "--runs-dir", tmp_path, check=False)
     assert res.returncode == 2
     assert "below the fastest architecture" in res.stderr and "try --target-ms" in res.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_train_on_a_missing_gpu_says_so(tmp_path):
+    res = run_cli("train", tmp_path, "--trial", "0", "--device", "cuda", check=False)
+    assert res.returncode == 2 and "sees no CUDA device" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_pareto_front_keeps_only_non_dominated_feasible_rows():
