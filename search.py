@@ -114,17 +114,27 @@ def cmd_fit_latency(args) -> None:
     if args.json:
         print(json.dumps(report))
         return
-    table = Table("held-out", "predictor", "FLOPs linear", "params linear", title=f"{report['n_test']} held-out of "
-                  f"{report['n_train'] + report['n_test']} architectures ({report['fingerprint'].get('runtime')}, "
-                  f"{report['fingerprint'].get('device')}, {report['fingerprint'].get('threads')} thread(s))")
-    base = report["baselines"]
-    for key, fmt in (("within_5", "{:.1%}"), ("within_10", "{:.1%}"), ("mape", "{:.2%}"), ("rmse_ms", "{:.3f}"),
-                     ("kendall_tau", "{:.3f}")):
-        table.add_row(key, fmt.format(report[key]), fmt.format(base["flops"][key]), fmt.format(base["params"][key]))
-    Console().print(table)
-    Console().print(f"noise floor (median relative difference of {report['noise_pairs']} re-measured "
-                    f"architectures): {report['noise_floor']:.2%}; within ±10% of each other: "
-                    f"{report['noise_within_10']:.1%}. Model saved to {args.out} ({report['saved_model']}).")
+    fp = report["fingerprint"]
+    title = (f"{report['n_test']} held-out of {report['n_train'] + report['n_test']} architectures "
+             f"({fp.get('runtime')}, {fp.get('device')}, {fp.get('threads')} thread(s))")
+    for figures, kind in ((report, "measured"), (report.get("speed_normalized"), "speed-corrected")):
+        if figures is None:
+            continue
+        table = Table("held-out", "predictor", "FLOPs linear", "params linear", title=f"{title}, vs {kind} latency")
+        base = figures["baselines"]
+        for key, fmt in (("within_5", "{:.1%}"), ("within_10", "{:.1%}"), ("mape", "{:.2%}"), ("rmse_ms", "{:.3f}"),
+                         ("kendall_tau", "{:.3f}")):
+            table.add_row(key, fmt.format(figures[key]), fmt.format(base["flops"][key]),
+                          fmt.format(base["params"][key]))
+        Console().print(table)
+        Console().print(f"noise floor (median relative difference of {figures['noise_pairs']} re-measured "
+                        f"architectures): {figures['noise_floor']:.2%}; within ±10% of each other: "
+                        f"{figures['noise_within_10']:.1%}")
+    if "speed_normalized" in report:
+        sn = report["speed_normalized"]
+        Console().print(f"machine speed over the table (anchor): p10 x{sn['speed_p10']:.2f} to p90 x{sn['speed_p90']:.2f} "
+                        f"of its median")
+    Console().print(f"Model saved to {args.out} ({report['saved_model']}).")
 
 
 # --- search -----------------------------------------------------------------------------------

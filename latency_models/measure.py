@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from search_space import ArchSpec, build_model, count_params, deploy
+from search_space import ArchSpec, build_model, count_params, deploy, preset
+from search_space.presets import SEARCH_SCALE
 
 from .features import total_flops
 from .table import append_row, measured_counts
@@ -167,29 +168,43 @@ def timings_to_take(specs: Iterable[ArchSpec], out: Path, fid: str, remeasure: f
             [s for s in specs if remeasured(s.arch_id, remeasure) and done.get(s.arch_id, 0) < 2]]
 
 
+def anchor_spec(like: ArchSpec) -> ArchSpec:
+    """The architecture timed beside every chunk (DeiT-tiny at search scale, for this input): its
+    latency tracks the machine's speed at the time, so tables can be compared across slow spells."""
+    return preset("deit-tiny", like.img_size, like.in_chans, like.num_classes, SEARCH_SCALE, SEARCH_SCALE)
+
+
+ANCHOR = "anchor"
+
+
 def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str, threads: int,
                 batch: int, remeasure: float = 0.1, rounds: int = 5, chunk: int = 16,
                 on_row: Callable[[dict], None] | None = None) -> int:
     """Measure every spec not yet in `out` for this fingerprint, appending a row per architecture.
 
-    Architectures are timed `chunk` at a time, in `rounds` interleaved rounds (see `time_rounds`),
-    so one slow spell cannot move a single architecture; each chunk's rows are written as soon as
-    it ends (an interruption loses at most the chunk in progress). Returns the rows written."""
+    Architectures are timed `chunk` at a time, with the anchor architecture, in `rounds`
+    interleaved rounds (see `time_rounds`), so one slow spell cannot move a single architecture;
+    each row records the anchor's latency in its chunk (`anchor_ms`). Each chunk's rows are written
+    as soon as it ends (an interruption loses at most the chunk in progress). Returns the rows
+    written."""
     specs = list(specs)
     if not specs:
         return 0
     torch.set_num_threads(threads)
     fp = fingerprint(device, runtime, threads, batch, specs[0].img_size)
     fid = fingerprint_id(fp)
+    anchor = None
     written = 0
     for todo in timings_to_take(specs, out, fid, remeasure):
         for i in range(0, len(todo), chunk):
             part = todo[i:i + chunk]
+            anchor = anchor or deployed_runner(anchor_spec(part[0]), runtime, device, threads, batch)[0]
             built = {s.arch_id: deployed_runner(s, runtime, device, threads, batch) for s in part}
-            stats = time_rounds({a: run for a, (run, _) in built.items()}, rounds, device)
+            stats = time_rounds({ANCHOR: anchor, **{a: run for a, (run, _) in built.items()}}, rounds, device)
             for spec in part:
                 row = {"arch_id": spec.arch_id, "short": spec.short(), "spec_json": spec.to_json(),
-                       **stats[spec.arch_id], "flops": total_flops(spec), "params": built[spec.arch_id][1],
+                       **stats[spec.arch_id], "anchor_ms": stats[ANCHOR]["median_ms"],
+                       "flops": total_flops(spec), "params": built[spec.arch_id][1],
                        "fingerprint": fid, "fingerprint_json": json.dumps(fp, sort_keys=True),
                        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 append_row(out, row)

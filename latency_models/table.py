@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["arch_id", "short", "spec_json", "median_ms", "p10_ms", "p90_ms", "repeats", "rounds", "flops", "params",
-           "fingerprint", "fingerprint_json", "measured_at"]
+COLUMNS = ["arch_id", "short", "spec_json", "median_ms", "p10_ms", "p90_ms", "repeats", "rounds", "anchor_ms",
+           "flops", "params", "fingerprint", "fingerprint_json", "measured_at"]
 REQUIRED = ["arch_id", "spec_json", "median_ms", "p10_ms", "p90_ms", "repeats", "fingerprint"]
 
 

@@ -30,6 +30,15 @@ def per_architecture(df: pd.DataFrame) -> pd.DataFrame:
                                                  n=("median_ms", "size")).reset_index()
 
 
+def baselines(archs: pd.DataFrame, y: np.ndarray, tr: np.ndarray, te: np.ndarray) -> dict:
+    """Held-out figures of a linear regression on FLOPs, and on params."""
+    out = {}
+    for name in ("flops", "params"):
+        col = archs[name].to_numpy(float)[:, None]
+        out[name] = metrics(np.maximum(LinearRegression().fit(col[tr], y[tr]).predict(col[te]), 1e-6), y[te])
+    return out
+
+
 def noise_floor(df: pd.DataFrame) -> dict:
     """Relative difference between the first two measurements of re-measured architectures."""
     pairs = df.groupby("arch_id")["median_ms"].apply(list)
@@ -38,6 +47,15 @@ def noise_floor(df: pd.DataFrame) -> dict:
         return {"noise_floor": float("nan"), "noise_pairs": 0, "noise_within_10": float("nan")}
     rel = np.array([abs(b - a) / a for a, b in pairs])
     return {"noise_floor": float(np.median(rel)), "noise_pairs": len(pairs), "noise_within_10": float(np.mean(rel <= 0.10))}
+
+
+def speed_factors(rows: pd.DataFrame) -> pd.Series | None:
+    """Each timing's machine speed against the table's typical state: the anchor's latency in its
+    chunk over the anchor's median latency (None for tables taken without an anchor)."""
+    if "anchor_ms" not in rows or rows["anchor_ms"].isna().any():
+        return None
+    anchor = pd.to_numeric(rows["anchor_ms"])
+    return anchor / anchor.median()
 
 
 def select_fingerprint(df: pd.DataFrame, fingerprint: str | None) -> tuple[pd.DataFrame, dict]:
@@ -55,27 +73,36 @@ def select_fingerprint(df: pd.DataFrame, fingerprint: str | None) -> tuple[pd.Da
 
 def fit_and_report(df: pd.DataFrame, test_fraction: float = 0.25, seed: int = 0,
                    fingerprint: str | None = None) -> tuple[LatencyModel, dict]:
-    """Fit on a seeded split of architectures, report held-out figures, then refit on all rows."""
+    """Fit on a seeded split of architectures, report held-out figures, then refit on all rows.
+
+    With anchor timings (see `measure.measure_all`), the predictor is fitted on latencies divided
+    by their chunk's speed factor, i.e. at the machine's typical speed; the main figures still
+    compare it with the raw measurements, and `speed_normalized` repeats them against the
+    speed-corrected ones (how well it predicts, once the machine's drift is taken out)."""
     rows, fp = select_fingerprint(df, fingerprint)
     archs = per_architecture(rows)
     if len(archs) < 10:
         raise TableError(f"only {len(archs)} architectures measured; fit needs at least 10 (more than 400 for accuracy)")
+    speed = speed_factors(rows)
+    steady = rows.assign(median_ms=rows["median_ms"] / speed) if speed is not None else rows
     specs = [ArchSpec.from_json(s) for s in archs["spec_json"]]
     y = archs["median_ms"].to_numpy(float)
+    y_fit = per_architecture(steady)["median_ms"].to_numpy(float)
     rng = np.random.default_rng(seed)
     test = np.zeros(len(y), dtype=bool)
     test[rng.permutation(len(y))[: max(1, int(round(test_fraction * len(y))))]] = True
     tr, te = ~test, test
-    model = LatencyModel(fingerprint=fp).fit([s for s, t in zip(specs, tr) if t], y[tr], seed=seed)
+    model = LatencyModel(fingerprint=fp).fit([s for s, t in zip(specs, tr) if t], y_fit[tr], seed=seed)
     pred = model.predict_features(feature_matrix(specs)[te])
-    report = {"n_train": int(tr.sum()), "n_test": int(te.sum()), **metrics(pred, y[te]), "baselines": {}}
-    for name in ("flops", "params"):
-        col = archs[name].to_numpy(float)[:, None]
-        base = LinearRegression().fit(col[tr], y[tr]).predict(col[te])
-        report["baselines"][name] = metrics(np.maximum(base, 1e-6), y[te])
+    report = {"n_train": int(tr.sum()), "n_test": int(te.sum()), **metrics(pred, y[te]),
+              "baselines": baselines(archs, y, tr, te)}
     report.update(noise_floor(rows))
+    if speed is not None:
+        report["speed_normalized"] = {**metrics(pred, y_fit[te]), "baselines": baselines(archs, y_fit, tr, te),
+                                      **noise_floor(steady), "speed_p10": float(speed.quantile(0.1)),
+                                      "speed_p90": float(speed.quantile(0.9))}
     report["fingerprint"] = fp
     report["saved_model"] = f"refit on all {len(y)} architectures after this held-out report"
-    final = LatencyModel(fingerprint=fp).fit(specs, y, seed=seed)
+    final = LatencyModel(fingerprint=fp).fit(specs, y_fit, seed=seed)
     report["correction"] = {"kept": final.residual is not None, **final.residual_check}
     return final, report

@@ -86,10 +86,12 @@ def test_measure_times_in_chunks_of_interleaved_rounds(tmp_path, monkeypatch):
     out = tmp_path / "t.csv"
     specs = tiny_specs(5, seed=1)
     measure_all(specs, out, "torch", "cpu", 1, 1, remeasure=0.0, rounds=3, chunk=2)
-    assert [len(c) for c, _ in chunks] == [2, 2, 1] and {r for _, r in chunks} == {3}
-    assert sorted(a for c, _ in chunks for a in c) == sorted(s.arch_id for s in specs)
+    assert [len(c) for c, _ in chunks] == [3, 3, 2] and {r for _, r in chunks} == {3}
+    assert all(measure.ANCHOR in c for c, _ in chunks)  # the anchor is timed with every chunk
+    assert sorted(a for c, _ in chunks for a in c if a != measure.ANCHOR) == sorted(s.arch_id for s in specs)
     df = read_table(out)
     assert len(df) == 5 and (df["rounds"] == 3).all() and (df["repeats"] >= 30).all()
+    assert (df["anchor_ms"] > 0).all() and df["anchor_ms"].nunique() == 3  # one anchor timing per chunk
 
 
 def test_appending_to_a_table_written_before_the_rounds_column(tmp_path):
@@ -106,6 +108,20 @@ def test_remeasured_share_gets_a_second_row(tmp_path):
     out = tmp_path / "t.csv"
     measure_all(tiny_specs(3), out, "torch", "cpu", 1, 1, remeasure=1.0)
     assert read_table(out)["arch_id"].value_counts().tolist() == [2, 2, 2]
+
+
+def test_anchor_takes_the_machines_drift_out_of_the_fit():
+    specs = tiny_specs(160, seed=3) + [sample(np.random.default_rng(4), img_size=16) for _ in range(60)]
+    specs = list({s.arch_id: s for s in specs}.values())
+    speed = np.repeat(np.random.default_rng(1).uniform(0.75, 1.35, len(specs) // 16 + 1), 16)[:len(specs)]
+    rows = [{"arch_id": s.arch_id, "spec_json": s.to_json(), "median_ms": synthetic_ms(s) * f, "p10_ms": 0,
+             "p90_ms": 0, "repeats": 1, "anchor_ms": 2.0 * f, "fingerprint": "f", "flops": total_flops(s),
+             "params": 1 + i % 7} for i, (s, f) in enumerate(zip(specs, speed))]
+    model, report = fit_and_report(pd.DataFrame(rows), seed=0)
+    steady = report["speed_normalized"]
+    assert steady["within_5"] >= 0.95 and steady["kendall_tau"] >= 0.95  # the drift is taken out
+    assert report["within_10"] < 0.8  # against the raw timings it is still there, and reported as such
+    assert np.allclose(model.predict(specs[:20]), [synthetic_ms(s) * np.median(speed) for s in specs[:20]], rtol=0.05)
 
 
 def test_learned_correction_is_kept_only_where_it_helps():
