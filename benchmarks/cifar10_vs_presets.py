@@ -108,11 +108,12 @@ def plot(rows: list[dict], target: float, path: Path) -> None:
         ax.errorbar(ms, [r["test_acc"] for r in part], xerr=spread, fmt=marker, color=color, label=kind,
                     markersize=7, elinewidth=0.8, capsize=2)
     placed: list[dict] = []
-    for r in sorted(rows, key=lambda r: r["measured_ms"]):  # labels of near-ties stacked, not overlapping
-        near = sum(abs(q["test_acc"] - r["test_acc"]) < 0.01 and r["measured_ms"] < 1.4 * q["measured_ms"]
+    for r in sorted(rows, key=lambda r: -r["test_acc"]):  # labels of near-ties stacked downwards
+        near = sum(abs(q["test_acc"] - r["test_acc"]) < 0.015 and
+                   max(q["measured_ms"], r["measured_ms"]) < 1.5 * min(q["measured_ms"], r["measured_ms"])
                    for q in placed)
         ax.annotate(r["name"], (r["measured_ms"], r["test_acc"]), textcoords="offset points",
-                    xytext=(4, 4 - 9 * near), fontsize=7)
+                    xytext=(6, 4 - 11 * near), fontsize=7)
         placed.append(r)
     ax.axvline(target, linestyle="--", color="gray", label=f"target {target:g} ms")
     ax.set_xlabel("measured latency after deploy (ms, batch 1, 1 thread; bars: p10-p90)")
