@@ -21,6 +21,13 @@ class UserError(Exception):
     """Bad input: reported as one line, exit code 2."""
 
 
+def require_device(device: str) -> None:
+    if device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+
+
 # --- space ------------------------------------------------------------------------------------
 def cmd_space_sample(args) -> None:
     import numpy as np
@@ -80,10 +87,7 @@ def cmd_measure(args) -> None:
     from search_space import SearchSpace, load_specs, presets, sample
     from search_space.presets import SEARCH_SCALE
 
-    if args.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    require_device(args.device)
     shape = (args.img_size, args.in_chans, args.num_classes)
     specs = load_specs(args.specs) if args.specs else []
     space = SearchSpace.load(args.space)
@@ -228,10 +232,7 @@ def cmd_front(args) -> None:
 def cmd_train(args) -> None:
     from nas.final import load_trial, resolve_trial, train_final
 
-    if args.device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    require_device(args.device)
     number = resolve_trial(Path(args.run), args.trial)
     load_trial(Path(args.run), number)  # a bad trial is reported before any progress is drawn
     with progress_bar() as bar:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from latency_models import LatencyModel, read_table
-from latency_models.validate import metrics
+from latency_models.validate import metrics, speed_factors
 from search_space import load_specs
 
 
@@ -37,8 +37,9 @@ def main() -> None:
     pred = predicted[fresh["arch_id"]].to_numpy()
     raw = fresh["median_ms"].to_numpy(float)
     out = {"n": len(raw), "raw": metrics(pred, raw)}
-    if "anchor_ms" in fresh and not fresh["anchor_ms"].isna().any():
-        speed = fresh["anchor_ms"].to_numpy(float) / float(np.median(read_table(args.table)["anchor_ms"]))
+    speed = speed_factors(fresh, float(read_table(args.table)["anchor_ms"].median()))
+    if speed is not None:
+        speed = speed.to_numpy(float)
         out["speed_corrected"] = metrics(pred, raw / speed)
         out["speed_vs_table"] = {"median": float(np.median(speed)), "min": float(speed.min()), "max": float(speed.max())}
     if args.json:

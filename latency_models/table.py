@@ -21,7 +21,11 @@ def append_row(path: Path, row: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
-    fields = COLUMNS if new else next(csv.reader(path.open(newline="")))
+    if new:
+        fields = COLUMNS
+    else:
+        with path.open(newline="") as f:
+            fields = next(csv.reader(f))
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:

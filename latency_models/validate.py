@@ -49,13 +49,14 @@ def noise_floor(df: pd.DataFrame) -> dict:
     return {"noise_floor": float(np.median(rel)), "noise_pairs": len(pairs), "noise_within_10": float(np.mean(rel <= 0.10))}
 
 
-def speed_factors(rows: pd.DataFrame) -> pd.Series | None:
-    """Each timing's machine speed against the table's typical state: the anchor's latency in its
-    chunk over the anchor's median latency (None for tables taken without an anchor)."""
+def speed_factors(rows: pd.DataFrame, typical_anchor_ms: float | None = None) -> pd.Series | None:
+    """Each timing's machine speed against a typical state: the anchor's latency in its chunk over
+    `typical_anchor_ms` (default: the anchor's median in `rows`). None for tables taken without an
+    anchor."""
     if "anchor_ms" not in rows or rows["anchor_ms"].isna().any():
         return None
     anchor = pd.to_numeric(rows["anchor_ms"])
-    return anchor / anchor.median()
+    return anchor / (anchor.median() if typical_anchor_ms is None else typical_anchor_ms)
 
 
 def select_fingerprint(df: pd.DataFrame, fingerprint: str | None) -> tuple[pd.DataFrame, dict]:
