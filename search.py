@@ -80,6 +80,26 @@ def progress_bar():
                     TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console)
 
 
+def reference_of(path: Path, fid: str, force: bool) -> float:
+    """The reference speed (anchor ms) of a timing table or a latency model, for `measure --reference`."""
+    from latency_models import LatencyModel, read_table
+    from latency_models.table import reference_of as table_reference
+    from latency_models.validate import select_fingerprint
+
+    if path.suffix == ".model":
+        model = LatencyModel.load(path)
+        ref, other = model.reference_ms, model.fingerprint.get("id")
+    else:
+        rows, fp = select_fingerprint(read_table(path), None)
+        ref, other = table_reference(rows, path), fp["id"]
+    if ref is None:
+        raise UserError(f"{path} was measured before timings were scaled to a reference; it cannot be one")
+    if other != fid and not force:
+        raise UserError(f"{path} was measured on another device or setting (fingerprint {other}, here {fid}); "
+                        f"its reference speed means nothing here (--force to use it anyway)")
+    return ref
+
+
 def cmd_measure(args) -> None:
     import numpy as np
 
@@ -97,15 +117,16 @@ def cmd_measure(args) -> None:
         specs += presets(*shape, width_mult=scale, depth_mult=scale).values()
     unique = {s.arch_id: s for s in specs}
     fid = fingerprint_id(fingerprint(args.device, args.runtime, args.threads, args.batch, args.img_size))
+    reference = reference_of(Path(args.reference), fid, args.force) if args.reference else None
     first, second = timings_to_take(unique.values(), Path(args.out), fid, args.remeasure)
     total = len(first) + len(second)
-    console.print(f"{len(unique)} architectures, {total} timings to take, {args.rounds} interleaved rounds each "
+    console.print(f"{len(unique)} architectures, {total} timings to take, {args.sweeps} interleaved calls each "
                   f"({len(unique) - len(first)} already measured for fingerprint {fid})")
     with progress_bar() as bar:
         task = bar.add_task("measuring", total=total, info="")
         measure_all(unique.values(), Path(args.out), args.runtime, args.device, args.threads, args.batch,
-                    args.remeasure, args.rounds, on_row=lambda r: bar.update(task, advance=1,
-                                                                 info=f"{r['median_ms']:.2f} ms {r['short'][:40]}"))
+                    args.remeasure, args.sweeps, reference_ms=reference,
+                    on_row=lambda r: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms {r['short'][:40]}"))
     console.print(f"timings in {args.out}")
 
 
@@ -121,23 +142,20 @@ def cmd_fit_latency(args) -> None:
     fp = report["fingerprint"]
     title = (f"{report['n_test']} held-out of {report['n_train'] + report['n_test']} architectures "
              f"({fp.get('runtime')}, {fp.get('device')}, {fp.get('threads')} thread(s))")
-    for figures, kind in ((report, "measured"), (report.get("speed_normalized"), "speed-corrected")):
-        if figures is None:
-            continue
-        table = Table("held-out", "predictor", "FLOPs linear", "params linear", title=f"{title}, vs {kind} latency")
-        base = figures["baselines"]
-        for key, fmt in (("within_5", "{:.1%}"), ("within_10", "{:.1%}"), ("mape", "{:.2%}"), ("rmse_ms", "{:.3f}"),
-                         ("kendall_tau", "{:.3f}")):
-            table.add_row(key, fmt.format(figures[key]), fmt.format(base["flops"][key]),
-                          fmt.format(base["params"][key]))
-        Console().print(table)
-        Console().print(f"noise floor (median relative difference of {figures['noise_pairs']} re-measured "
-                        f"architectures): {figures['noise_floor']:.2%}; within ±10% of each other: "
-                        f"{figures['noise_within_10']:.1%}")
-    if "speed_normalized" in report:
-        sn = report["speed_normalized"]
-        Console().print(f"machine speed over the table (anchor): p10 x{sn['speed_p10']:.2f} to p90 x{sn['speed_p90']:.2f} "
-                        f"of its median")
+    table = Table("held-out", "predictor", "FLOPs linear", "params linear", title=title)
+    base = report["baselines"]
+    for key, fmt in (("within_5", "{:.1%}"), ("within_10", "{:.1%}"), ("mape", "{:.2%}"), ("rmse_ms", "{:.3f}"),
+                     ("kendall_tau", "{:.3f}")):
+        table.add_row(key, fmt.format(report[key]), fmt.format(base["flops"][key]), fmt.format(base["params"][key]))
+    Console().print(table)
+    Console().print(f"noise floor (median relative difference of {report['noise_pairs']} re-measured "
+                    f"architectures): {report['noise_floor']:.2%}; within ±10% of each other: "
+                    f"{report['noise_within_10']:.1%}")
+    if "raw" in report:
+        raw = report["raw"]
+        Console().print(f"against the raw timings (the machine's speed at the time, not the reference's): within "
+                        f"±10% {raw['within_10']:.1%}, Kendall tau {raw['kendall_tau']:.3f}; their noise floor "
+                        f"{raw['noise_floor']:.2%}")
     Console().print(f"Model saved to {args.out} ({report['saved_model']}).")
 
 
@@ -291,8 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--num-classes", type=int, default=10)
     m.add_argument("--space", help="JSON file overriding the search space's choices")
     m.add_argument("--remeasure", type=float, default=0.1, help="share measured twice, for the noise floor")
-    m.add_argument("--rounds", type=int, default=5,
-                   help="interleaved timing rounds per architecture (more: steadier on a shared machine)")
+    m.add_argument("--sweeps", type=int, default=50,
+                   help="timed calls per architecture, interleaved with the others of its chunk (more: steadier)")
+    m.add_argument("--reference", help="timing CSV or latency model whose reference speed to measure at "
+                                       "(to check a fitted model on new architectures)")
+    m.add_argument("--force", action="store_true", help="accept a --reference measured on another device")
     m.add_argument("--out", required=True)
     m.set_defaults(fn=cmd_measure)
 

@@ -6,9 +6,9 @@
    the search and the final timing cannot move presets across the target;
 2. `search.py run` on the data under that target;
 3. `search.py train` with one identical recipe for every preset and the best 3 searched (non-preset)
-   front trials; then every deployed model is timed on this CPU, interleaved (model 1, 2, ..., 9,
-   1, 2, ... for many rounds, the median of round medians), so that the machine's drift hits all
-   of them alike;
+   front trials; then every deployed model is timed on this CPU, in alternation (shuffled every
+   sweep) with the machine's momentary slowdowns taken out (`time_interleaved`), so that the
+   machine's drift cannot favour one of them;
 4. DIR/results.json, a markdown table and DIR/cifar10_front.png (test accuracy vs measured latency).
 
     .venv/bin/python benchmarks/cifar10_vs_presets.py [--data ../shared/data/cifar10.npz] [--out DIR]
@@ -33,7 +33,7 @@ import torch
 from evaluators.data import load_dataset
 from latency_models import LatencyModel
 from latency_models.calibrate import calibrate
-from latency_models.measure import time_rounds, torch_runner
+from latency_models.measure import time_interleaved, torch_runner
 from nas.final import load_trained
 from search_space import SearchSpace, deploy, presets
 from search_space.presets import SEARCH_SCALE
@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # 10% ranked 16 architectures against this final recipe at tau 0.55; 2 epochs on 25% (4x the cost)
 # at 0.45 and 1 epoch on 100% (10x) at 0.43. So the time goes to trials (a 60-trial search took
 # 2.7 min). TPE had the highest median hypervolume in the sampler comparison.
-BUDGETS = {"full": {"trials": 120, "epochs": 1, "subset": 0.1, "sampler": "tpe", "final_epochs": 6, "rounds": 15},
-           "quick": {"trials": 8, "epochs": 1, "subset": 0.3, "sampler": "tpe", "final_epochs": 1, "rounds": 2}}
+BUDGETS = {"full": {"trials": 120, "epochs": 1, "subset": 0.1, "sampler": "tpe", "final_epochs": 6, "sweeps": 400},
+           "quick": {"trials": 8, "epochs": 1, "subset": 0.3, "sampler": "tpe", "final_epochs": 1, "sweeps": 20}}
 
 
 def cli(*args: str) -> None:
@@ -83,15 +83,15 @@ def reuse_final(previous: Path, run: Path, number: int, arch_id: str, epochs: fl
     return False
 
 
-def measure_interleaved(run: Path, numbers: list[int], rounds: int) -> dict[int, dict]:
-    """Deployed latency of each trained model, batch 1, 1 thread, all timed in turn each round."""
+def measure_interleaved(run: Path, numbers: list[int], sweeps: int) -> dict[int, dict]:
+    """Deployed latency of each trained model, batch 1, 1 thread, all timed in alternation."""
     torch.set_num_threads(1)
     runners = {}
     for n in numbers:
         model, _ = load_trained(run, n)
         spec = model.spec
         runners[n] = torch_runner(deploy(model), torch.randn(1, spec.in_chans, spec.img_size, spec.img_size))
-    return time_rounds(runners, rounds)
+    return time_interleaved(runners, sweeps)
 
 
 def plot(rows: list[dict], target: float, path: Path) -> None:
@@ -160,7 +160,7 @@ def main() -> None:
             reused.append(number)
     for number in numbers:
         cli("train", str(run), "--trial", str(number), "--epochs", str(budget["final_epochs"]))
-    measured = measure_interleaved(run, numbers, budget["rounds"])
+    measured = measure_interleaved(run, numbers, budget["sweeps"])
     target = round(float(pd.Series([measured[n]["median_ms"] for n in preset_trials]).median()), 4)
     rows = []
     for number in numbers:

@@ -23,7 +23,7 @@ from search_space import ArchSpec, build_model, count_params, deploy, preset
 from search_space.presets import SEARCH_SCALE
 
 from .features import total_flops
-from .table import append_row, measured_counts
+from .table import append_row, measured_counts, table_reference
 
 
 def cpu_model() -> str:
@@ -78,70 +78,86 @@ def onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int, device: s
     return lambda: session.run(None, feed)
 
 
-def sample_times(run: Callable[[], None], device: str = "cpu", min_repeats: int = 30,
-                 min_seconds: float = 0.4, max_repeats: int = 2000, warmup_seconds: float = 0.25) -> np.ndarray:
-    """Milliseconds of repeated calls after a warm-up, enough of them to be stable. On CUDA: events
-    after a sync.
-
-    The warm-up is long on purpose: on this class of VM the first few hundred ms run up to 40%
-    slower (caches, page faults, clock ramp), which moves the median of short runs."""
+def call_times(runners: dict, sweeps: int, device: str = "cpu", warmup_calls: int = 5,
+               warmup_sweeps: int = 2, seed: int = 0) -> tuple[list, np.ndarray]:
+    """Call the runners in turn, each once per sweep, for `sweeps` sweeps after a warm-up (each
+    runner alone, then untimed sweeps): the keys in call order and each call's ms. The order is
+    shuffled every sweep, since a model runs slower after some models than after others (caches);
+    measured here, a fixed order moved latencies by 2-6% between chunks of other architectures.
+    On CUDA, each call is timed with events after a sync."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    start = time.perf_counter()
-    for i in range(1000):  # warm-up: allocator, caches, lazy init
-        run()
-        if i >= 2 and time.perf_counter() - start > warmup_seconds:
-            break
+    for run in runners.values():  # allocator, caches, lazy init
+        for _ in range(warmup_calls):
+            run()
     sync()
-    times: list[float] = []
+    order, times = [], []
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        begin = time.perf_counter()
-        while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - begin < min_seconds):
-            if device == "cuda":
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                run()
-                b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b))
-            else:
-                t0 = time.perf_counter_ns()
-                run()
-                times.append((time.perf_counter_ns() - t0) / 1e6)
+        keys, rng = list(runners), np.random.default_rng(seed)
+        for sweep in range(warmup_sweeps + sweeps):
+            for key in (keys[i] for i in rng.permutation(len(keys))):
+                run = runners[key]
+                if device == "cuda":
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record()
+                    run()
+                    b.record()
+                    b.synchronize()
+                    ms = a.elapsed_time(b)
+                else:
+                    t0 = time.perf_counter_ns()
+                    run()
+                    ms = (time.perf_counter_ns() - t0) / 1e6
+                if sweep >= warmup_sweeps:
+                    order.append(key)
+                    times.append(ms)
     finally:
         if gc_was_enabled:
             gc.enable()
-    return np.asarray(times)
+    return order, np.asarray(times)
 
 
-def summarize(rounds: list[np.ndarray]) -> dict:
-    """median_ms: the median of the rounds' medians (robust to a slow round); p10/p90 over all repeats."""
-    pooled = np.concatenate(rounds)
-    return {"median_ms": float(np.median([np.median(r) for r in rounds])),
-            "p10_ms": float(np.percentile(pooled, 10)), "p90_ms": float(np.percentile(pooled, 90)),
-            "repeats": len(pooled), "rounds": len(rounds)}
+def remove_common_slowdown(who: np.ndarray, ms: np.ndarray, neighbours: int = 2, iters: int = 4) -> np.ndarray:
+    """Each call's latency with the machine's momentary slowdown taken out, at the session's median speed.
+
+    On a shared machine, slow spells hit every model alike and last a few calls (measured on this
+    project's VM: adjacent calls of different models slow down together, r = 0.65-0.9, fading
+    within a second). So a call's slowdown is estimated from its `neighbours` calls on either
+    side, as their log latency over their model's typical one, alternating with re-estimating the
+    typical ones (medians). `who` gives each call's model (integer codes), in call order."""
+    log_ms = np.log(np.maximum(ms, 1e-6))  # a clock too coarse for a call reads 0
+    models = np.unique(who)
+    if len(models) < 2:
+        return ms.copy()  # a lone model's slowdown cannot be told from its own latency
+    slow = np.zeros_like(log_ms)
+    for _ in range(iters):
+        typical = np.zeros(models.max() + 1)
+        for m in models:
+            typical[m] = np.median(log_ms[who == m] - slow[who == m])
+        resid = log_ms - typical[who]
+        total, count = np.zeros_like(resid), np.zeros_like(resid)
+        for k in range(1, neighbours + 1):
+            total[k:] += resid[:-k]
+            count[k:] += 1
+            total[:-k] += resid[k:]
+            count[:-k] += 1
+        slow = total / count
+    return np.exp(log_ms - (slow - np.median(slow)))
 
 
-def time_callable(run: Callable[[], None], device: str = "cpu", **timer) -> dict:
-    """Median, p10 and p90 in ms of one timing window (`timer` goes to `sample_times`)."""
-    return summarize([sample_times(run, device, **timer)])
-
-
-# one round of several: shorter, since the rounds together give the repeats
-ROUND_TIMER = {"min_repeats": 10, "min_seconds": 0.15, "warmup_seconds": 0.1}
-
-
-def time_rounds(runners: dict, rounds: int, device: str = "cpu", **timer) -> dict[object, dict]:
-    """Statistics per runner (see `summarize`), the runners timed in turn each round (A, B, C, A, B,
-    C, ...): a slow spell of a shared machine hits all of them alike, and each runner's repeats are
-    spread over the whole session instead of one window. `timer` goes to `sample_times`."""
-    timer = timer or ROUND_TIMER
-    times: dict = {k: [] for k in runners}
-    for _ in range(rounds):
-        for k, run in runners.items():
-            times[k].append(sample_times(run, device, **timer))
-    return {k: summarize(v) for k, v in times.items()}
+def time_interleaved(runners: dict, sweeps: int = 50, device: str = "cpu") -> dict[object, dict]:
+    """Statistics per runner of calls in strict alternation (see `call_times`): `median_ms`,
+    `p10_ms`, `p90_ms` of the calls with the machine's momentary slowdown removed (see
+    `remove_common_slowdown`), `raw_median_ms` of the calls as timed, and `repeats`."""
+    order, ms = call_times(runners, sweeps, device)
+    keys = list(runners)
+    who = np.array([keys.index(k) for k in order])
+    steady = remove_common_slowdown(who, ms)
+    return {k: {"median_ms": float(np.median(steady[who == i])), "p10_ms": float(np.percentile(steady[who == i], 10)),
+                "p90_ms": float(np.percentile(steady[who == i], 90)), "raw_median_ms": float(np.median(ms[who == i])),
+                "repeats": int(np.sum(who == i))}
+            for i, k in enumerate(keys)}
 
 
 def deployed_runner(spec: ArchSpec, runtime: str = "torch", device: str = "cpu", threads: int = 1,
@@ -177,22 +193,38 @@ def anchor_spec(like: ArchSpec) -> ArchSpec:
 ANCHOR = "anchor"
 
 
+def time_at_reference(runners: dict, anchor: Callable[[], None], reference_ms: float | None, sweeps: int = 50,
+                      device: str = "cpu") -> tuple[dict[object, dict], float, float]:
+    """Time `runners` interleaved with the anchor (see `time_interleaved`) and scale their
+    statistics to the reference speed: the speed at which the anchor takes `reference_ms` (None:
+    this session's). Returns the scaled statistics, the anchor's ms now, and the reference used."""
+    stats = time_interleaved({ANCHOR: anchor, **runners}, sweeps, device)
+    anchor_ms = stats.pop(ANCHOR)["median_ms"]
+    reference_ms = reference_ms or anchor_ms
+    scale = reference_ms / anchor_ms
+    return ({k: {**st, **{q: st[q] * scale for q in ("median_ms", "p10_ms", "p90_ms")}} for k, st in stats.items()},
+            anchor_ms, reference_ms)
+
+
 def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str, threads: int,
-                batch: int, remeasure: float = 0.1, rounds: int = 5, chunk: int = 16,
-                on_row: Callable[[dict], None] | None = None) -> int:
+                batch: int, remeasure: float = 0.1, sweeps: int = 50, chunk: int = 16,
+                reference_ms: float | None = None, on_row: Callable[[dict], None] | None = None) -> int:
     """Measure every spec not yet in `out` for this fingerprint, appending a row per architecture.
 
-    Architectures are timed `chunk` at a time, with the anchor architecture, in `rounds`
-    interleaved rounds (see `time_rounds`), so one slow spell cannot move a single architecture;
-    each row records the anchor's latency in its chunk (`anchor_ms`). Each chunk's rows are written
-    as soon as it ends (an interruption loses at most the chunk in progress). Returns the rows
-    written."""
+    Architectures are timed `chunk` at a time with the anchor architecture, in strict alternation
+    (see `time_interleaved`). A row's `median_ms` is its latency relative to the anchor's in the
+    same chunk, times the reference: the anchor's latency when the table was started (its first
+    chunk), or `reference_ms` (another table's or model's, so that both are on one scale). So every
+    row of a table is at one machine speed, however the machine's speed drifts; `raw_median_ms`
+    and `anchor_ms` keep the timings as taken. Each chunk's rows are written as soon as it ends
+    (an interruption loses at most the chunk in progress). Returns the rows written."""
     specs = list(specs)
     if not specs:
         return 0
     torch.set_num_threads(threads)
     fp = fingerprint(device, runtime, threads, batch, specs[0].img_size)
     fid = fingerprint_id(fp)
+    reference_ms = table_reference(out, fid, reference_ms)
     anchor = None
     written = 0
     for todo in timings_to_take(specs, out, fid, remeasure):
@@ -200,10 +232,13 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str,
             part = todo[i:i + chunk]
             anchor = anchor or deployed_runner(anchor_spec(part[0]), runtime, device, threads, batch)[0]
             built = {s.arch_id: deployed_runner(s, runtime, device, threads, batch) for s in part}
-            stats = time_rounds({ANCHOR: anchor, **{a: run for a, (run, _) in built.items()}}, rounds, device)
+            stats, anchor_ms, reference_ms = time_at_reference({a: run for a, (run, _) in built.items()}, anchor,
+                                                               reference_ms, sweeps, device)
             for spec in part:
+                st = stats[spec.arch_id]
                 row = {"arch_id": spec.arch_id, "short": spec.short(), "spec_json": spec.to_json(),
-                       **stats[spec.arch_id], "anchor_ms": stats[ANCHOR]["median_ms"],
+                       **{k: st[k] for k in ("median_ms", "p10_ms", "p90_ms", "raw_median_ms", "repeats")},
+                       "anchor_ms": anchor_ms, "reference_ms": reference_ms,
                        "flops": total_flops(spec), "params": built[spec.arch_id][1],
                        "fingerprint": fid, "fingerprint_json": json.dumps(fp, sort_keys=True),
                        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -37,6 +37,7 @@ class ModelFileError(ValueError):
 @dataclass
 class LatencyModel:
     fingerprint: dict = field(default_factory=dict)
+    reference_ms: float | None = None  # the anchor latency its table's timings are scaled to
     coef: np.ndarray | None = None
     scale: np.ndarray | None = None
     residual: Any = None  # a fitted HistGradientBoostingRegressor, or None where it did not help

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["arch_id", "short", "spec_json", "median_ms", "p10_ms", "p90_ms", "repeats", "rounds", "anchor_ms",
-           "flops", "params", "fingerprint", "fingerprint_json", "measured_at"]
+COLUMNS = ["arch_id", "short", "spec_json", "median_ms", "p10_ms", "p90_ms", "raw_median_ms", "repeats", "anchor_ms",
+           "reference_ms", "flops", "params", "fingerprint", "fingerprint_json", "measured_at"]
 REQUIRED = ["arch_id", "spec_json", "median_ms", "p10_ms", "p90_ms", "repeats", "fingerprint"]
 
 
@@ -67,3 +67,36 @@ def measured_counts(path: Path, fingerprint: str) -> dict[str, int]:
         return {}
     df = read_table(path)
     return df[df["fingerprint"] == fingerprint]["arch_id"].value_counts().to_dict()
+
+
+def reference_of(rows: pd.DataFrame, source: Path | str) -> float | None:
+    """The anchor latency that `rows` are scaled to (see `measure.measure_all`); None where they
+    were measured before references existed."""
+    if "reference_ms" not in rows or rows.empty:
+        return None
+    refs = pd.to_numeric(rows["reference_ms"], errors="coerce")
+    if refs.isna().any() or refs.nunique() != 1:
+        raise TableError(f"timing table {source} mixes rows of {refs.nunique()} reference speeds (or none), so they "
+                         f"are not on one scale; measure into one table, or use --reference to put a new one on "
+                         f"another's scale")
+    return float(refs.iloc[0])
+
+
+def table_reference(path: Path, fingerprint: str, wanted: float | None = None) -> float | None:
+    """The reference a measurement appending to `path` must use: the table's own where it has rows
+    for this fingerprint (it must agree with `wanted`), else `wanted` (None: set by the first chunk)."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return wanted
+    rows = read_table(path)
+    rows = rows[rows["fingerprint"] == fingerprint]
+    if rows.empty:
+        return wanted
+    if "reference_ms" not in rows:
+        raise TableError(f"timing table {path} was measured before timings were scaled to a reference; "
+                         f"measure into a new file")
+    own = reference_of(rows, path)
+    if wanted is not None and abs(own - wanted) > 1e-9 * own:
+        raise TableError(f"timing table {path} is on a reference of {own:.4f} ms, not the {wanted:.4f} ms asked "
+                         f"for; measure into a new file")
+    return own

@@ -13,7 +13,7 @@ from search_space import ArchSpec
 
 from .features import feature_matrix
 from .predictor import LatencyModel
-from .table import TableError
+from .table import TableError, reference_of
 
 
 def metrics(pred: np.ndarray, meas: np.ndarray) -> dict:
@@ -49,16 +49,6 @@ def noise_floor(df: pd.DataFrame) -> dict:
     return {"noise_floor": float(np.median(rel)), "noise_pairs": len(pairs), "noise_within_10": float(np.mean(rel <= 0.10))}
 
 
-def speed_factors(rows: pd.DataFrame, typical_anchor_ms: float | None = None) -> pd.Series | None:
-    """Each timing's machine speed against a typical state: the anchor's latency in its chunk over
-    `typical_anchor_ms` (default: the anchor's median in `rows`). None for tables taken without an
-    anchor."""
-    if "anchor_ms" not in rows or rows["anchor_ms"].isna().any():
-        return None
-    anchor = pd.to_numeric(rows["anchor_ms"])
-    return anchor / (anchor.median() if typical_anchor_ms is None else typical_anchor_ms)
-
-
 def select_fingerprint(df: pd.DataFrame, fingerprint: str | None) -> tuple[pd.DataFrame, dict]:
     fps = df["fingerprint"].unique().tolist()
     if fingerprint is None:
@@ -76,34 +66,32 @@ def fit_and_report(df: pd.DataFrame, test_fraction: float = 0.25, seed: int = 0,
                    fingerprint: str | None = None) -> tuple[LatencyModel, dict]:
     """Fit on a seeded split of architectures, report held-out figures, then refit on all rows.
 
-    With anchor timings (see `measure.measure_all`), the predictor is fitted on latencies divided
-    by their chunk's speed factor, i.e. at the machine's typical speed; the main figures still
-    compare it with the raw measurements, and `speed_normalized` repeats them against the
-    speed-corrected ones (how well it predicts, once the machine's drift is taken out)."""
+    The figures compare predictions with `median_ms`, the timings at the table's reference speed
+    (see `measure.measure_all`); where the table has them, `raw` repeats them against the timings
+    as taken (`raw_median_ms`, at whatever speed the machine had then), with their noise floor."""
     rows, fp = select_fingerprint(df, fingerprint)
+    reference = reference_of(rows, "the table")
     archs = per_architecture(rows)
     if len(archs) < 10:
         raise TableError(f"only {len(archs)} architectures measured; fit needs at least 10 (more than 400 for accuracy)")
-    speed = speed_factors(rows)
-    steady = rows.assign(median_ms=rows["median_ms"] / speed) if speed is not None else rows
     specs = [ArchSpec.from_json(s) for s in archs["spec_json"]]
     y = archs["median_ms"].to_numpy(float)
-    y_fit = per_architecture(steady)["median_ms"].to_numpy(float)
     rng = np.random.default_rng(seed)
     test = np.zeros(len(y), dtype=bool)
     test[rng.permutation(len(y))[: max(1, int(round(test_fraction * len(y))))]] = True
     tr, te = ~test, test
-    model = LatencyModel(fingerprint=fp).fit([s for s, t in zip(specs, tr) if t], y_fit[tr], seed=seed)
+    model = LatencyModel(fingerprint=fp, reference_ms=reference).fit([s for s, t in zip(specs, tr) if t], y[tr], seed=seed)
     pred = model.predict_features(feature_matrix(specs)[te])
     report = {"n_train": int(tr.sum()), "n_test": int(te.sum()), **metrics(pred, y[te]),
               "baselines": baselines(archs, y, tr, te)}
     report.update(noise_floor(rows))
-    if speed is not None:
-        report["speed_normalized"] = {**metrics(pred, y_fit[te]), "baselines": baselines(archs, y_fit, tr, te),
-                                      **noise_floor(steady), "speed_p10": float(speed.quantile(0.1)),
-                                      "speed_p90": float(speed.quantile(0.9))}
+    if "raw_median_ms" in rows:
+        raw_rows = rows.assign(median_ms=rows["raw_median_ms"])
+        raw = per_architecture(raw_rows)["median_ms"].to_numpy(float)
+        report["raw"] = {**metrics(pred, raw[te]), **noise_floor(raw_rows)}
+    report["reference_ms"] = reference
     report["fingerprint"] = fp
     report["saved_model"] = f"refit on all {len(y)} architectures after this held-out report"
-    final = LatencyModel(fingerprint=fp).fit(specs, y_fit, seed=seed)
+    final = LatencyModel(fingerprint=fp, reference_ms=reference).fit(specs, y, seed=seed)
     report["correction"] = {"kept": final.residual is not None, **final.residual_check}
     return final, report

@@ -12,7 +12,8 @@ import torch
 
 from evaluators.data import load_dataset
 from evaluators.train import Normalizer, TrainConfig, accuracy, train
-from latency_models.measure import fingerprint, time_rounds, torch_runner
+from latency_models import LatencyModel
+from latency_models.measure import anchor_spec, deployed_runner, fingerprint, time_at_reference, torch_runner
 from search_space import ArchSpec, build_model, count_params, deploy
 
 from .records import trial_state
@@ -94,12 +95,16 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     runner = torch_runner(deployed, torch.randn(1, spec.in_chans, spec.img_size, spec.img_size))
-    timing = time_rounds({"model": runner}, rounds=5)["model"]
+    reference = LatencyModel.load(cfg["latency_model"]).reference_ms  # the predictor's scale
+    timings, anchor_ms, reference = time_at_reference({"model": runner}, deployed_runner(anchor_spec(spec))[0],
+                                                      reference, sweeps=200)
+    timing = timings["model"]
     torch.set_num_threads(threads)
     pred = trial.user_attrs["pred_ms"]
     report = {"trial": trial.number, "arch_id": spec.arch_id, "short": spec.short(), "test_acc": test_acc,
               "val_acc_proxy": trial.user_attrs.get("val_acc"), "pred_ms": pred, "measured_ms": timing["median_ms"],
-              "p10_ms": timing["p10_ms"], "p90_ms": timing["p90_ms"],
+              "p10_ms": timing["p10_ms"], "p90_ms": timing["p90_ms"], "raw_median_ms": timing["raw_median_ms"],
+              "anchor_ms": anchor_ms, "reference_ms": reference,
               "pred_rel_err": (pred - timing["median_ms"]) / timing["median_ms"], "epochs": epochs,
               "train_s": res.train_s, "wall_s": time.perf_counter() - t0, "flops": trial.user_attrs.get("flops"),
               "params": count_params(deployed), "dataset": cfg["dataset"], "trained_on": device,

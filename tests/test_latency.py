@@ -11,7 +11,8 @@ from latency_models import LatencyModel, ModelFileError, TableError, read_table
 from latency_models.table import append_row
 from latency_models.calibrate import fingerprint_mismatch
 from latency_models.features import FEATURE_NAMES, feature_matrix, total_flops
-from latency_models.measure import fingerprint, fingerprint_id, measure_all, time_callable, time_rounds
+from latency_models.measure import (call_times, fingerprint, fingerprint_id, measure_all,
+                                     remove_common_slowdown, time_interleaved)
 from latency_models.validate import fit_and_report, metrics
 from search_space import SearchSpace, build_model, count_flops, deploy, presets, sample
 
@@ -32,37 +33,61 @@ def test_analytic_flops_equal_fvcore_on_the_deployed_model():
         assert total_flops(spec) == count_flops(deploy(build_model(spec))), spec.short()
 
 
+def test_interleaved_timer_calls_each_runner_once_per_sweep_in_shuffled_order():
+    calls = []
+    runners = {k: (lambda k=k: calls.append(k)) for k in "abcd"}
+    order, ms = call_times(runners, sweeps=6, warmup_calls=1, warmup_sweeps=1)
+    assert len(order) == len(ms) == 24 and (ms >= 0).all()
+    sweeps = [order[i:i + 4] for i in range(0, 24, 4)]
+    assert all(sorted(s) == list("abcd") for s in sweeps)  # every runner once per sweep
+    assert len({tuple(s) for s in sweeps}) > 1  # the order changes between sweeps
+    assert calls[:4] == list("abcd") and len(calls) == 4 + 4 + 24  # warm-up alone, an untimed sweep, then timed
+
+
 def test_timer_reports_ordered_statistics():
-    stats = time_callable(lambda: time.sleep(0.001), min_repeats=10, min_seconds=0.01, warmup_seconds=0.0)
-    assert stats["repeats"] >= 10
-    assert 1.0 <= stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"] < 50
+    stats = time_interleaved({"fast": lambda: time.sleep(0.001), "slow": lambda: time.sleep(0.003)}, sweeps=20)
+    for k in ("fast", "slow"):
+        s = stats[k]
+        assert s["repeats"] == 20 and 0.9 <= s["p10_ms"] <= s["median_ms"] <= s["p90_ms"] < 50
+        assert s["raw_median_ms"] > 0
+    assert stats["slow"]["median_ms"] > 2 * stats["fast"]["median_ms"]
 
 
-def test_rounds_interleave_runners_and_take_the_median_of_round_medians():
-    calls, delays = [], iter([0.002, 0.002, 0.012, 0.002, 0.002] * 100)  # one slow round for "a"
+def spell_timings(seed, true, sweeps=50):
+    """Calls of models with latencies `true` in shuffled sweeps, half of the time inside slow spells
+    (x1.1-x1.8 for 4-12 calls) that hit whatever runs then, plus 1% noise per call."""
+    rng = np.random.default_rng(seed)
+    who = np.concatenate([rng.permutation(len(true)) for _ in range(sweeps)])
+    slow, i = np.zeros(len(who)), 0
+    while i < len(who):
+        length = int(rng.integers(4, 13))
+        slow[i:i + length] = np.log(rng.uniform(1.1, 1.8)) if rng.random() < 0.5 else 0.0
+        i += length
+    return who, true[who] * np.exp(slow + rng.normal(0, 0.01, len(who)))
 
-    def runner(name, base):
-        def run():
-            calls.append(name)
-            time.sleep(base + (next(delays) if name == "a" else 0.0))
-        return run
 
-    timer = {"min_repeats": 1, "min_seconds": 0.0, "max_repeats": 1, "warmup_seconds": 0.0}
-    stats = time_rounds({"a": runner("a", 0.0), "b": runner("b", 0.001)}, rounds=5, **timer)
-    # warm-up takes 3 calls, timing 1: a x4, b x4, a x4, ...
-    assert calls[:8] == ["a"] * 4 + ["b"] * 4 and calls[8] == "a"
-    assert stats["a"]["rounds"] == 5 and stats["a"]["repeats"] == 5
-    assert stats["a"]["median_ms"] < 8  # the slow round does not move the median of rounds
-    assert stats["a"]["p90_ms"] > stats["a"]["median_ms"]
+def test_common_slowdown_is_taken_out_of_each_call():
+    true = np.array([1.0, 2.5, 7.0, 4.0])
+    raw_err, fixed_err = [], []
+    for seed in range(10):
+        who, ms = spell_timings(seed, true)
+        steady = remove_common_slowdown(who, ms)
+        for calls, errs in ((ms, raw_err), (steady, fixed_err)):
+            med = np.array([np.median(calls[who == m]) for m in range(len(true))])
+            errs.append(np.abs(med / med[0] / (true / true[0]) - 1).max())  # worst latency ratio
+    assert max(raw_err) > 0.1  # slow spells move raw medians' ratios by over 10% in some sessions
+    assert max(fixed_err) <= 0.015  # corrected, every ratio is within 1.5% in every session
+    lone = np.full(10, 2.0)
+    assert np.array_equal(remove_common_slowdown(np.zeros(10, dtype=int), lone), lone)  # nothing to compare with
 
 
 def test_measure_appends_rows_and_resumes(tmp_path):
     out = tmp_path / "t.csv"
     specs = tiny_specs(4)
     rows = []
-    measure_all(specs[:2], out, "torch", "cpu", 1, 1, remeasure=0.0, on_row=rows.append)
+    measure_all(specs[:2], out, "torch", "cpu", 1, 1, remeasure=0.0, sweeps=5, on_row=rows.append)
     assert len(rows) == 2
-    measure_all(specs, out, "torch", "cpu", 1, 1, remeasure=0.0, on_row=rows.append)  # resumes: 2 new
+    measure_all(specs, out, "torch", "cpu", 1, 1, remeasure=0.0, sweeps=5, on_row=rows.append)  # resumes: 2 new
     assert len(rows) == 4
     df = read_table(out)
     assert sorted(df["arch_id"]) == sorted(s.arch_id for s in specs)
@@ -71,57 +96,89 @@ def test_measure_appends_rows_and_resumes(tmp_path):
     fp = json.loads(df["fingerprint_json"].iloc[0])
     assert fp["threads"] == 1 and fp["runtime"] == "torch" and fp["img_size"] == 8
     assert (df["fingerprint"] == fingerprint_id(fp)).all()
+    assert df["reference_ms"].nunique() == 1  # the resumed run kept the table's reference
 
 
-def test_measure_times_in_chunks_of_interleaved_rounds(tmp_path, monkeypatch):
+def test_measure_times_chunks_with_the_anchor_and_scales_them_to_one_reference(tmp_path, monkeypatch):
+    """Each chunk runs at another machine speed (x1, x2, x1.5); every row still lands on the
+    first chunk's scale, because it is timed relative to the anchor in its own chunk."""
     from latency_models import measure
 
-    chunks = []
-
-    def recording(runners, rounds, *args, **kw):
-        chunks.append((sorted(runners), rounds))
-        return time_rounds(runners, rounds, *args, **kw)
-
-    monkeypatch.setattr(measure, "time_rounds", recording)
-    out = tmp_path / "t.csv"
+    chunks, speeds = [], iter([1.0, 2.0, 1.5])
     specs = tiny_specs(5, seed=1)
-    measure_all(specs, out, "torch", "cpu", 1, 1, remeasure=0.0, rounds=3, chunk=2)
-    assert [len(c) for c, _ in chunks] == [3, 3, 2] and {r for _, r in chunks} == {3}
-    assert all(measure.ANCHOR in c for c, _ in chunks)  # the anchor is timed with every chunk
-    assert sorted(a for c, _ in chunks for a in c if a != measure.ANCHOR) == sorted(s.arch_id for s in specs)
-    df = read_table(out)
-    assert len(df) == 5 and (df["rounds"] == 3).all() and (df["repeats"] >= 30).all()
-    assert (df["anchor_ms"] > 0).all() and df["anchor_ms"].nunique() == 3  # one anchor timing per chunk
+    true = {s.arch_id: 1.0 + i for i, s in enumerate(specs)} | {measure.ANCHOR: 4.0}
+
+    def fake_timer(runners, sweeps, device):
+        chunks.append(sorted(runners))
+        f = next(speeds)
+        return {k: {"median_ms": true[k] * f, "p10_ms": true[k] * f * 0.9, "p90_ms": true[k] * f * 1.1,
+                    "raw_median_ms": true[k] * f * 1.2, "repeats": sweeps} for k in runners}
+
+    monkeypatch.setattr(measure, "time_interleaved", fake_timer)
+    out = tmp_path / "t.csv"
+    measure_all(specs, out, "torch", "cpu", 1, 1, remeasure=0.0, sweeps=7, chunk=2)
+    assert [len(c) for c in chunks] == [3, 3, 2] and all(measure.ANCHOR in c for c in chunks)
+    df = read_table(out).set_index("arch_id")
+    assert (df["reference_ms"] == 4.0).all()  # the anchor's latency in the first chunk
+    assert np.allclose(df["median_ms"], [true[a] for a in df.index])  # every chunk on that scale
+    assert np.allclose(df["p90_ms"] / df["median_ms"], 1.1) and (df["repeats"] == 7).all()
+    assert sorted(df["anchor_ms"].unique()) == [4.0, 6.0, 8.0]  # the machine's speed, as it was
+    assert np.allclose(df["raw_median_ms"] / df["anchor_ms"] * 4.0, [1.2 * true[a] for a in df.index])
 
 
-def test_appending_to_a_table_written_before_the_rounds_column(tmp_path):
+def test_a_given_reference_is_used_and_a_tables_own_is_kept(tmp_path):
+    out = tmp_path / "t.csv"
+    specs = tiny_specs(3, seed=2)
+    measure_all(specs[:1], out, "torch", "cpu", 1, 1, remeasure=0.0, sweeps=5, reference_ms=123.0)
+    assert read_table(out)["reference_ms"].tolist() == [123.0]
+    measure_all(specs[:2], out, "torch", "cpu", 1, 1, remeasure=0.0, sweeps=5)  # appending keeps it
+    assert read_table(out)["reference_ms"].tolist() == [123.0, 123.0]
+    with pytest.raises(TableError, match="reference of 123.0000 ms, not the 7.0000 ms"):
+        measure_all(specs, out, "torch", "cpu", 1, 1, remeasure=0.0, sweeps=5, reference_ms=7.0)
+
+
+def test_appending_keeps_an_older_tables_header_but_measuring_into_it_is_refused(tmp_path):
     out = tmp_path / "old.csv"
+    spec = tiny_specs(1)[0]
+    fid = fingerprint_id(fingerprint("cpu", "torch", 1, 1, 8))
     out.write_text("arch_id,spec_json,median_ms,p10_ms,p90_ms,repeats,fingerprint\n"
-                   "a1,{},1.0,0.9,1.1,30,f\n")
+                   f"a1,{{}},1.0,0.9,1.1,30,{fid}\n")
     append_row(out, {"arch_id": "a2", "spec_json": "{}", "median_ms": 2.0, "p10_ms": 1.9, "p90_ms": 2.1,
-                     "repeats": 40, "rounds": 5, "fingerprint": "f"})
+                     "repeats": 40, "reference_ms": 5.0, "fingerprint": fid})
     df = read_table(out)
     assert df["arch_id"].tolist() == ["a1", "a2"] and df["median_ms"].tolist() == [1.0, 2.0]
+    with pytest.raises(TableError, match="before timings were scaled to a reference; measure into a new file"):
+        measure_all([spec], out, "torch", "cpu", 1, 1, remeasure=0.0)
 
 
 def test_remeasured_share_gets_a_second_row(tmp_path):
     out = tmp_path / "t.csv"
-    measure_all(tiny_specs(3), out, "torch", "cpu", 1, 1, remeasure=1.0)
+    measure_all(tiny_specs(3), out, "torch", "cpu", 1, 1, remeasure=1.0, sweeps=5)
     assert read_table(out)["arch_id"].value_counts().tolist() == [2, 2, 2]
 
 
-def test_anchor_takes_the_machines_drift_out_of_the_fit():
+def synthetic_rows(specs, factor=lambda i: 1.0):
+    return [{"arch_id": s.arch_id, "spec_json": s.to_json(), "median_ms": synthetic_ms(s), "p10_ms": 0, "p90_ms": 0,
+             "raw_median_ms": synthetic_ms(s) * factor(i), "repeats": 1, "reference_ms": 2.0, "fingerprint": "f",
+             "flops": total_flops(s), "params": 1 + i % 7} for i, s in enumerate(specs)]
+
+
+def test_fit_reports_the_raw_timings_beside_the_reference_ones():
     specs = tiny_specs(160, seed=3) + [sample(np.random.default_rng(4), img_size=16) for _ in range(60)]
     specs = list({s.arch_id: s for s in specs}.values())
-    speed = np.repeat(np.random.default_rng(1).uniform(0.75, 1.35, len(specs) // 16 + 1), 16)[:len(specs)]
-    rows = [{"arch_id": s.arch_id, "spec_json": s.to_json(), "median_ms": synthetic_ms(s) * f, "p10_ms": 0,
-             "p90_ms": 0, "repeats": 1, "anchor_ms": 2.0 * f, "fingerprint": "f", "flops": total_flops(s),
-             "params": 1 + i % 7} for i, (s, f) in enumerate(zip(specs, speed))]
-    model, report = fit_and_report(pd.DataFrame(rows), seed=0)
-    steady = report["speed_normalized"]
-    assert steady["within_5"] >= 0.95 and steady["kendall_tau"] >= 0.95  # the drift is taken out
-    assert report["within_10"] < 0.8  # against the raw timings it is still there, and reported as such
-    assert np.allclose(model.predict(specs[:20]), [synthetic_ms(s) * np.median(speed) for s in specs[:20]], rtol=0.05)
+    drift = np.random.default_rng(1).uniform(0.75, 1.35, len(specs))
+    model, report = fit_and_report(pd.DataFrame(synthetic_rows(specs, lambda i: drift[i])), seed=0)
+    assert report["within_5"] >= 0.95 and report["kendall_tau"] >= 0.95  # the steady timings are predictable
+    assert report["raw"]["within_10"] < 0.8  # the raw ones drifted, and the report says so
+    assert model.reference_ms == report["reference_ms"] == 2.0
+
+
+def test_a_table_mixing_reference_speeds_cannot_be_fitted():
+    specs = tiny_specs(30, seed=8)
+    rows = synthetic_rows(specs)
+    rows[0]["reference_ms"] = 3.0
+    with pytest.raises(TableError, match="mixes rows of 2 reference speeds"):
+        fit_and_report(pd.DataFrame(rows))
 
 
 def test_learned_correction_is_kept_only_where_it_helps():
@@ -137,10 +194,7 @@ def test_learned_correction_is_kept_only_where_it_helps():
 
 def test_fit_recovers_a_known_function_and_beats_baselines():
     specs = tiny_specs(160, seed=3) + [sample(np.random.default_rng(4), img_size=16) for _ in range(60)]
-    rows = [{"arch_id": s.arch_id, "spec_json": s.to_json(), "median_ms": synthetic_ms(s), "p10_ms": 0, "p90_ms": 0,
-             "repeats": 1, "fingerprint": "f", "flops": total_flops(s), "params": 1 + i % 7}
-            for i, s in enumerate(specs)]
-    model, report = fit_and_report(pd.DataFrame(rows).drop_duplicates("arch_id"), seed=0)
+    model, report = fit_and_report(pd.DataFrame(synthetic_rows(specs)).drop_duplicates("arch_id"), seed=0)
     assert report["within_5"] >= 0.95 and report["kendall_tau"] >= 0.95
     assert report["within_10"] >= report["baselines"]["params"]["within_10"]
     new = tiny_specs(20, seed=99)
@@ -222,9 +276,10 @@ def test_feature_matrix_shape():
 def test_onnxruntime_runner_times_the_exported_model():
     from latency_models.measure import deployed_runner
 
-    run, _ = deployed_runner(tiny_specs(1)[0], runtime="onnxruntime")
-    stats = time_callable(run)
-    assert 0 < stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"] and stats["repeats"] >= 30
+    spec = tiny_specs(1)[0]
+    runners = {rt: deployed_runner(spec, runtime=rt)[0] for rt in ("onnxruntime", "torch")}
+    stats = time_interleaved(runners, sweeps=30)["onnxruntime"]
+    assert 0 < stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"] and stats["repeats"] == 30
 
 
 MEASURE_ALONE = """
