@@ -12,7 +12,6 @@ import torch
 
 from evaluators.data import load_dataset
 from evaluators.train import Normalizer, TrainConfig, accuracy, train
-from latency_models import LatencyModel
 from latency_models.measure import anchor_spec, deployed_runner, fingerprint, time_at_reference, torch_runner
 from search_space import ArchSpec, build_model, count_params, deploy
 
@@ -72,7 +71,8 @@ def final_dir(run_dir: Path, number: int) -> Path:
 def train_final(run_dir: Path, number: int, epochs: float | None = None, device: str = "cpu",
                 on_step: Callable[[int, int, float], None] | None = None) -> dict:
     """Train trial `number` from scratch with the full budget (on `device`); resumes from its
-    checkpoint. The latency is measured on this machine's CPU, where the predictor was fitted."""
+    checkpoint. The latency is measured on this machine's CPU, where the predictor was fitted,
+    against the anchor and on the scale of the run's latency model (its reference speed)."""
     cfg = run_config(run_dir)
     trial = load_trial(run_dir, number)
     spec = ArchSpec.from_json(trial.user_attrs["spec"])
@@ -95,9 +95,8 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     runner = torch_runner(deployed, torch.randn(1, spec.in_chans, spec.img_size, spec.img_size))
-    reference = LatencyModel.load(cfg["latency_model"]).reference_ms  # the predictor's scale
     timings, anchor_ms, reference = time_at_reference({"model": runner}, deployed_runner(anchor_spec(spec))[0],
-                                                      reference, sweeps=200)
+                                                      cfg.get("latency_reference_ms"), sweeps=200)
     timing = timings["model"]
     torch.set_num_threads(threads)
     pred = trial.user_attrs["pred_ms"]

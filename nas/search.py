@@ -68,7 +68,9 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return samplers[name]()
 
 
-def open_study(cfg: SearchConfig) -> optuna.Study:
+def open_study(cfg: SearchConfig, latency_reference_ms: float | None = None) -> optuna.Study:
+    """The run's study, created with its config.json (the settings, and the reference speed its
+    predicted latencies are on, which `train` measures at) or resumed if the settings match."""
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     saved = cfg.run_dir / "config.json"
     if saved.exists():
@@ -79,7 +81,7 @@ def open_study(cfg: SearchConfig) -> optuna.Study:
                               f"({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
                               f"re-run with the original settings to resume, or choose a new --name")
     else:
-        saved.write_text(json.dumps(cfg.identity(), indent=1))
+        saved.write_text(json.dumps({**cfg.identity(), "latency_reference_ms": latency_reference_ms}, indent=1))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna.create_study(study_name=cfg.name, storage=f"sqlite:///{cfg.run_dir / 'study.db'}",
@@ -174,7 +176,7 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
     model = LatencyModel.load(cfg.latency_model)
     check_target(cfg.target_ms, space_latencies(model, space, shape, cfg.seed))
 
-    study = open_study(cfg)
+    study = open_study(cfg, model.reference_ms)
     if not study.trials:
         for p in preset_params.values():
             study.enqueue_trial(p)
