@@ -94,8 +94,7 @@ def ffn(t: KernelTally, s: StageSpec, n: int) -> None:
 
 def mhsa(t: KernelTally, s: StageSpec, n: int) -> None:
     """PyTorch's scaled_dot_product_attention runs a fused kernel when q, k and v have one head
-    dim; otherwise its unfused math path, about twice as slow here (measured: 0.04-0.07 vs
-    0.07-0.23 ns/FLOP at 256 tokens)."""
+    dim; otherwise its unfused math path, about twice as slow here (`benchmarks/sdpa_paths.py`)."""
     h, kd, dv = s.heads, s.key_dim, s.value_ratio * s.width // s.heads
     linear(t, n, s.width, h * (2 * kd + dv))
     if kd == dv:

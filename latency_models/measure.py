@@ -6,14 +6,17 @@ or a GPU server as well as here.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
+import multiprocessing as mp
 import json
 import os
 import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -62,29 +65,42 @@ def torch_runner(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
-def onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int, device: str) -> Callable[[], None]:
+def export_deployed(spec_json: str, path: str, seed: int = 0) -> str:
+    """Build, deploy and export one spec to ONNX, as `export` ships it (run in worker processes:
+    the exporter takes 3-50 s an architecture here, the timing well under one)."""
+    from search_space.export import export_onnx
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    export_onnx(deploy(build_model(ArchSpec.from_json(spec_json))), path)
+    return path
+
+
+def onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int, device: str,
+                exported: Path | None = None) -> Callable[[], None]:
+    """An onnxruntime session of `model`, from its `exported` file or exported here."""
     import onnxruntime as ort
 
     from search_space.export import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(model.cpu(), path)
+        if exported is None:
+            exported = export_onnx(model.cpu(), Path(tmp) / "model.onnx")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        session = ort.InferenceSession(str(path), opts, providers=providers)
+        session = ort.InferenceSession(str(exported), opts, providers=providers)
     feed = {session.get_inputs()[0].name: x.cpu().numpy()}
     return lambda: session.run(None, feed)
 
 
 def call_times(runners: dict, sweeps: int, device: str = "cpu", warmup_calls: int = 5,
-               warmup_sweeps: int = 2, seed: int = 0) -> tuple[list, np.ndarray]:
+               warmup_sweeps: int = 2, seed: int = 0, shuffle: bool = True) -> tuple[list, np.ndarray]:
     """Call the runners in turn, each once per sweep, for `sweeps` sweeps after a warm-up (each
     runner alone, then untimed sweeps): the keys in call order and each call's ms. The order is
     shuffled every sweep, since a model runs slower after some models than after others (caches);
-    measured here, a fixed order moved latencies by 2-6% between chunks of other architectures.
-    On CUDA, each call is timed with events after a sync."""
+    measured here, a fixed order moved latencies by 2-6% between chunks of other architectures
+    (`benchmarks/timing_noise.py` compares both). On CUDA, each call is timed with events after a sync."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for run in runners.values():  # allocator, caches, lazy init
         for _ in range(warmup_calls):
@@ -96,7 +112,7 @@ def call_times(runners: dict, sweeps: int, device: str = "cpu", warmup_calls: in
     try:
         keys, rng = list(runners), np.random.default_rng(seed)
         for sweep in range(warmup_sweeps + sweeps):
-            for key in (keys[i] for i in rng.permutation(len(keys))):
+            for key in (keys[i] for i in (rng.permutation(len(keys)) if shuffle else range(len(keys)))):
                 run = runners[key]
                 if device == "cuda":
                     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -161,12 +177,13 @@ def time_interleaved(runners: dict, sweeps: int = 50, device: str = "cpu") -> di
 
 
 def deployed_runner(spec: ArchSpec, runtime: str = "torch", device: str = "cpu", threads: int = 1,
-                    batch: int = 1, seed: int = 0) -> tuple[Callable[[], None], int]:
-    """Build and deploy one architecture: a callable running one batch, and the deployed parameters."""
+                    batch: int = 1, seed: int = 0, exported: Path | None = None) -> tuple[Callable[[], None], int]:
+    """Build and deploy one architecture: a callable running one batch, and the deployed
+    parameters. For onnxruntime, `exported` is its ONNX file if already exported."""
     torch.manual_seed(seed)
     model = deploy(build_model(spec)).to(device)
     x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size, device=device)
-    run = torch_runner(model, x) if runtime == "torch" else onnx_runner(model, x, threads, device)
+    run = torch_runner(model, x) if runtime == "torch" else onnx_runner(model, x, threads, device, exported)
     return run, count_params(model)
 
 
@@ -216,8 +233,9 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str,
     same chunk, times the reference: the anchor's latency when the table was started (its first
     chunk), or `reference_ms` (another table's or model's, so that both are on one scale). So every
     row of a table is at one machine speed, however the machine's speed drifts; `raw_median_ms`
-    and `anchor_ms` keep the timings as taken. Each chunk's rows are written as soon as it ends
-    (an interruption loses at most the chunk in progress). Returns the rows written."""
+    and `anchor_ms` keep the timings as taken. For onnxruntime, a chunk's ONNX exports run first,
+    in worker processes on every core. Each chunk's rows are written as soon as it ends (an
+    interruption loses at most the chunk in progress). Returns the rows written."""
     specs = list(specs)
     if not specs:
         return 0
@@ -227,24 +245,37 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str,
     reference_ms = table_reference(out, fid, reference_ms)
     anchor = None
     written = 0
-    for todo in timings_to_take(specs, out, fid, remeasure):
-        for i in range(0, len(todo), chunk):
-            part = todo[i:i + chunk]
-            anchor = anchor or deployed_runner(anchor_spec(part[0]), runtime, device, threads, batch)[0]
-            built = {s.arch_id: deployed_runner(s, runtime, device, threads, batch) for s in part}
-            stats, anchor_ms, reference_ms = time_at_reference({a: run for a, (run, _) in built.items()}, anchor,
-                                                               reference_ms, sweeps, device)
-            for spec in part:
-                st = stats[spec.arch_id]
-                row = {"arch_id": spec.arch_id, "short": spec.short(), "spec_json": spec.to_json(),
-                       **{k: st[k] for k in ("median_ms", "p10_ms", "p90_ms", "raw_median_ms", "repeats")},
-                       "anchor_ms": anchor_ms, "reference_ms": reference_ms,
-                       "flops": total_flops(spec), "params": built[spec.arch_id][1],
-                       "fingerprint": fid, "fingerprint_json": json.dumps(fp, sort_keys=True),
-                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-                append_row(out, row)
-                written += 1
-                if on_row:
-                    on_row(row)
-            del built
+    with contextlib.ExitStack() as stack:
+        exporter = None  # ONNX exports in worker processes, all cores, never while timing
+        if runtime == "onnxruntime":
+            exporter = stack.enter_context(ProcessPoolExecutor(os.cpu_count(), mp_context=mp.get_context("spawn")))
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        for todo in timings_to_take(specs, out, fid, remeasure):
+            for i in range(0, len(todo), chunk):
+                part = todo[i:i + chunk]
+                files = {}
+                if exporter:
+                    paths = [str(tmp / f"{s.arch_id}.onnx") for s in part]
+                    files = dict(zip((s.arch_id for s in part),
+                                     exporter.map(export_deployed, [s.to_json() for s in part], paths)))
+                anchor = anchor or deployed_runner(anchor_spec(part[0]), runtime, device, threads, batch)[0]
+                built = {s.arch_id: deployed_runner(s, runtime, device, threads, batch, exported=files.get(s.arch_id))
+                         for s in part}
+                stats, anchor_ms, reference_ms = time_at_reference({a: run for a, (run, _) in built.items()}, anchor,
+                                                                   reference_ms, sweeps, device)
+                for spec in part:
+                    st = stats[spec.arch_id]
+                    row = {"arch_id": spec.arch_id, "short": spec.short(), "spec_json": spec.to_json(),
+                           **{k: st[k] for k in ("median_ms", "p10_ms", "p90_ms", "raw_median_ms", "repeats")},
+                           "anchor_ms": anchor_ms, "reference_ms": reference_ms,
+                           "flops": total_flops(spec), "params": built[spec.arch_id][1],
+                           "fingerprint": fid, "fingerprint_json": json.dumps(fp, sort_keys=True),
+                           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                    append_row(out, row)
+                    written += 1
+                    if on_row:
+                        on_row(row)
+                del built
+                for f in files.values():  # the sessions hold the models
+                    Path(f).unlink()
     return written

@@ -282,6 +282,15 @@ def test_onnxruntime_runner_times_the_exported_model():
     assert 0 < stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"] and stats["repeats"] == 30
 
 
+def test_onnxruntime_tables_export_in_worker_processes(tmp_path):
+    out = tmp_path / "ort.csv"
+    spec = tiny_specs(1, seed=4)[0]
+    assert measure_all([spec], out, "onnxruntime", "cpu", 1, 1, remeasure=0.0, sweeps=5) == 1
+    row = read_table(out).iloc[0]
+    assert row["arch_id"] == spec.arch_id and row["median_ms"] > 0 and row["repeats"] == 5
+    assert json.loads(row["fingerprint_json"])["runtime"] == "onnxruntime"
+
+
 MEASURE_ALONE = """
 import runpy, sys
 for name in ("optuna", "ray", "fvcore", "sklearn", "scipy", "onnx", "onnxruntime"):
