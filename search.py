@@ -80,18 +80,19 @@ def progress_bar():
                     TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console)
 
 
-def reference_of(path: Path, fid: str, force: bool) -> float:
+def reference_from(path: Path, fid: str, force: bool) -> float:
     """The reference speed (anchor ms) of a timing table or a latency model, for `measure --reference`."""
     from latency_models import LatencyModel, read_table
-    from latency_models.table import reference_of as table_reference
+    from latency_models.table import reference_of
     from latency_models.validate import select_fingerprint
 
     if path.suffix == ".model":
         model = LatencyModel.load(path)
         ref, other = model.reference_ms, model.fingerprint.get("id")
     else:
-        rows, fp = select_fingerprint(read_table(path), None)
-        ref, other = table_reference(rows, path), fp["id"]
+        table = read_table(path)
+        rows, fp = select_fingerprint(table, fid if fid in set(table["fingerprint"]) else None)
+        ref, other = reference_of(rows, path), fp["id"]
     if ref is None:
         raise UserError(f"{path} was measured before timings were scaled to a reference; it cannot be one")
     if other != fid and not force:
@@ -117,7 +118,7 @@ def cmd_measure(args) -> None:
         specs += presets(*shape, width_mult=scale, depth_mult=scale).values()
     unique = {s.arch_id: s for s in specs}
     fid = fingerprint_id(fingerprint(args.device, args.runtime, args.threads, args.batch, args.img_size))
-    reference = reference_of(Path(args.reference), fid, args.force) if args.reference else None
+    reference = reference_from(Path(args.reference), fid, args.force) if args.reference else None
     first, second = timings_to_take(unique.values(), Path(args.out), fid, args.remeasure)
     total = len(first) + len(second)
     console.print(f"{len(unique)} architectures, {total} timings to take, {args.sweeps} interleaved calls each "

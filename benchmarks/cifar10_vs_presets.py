@@ -6,9 +6,9 @@
    the search and the final timing cannot move presets across the target;
 2. `search.py run` on the data under that target;
 3. `search.py train` with one identical recipe for every preset and the best 3 searched (non-preset)
-   front trials; then every deployed model is timed on this CPU, in alternation (shuffled every
-   sweep) with the machine's momentary slowdowns taken out (`time_interleaved`), so that the
-   machine's drift cannot favour one of them;
+   front trials; then every deployed model is timed on this CPU, in turn with the anchor (shuffled
+   every sweep) and on the latency model's scale (`time_at_reference`), so that the machine's
+   drift cannot favour one of them and measured and predicted latencies compare like for like;
 4. DIR/results.json, a markdown table and DIR/cifar10_front.png (test accuracy vs measured latency).
 
     .venv/bin/python benchmarks/cifar10_vs_presets.py [--data ../shared/data/cifar10.npz] [--out DIR]
@@ -33,8 +33,8 @@ import torch
 from evaluators.data import load_dataset
 from latency_models import LatencyModel
 from latency_models.calibrate import calibrate
-from latency_models.measure import time_interleaved, torch_runner
-from nas.final import load_trained
+from latency_models.measure import anchor_spec, deployed_runner, time_at_reference, torch_runner
+from nas.final import load_trained, predictor_reference_ms, run_config
 from search_space import SearchSpace, deploy, presets
 from search_space.presets import SEARCH_SCALE
 
@@ -84,14 +84,16 @@ def reuse_final(previous: Path, run: Path, number: int, arch_id: str, epochs: fl
 
 
 def measure_interleaved(run: Path, numbers: list[int], sweeps: int) -> dict[int, dict]:
-    """Deployed latency of each trained model, batch 1, 1 thread, all timed in alternation."""
+    """Deployed latency of each trained model, batch 1, 1 thread, all timed in turn with the
+    anchor, on the scale of the run's latency model (as `train` measures)."""
     torch.set_num_threads(1)
     runners = {}
     for n in numbers:
         model, _ = load_trained(run, n)
         spec = model.spec
         runners[n] = torch_runner(deploy(model), torch.randn(1, spec.in_chans, spec.img_size, spec.img_size))
-    return time_interleaved(runners, sweeps)
+    reference = predictor_reference_ms(run_config(run), spec.img_size)
+    return time_at_reference(runners, deployed_runner(anchor_spec(spec))[0], reference, sweeps)[0]
 
 
 def plot(rows: list[dict], target: float, path: Path) -> None:

@@ -9,8 +9,10 @@ the acceptance check does).
 """
 import argparse
 import json
+import sys
 import warnings
 
+import numpy as np
 import pandas as pd
 
 from latency_models import LatencyModel, read_table
@@ -31,6 +33,8 @@ def main() -> None:
         warnings.simplefilter("ignore")
         predicted = pd.Series(model.predict(specs), index=[s.arch_id for s in specs])
     fresh = read_table(args.fresh)
+    if model.reference_ms is None or not np.allclose(fresh["reference_ms"], model.reference_ms):
+        sys.exit(f"{args.fresh} is not on {args.model}'s scale; measure it with `measure --reference {args.model}`")
     fresh = fresh[fresh["arch_id"].isin(predicted.index)].drop_duplicates("arch_id")
     pred = predicted[fresh["arch_id"]].to_numpy()
     speed = fresh["anchor_ms"] / model.reference_ms

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latency_models.measure import anchor_spec, call_times, deployed_runner, remove_common_slowdown
+from latency_models.measure import anchor_spec, call_times, deployed_runner, interleaved_stats
 from search_space import SearchSpace, sample
 
 
@@ -36,11 +36,10 @@ def spread(estimates: np.ndarray) -> dict:
             "within_5": float(np.mean(rel <= 0.05))}
 
 
-def relative_to_anchor(who: np.ndarray, ms: np.ndarray) -> np.ndarray:
-    """Per model (code order), its corrected median over the anchor's (code 0)."""
-    steady = remove_common_slowdown(who, ms)
-    med = np.array([np.median(steady[who == m]) for m in range(who.max() + 1)])
-    return med / med[0]
+def relative_to_anchor(order: list, ms: np.ndarray, keys: list) -> np.ndarray:
+    """Each key's latency, as `measure` estimates it, over the anchor's (keys[0])."""
+    stats = interleaved_stats(order, ms)
+    return np.array([stats[k]["median_ms"] for k in keys]) / stats[keys[0]]["median_ms"]
 
 
 def noise_structure(seconds: float) -> dict:
@@ -66,7 +65,7 @@ def noise_structure(seconds: float) -> dict:
         est["raw_median"].append([np.median(t[w == m]) for m in range(1, len(keys))])
         est["raw_p10"].append([np.percentile(t[w == m], 10) for m in range(1, len(keys))])
         est["raw_min"].append([t[w == m].min() for m in range(1, len(keys))])
-        est["measure"].append(relative_to_anchor(w, t)[1:] * anchor_median)
+        est["measure"].append(relative_to_anchor([keys[m] for m in w], t, keys)[1:] * anchor_median)
     return {"models": {k: typical.get(k) for k in keys}, "sweeps": sweeps,
             "seconds": float(ms.sum() / 1e3), "adjacent_call_correlation": autocorr[1],
             "autocorrelation": {f"{lag} calls ({lag * ms_per_call / 1e3:.2f} s)": v for lag, v in autocorr.items()},
@@ -87,7 +86,7 @@ def call_order(sweeps: int) -> dict:
             for chunk in chunks:
                 keys = ["anchor", *chunk]
                 order, ms = call_times({"anchor": anchor, **{k: runners[k] for k in chunk}}, sweeps, shuffle=shuffle)
-                r.update(zip(keys, relative_to_anchor(np.array([keys.index(k) for k in order]), ms)))
+                r.update(zip(keys, relative_to_anchor(order, ms, keys)))
             rel.append(r)
         diff = np.array([abs(rel[1][k] / rel[0][k] - 1) for k in ids])
         out["shuffled" if shuffle else "fixed"] = {"median": float(np.median(diff)),

@@ -11,7 +11,7 @@ from search_space import SearchSpace, presets, sample
 from search_space.presets import SEARCH_SCALE
 
 from .measure import fingerprint, fingerprint_id, measure_all
-from .predictor import LatencyModel
+from .predictor import FORMAT_VERSION, LatencyModel
 from .table import read_table
 from .validate import fit_and_report
 
@@ -20,7 +20,8 @@ def calibrate(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, s
               n: int = 150, seed: int = 0, on_row: Callable[[dict], None] | None = None) -> tuple[Path, dict | None]:
     """Return (model path, fit report or None when the cached model was reused)."""
     fp = fingerprint("cpu", "torch", 1, 1, img_size)
-    stem = Path(cache_dir) / f"auto-{fingerprint_id(fp)}-{in_chans}x{img_size}"
+    # the model format's version in the name: a cache from an older protocol is measured anew, not reused
+    stem = Path(cache_dir) / f"auto-v{FORMAT_VERSION}-{fingerprint_id(fp)}-{in_chans}x{img_size}"
     model_path, csv_path = stem.with_suffix(".model"), stem.with_suffix(".csv")
     if model_path.exists():
         return model_path, None

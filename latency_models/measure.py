@@ -65,14 +65,19 @@ def torch_runner(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
+def deployed_model(spec: ArchSpec, seed: int = 0) -> torch.nn.Module:
+    """The deployed (re-parameterized) model of a spec, with seeded weights."""
+    torch.manual_seed(seed)
+    return deploy(build_model(spec))
+
+
 def export_deployed(spec_json: str, path: str, seed: int = 0) -> str:
-    """Build, deploy and export one spec to ONNX, as `export` ships it (run in worker processes:
+    """Export one spec's deployed model to ONNX, as `export` ships it (run in worker processes:
     the exporter takes 3-50 s an architecture here, the timing well under one)."""
     from search_space.export import export_onnx
 
     torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    export_onnx(deploy(build_model(ArchSpec.from_json(spec_json))), path)
+    export_onnx(deployed_model(ArchSpec.from_json(spec_json), seed), path)
     return path
 
 
@@ -83,12 +88,14 @@ def onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int, device: s
 
     from search_space.export import export_onnx
 
-    with tempfile.TemporaryDirectory() as tmp:
-        if exported is None:
-            exported = export_onnx(model.cpu(), Path(tmp) / "model.onnx")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    if exported is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            session = ort.InferenceSession(str(export_onnx(model.cpu(), Path(tmp) / "model.onnx")), opts,
+                                           providers=providers)
+    else:
         session = ort.InferenceSession(str(exported), opts, providers=providers)
     feed = {session.get_inputs()[0].name: x.cpu().numpy()}
     return lambda: session.run(None, feed)
@@ -162,12 +169,12 @@ def remove_common_slowdown(who: np.ndarray, ms: np.ndarray, neighbours: int = 2,
     return np.exp(log_ms - (slow - np.median(slow)))
 
 
-def time_interleaved(runners: dict, sweeps: int = 50, device: str = "cpu") -> dict[object, dict]:
-    """Statistics per runner of calls in strict alternation (see `call_times`): `median_ms`,
-    `p10_ms`, `p90_ms` of the calls with the machine's momentary slowdown removed (see
-    `remove_common_slowdown`), `raw_median_ms` of the calls as timed, and `repeats`."""
-    order, ms = call_times(runners, sweeps, device)
-    keys = list(runners)
+def interleaved_stats(order: list, ms: np.ndarray) -> dict[object, dict]:
+    """Statistics per key of calls in turn (`call_times`' output): `median_ms`, `p10_ms`, `p90_ms`
+    of its calls with the machine's momentary slowdown removed (see `remove_common_slowdown`; the
+    spread of the model itself, not of the machine), `raw_median_ms` of the calls as timed, and
+    `repeats`."""
+    keys = list(dict.fromkeys(order))
     who = np.array([keys.index(k) for k in order])
     steady = remove_common_slowdown(who, ms)
     return {k: {"median_ms": float(np.median(steady[who == i])), "p10_ms": float(np.percentile(steady[who == i], 10)),
@@ -176,12 +183,16 @@ def time_interleaved(runners: dict, sweeps: int = 50, device: str = "cpu") -> di
             for i, k in enumerate(keys)}
 
 
+def time_interleaved(runners: dict, sweeps: int = 50, device: str = "cpu") -> dict[object, dict]:
+    """Call the runners in turn (see `call_times`); statistics per runner (see `interleaved_stats`)."""
+    return interleaved_stats(*call_times(runners, sweeps, device))
+
+
 def deployed_runner(spec: ArchSpec, runtime: str = "torch", device: str = "cpu", threads: int = 1,
                     batch: int = 1, seed: int = 0, exported: Path | None = None) -> tuple[Callable[[], None], int]:
     """Build and deploy one architecture: a callable running one batch, and the deployed
     parameters. For onnxruntime, `exported` is its ONNX file if already exported."""
-    torch.manual_seed(seed)
-    model = deploy(build_model(spec)).to(device)
+    model = deployed_model(spec, seed).to(device)
     x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size, device=device)
     run = torch_runner(model, x) if runtime == "torch" else onnx_runner(model, x, threads, device, exported)
     return run, count_params(model)
@@ -212,7 +223,7 @@ ANCHOR = "anchor"
 
 def time_at_reference(runners: dict, anchor: Callable[[], None], reference_ms: float | None, sweeps: int = 50,
                       device: str = "cpu") -> tuple[dict[object, dict], float, float]:
-    """Time `runners` interleaved with the anchor (see `time_interleaved`) and scale their
+    """Time `runners` in turn with the anchor (see `time_interleaved`) and scale their
     statistics to the reference speed: the speed at which the anchor takes `reference_ms` (None:
     this session's). Returns the scaled statistics, the anchor's ms now, and the reference used."""
     stats = time_interleaved({ANCHOR: anchor, **runners}, sweeps, device)
@@ -228,7 +239,7 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str,
                 reference_ms: float | None = None, on_row: Callable[[dict], None] | None = None) -> int:
     """Measure every spec not yet in `out` for this fingerprint, appending a row per architecture.
 
-    Architectures are timed `chunk` at a time with the anchor architecture, in strict alternation
+    Architectures are timed up to `chunk` at a time with the anchor architecture, called in turn
     (see `time_interleaved`). A row's `median_ms` is its latency relative to the anchor's in the
     same chunk, times the reference: the anchor's latency when the table was started (its first
     chunk), or `reference_ms` (another table's or model's, so that both are on one scale). So every
@@ -248,11 +259,11 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str,
     with contextlib.ExitStack() as stack:
         exporter = None  # ONNX exports in worker processes, all cores, never while timing
         if runtime == "onnxruntime":
-            exporter = stack.enter_context(ProcessPoolExecutor(os.cpu_count(), mp_context=mp.get_context("spawn")))
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            exporter = stack.enter_context(ProcessPoolExecutor(os.cpu_count(), mp_context=mp.get_context("spawn")))
         for todo in timings_to_take(specs, out, fid, remeasure):
-            for i in range(0, len(todo), chunk):
-                part = todo[i:i + chunk]
+            n = -(-len(todo) // chunk)  # chunks of equal size, so the last is not left with one architecture
+            for part in (todo[i * len(todo) // n:(i + 1) * len(todo) // n] for i in range(n)):
                 files = {}
                 if exporter:
                     paths = [str(tmp / f"{s.arch_id}.onnx") for s in part]

@@ -22,7 +22,7 @@ from search_space import ArchSpec
 
 from .features import FEATURE_NAMES, feature_matrix
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: timings on a reference speed (`reference_ms`), MHSA's two SDPA paths
 RANGE_FEATURES = ("flops", "tokens", "blocks")
 
 

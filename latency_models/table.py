@@ -89,12 +89,12 @@ def table_reference(path: Path, fingerprint: str, wanted: float | None = None) -
     if not path.exists() or path.stat().st_size == 0:
         return wanted
     rows = read_table(path)
+    if "reference_ms" not in rows:  # appending would drop the new columns (the file keeps its header)
+        raise TableError(f"timing table {path} was measured before timings were scaled to a reference; "
+                         f"measure into a new file")
     rows = rows[rows["fingerprint"] == fingerprint]
     if rows.empty:
         return wanted
-    if "reference_ms" not in rows:
-        raise TableError(f"timing table {path} was measured before timings were scaled to a reference; "
-                         f"measure into a new file")
     own = reference_of(rows, path)
     if wanted is not None and abs(own - wanted) > 1e-9 * own:
         raise TableError(f"timing table {path} is on a reference of {own:.4f} ms, not the {wanted:.4f} ms asked "

@@ -12,7 +12,8 @@ import torch
 
 from evaluators.data import load_dataset
 from evaluators.train import Normalizer, TrainConfig, accuracy, train
-from latency_models.measure import anchor_spec, deployed_runner, fingerprint, time_at_reference, torch_runner
+from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, fingerprint_id, time_at_reference,
+                                     torch_runner)
 from search_space import ArchSpec, build_model, count_params, deploy
 
 from .records import trial_state
@@ -68,6 +69,14 @@ def final_dir(run_dir: Path, number: int) -> Path:
     return Path(run_dir) / "final" / str(number)
 
 
+def predictor_reference_ms(cfg: dict, img_size: int) -> float | None:
+    """The reference speed of the run's predicted latencies, where its latency model was measured
+    on this device (CPU, torch, 1 thread, batch 1); None where it was not (a timing here is then at
+    this session's speed, which no prediction is on)."""
+    here = fingerprint_id(fingerprint("cpu", "torch", 1, 1, img_size))
+    return cfg.get("latency_reference_ms") if cfg.get("latency_fingerprint") == here else None
+
+
 def train_final(run_dir: Path, number: int, epochs: float | None = None, device: str = "cpu",
                 on_step: Callable[[int, int, float], None] | None = None) -> dict:
     """Train trial `number` from scratch with the full budget (on `device`); resumes from its
@@ -95,15 +104,16 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     runner = torch_runner(deployed, torch.randn(1, spec.in_chans, spec.img_size, spec.img_size))
+    predictor_reference = predictor_reference_ms(cfg, spec.img_size)
     timings, anchor_ms, reference = time_at_reference({"model": runner}, deployed_runner(anchor_spec(spec))[0],
-                                                      cfg.get("latency_reference_ms"), sweeps=200)
+                                                      predictor_reference, sweeps=200)
     timing = timings["model"]
     torch.set_num_threads(threads)
     pred = trial.user_attrs["pred_ms"]
     report = {"trial": trial.number, "arch_id": spec.arch_id, "short": spec.short(), "test_acc": test_acc,
               "val_acc_proxy": trial.user_attrs.get("val_acc"), "pred_ms": pred, "measured_ms": timing["median_ms"],
               "p10_ms": timing["p10_ms"], "p90_ms": timing["p90_ms"], "raw_median_ms": timing["raw_median_ms"],
-              "anchor_ms": anchor_ms, "reference_ms": reference,
+              "anchor_ms": anchor_ms, "reference_ms": reference, "on_predictor_scale": predictor_reference is not None,
               "pred_rel_err": (pred - timing["median_ms"]) / timing["median_ms"], "epochs": epochs,
               "train_s": res.train_s, "wall_s": time.perf_counter() - t0, "flops": trial.user_attrs.get("flops"),
               "params": count_params(deployed), "dataset": cfg["dataset"], "trained_on": device,

@@ -68,9 +68,9 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return samplers[name]()
 
 
-def open_study(cfg: SearchConfig, latency_reference_ms: float | None = None) -> optuna.Study:
-    """The run's study, created with its config.json (the settings, and the reference speed its
-    predicted latencies are on, which `train` measures at) or resumed if the settings match."""
+def open_study(cfg: SearchConfig, latency_model: LatencyModel) -> optuna.Study:
+    """The run's study, created with its config.json (the settings, and the device and reference
+    speed its predicted latencies are on, which `train` measures at) or resumed if the settings match."""
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     saved = cfg.run_dir / "config.json"
     if saved.exists():
@@ -81,7 +81,8 @@ def open_study(cfg: SearchConfig, latency_reference_ms: float | None = None) -> 
                               f"({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
                               f"re-run with the original settings to resume, or choose a new --name")
     else:
-        saved.write_text(json.dumps({**cfg.identity(), "latency_reference_ms": latency_reference_ms}, indent=1))
+        saved.write_text(json.dumps({**cfg.identity(), "latency_fingerprint": latency_model.fingerprint.get("id"),
+                                     "latency_reference_ms": latency_model.reference_ms}, indent=1))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna.create_study(study_name=cfg.name, storage=f"sqlite:///{cfg.run_dir / 'study.db'}",
@@ -176,7 +177,7 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
     model = LatencyModel.load(cfg.latency_model)
     check_target(cfg.target_ms, space_latencies(model, space, shape, cfg.seed))
 
-    study = open_study(cfg, model.reference_ms)
+    study = open_study(cfg, model)
     if not study.trials:
         for p in preset_params.values():
             study.enqueue_trial(p)

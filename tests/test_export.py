@@ -47,6 +47,9 @@ def test_demo_path_trains_and_exports_the_best(demo_run, tmp_path):
     for key in ("trial", "arch_id", "test_acc", "pred_ms", "measured_ms", "epochs", "train_s"):
         assert key in final
     assert final["trial"] == best["trial"] and 0 <= final["test_acc"] <= 1 and final["measured_ms"] > 0
+    # calibrated on this machine, so the final latency is measured on the predictor's scale
+    assert final["on_predictor_scale"] and final["reference_ms"] == json.loads((demo_run / "config.json").read_text())[
+        "latency_reference_ms"]
     assert "test_acc" in res.stdout
     run_cli("export", demo_run, "--trial", "best", "--out", tmp_path / "export")
     assert {p.name for p in (tmp_path / "export").iterdir()} >= {"model.onnx", "model.pt2", "arch.json", "MODEL_CARD.md"}

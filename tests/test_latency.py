@@ -117,7 +117,7 @@ def test_measure_times_chunks_with_the_anchor_and_scales_them_to_one_reference(t
     monkeypatch.setattr(measure, "time_interleaved", fake_timer)
     out = tmp_path / "t.csv"
     measure_all(specs, out, "torch", "cpu", 1, 1, remeasure=0.0, sweeps=7, chunk=2)
-    assert [len(c) for c in chunks] == [3, 3, 2] and all(measure.ANCHOR in c for c in chunks)
+    assert [len(c) for c in chunks] == [2, 3, 3] and all(measure.ANCHOR in c for c in chunks)  # 1 + 2 + 2, balanced
     df = read_table(out).set_index("arch_id")
     assert (df["reference_ms"] == 4.0).all()  # the anchor's latency in the first chunk
     assert np.allclose(df["median_ms"], [true[a] for a in df.index])  # every chunk on that scale
@@ -135,6 +135,21 @@ def test_a_given_reference_is_used_and_a_tables_own_is_kept(tmp_path):
     assert read_table(out)["reference_ms"].tolist() == [123.0, 123.0]
     with pytest.raises(TableError, match="reference of 123.0000 ms, not the 7.0000 ms"):
         measure_all(specs, out, "torch", "cpu", 1, 1, remeasure=0.0, sweeps=5, reference_ms=7.0)
+
+
+@pytest.mark.parametrize("model_kwargs, message", [
+    ({"cpu": "Another Machine"}, "was measured on another device or setting"),
+    ({}, "before timings were scaled to a reference"),
+])
+def test_measure_refuses_a_reference_it_cannot_use(tmp_path, model_kwargs, message):
+    fp = fingerprint("cpu", "torch", 1, 1, 8)
+    fp = {**fp, **model_kwargs, "id": fingerprint_id({**fp, **model_kwargs})}
+    reference = 3.0 if model_kwargs else None
+    LatencyModel(fingerprint=fp, reference_ms=reference).save(tmp_path / "ref.model")
+    res = run_cli("measure", "--n", "0", "--img-size", "8", "--in-chans", "1", "--reference", tmp_path / "ref.model",
+                  "--out", tmp_path / "t.csv", check=False)
+    assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "t.csv").exists()  # refused before measuring anything
 
 
 def test_appending_keeps_an_older_tables_header_but_measuring_into_it_is_refused(tmp_path):
@@ -267,6 +282,15 @@ def test_run_refuses_a_foreign_latency_model_unless_forced(tmp_path):
     res = run_cli("run", "--name", "r", "--target-ms", "5", "--latency-model", tmp_path / "m.model",
                   "--runs-dir", tmp_path, check=False)
     assert res.returncode == 2 and "measured elsewhere" in res.stderr and "--force" in res.stderr
+
+
+def test_train_measures_on_the_predictors_scale_only_on_its_device():
+    from nas.final import predictor_reference_ms
+
+    here = fingerprint_id(fingerprint("cpu", "torch", 1, 1, 8))
+    assert predictor_reference_ms({"latency_fingerprint": here, "latency_reference_ms": 4.2}, 8) == 4.2
+    assert predictor_reference_ms({"latency_fingerprint": "a-jetson", "latency_reference_ms": 4.2}, 8) is None
+    assert predictor_reference_ms({"target_ms": 3.0}, 8) is None  # a run from before references
 
 
 def test_feature_matrix_shape():
