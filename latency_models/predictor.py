@@ -22,7 +22,7 @@ from search_space import ArchSpec
 
 from .features import FEATURE_NAMES, feature_matrix
 
-FORMAT_VERSION = 2  # 2: timings on a reference speed (`reference_ms`), MHSA's two SDPA paths
+FORMAT_VERSION = 3  # 2: timings on a reference speed (`reference_ms`), MHSA's two SDPA paths; 3: few-token calls
 RANGE_FEATURES = ("flops", "tokens", "blocks")
 
 

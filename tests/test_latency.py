@@ -10,11 +10,11 @@ import pytest
 from latency_models import LatencyModel, ModelFileError, TableError, read_table
 from latency_models.table import append_row
 from latency_models.calibrate import fingerprint_mismatch
-from latency_models.features import FEATURE_NAMES, feature_matrix, total_flops
+from latency_models.features import FEATURE_NAMES, feature_matrix, tally, total_flops
 from latency_models.measure import (call_times, fingerprint, fingerprint_id, measure_all,
                                      remove_common_slowdown, time_interleaved)
 from latency_models.validate import fit_and_report, metrics
-from search_space import SearchSpace, build_model, count_flops, deploy, presets, sample
+from search_space import ArchSpec, SearchSpace, StageSpec, build_model, count_flops, deploy, presets, sample
 
 from .helpers import ROOT, run_cli, synthetic_ms
 
@@ -295,6 +295,14 @@ def test_train_measures_on_the_predictors_scale_only_on_its_device():
 
 def test_feature_matrix_shape():
     assert feature_matrix(tiny_specs(3)).shape == (3, len(FEATURE_NAMES))
+
+
+def test_few_token_calls_count_the_launches_of_stages_of_at_most_four_tokens():
+    stage = StageSpec(width=32, depth=2, heads=2)
+    one = ArchSpec(stages=(stage,), img_size=32, patch=8)  # 4x4 = 16 tokens
+    two = ArchSpec(stages=(stage, stage), img_size=32, patch=8)  # then 2x2 = 4 tokens
+    assert tally(one).few_token_calls == 0
+    assert tally(two).few_token_calls == sum(tally(two).calls) - sum(tally(one).calls) - 2  # less norm + merge
 
 
 def test_onnxruntime_runner_times_the_exported_model():
