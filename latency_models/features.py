@@ -184,6 +184,7 @@ def tally(spec: ArchSpec) -> KernelTally:
         conv(t, side * side, widths[i], widths[i + 1], 3)
         if i < n_convs - 1:
             elementwise(t, side * side * widths[i + 1])
+    copy(t, grids[0] ** 2 * c0)  # to a contiguous token stream
     elementwise(t, grids[0] ** 2 * c0)  # + pos_embed
     for i, (s, g) in enumerate(zip(spec.stages, grids)):
         n, nk = g * g, deployed_norm(spec, i)
