@@ -302,7 +302,7 @@ def test_few_token_calls_count_the_launches_of_stages_of_at_most_four_tokens():
     one = ArchSpec(stages=(stage,), img_size=32, patch=8)  # 4x4 = 16 tokens
     two = ArchSpec(stages=(stage, stage), img_size=32, patch=8)  # then 2x2 = 4 tokens
     assert tally(one).few_token_calls == 0
-    assert tally(two).few_token_calls == sum(tally(two).calls) - sum(tally(one).calls) - 2  # less norm + merge
+    assert tally(two).few_token_calls == sum(tally(two).calls) - sum(tally(one).calls) - 2  # minus the merge's norm and conv
 
 
 def test_onnxruntime_runner_times_the_exported_model():
