@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from search_space.attentions import window_for
+from search_space.blocks import conv_stem_widths
+from search_space.deploy import deployed_norm
 from search_space.spec import ArchSpec, StageSpec
 
 KINDS = ("linear", "conv", "dwconv", "matmul", "sdpa", "softmax", "norm", "elementwise", "reduce", "copy")
@@ -68,15 +70,6 @@ def elementwise(t: KernelTally, numel: int, calls: int = 1, flops: bool = True) 
 
 def copy(t: KernelTally, numel: int, calls: int = 1) -> None:
     t.add("copy", 0, calls * 2 * F32 * numel, calls)
-
-
-def deployed_norm(spec: ArchSpec, stage: int) -> str | None:
-    """The norm left in stage `stage` after deploy: BN family folds away, a LayerNorm stage
-    becomes affine-free RMSNorm unless SkipAt reads an attention output there."""
-    s = spec.stages[stage]
-    if s.norm == "layernorm":
-        return "layernorm" if s.skip else "rms"
-    return "rms_affine" if s.norm == "rmsnorm" else None
 
 
 def norm(t: KernelTally, kind: str | None, numel: int) -> None:
@@ -171,28 +164,70 @@ def skip_phi(t: KernelTally, s: StageSpec, n: int) -> None:
 ATTENTION_KERNELS = {"mhsa": mhsa, "sla": sla}
 
 
+def stem(t: KernelTally, spec: ArchSpec, grid: int) -> None:
+    c0 = spec.stages[0].width
+    if spec.stem == "patch":
+        conv(t, grid * grid, spec.in_chans, c0, spec.patch)
+    else:  # 3x3 convs, GELU between them
+        widths = conv_stem_widths(spec.in_chans, c0, spec.patch)
+        side = spec.img_size
+        for i in range(len(widths) - 1):
+            side = side // 2 if spec.patch > 1 else side
+            conv(t, side * side, widths[i], widths[i + 1], 3)
+            if i < len(widths) - 2:
+                elementwise(t, side * side * widths[i + 1])
+    copy(t, grid * grid * c0)  # to a contiguous token stream
+    elementwise(t, grid * grid * c0)  # + pos_embed
+
+
+def downsample(t: KernelTally, spec: ArchSpec, i: int, grid_in: int, grid_out: int) -> None:
+    prev, c_out = spec.stages[i - 1].width, spec.stages[i].width
+    n_in, n_out = grid_in * grid_in, grid_out * grid_out
+    if spec.downsample == "conv2x2":
+        norm(t, deployed_norm(spec, i - 1), n_in * prev)
+        conv(t, n_out, prev, c_out, 2)
+        return
+    hidden = 4 * prev
+    copy(t, n_in * prev)  # tokens to a map
+    conv_residuals(t, n_in, prev)
+    conv(t, n_in, prev, hidden, 1)
+    elementwise(t, n_in * hidden, flops=False)  # ReLU
+    conv(t, n_out, hidden, hidden, 3, groups=hidden)
+    elementwise(t, n_out * hidden, flops=False)  # ReLU
+    squeeze_excite(t, n_out, hidden, prev)
+    conv(t, n_out, hidden, c_out, 1)
+    conv_residuals(t, n_out, c_out)
+    copy(t, n_out * c_out)  # back to a contiguous token stream
+
+
+def conv_residuals(t: KernelTally, n: int, c: int) -> None:
+    """EfficientViT's residual 3x3 DW conv, then its residual FFN (1x1 to 2C, ReLU, 1x1 back)."""
+    conv(t, n, c, c, 3, groups=c)
+    elementwise(t, n * c)
+    conv(t, n, c, 2 * c, 1)
+    elementwise(t, n * 2 * c, flops=False)
+    conv(t, n, 2 * c, c, 1)
+    elementwise(t, n * c)
+
+
+def squeeze_excite(t: KernelTally, n: int, c: int, reduced: int) -> None:
+    t.add("reduce", n * c, F32 * n * c)
+    conv(t, 1, c, reduced, 1)
+    elementwise(t, reduced, flops=False)  # ReLU
+    conv(t, 1, reduced, c, 1)
+    elementwise(t, c)  # sigmoid
+    elementwise(t, n * c)  # gate
+
+
 def tally(spec: ArchSpec) -> KernelTally:
     """Every kernel the deployed model of `spec` launches for one batch-1 forward."""
     t = KernelTally()
     grids = spec.grids()
-    # stem: log2(patch) 3x3 convs (one stride-1 conv for patch 1), GELU between
-    n_convs = max(spec.patch.bit_length() - 1, 1)
-    c0 = spec.stages[0].width
-    widths = [spec.in_chans] + [max(c0 // 2 ** (n_convs - 1 - i), 8) for i in range(n_convs - 1)] + [c0]
-    side = spec.img_size
-    for i in range(n_convs):
-        side = side // 2 if spec.patch > 1 else side
-        conv(t, side * side, widths[i], widths[i + 1], 3)
-        if i < n_convs - 1:
-            elementwise(t, side * side * widths[i + 1])
-    copy(t, grids[0] ** 2 * c0)  # to a contiguous token stream
-    elementwise(t, grids[0] ** 2 * c0)  # + pos_embed
+    stem(t, spec, grids[0])
     for i, (s, g) in enumerate(zip(spec.stages, grids)):
         n, nk = g * g, deployed_norm(spec, i)
         if i:
-            prev = spec.stages[i - 1]
-            norm(t, deployed_norm(spec, i - 1), 4 * n * prev.width)
-            conv(t, n, prev.width, s.width, 2)
+            downsample(t, spec, i, grids[i - 1], g)
         attention_block, skip_block = KernelTally(), KernelTally()
         for block, is_skip in ((attention_block, False), (skip_block, True)):
             for _ in range(s.ffns):

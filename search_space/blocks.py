@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath, Mlp, SEModule
 
 from .attentions import ATTENTIONS, SkipAttention, to_grid, to_tokens
 from .fold import affine_after_conv, affine_into_conv, affine_into_linear, bn_affine
@@ -105,10 +105,14 @@ class SandwichBlock(nn.Module):
 
 
 class ConvNorm(nn.Sequential):
-    """Conv2d (no bias) then BatchNorm2d; `fuse()` folds the BN into the conv."""
+    """Conv2d (no bias) then BatchNorm2d (EfficientViT's Conv2d_BN); `fuse()` folds the BN into the conv.
+    `bn_weight_init=0` starts a residual branch at the identity, as EfficientViT does."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int):
-        super().__init__(nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout))
+    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, padding: int = 0,
+                 groups: int = 1, bn_weight_init: float = 1.0):
+        super().__init__(nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout))
+        nn.init.constant_(self[1].weight, bn_weight_init)
 
     def fuse(self) -> None:
         if isinstance(self[1], nn.BatchNorm2d):
@@ -116,30 +120,94 @@ class ConvNorm(nn.Sequential):
             self[1] = nn.Identity()
 
 
-class ConvStem(nn.Module):
-    """Overlapping 3x3 conv patch stem: log2(patch) stride-2 ConvNorms (one stride-1 for patch 1),
-    GELU between them; the last one writes the first stage's stream."""
+def conv_stem_widths(in_chans: int, dim: int, patch: int) -> list[int]:
+    """Channels along the conv stem: log2(patch) stride-2 3x3 convs (one stride-1 conv for patch 1),
+    widths halving back from `dim` (EfficientViT: 3 -> C/8 -> C/4 -> C/2 -> C)."""
+    n = max(patch.bit_length() - 1, 1)
+    return [in_chans] + [max(dim // 2 ** (n - 1 - i), 8) for i in range(n - 1)] + [dim]
 
-    def __init__(self, in_chans: int, dim: int, patch: int):
+
+class Stem(nn.Module):
+    """Image -> token stream [B, N, C]; `proj` is the conv that writes the first stage's stream."""
+
+    def __init__(self, layers: list[nn.Module]):
         super().__init__()
-        n = max(patch.bit_length() - 1, 1)
-        stride = 2 if patch > 1 else 1
-        widths = [in_chans] + [max(dim // 2 ** (n - 1 - i), 8) for i in range(n - 1)] + [dim]
-        layers: list[nn.Module] = []
-        for i in range(n):
-            layers.append(ConvNorm(widths[i], widths[i + 1], 3, stride, 1))
-            if i < n - 1:
-                layers.append(nn.GELU())
         self.layers = nn.Sequential(*layers)
 
     @property
     def proj(self) -> nn.Conv2d:
-        return self.layers[-1][0]
+        last = self.layers[-1]
+        return last[0] if isinstance(last, ConvNorm) else last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # contiguous: a transposed stream reaches every Linear once BN folds away, and at batch > 1
         # a Linear on a transposed input runs as a bmm with its weight copied per sample (x1.7 slower)
         return to_tokens(self.layers(x)).contiguous()
+
+
+class ConvStem(Stem):
+    """Overlapping 3x3 conv patch stem (`conv_stem_widths`), GELU between the convs."""
+
+    def __init__(self, in_chans: int, dim: int, patch: int):
+        widths = conv_stem_widths(in_chans, dim, patch)
+        stride = 2 if patch > 1 else 1
+        layers: list[nn.Module] = []
+        for i in range(len(widths) - 1):
+            layers.append(ConvNorm(widths[i], widths[i + 1], 3, stride, 1))
+            if i < len(widths) - 2:
+                layers.append(nn.GELU())
+        super().__init__(layers)
+
+
+class PatchStem(Stem):
+    """ViT's patch embedding: one non-overlapping patch x patch conv with a bias."""
+
+    def __init__(self, in_chans: int, dim: int, patch: int):
+        super().__init__([nn.Conv2d(in_chans, dim, patch, stride=patch)])
+
+
+STEMS = {"conv": ConvStem, "patch": PatchStem}
+
+
+class ConvResidual(nn.Module):
+    """x + fn(x) on a [B, C, H, W] map."""
+
+    def __init__(self, fn: nn.Module):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fn(x)
+
+
+def conv_ffn(dim: int, ratio: int = 2) -> nn.Sequential:
+    """EfficientViT's FFN on maps: 1x1 Conv_BN up, ReLU, 1x1 Conv_BN down (starting at zero)."""
+    return nn.Sequential(ConvNorm(dim, ratio * dim), nn.ReLU(), ConvNorm(ratio * dim, dim, bn_weight_init=0.0))
+
+
+def dw_conv_residual(dim: int) -> ConvResidual:
+    return ConvResidual(ConvNorm(dim, dim, 3, 1, 1, groups=dim, bn_weight_init=0.0))
+
+
+class EfficientViTDownsample(nn.Module):
+    """EfficientViT's subsample block (methods.md, macro architecture): residual DW conv and FFN at
+    the old width, PatchMerging (1x1 to 4C, ReLU, 3x3 stride-2 DW, ReLU, SE 0.25, 1x1 to C'),
+    then residual DW conv and FFN at the new width. Its norms are BNs after each conv, which
+    fold into them exactly, so it reads and writes the stream without a pre-norm."""
+
+    def __init__(self, dim: int, out_dim: int, grid: int, expand: int = 4):
+        super().__init__()
+        hidden = expand * dim
+        self.grid = grid
+        self.before = nn.Sequential(dw_conv_residual(dim), ConvResidual(conv_ffn(dim)))
+        self.merge = nn.Sequential(ConvNorm(dim, hidden), nn.ReLU(),
+                                   ConvNorm(hidden, hidden, 3, 2, 1, groups=hidden), nn.ReLU(),
+                                   SEModule(hidden, rd_channels=hidden // expand), ConvNorm(hidden, out_dim))
+        self.after = nn.Sequential(dw_conv_residual(out_dim), ConvResidual(conv_ffn(out_dim)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.after(self.merge(self.before(to_grid(x, self.grid))))
+        return to_tokens(x).contiguous()
 
 
 class PatchMerging(nn.Module):
@@ -175,7 +243,7 @@ class ClassifierHead(nn.Module):
 class Stage(nn.Module):
     """Optional downsampling from the previous stage, then `depth` sandwich blocks."""
 
-    def __init__(self, spec: StageSpec, grid: int, downsample: PreNorm | None,
+    def __init__(self, spec: StageSpec, grid: int, downsample: nn.Module | None,
                  drop_paths: list[float]):
         super().__init__()
         self.spec = spec

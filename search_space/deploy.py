@@ -10,6 +10,7 @@ import torch.nn as nn
 from .blocks import PreNorm
 from .fold import center_output
 from .model import NASViT
+from .spec import ArchSpec
 
 
 def deploy(model: NASViT) -> NASViT:
@@ -20,27 +21,37 @@ def deploy(model: NASViT) -> NASViT:
         if hasattr(m, "fuse"):
             m.fuse()
     for i in range(len(model.stages)):
-        if _stream_readers(model, i) is not None:
+        if deployed_norm(model.spec, i) == "rms":
             _to_pre_rmsnorm(model, i)
     model.requires_grad_(False)
     return model
 
 
-def _stream_readers(model: NASViT, i: int) -> list[PreNorm] | None:
-    """The norm-then-linear layers reading stage i's stream, or None when the stream has another
-    reader (SkipAt's Phi reads an attention output) or a reader whose norm is not LayerNorm."""
+def deployed_norm(spec: ArchSpec, stage: int) -> str | None:
+    """The norm left in a stage after deploy: the BN family folds away (None), RMSNorm stays
+    ("rms_affine"), and a LayerNorm stage becomes affine-free RMSNorm ("rms") when only its
+    LayerNorms read its stream and only Linears or convs write it. It stays "layernorm" where
+    SkipAt's Phi reads an attention output, or an EfficientViT downsampling block (residual
+    convs, no norm) reads or writes the stream."""
+    s = spec.stages[stage]
+    if s.norm == "layernorm":
+        convertible = not s.skip and (spec.downsample == "conv2x2" or len(spec.stages) == 1)
+        return "rms" if convertible else "layernorm"
+    return "rms_affine" if s.norm == "rmsnorm" else None
+
+
+def _stream_readers(model: NASViT, i: int) -> list[PreNorm]:
+    """The norm-then-linear layers reading stage i's stream, the next stage's (or the head's) last."""
     stage = model.stages[i]
-    if stage.spec.skip:
-        return None
     nxt = model.stages[i + 1].downsample if i + 1 < len(model.stages) else model.head
-    readers = [layer for block in stage.blocks for layer in block.residual_layers()] + [nxt]
-    return readers if all(type(r.norm) is nn.LayerNorm for r in readers) else None
+    return [layer for block in stage.blocks for layer in block.residual_layers()] + [nxt]
 
 
 @torch.no_grad()
 def _to_pre_rmsnorm(model: NASViT, i: int) -> None:
     stage = model.stages[i]
     readers = _stream_readers(model, i)
+    assert all(type(r.norm) is nn.LayerNorm for r in readers), "deployed_norm allows LayerNorm stages only"
     writers = [r.fn.proj for r in readers[:-1]]
     writers.append(model.stem.proj if i == 0 else stage.downsample.fn.proj)
     for r in readers:  # fold each LayerNorm's affine into its reader, leaving an affine-free norm

@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
-from .blocks import ClassifierHead, ConvStem, PatchMerging, PreNorm, Stage
+from .blocks import STEMS, ClassifierHead, EfficientViTDownsample, PatchMerging, PreNorm, Stage
 from .norms import NORMS
-from .spec import ArchSpec
+from .spec import ArchSpec, StageSpec
 
 
 class NASViT(nn.Module):
@@ -17,21 +17,25 @@ class NASViT(nn.Module):
         self.spec = spec
         first, last = spec.stages[0], spec.stages[-1]
         grids = spec.grids()
-        self.stem = ConvStem(spec.in_chans, first.width, spec.patch)
+        self.stem = STEMS[spec.stem](spec.in_chans, first.width, spec.patch)
         self.pos_embed = nn.Parameter(torch.zeros(1, grids[0] ** 2, first.width))
         depth = sum(s.depth for s in spec.stages)
         rates = torch.linspace(0, spec.drop_path, depth).tolist()
-        stages, prev = [], None
+        stages, prev, prev_grid = [], None, 0
         for s, g in zip(spec.stages, grids):
             down = None
             if prev is not None:
-                down = PreNorm(NORMS[prev.norm](prev.width), PatchMerging(prev.width, s.width, 2 * g))
+                down = _downsample(spec.downsample, prev, s.width, prev_grid)
             stages.append(Stage(s, g, down, rates[:s.depth]))
-            rates, prev = rates[s.depth:], s
+            rates, prev, prev_grid = rates[s.depth:], s, g
         self.stages = nn.ModuleList(stages)
         self.head = PreNorm(NORMS[last.norm](last.width), ClassifierHead(last.width, spec.num_classes))
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(_init_linear)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that are positions or biases tables, not weights (timm's convention)."""
+        return {n for n, _ in self.named_parameters() if n == "pos_embed" or n.endswith((".pos", "attention_biases"))}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x) + self.pos_embed
@@ -44,6 +48,13 @@ class NASViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _downsample(kind: str, prev: StageSpec, out_dim: int, grid: int) -> nn.Module:
+    """Downsampling from stage `prev` (grid side `grid`) to `out_dim` channels."""
+    if kind == "efficientvit":
+        return EfficientViTDownsample(prev.width, out_dim, grid)
+    return PreNorm(NORMS[prev.norm](prev.width), PatchMerging(prev.width, out_dim, grid))
 
 
 def _init_linear(m: nn.Module) -> None:

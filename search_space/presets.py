@@ -1,50 +1,64 @@
-"""The seed papers' hand designs as specs, with their token grid scaled to the input size."""
+"""The seed papers' hand designs as specs. At paper scale (224 px, 1000 classes, multipliers 1)
+each follows its paper's macro-architecture (methods.md); smaller inputs keep the design and
+scale its token grid, `width_mult`/`depth_mult` shrink it for small data."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from .spec import PATCH_SIZES, ArchSpec, StageSpec
+from .spec import PATCH_SIZES, ArchSpec, StageSpec, can_downsample, stage_grids
 
 PAPER_GRID = 14  # 224 px / patch 16 in DeiT, SkipAt and SLAB-DeiT; EfficientViT's stem too
 SEARCH_SCALE = 0.5  # presets in a search are the paper designs at half width and depth: trainable
                     # as proxies on 2 cores, and inside the sampled space's width/depth range
 
 
-def patch_for(img_size: int, n_stages: int) -> int:
-    """Smallest power-of-two patch giving at most the papers' 14x14 grid and a grid that halves
-    cleanly through every downsampling; failing that, the coarsest patch that halves cleanly."""
-    valid = [p for p in PATCH_SIZES if img_size % p == 0 and (img_size // p) % 2 ** (n_stages - 1) == 0]
+def patch_for(img_size: int, n_stages: int, downsample: str = "conv2x2") -> int:
+    """Smallest power-of-two patch giving at most the papers' 14x14 grid, among those whose grid
+    every downsampling can take; failing that, the coarsest patch such a grid allows."""
+    def fits(p: int) -> bool:
+        grids = stage_grids(img_size // p, n_stages, downsample)
+        return img_size % p == 0 and all(can_downsample(g, downsample) for g in grids[:-1])
+
+    valid = [p for p in PATCH_SIZES if fits(p)]
     small = [p for p in valid if img_size // p <= PAPER_GRID]
     return min(small) if small else max(valid)
+
+
+def _width(width: int, heads: int, width_mult: float) -> int:
+    """`width * width_mult`, rounded to a multiple of 8 channels per head."""
+    return max(heads * 8, round(width * width_mult / (heads * 8)) * heads * 8)
 
 
 def _deit(norm: str, attention: str, skipat: bool = False, width_mult: float = 1.0,
           depth_mult: float = 1.0) -> list[StageSpec]:
     heads = 3
-    width = max(heads * 8, round(192 * width_mult / (heads * 8)) * heads * 8)
+    width = _width(192, heads, width_mult)
     depth = max(2, round(12 * depth_mult))
     skip: tuple[int, ...] = ()
     if skipat:  # SkipAt skips the middle half: blocks 3..8 of 12
         k = depth // 2
         start = max(1, (depth - k) // 2)
         skip = tuple(range(start, min(start + k, depth)))
-    return [StageSpec(width, depth, norm, attention, heads, width // heads, 1, 1, 4.0, False, skip)]
+    return [StageSpec(width=width, depth=depth, norm=norm, attention=attention, heads=heads,
+                      key_dim=width // heads, value_ratio=1, ffns=1, mlp_ratio=4.0, dwconv=False, skip=skip)]
 
 
 def _efficientvit_m0(width_mult: float = 1.0, depth_mult: float = 1.0) -> list[StageSpec]:
     heads = 4
-    widths = [max(heads * 8, round(w * width_mult / (heads * 8)) * heads * 8) for w in (64, 128, 192)]
-    depths = [max(1, round(d * depth_mult)) for d in (1, 2, 3)]
-    return [StageSpec(w, d, "batchnorm", "cga", heads, 16, 1, 2, 2.0, True) for w, d in zip(widths, depths)]
+    return [StageSpec(width=_width(w, heads, width_mult), depth=max(1, round(d * depth_mult)),
+                      norm="batchnorm", attention="cga", heads=heads, key_dim=16, value_ratio=1, ffns=2,
+                      mlp_ratio=2.0, dwconv=True)
+            for w, d in zip((64, 128, 192), (1, 2, 3))]
 
 
-PRESETS: dict[str, Callable[..., list[StageSpec]]] = {
-    "deit-tiny": lambda **m: _deit("layernorm", "mhsa", **m),
-    "slab-deit": lambda **m: _deit("prepbn", "sla", **m),
-    "efficientvit-m0": _efficientvit_m0,
-    "skipat-tiny": lambda **m: _deit("layernorm", "mhsa", skipat=True, **m),
-    "pre-rmsnorm": lambda **m: _deit("rmsnorm", "mhsa", **m),
-    "unified-norm": lambda **m: _deit("unified", "mhsa", **m),
+# name -> (stages builder, stem, downsampling between stages)
+PRESETS: dict[str, tuple[Callable[..., list[StageSpec]], str, str]] = {
+    "deit-tiny": (lambda **m: _deit("layernorm", "mhsa", **m), "patch", "conv2x2"),
+    "slab-deit": (lambda **m: _deit("prepbn", "sla", **m), "patch", "conv2x2"),
+    "efficientvit-m0": (_efficientvit_m0, "conv", "efficientvit"),
+    "skipat-tiny": (lambda **m: _deit("layernorm", "mhsa", skipat=True, **m), "patch", "conv2x2"),
+    "pre-rmsnorm": (lambda **m: _deit("rmsnorm", "mhsa", **m), "patch", "conv2x2"),
+    "unified-norm": (lambda **m: _deit("unified", "mhsa", **m), "patch", "conv2x2"),
 }
 
 
@@ -53,9 +67,10 @@ def preset(name: str, img_size: int = 224, in_chans: int = 3, num_classes: int =
     """One seed design; width_mult/depth_mult shrink it for small data (1.0 = the paper's)."""
     if name not in PRESETS:
         raise KeyError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
-    stages = tuple(PRESETS[name](width_mult=width_mult, depth_mult=depth_mult))
-    return ArchSpec(stages, img_size, in_chans, num_classes, patch_for(img_size, len(stages)),
-                    name=name).validate()
+    build, stem, downsample = PRESETS[name]
+    stages = tuple(build(width_mult=width_mult, depth_mult=depth_mult))
+    return ArchSpec(stages, img_size, in_chans, num_classes, patch_for(img_size, len(stages), downsample),
+                    stem=stem, downsample=downsample, name=name).validate()
 
 
 def presets(img_size: int = 224, in_chans: int = 3, num_classes: int = 1000,

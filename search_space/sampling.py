@@ -10,7 +10,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .spec import ATTENTION_NAMES, NORM_NAMES, ArchSpec, SpecError, StageSpec
+from .spec import (ATTENTION_NAMES, DOWNSAMPLE_NAMES, NORM_NAMES, STEM_NAMES, ArchSpec, SpecError, StageSpec,
+                   can_downsample, stage_grids)
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,8 @@ class SearchSpace:
 
     stages: tuple[int, ...] = (1, 2, 3)
     patch: tuple[int, ...] = (1, 2, 4, 8)
+    stems: tuple[str, ...] = STEM_NAMES
+    downsamples: tuple[str, ...] = DOWNSAMPLE_NAMES
     max_grid: int = 16  # patches giving a finer token grid than this are not offered
     widths: tuple[int, ...] = (32, 48, 64, 96, 128, 160, 192)
     depths: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
@@ -57,7 +60,9 @@ class SearchSpace:
         empty = [k for k, v in override.items() if k != "max_grid" and (not isinstance(v, list) or not v)]
         if empty:
             raise SpecError(f"{path}: axis {empty} must be a non-empty list of choices")
-        unknown_ops = set(override.get("norms", ())) - set(NORM_NAMES) | set(override.get("attentions", ())) - set(ATTENTION_NAMES)
+        unknown_ops = (set(override.get("norms", ())) - set(NORM_NAMES) | set(override.get("attentions", ())) - set(ATTENTION_NAMES)
+                       | set(override.get("stems", ())) - set(STEM_NAMES)
+                       | set(override.get("downsamples", ())) - set(DOWNSAMPLE_NAMES))
         if unknown_ops:
             raise SpecError(f"{path}: unknown operator(s) {sorted(unknown_ops)}")
         return cls(**{k: (v if k == "max_grid" else tuple(v)) for k, v in override.items()})
@@ -89,9 +94,11 @@ def sample(trial_or_rng: Suggester | np.random.Generator | int, space: SearchSpa
     patches = [p for p in space.patch if img_size % p == 0 and img_size // p <= space.max_grid]
     patch = t.suggest_categorical("patch", patches or list(space.patch))
     n_stages = t.suggest_categorical("stages", list(space.stages))
-    grid = img_size // patch
-    while n_stages > 1 and any((grid >> i) < 2 or (grid >> i) % 2 for i in range(n_stages - 1)):
-        n_stages -= 1  # every downsampled grid must be even, so the 2x2 merging stays exact
+    stem = t.suggest_categorical("stem", list(space.stems))
+    downsample = t.suggest_categorical("downsample", list(space.downsamples))
+    while n_stages > 1 and not all(can_downsample(g, downsample)
+                                   for g in stage_grids(img_size // patch, n_stages, downsample)[:-1]):
+        n_stages -= 1
     norm = t.suggest_categorical("norm", list(space.norms))
     widths = sorted(t.suggest_categorical(f"s{i}.width", list(space.widths)) for i in range(n_stages))
     stages = []
@@ -113,14 +120,16 @@ def sample(trial_or_rng: Suggester | np.random.Generator | int, space: SearchSpa
             skip = tuple(range(start, start + k))
         stages.append(StageSpec(width, depth, norm, attention, heads, key_dim, value_ratio, ffns,
                                 mlp_ratio, dwconv, skip))
-    return ArchSpec(tuple(stages), img_size, in_chans, num_classes, patch).validate()
+    return ArchSpec(tuple(stages), img_size, in_chans, num_classes, patch, stem=stem,
+                    downsample=downsample).validate()
 
 
 def params_of(spec: ArchSpec, space: SearchSpace) -> dict[str, Any]:
     """The trial parameters from which `sample` rebuilds exactly this spec (used to enqueue the
     seed presets as ordinary trials). Raises SpecError if the spec is outside the sampler's form."""
     s0 = spec.stages[0]
-    params: dict[str, Any] = {"patch": spec.patch, "stages": len(spec.stages), "norm": s0.norm}
+    params: dict[str, Any] = {"patch": spec.patch, "stages": len(spec.stages), "stem": spec.stem,
+                              "downsample": spec.downsample, "norm": s0.norm}
     for i, s in enumerate(spec.stages):
         params.update({f"s{i}.width": s.width, f"s{i}.attention": s.attention, f"s{i}.depth": s.depth,
                        f"s{i}.heads": s.heads, f"s{i}.key_dim": s.key_dim, f"s{i}.ffns": s.ffns,
@@ -145,6 +154,6 @@ class FixedSuggester:
         return self.params[name]
 
 
-AXIS_OF = {"patch": "patch", "stages": "stages", "norm": "norms", "width": "widths", "attention": "attentions",
+AXIS_OF = {"patch": "patch", "stages": "stages", "stem": "stems", "downsample": "downsamples", "norm": "norms", "width": "widths", "attention": "attentions",
            "depth": "depths", "heads": "heads", "key_dim": "key_dims", "value_ratio": "value_ratios",
            "ffns": "ffns", "mlp_ratio": "mlp_ratios", "dwconv": "dwconv", "skip_fraction": "skip_fractions"}

@@ -10,6 +10,8 @@ NORM_NAMES = ("layernorm", "rmsnorm", "batchnorm", "prepbn", "unified")
 ATTENTION_NAMES = ("mhsa", "sla", "cga")
 GRID_ATTENTIONS = ("sla", "cga")  # need the tokens to form a square grid
 PATCH_SIZES = (1, 2, 4, 8, 16)
+STEM_NAMES = ("conv", "patch")  # overlapping 3x3 stride-2 conv stack (EfficientViT) | one patchify conv (ViT)
+DOWNSAMPLE_NAMES = ("conv2x2", "efficientvit")  # unpadded 2x2 conv | EfficientViT's subsample block
 
 
 class SpecError(ValueError):
@@ -74,9 +76,25 @@ class StageSpec:
         return out
 
 
+def can_downsample(grid: int, downsample: str) -> bool:
+    """The unpadded 2x2 conv needs an even grid (so norm folding stays exact); EfficientViT's
+    padded stride-2 3x3 depthwise conv takes any grid of at least 2."""
+    return grid >= 2 and (downsample != "conv2x2" or grid % 2 == 0)
+
+
+def stage_grids(first: int, n_stages: int, downsample: str) -> list[int]:
+    """Token grid side of each stage: the 2x2 conv halves it, EfficientViT's block halves it
+    rounding up (14, 7, 4 at 224 px)."""
+    grids = [first]
+    for _ in range(n_stages - 1):
+        g = grids[-1]
+        grids.append(g // 2 if downsample == "conv2x2" else (g + 1) // 2)
+    return grids
+
+
 @dataclass(frozen=True)
 class ArchSpec:
-    """A whole model: conv patch stem, stages joined by 2x2 downsampling, final norm, linear head."""
+    """A whole model: patch stem, stages joined by downsampling, final norm, linear head."""
 
     stages: tuple[StageSpec, ...]
     img_size: int = 32
@@ -84,6 +102,8 @@ class ArchSpec:
     num_classes: int = 10
     patch: int = 4
     drop_path: float = 0.0
+    stem: str = "conv"
+    downsample: str = "conv2x2"
     name: str = field(default="", compare=False)  # a label (preset name); not part of the identity
 
     def __post_init__(self):
@@ -94,13 +114,17 @@ class ArchSpec:
     # --- geometry -------------------------------------------------------------------------
     def grids(self) -> list[int]:
         """Token grid side of each stage (the image is square)."""
-        g = self.img_size // self.patch if self.patch else 0
-        return [g // 2**i for i in range(len(self.stages))]
+        return stage_grids(self.img_size // self.patch if self.patch else 0, len(self.stages), self.downsample)
 
     # --- identity and serialisation -------------------------------------------------------
     def to_dict(self) -> dict:
+        """Fields added after ids were first published are left out at their default, so a spec
+        written before they existed keeps its arch_id."""
         d = dataclasses.asdict(self)
         d.pop("name")
+        for key, default in LATER_FIELDS.items():
+            if d[key] == default:
+                d.pop(key)
         for s in d["stages"]:
             s["skip"] = list(s["skip"])
         return d
@@ -144,7 +168,9 @@ class ArchSpec:
 
     def short(self) -> str:
         """Canonical human-readable string, e.g. `p4 64x2[prepbn·sla·h4k16v1·ffn2x4] 128x3[...]`."""
-        return f"p{self.patch} " + " ".join(s.short() for s in self.stages)
+        extras = "".join(f" {key}={getattr(self, key)}" for key, default in LATER_FIELDS.items()
+                         if getattr(self, key) != default)
+        return f"p{self.patch}{extras} " + " ".join(s.short() for s in self.stages)
 
     # --- validation -----------------------------------------------------------------------
     def problems(self) -> list[str]:
@@ -157,11 +183,16 @@ class ArchSpec:
             out.append(f"patch {self.patch} not in {PATCH_SIZES}")
         elif self.img_size % self.patch:
             out.append(f"patch {self.patch} does not divide image size {self.img_size}")
+        if self.stem not in STEM_NAMES:
+            out.append(f"unknown stem '{self.stem}'; choose one of {', '.join(STEM_NAMES)}")
+        if self.downsample not in DOWNSAMPLE_NAMES:
+            out.append(f"unknown downsample '{self.downsample}'; choose one of {', '.join(DOWNSAMPLE_NAMES)}")
+            return out
         grids = self.grids()
         for i, g in enumerate(grids[:-1]):
-            if g < 2 or g % 2:
-                out.append(f"stage {i} grid {g}x{g} cannot be downsampled 2x2 into stage {i + 1}; "
-                           f"use fewer stages or a smaller patch")
+            if not can_downsample(g, self.downsample):
+                out.append(f"stage {i} grid {g}x{g} cannot be downsampled ({self.downsample}) into stage "
+                           f"{i + 1}; use fewer stages or a smaller patch")
         for i, (s, g) in enumerate(zip(self.stages, grids)):
             out.extend(s.problems(i, g))
         if not 0 <= self.drop_path < 1:
@@ -178,6 +209,9 @@ class ArchSpec:
     def block_attentions(self) -> list[str]:
         """Effective operator of every block: its stage's attention, or `skip` for SkipAt blocks."""
         return [("skip" if b in s.skip else s.attention) for s in self.stages for b in range(s.depth)]
+
+
+LATER_FIELDS = {"stem": "conv", "downsample": "conv2x2"}
 
 
 def load_specs(path) -> list[ArchSpec]:
