@@ -1,5 +1,6 @@
-"""Training from scratch: AdamW, linear warm-up then cosine decay, label smoothing, light
-augmentation, one plain loop shared by the proxy (search) and the final training."""
+"""Training from scratch: AdamW with timm's weight-decay groups, timm's warm-up + cosine schedule
+per step, label smoothing, per-sample crop and flip (optionally mixup/cutmix and RandAugment for
+final training), one plain loop shared by the proxy (search) and the final training."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,9 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler
 
 from search_space import ArchSpec, SpecError, build_model
 
@@ -30,8 +36,11 @@ class TrainConfig:
     label_smoothing: float = 0.1
     subset: float | None = None  # share of the training split used by the proxy
     resolution: int | None = None  # proxy input side (lower is cheaper)
-    augment: bool = True
-    grad_clip: float = 1.0
+    augment: bool = True  # per-sample random crop (reflect padding) and horizontal flip
+    grad_clip: float | None = None
+    mixup: float = 0.0  # mixup alpha (0: off); final training only, like the two below
+    cutmix: float = 0.0  # cutmix alpha (0: off)
+    randaugment: str | None = None  # timm RandAugment config, e.g. "rand-m9-mstd0.5"
     seed: int = 0
     threads: int = 1
     device: str = "cpu"  # "cuda" trains on a GPU; the search's Ray workers stay on CPU threads
@@ -56,16 +65,40 @@ def proxy_spec(spec: ArchSpec, resolution: int | None) -> ArchSpec:
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, flip: bool) -> torch.Tensor:
-    """Random translation by up to 1/8 of the side (zero padding), and horizontal flips."""
-    pad = max(1, x.shape[-1] // 8)
-    side = x.shape[-1]
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
-    x = padded[..., dy:dy + side, dx:dx + side]
+    """Per-sample random crop from the image reflect-padded by 1/8 of its side, and per-sample
+    horizontal flips: one gather of pixel indices, no loop over samples and no padded copy."""
+    B, C, side = x.shape[0], x.shape[1], x.shape[-1]
+    pad = max(1, side // 8)
+    shifts = torch.randint(-pad, pad + 1, (2, B, 1), generator=gen)
+    rows = reflect_index(torch.arange(side) + shifts[0], side)            # [B, side]
+    cols = reflect_index(torch.arange(side) + shifts[1], side)
     if flip:
-        mask = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
-        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-    return x
+        cols = torch.where(torch.rand(B, 1, generator=gen) < 0.5, cols.flip(-1), cols)
+    pixels = (rows[:, :, None] * side + cols[:, None, :]).view(B, 1, side * side).expand(B, C, side * side)
+    return x.flatten(2).gather(2, pixels.to(x.device)).view(B, C, side, side)
+
+
+def reflect_index(i: torch.Tensor, side: int) -> torch.Tensor:
+    """Indices outside 0..side-1 mirrored back as reflect padding does (the edge is not repeated)."""
+    i = i.abs()
+    return torch.where(i > side - 1, 2 * (side - 1) - i, i)
+
+
+def rand_augment(x: torch.Tensor, config: str, seed: int) -> torch.Tensor:
+    """timm's RandAugment on each uint8 image (PIL ops, so one call per sample)."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+    from timm.data.auto_augment import rand_augment_transform
+
+    random.seed(seed)  # timm's ops draw from Python's RNG
+    op = rand_augment_transform(config, {"img_mean": (128, 128, 128)})
+    grey = x.shape[1] == 1
+    images = x.permute(0, 2, 3, 1).cpu().numpy()
+    out = [np.asarray(op(Image.fromarray(im[..., 0] if grey else im).convert("RGB"))) for im in images]
+    out = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    return (out[:, :1] if grey else out).to(x.device)
 
 
 class Normalizer:
@@ -94,11 +127,52 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalize
     return correct / max(len(x), 1)
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    warm = max(1, int(cfg.warmup_fraction * total))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+def optimizer_and_schedule(model: nn.Module, cfg: TrainConfig, total_steps: int):
+    """AdamW over timm's weight-decay groups (no decay on biases, norms and `no_weight_decay()`),
+    and timm's linear warm-up then cosine schedule, stepped per update: the learning rate is a
+    function of the step alone, so a training continued from a checkpoint follows the same curve."""
+    groups = param_groups_weight_decay(model, cfg.weight_decay, model.no_weight_decay())
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    warm = max(1, int(cfg.warmup_fraction * total_steps))
+    sched = CosineLRScheduler(opt, t_initial=max(1, total_steps - warm), warmup_t=warm,
+                              warmup_lr_init=cfg.lr / warm, warmup_prefix=True, t_in_epochs=False)
+    return opt, sched
+
+
+class Batches:
+    """Training batches with their targets: augmentation, and mixup/cutmix when configured."""
+
+    def __init__(self, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                 norm: Normalizer, gen: torch.Generator):
+        self.cfg, self.x, self.y, self.norm, self.gen = cfg, x, y, norm, gen
+        self.flip = x.shape[1] == 3
+        self.mixup = None
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix,
+                               label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.mixup is not None:
+            return SoftTargetCrossEntropy()(logits, target)
+        return F.cross_entropy(logits, target, label_smoothing=self.cfg.label_smoothing)
+
+    def epoch(self):
+        """Yield (normalised images, targets) for one pass over the data in a seeded order."""
+        order = torch.randperm(len(self.x), generator=self.gen)
+        for i in range(0, len(order), self.cfg.batch_size):
+            idx = order[i:i + self.cfg.batch_size]
+            if self.mixup is not None:
+                idx = idx[: len(idx) // 2 * 2]  # timm's batch mixup pairs samples
+            idx = idx.to(self.x.device)
+            x, y = self.x[idx], self.y[idx]
+            if self.cfg.randaugment:
+                x = rand_augment(x, self.cfg.randaugment, int(torch.randint(2**31, (1,), generator=self.gen)))
+            if self.cfg.augment:
+                x = augment(x, self.gen, self.flip)
+            x = self.norm(x)
+            if self.mixup is not None:
+                x, y = self.mixup(x, y)
+            yield x, y
 
 
 def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor | None,
@@ -114,6 +188,7 @@ def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
     """
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)  # timm's Mixup draws from numpy
     gen = torch.Generator().manual_seed(cfg.seed)
     try:
         spec = proxy_spec(spec, cfg.resolution)
@@ -125,46 +200,34 @@ def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
         x_train, y_train = x_train[keep], y_train[keep]
     device = torch.device(cfg.device)
     model.to(device)
-    x_train, y_train = x_train.to(device), y_train.to(device)
     norm = Normalizer(mean, std, spec.img_size)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    steps_per_epoch = max(1, math.ceil(len(x_train) / cfg.batch_size))
-    epochs = max(1, math.ceil(cfg.epochs))
-    total = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    batches = Batches(cfg, x_train.to(device), y_train.to(device), spec.num_classes, norm, gen)
+    total = max(1, int(round(cfg.epochs * max(1, math.ceil(len(x_train) / cfg.batch_size)))))
+    opt, sched = optimizer_and_schedule(model, cfg, total)
     scheduled = [m for m in model.modules() if hasattr(m, "set_progress")]
-    history: list[float] = []
-    step, start_epoch, elapsed = 0, 0, 0.0
+    step, start_epoch, history, elapsed = 0, 0, [], 0.0
     if checkpoint is not None and Path(checkpoint).exists():
         state = torch.load(checkpoint, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, start_epoch, history, elapsed = state["step"], state["epoch"], state["history"], state["train_s"]
         gen.set_state(state["gen"].cpu())
-    flip = x_train.shape[1] == 3
     t0 = time.perf_counter() - elapsed
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, max(1, math.ceil(cfg.epochs))):
         model.train()
-        order = torch.randperm(len(x_train), generator=gen)
-        for i in range(0, len(order), cfg.batch_size):
+        for x, target in batches.epoch():
             if step >= total:
                 break
-            idx = order[i:i + cfg.batch_size].to(device)
-            x = x_train[idx]
-            if cfg.augment:
-                x = augment(x, gen, flip)
             for m in scheduled:
                 m.set_progress(step, total)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, cfg)
-            loss = F.cross_entropy(model(norm(x)), y_train[idx], label_smoothing=cfg.label_smoothing)
+            sched.step_update(step)
+            loss = batches.loss(model(x), target)
             if not torch.isfinite(loss):
                 raise TrainingFailed(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
             if on_step:
