@@ -1,0 +1,321 @@
+"""The long-training reference: how well does each cheap accuracy signal predict the ranking that
+long training gives? (issue 13)
+
+  pool      draw the pool: the six presets at search scale, plus --n-sampled architectures drawn
+            with --seed from the default space at 32x32x3 and spread evenly over log predicted
+            latency between the space's 10th and 90th percentile (CPU torch latency model, fitted
+            from --latency-table), picking in each latency bin the candidate that adds the most
+            patch / stem / downsampling / norm / attention / depth values the pool lacks. Writes
+            OUT/pool.jsonl and OUT/pool.json (how it was drawn).
+  train     the long recipe (RECIPE) on the search's training part of the split (90%): the accuracy on
+            the fixed 10% validation split after every epoch, then on the test split. Every pool
+            member with seed 0, then --reseed architectures (spread over latency) with seed 1.
+            Trainings run --jobs at a time, one thread each, checkpointed every epoch under
+            --work; each finished one is appended to OUT/reference.jsonl and never redone.
+  fidelity  score every pool member (seed 0) by each method (proxy budgets, params, FLOPs, the long
+            curve read at early epochs) into OUT/fidelity.json; proxy trainings are kept in
+            OUT/fidelity_runs.jsonl and never redone.
+  report    Kendall tau, Spearman rho, top-5 recall and regret at the pool's 25/50/75th percentile
+            latency of every method, and the seed noise floor, as a markdown table.
+
+    .venv/bin/python benchmarks/reference.py pool
+    .venv/bin/python benchmarks/reference.py train --jobs 2        # hours of CPU; resumable
+    .venv/bin/python benchmarks/reference.py fidelity --jobs 2
+    .venv/bin/python benchmarks/reference.py report
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import kendalltau, spearmanr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from evaluators.data import load_dataset  # noqa: E402
+from evaluators.train import TrainConfig, accuracy, train  # noqa: E402
+from latency_models import LatencyModel, read_table  # noqa: E402
+from latency_models.features import total_flops  # noqa: E402
+from latency_models.validate import per_architecture  # noqa: E402
+from search_space import ArchSpec, SearchSpace, build_model, count_params, presets, sample  # noqa: E402
+from search_space.presets import SEARCH_SCALE  # noqa: E402
+
+IMG, CHANS, CLASSES = 32, 3, 10
+RECIPE = dict(epochs=15, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_fraction=0.1, label_smoothing=0.1)
+PROXIES = {  # name -> (epochs, share of the training part): today's proxy first
+    "proxy-1ep-10pct": (1, 0.1),
+    "proxy-2ep-25pct": (2, 0.25),
+    "proxy-4ep-50pct": (4, 0.5),
+}
+CURVE_EPOCHS = (1, 3, 5)  # the long training's validation accuracy read at these epochs
+DEFAULT_TABLE = ROOT / "benchmarks" / "results" / "latency_cpu_xeon" / "xeon-torch.csv"
+OUT = ROOT / "benchmarks" / "results" / "reference"
+
+
+def latency_model(table: Path) -> LatencyModel:
+    """The predictor fitted on every architecture of a timing table (the mean of repeated rows)."""
+    archs = per_architecture(read_table(table))
+    specs = [ArchSpec.from_json(s) for s in archs["spec_json"]]
+    return LatencyModel().fit(specs, archs["median_ms"].to_numpy(float), seed=0)
+
+
+def traits(spec: ArchSpec) -> set[tuple[str, object]]:
+    """The values the pool should cover."""
+    blocks = sum(s.depth for s in spec.stages)
+    depth_bucket = next(b for b in (1, 3, 6, 9, 12, 99) if blocks <= b)
+    out = {("patch", spec.patch), ("stem", spec.stem), ("downsample", spec.downsample),
+           ("blocks", depth_bucket), ("stages", len(spec.stages))}
+    return out | {("norm", s.norm) for s in spec.stages} | {("attention", a) for a in spec.block_attentions()}
+
+
+def draw_pool(model: LatencyModel, n_sampled: int, seed: int, candidates: int,
+              max_mflops: float) -> tuple[list[dict], dict]:
+    rng = np.random.default_rng(seed)
+    cands = [sample(rng, SearchSpace(), IMG, CHANS, CLASSES) for _ in range(candidates)]
+    ms = model.predict(cands)
+    lo, hi = np.percentile(ms, [10, 90])
+    edges = np.geomspace(lo, hi, n_sampled + 1)
+    pool = [{"origin": name, "spec": s} for name, s in presets(IMG, CHANS, CLASSES, SEARCH_SCALE, SEARCH_SCALE).items()]
+    covered = set().union(*(traits(p["spec"]) for p in pool))
+    seen = {p["spec"].arch_id for p in pool}
+    log_flops = np.log([total_flops(c) for c in cands])
+    for b in range(n_sampled):
+        inside = [i for i in range(len(cands)) if edges[b] <= ms[i] <= edges[b + 1] and cands[i].arch_id not in seen]
+        typical = np.median(log_flops[inside])
+        affordable = [i for i in inside if log_flops[i] <= np.log(max_mflops * 1e6)] or inside
+        pick = max(affordable, key=lambda i: (len(traits(cands[i]) - covered), -abs(log_flops[i] - typical)))
+        covered |= traits(cands[pick])
+        seen.add(cands[pick].arch_id)
+        pool.append({"origin": f"sampled (bin {b})", "spec": cands[pick]})
+    pred = model.predict([p["spec"] for p in pool])
+    rows = [{"arch_id": p["spec"].arch_id, "origin": p["origin"], "short": p["spec"].short(),
+             "spec": json.loads(p["spec"].to_json()), "pred_ms": round(float(t), 4),
+             "mflops": round(total_flops(p["spec"]) / 1e6, 2)} for p, t in zip(pool, pred)]
+    how = {"seed": seed, "candidates": candidates, "space": "SearchSpace() defaults at 32x32x3, 10 classes",
+           "latency_percentiles_10_90_ms": [round(float(lo), 4), round(float(hi), 4)], "bins": n_sampled,
+           "bin_edges_ms": [round(float(e), 4) for e in edges],
+           "rule": f"one candidate per log-latency bin, among those of at most {max_mflops} MFLOPs (training "
+                   f"cost): the one adding the most uncovered traits, then the one nearest the bin's median "
+                   f"log FLOPs (typical of its bin)",
+           "traits_covered": sorted(map(str, covered))}
+    return rows, how
+
+
+def cmd_pool(args) -> None:
+    model = latency_model(Path(args.latency_table))
+    rows, how = draw_pool(model, args.n_sampled, args.seed, args.candidates, args.max_mflops)
+    how["latency_table"] = str(Path(args.latency_table).relative_to(ROOT))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (args.out / "pool.json").write_text(json.dumps(how, indent=1))
+    for r in rows:
+        print(f"{r['pred_ms']:8.3f} ms {r['mflops']:8.1f} MFLOPs  {r['origin']:18s} {r['short']}")
+    # rough 1-thread cost on this project's 2-core CPU: deit-tiny (48 MFLOPs) 25 min, 5 MFLOPs models ~5 min
+    est = sum(4 + 0.45 * r["mflops"] for r in rows)
+    print(f"estimated long training: ~{est / 60:.1f} CPU-h for the first seed", file=sys.stderr)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+
+
+_DATA: dict = {}
+
+
+def dataset(path: str) -> dict:
+    """The training part, validation split and test split, loaded once per worker process."""
+    if not _DATA:
+        data = load_dataset(f"npz:{path}")
+        tr, val = data.split(0.1, seed=0)
+        mean, std = data.channel_stats()
+        _DATA.update(x=data.x_train[tr], y=data.y_train[tr], x_val=data.x_train[val], y_val=data.y_train[val],
+                     x_test=data.x_test, y_test=data.y_test, mean=mean, std=std)
+    return _DATA
+
+
+def train_long(row: dict, seed: int, data_path: str, work: str, device: str) -> dict:
+    import torch
+
+    from evaluators.train import Normalizer
+
+    d = dataset(data_path)
+    spec = ArchSpec.from_dict(row["spec"])
+    cfg = TrainConfig(**RECIPE, seed=seed, threads=1, device=device)
+    ckpt = Path(work) / f"{row['arch_id']}-s{seed}.pt"
+    res = train(spec, d["x"], d["y"], d["x_val"], d["y_val"], cfg, d["mean"], d["std"], checkpoint=ckpt)
+    test = accuracy(res.model, d["x_test"], d["y_test"], Normalizer(d["mean"], d["std"], spec.img_size))
+    ckpt.unlink(missing_ok=True)
+    return {"arch_id": row["arch_id"], "spec": row["spec"], "short": row["short"], "origin": row["origin"],
+            "seed": seed, "epochs": RECIPE["epochs"], "recipe": RECIPE, "test_acc": round(test, 4),
+            "val_curve": [round(v, 4) for v in res.history], "pred_ms": row["pred_ms"],
+            "params": count_params(build_model(spec)), "flops": total_flops(spec), "train_s": round(res.train_s, 1),
+            "device": device if device != "cpu" else f"cpu ({platform.processor() or platform.machine()}), 1 thread",
+            "torch": torch.__version__}
+
+
+def reseeded(pool: list[dict], n: int) -> list[dict]:
+    """`n` pool members spread over predicted latency (the quantiles' nearest)."""
+    by_ms = sorted(pool, key=lambda r: r["pred_ms"])
+    picks = {round(q * (len(by_ms) - 1)) for q in np.linspace(0.1, 0.9, n)}
+    return [by_ms[i] for i in sorted(picks)]
+
+
+def run_jobs(jobs: list[tuple], fn, n_jobs: int, out: Path, label) -> None:
+    """Run fn(*job) --jobs at a time in fresh processes, appending each result to `out` at once."""
+    if not jobs:
+        return
+    start = time.time()
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(n_jobs, mp_context=ctx) as pool:
+        futures = {pool.submit(fn, *job): job for job in jobs}
+        for i, f in enumerate(as_completed(futures), 1):
+            row = f.result()
+            append_jsonl(out, row)
+            eta = (time.time() - start) / i * (len(jobs) - i)
+            print(f"[{i}/{len(jobs)}] {label(row)}  (elapsed {time.time() - start:.0f} s, ETA ~{eta / 60:.0f} min)",
+                  file=sys.stderr, flush=True)
+
+
+def cmd_train(args) -> None:
+    pool = read_jsonl(args.out / "pool.jsonl")
+    if not pool:
+        sys.exit(f"no pool in {args.out}; run `benchmarks/reference.py pool` first")
+    done = {(r["arch_id"], r["seed"]) for r in read_jsonl(args.out / "reference.jsonl")}
+    first = sorted(pool, key=lambda r: r["pred_ms"])
+    wanted = [(r, 0) for r in first] + [(r, 1) for r in reseeded(pool, args.reseed)]
+    jobs = [(r, s, args.data, str(args.work), args.device) for r, s in wanted if (r["arch_id"], s) not in done]
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"{len(wanted) - len(jobs)} of {len(wanted)} trainings already done", file=sys.stderr)
+    run_jobs(jobs[: args.limit or None], train_long, args.jobs, args.out / "reference.jsonl",
+             lambda r: f"{r['short']} seed {r['seed']}: test {r['test_acc']:.4f} in {r['train_s']:.0f} s")
+
+
+def train_proxy(row: dict, method: str, data_path: str) -> dict:
+    d = dataset(data_path)
+    epochs, subset = PROXIES[method]
+    cfg = TrainConfig(epochs=epochs, subset=subset, seed=0, threads=1)  # the search's proxy defaults
+    res = train(ArchSpec.from_dict(row["spec"]), d["x"], d["y"], d["x_val"], d["y_val"], cfg, d["mean"], d["std"])
+    return {"arch_id": row["arch_id"], "method": method, "val_acc": round(res.val_acc, 4),
+            "train_s": round(res.train_s, 1)}
+
+
+def first_seed(rows: list[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for r in rows:
+        if r["seed"] == 0:
+            out.setdefault(r["arch_id"], r)
+    return out
+
+
+def seed_noise(rows: list[dict]) -> dict:
+    by_arch: dict[str, dict[int, float]] = {}
+    for r in rows:
+        by_arch.setdefault(r["arch_id"], {})[r["seed"]] = r["test_acc"]
+    pairs = [(v[0], v[1]) for v in by_arch.values() if 0 in v and 1 in v]
+    if len(pairs) < 2:
+        return {"pairs": len(pairs)}
+    a, b = np.array(pairs).T
+    return {"pairs": len(pairs), "kendall_tau": round(float(kendalltau(a, b)[0]), 4),
+            "mean_abs_diff": round(float(np.mean(np.abs(a - b))), 4)}
+
+
+def cmd_fidelity(args) -> None:
+    pool = read_jsonl(args.out / "pool.jsonl")
+    runs_path = args.out / "fidelity_runs.jsonl"
+    done = {(r["arch_id"], r["method"]) for r in read_jsonl(runs_path)}
+    jobs = [(r, m, args.data) for m in PROXIES for r in pool if (r["arch_id"], m) not in done]
+    run_jobs(jobs, train_proxy, args.jobs, runs_path,
+             lambda r: f"{r['method']} {r['arch_id']}: val {r['val_acc']:.4f} in {r['train_s']:.0f} s")
+    write_fidelity(args.out, pool)
+
+
+def write_fidelity(out: Path, pool: list[dict]) -> None:
+    methods: dict[str, dict] = {m: {"compute_s": 0.0, "scores": {}} for m in PROXIES}
+    for r in read_jsonl(out / "fidelity_runs.jsonl"):
+        methods[r["method"]]["scores"][r["arch_id"]] = r["val_acc"]
+        methods[r["method"]]["compute_s"] += r["train_s"]
+    specs = {r["arch_id"]: ArchSpec.from_dict(r["spec"]) for r in pool}
+    methods["params"] = {"compute_s": 0.0, "scores": {a: count_params(build_model(s)) for a, s in specs.items()}}
+    methods["flops"] = {"compute_s": 0.0, "scores": {a: total_flops(s) for a, s in specs.items()}}
+    rows = read_jsonl(out / "reference.jsonl")
+    long = first_seed(rows)
+    for e in CURVE_EPOCHS:
+        methods[f"long-curve-ep{e}"] = {
+            "compute_s": sum(r["train_s"] * e / r["epochs"] for r in long.values()),
+            "scores": {a: r["val_curve"][e - 1] for a, r in long.items()},
+            "note": f"the long recipe's validation accuracy after epoch {e} (its LR schedule is the 15-epoch one)"}
+    for m in methods.values():
+        m["compute_s"] = round(m["compute_s"], 1)
+    (out / "fidelity.json").write_text(json.dumps({"methods": methods, "seed_noise": seed_noise(rows)}, indent=1))
+
+
+def method_figures(scores: dict[str, float], acc: dict[str, float], lat: dict[str, float]) -> dict:
+    ids = [a for a in acc if a in scores]
+    s, a = np.array([scores[i] for i in ids]), np.array([acc[i] for i in ids])
+    top5 = set(sorted(acc, key=lambda i: -acc[i])[:5])
+    picked = set(sorted(ids, key=lambda i: -scores[i])[:5])
+    regrets = []
+    for t in np.percentile(list(lat.values()), [25, 50, 75]):
+        within = [i for i in ids if lat[i] <= t]
+        pick = max(within, key=lambda i: scores[i])
+        regrets.append(max(acc[i] for i in within) - acc[pick])
+    return {"tau": kendalltau(s, a)[0], "rho": spearmanr(s, a)[0], "top5": len(top5 & picked),
+            "regret_pts": [100 * r for r in regrets]}
+
+
+def cmd_report(args) -> None:
+    rows = read_jsonl(args.out / "reference.jsonl")
+    fid = json.loads((args.out / "fidelity.json").read_text())
+    long = first_seed(rows)
+    acc = {a: r["test_acc"] for a, r in long.items()}
+    lat = {a: r["pred_ms"] for a, r in long.items()}
+    print(f"{len(long)} architectures, {sum(r['train_s'] for r in rows) / 3600:.1f} CPU-h of long training; "
+          f"seed noise: {fid['seed_noise']}\n")
+    print("| method | compute (CPU-s) | Kendall tau | Spearman rho | top-5 recall | regret p25 / p50 / p75 (pt) |")
+    print("|---|---|---|---|---|---|")
+    for name, m in fid["methods"].items():
+        f = method_figures(m["scores"], acc, lat)
+        regret = " / ".join(f"{r:.1f}" for r in f["regret_pts"])
+        print(f"| {name} | {m['compute_s']:.0f} | {f['tau']:.3f} | {f['rho']:.3f} | {f['top5']}/5 | {regret} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=OUT, help="results directory (committed)")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10.npz"), help="npz dataset")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pool", help="draw the pool")
+    p.add_argument("--latency-table", default=str(DEFAULT_TABLE), help="CPU torch timing table to fit")
+    p.add_argument("--n-sampled", type=int, default=18)
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--candidates", type=int, default=4000)
+    p.add_argument("--max-mflops", type=float, default=30.0, help="training-cost cap on sampled members")
+    t = sub.add_parser("train", help="the long trainings (resumable)")
+    t.add_argument("--jobs", type=int, default=2, help="trainings at once, one thread each")
+    t.add_argument("--reseed", type=int, default=4, help="architectures trained again with seed 1")
+    t.add_argument("--work", type=Path, default=ROOT / "runs" / "reference", help="checkpoints (not committed)")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--limit", type=int, default=0, help="stop after this many trainings (0: all)")
+    f = sub.add_parser("fidelity", help="score the pool by every cheap method")
+    f.add_argument("--jobs", type=int, default=2)
+    sub.add_parser("report", help="print the figures")
+    args = ap.parse_args()
+    {"pool": cmd_pool, "train": cmd_train, "fidelity": cmd_fidelity, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
