@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from evaluators.recipes import FINAL_RECIPE
+
 console = Console(stderr=True)
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
 
@@ -256,9 +258,10 @@ def cmd_train(args) -> None:
     load_trial(Path(args.run), number)  # a bad trial is reported before any progress is drawn
     with progress_bar() as bar:
         task = bar.add_task(f"training trial {number}", total=None, info="")
+        recipe = {k: getattr(args, k) for k in ("batch_size", "lr", "mixup", "cutmix", "randaugment")}
         report = train_final(Path(args.run), number, args.epochs, args.device,
                              on_step=lambda step, total, loss: bar.update(task, completed=step, total=total,
-                                                                          info=f"loss {loss:.3f}"))
+                                                                          info=f"loss {loss:.3f}"), **recipe)
         if bar.tasks[0].total is None:  # resumed from a finished checkpoint: nothing left to step
             bar.update(task, total=1, completed=1, info="already trained")
     table = Table("figure", "value", title=f"final training of trial {report['trial']}")
@@ -361,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=float, help="default: 4x the proxy epochs, at least 10")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where to train (the latency is always measured on this CPU)")
+    t.add_argument("--batch-size", type=int, default=FINAL_RECIPE["batch_size"], help="default: %(default)s")
+    t.add_argument("--lr", type=float, default=FINAL_RECIPE["lr"], help="peak AdamW learning rate (default: %(default)s)")
+    t.add_argument("--mixup", type=float, default=0.0, help="mixup alpha, 0 = off (timm Mixup)")
+    t.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha, 0 = off")
+    t.add_argument("--randaugment", help="timm RandAugment config, e.g. rand-m9-mstd0.5 (default: off)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("export", help="export a trained trial to ONNX and torch.export files")

@@ -26,6 +26,7 @@ long training gives? (issue 13)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import platform
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from evaluators.data import load_dataset  # noqa: E402
+from evaluators.recipes import FINAL_RECIPE  # noqa: E402
 from evaluators.train import TrainConfig, accuracy, train  # noqa: E402
 from latency_models import LatencyModel, read_table  # noqa: E402
 from latency_models.features import total_flops  # noqa: E402
@@ -49,7 +51,7 @@ from search_space import ArchSpec, SearchSpace, build_model, count_params, prese
 from search_space.presets import SEARCH_SCALE  # noqa: E402
 
 IMG, CHANS, CLASSES = 32, 3, 10
-RECIPE = dict(epochs=15, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_fraction=0.1, label_smoothing=0.1)
+RECIPE = {"epochs": 15, **FINAL_RECIPE}  # the final training's recipe (weight decay 0.05, 10% warm-up, smoothing 0.1)
 PROXIES = {  # name -> (epochs, share of the training part): today's proxy first
     "proxy-1ep-10pct": (1, 0.1),
     "proxy-2ep-25pct": (2, 0.25),
@@ -160,7 +162,7 @@ def train_long(row: dict, seed: int, data_path: str, work: str, device: str) -> 
     test = accuracy(res.model, d["x_test"], d["y_test"], Normalizer(d["mean"], d["std"], spec.img_size))
     ckpt.unlink(missing_ok=True)
     return {"arch_id": row["arch_id"], "spec": row["spec"], "short": row["short"], "origin": row["origin"],
-            "seed": seed, "epochs": RECIPE["epochs"], "recipe": RECIPE, "test_acc": round(test, 4),
+            "seed": seed, "epochs": RECIPE["epochs"], "recipe": dataclasses.asdict(cfg), "test_acc": round(test, 4),
             "val_curve": [round(v, 4) for v in res.history], "pred_ms": row["pred_ms"],
             "params": count_params(build_model(spec)), "flops": total_flops(spec), "train_s": round(res.train_s, 1),
             "device": device if device != "cpu" else f"cpu ({platform.processor() or platform.machine()}), 1 thread",

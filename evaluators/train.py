@@ -131,7 +131,7 @@ def optimizer_and_schedule(model: nn.Module, cfg: TrainConfig, total_steps: int)
     """AdamW over timm's weight-decay groups (no decay on biases, norms and `no_weight_decay()`),
     and timm's linear warm-up then cosine schedule, stepped per update: the learning rate is a
     function of the step alone, so a training continued from a checkpoint follows the same curve."""
-    groups = param_groups_weight_decay(model, cfg.weight_decay, model.no_weight_decay())
+    groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=model.no_weight_decay())
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
     warm = max(1, int(cfg.warmup_fraction * total_steps))
     sched = CosineLRScheduler(opt, t_initial=max(1, total_steps - warm), warmup_t=warm,
@@ -204,34 +204,13 @@ def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
     batches = Batches(cfg, x_train.to(device), y_train.to(device), spec.num_classes, norm, gen)
     total = max(1, int(round(cfg.epochs * max(1, math.ceil(len(x_train) / cfg.batch_size)))))
     opt, sched = optimizer_and_schedule(model, cfg, total)
-    scheduled = [m for m in model.modules() if hasattr(m, "set_progress")]
-    step, start_epoch, history, elapsed = 0, 0, [], 0.0
+    state = {"step": 0, "epoch": 0, "history": [], "train_s": 0.0}
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, weights_only=False, map_location=device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step, start_epoch, history, elapsed = state["step"], state["epoch"], state["history"], state["train_s"]
-        gen.set_state(state["gen"].cpu())
-    t0 = time.perf_counter() - elapsed
-    for epoch in range(start_epoch, max(1, math.ceil(cfg.epochs))):
-        model.train()
-        for x, target in batches.epoch():
-            if step >= total:
-                break
-            for m in scheduled:
-                m.set_progress(step, total)
-            sched.step_update(step)
-            loss = batches.loss(model(x), target)
-            if not torch.isfinite(loss):
-                raise TrainingFailed(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            step += 1
-            if on_step:
-                on_step(step, total, loss.item())
+        state = load_checkpoint(checkpoint, model, opt, gen, device)
+    step, history = state["step"], state["history"]
+    t0 = time.perf_counter() - state["train_s"]
+    for epoch in range(state["epoch"], max(1, math.ceil(cfg.epochs))):
+        step = train_epoch(model, batches, opt, sched, step, total, cfg.grad_clip, on_step)
         if x_val is not None:
             history.append(accuracy(model, x_val, y_val, norm))
         if checkpoint is not None:
@@ -240,3 +219,40 @@ def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
         if on_epoch and history and on_epoch(epoch, history[-1]):
             return TrainResult(model, history[-1], history, time.perf_counter() - t0, step, stopped_early=True)
     return TrainResult(model, history[-1] if history else None, history, time.perf_counter() - t0, step)
+
+
+def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                    device: torch.device) -> dict:
+    """Restore model, optimizer and sampling state saved after an epoch; return the loop's state."""
+    state = torch.load(path, weights_only=False, map_location=device)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    gen.set_state(state["gen"].cpu())
+    return state
+
+
+def train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer, sched: CosineLRScheduler,
+                step: int, total: int, grad_clip: float | None,
+                on_step: Callable[[int, int, float], None] | None) -> int:
+    """One pass over the data (stopping at `total` steps); returns the step count after it. The
+    learning rate and PRepBN/UN progress are set from the global step, so they resume exactly."""
+    model.train()
+    scheduled = [m for m in model.modules() if hasattr(m, "set_progress")]
+    for x, target in batches.epoch():
+        if step >= total:
+            break
+        for m in scheduled:
+            m.set_progress(step, total)
+        sched.step_update(step)
+        loss = batches.loss(model(x), target)
+        if not torch.isfinite(loss):
+            raise TrainingFailed(f"loss became {loss.item()} at step {step + 1} of {total}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        step += 1
+        if on_step:
+            on_step(step, total, loss.item())
+    return step

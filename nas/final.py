@@ -11,6 +11,7 @@ import optuna
 import torch
 
 from evaluators.data import load_dataset
+from evaluators.recipes import FINAL_RECIPE
 from evaluators.train import Normalizer, TrainConfig, accuracy, train
 from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, fingerprint_id, time_at_reference,
                                      torch_runner)
@@ -78,9 +79,9 @@ def predictor_reference_ms(cfg: dict, img_size: int) -> float | None:
 
 
 def train_final(run_dir: Path, number: int, epochs: float | None = None, device: str = "cpu",
-                on_step: Callable[[int, int, float], None] | None = None) -> dict:
-    """Train trial `number` from scratch with the full budget (on `device`); resumes from its
-    checkpoint. The latency is measured on this machine's CPU, where the predictor was fitted,
+                on_step: Callable[[int, int, float], None] | None = None, **recipe) -> dict:
+    """Train trial `number` from scratch with the full budget (on `device`) and FINAL_RECIPE, any
+    TrainConfig field overridden by `recipe`; resumes from its checkpoint. The latency is measured on this machine's CPU, where the predictor was fitted,
     against the anchor and on the scale of the run's latency model (its reference speed)."""
     cfg = run_config(run_dir)
     trial = load_trial(run_dir, number)
@@ -90,7 +91,7 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg["dataset"])
     mean, std = data.channel_stats()
-    tcfg = TrainConfig(epochs=epochs, batch_size=cfg["batch_size"], lr=cfg.get("lr", 2e-3), seed=cfg["seed"],
+    tcfg = TrainConfig(**{**FINAL_RECIPE, **recipe}, epochs=epochs, seed=cfg["seed"],
                        threads=torch.get_num_threads(), device=device)
     t0 = time.perf_counter()
     res = train(spec, data.x_train, data.y_train, None, None, tcfg, mean, std,
@@ -115,6 +116,8 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
               "p10_ms": timing["p10_ms"], "p90_ms": timing["p90_ms"], "raw_median_ms": timing["raw_median_ms"],
               "anchor_ms": anchor_ms, "reference_ms": reference, "on_predictor_scale": predictor_reference is not None,
               "pred_rel_err": (pred - timing["median_ms"]) / timing["median_ms"], "epochs": epochs,
+              "recipe": {k: getattr(tcfg, k) for k in ("batch_size", "lr", "weight_decay", "mixup", "cutmix",
+                                                       "randaugment")},
               "train_s": res.train_s, "wall_s": time.perf_counter() - t0, "flops": trial.user_attrs.get("flops"),
               "params": count_params(deployed), "dataset": cfg["dataset"], "trained_on": device,
               "device": fingerprint("cpu", "torch", 1, 1, spec.img_size)}

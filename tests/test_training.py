@@ -1,0 +1,87 @@
+"""The training loop: per-sample augmentation, timm's weight-decay groups and schedule, exact resume,
+and the final-training options (mixup/cutmix, RandAugment)."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from evaluators.train import Batches, Normalizer, TrainConfig, augment, optimizer_and_schedule, train
+from search_space import ArchSpec, StageSpec, build_model
+
+SPEC = ArchSpec((StageSpec(width=32, depth=1, norm="prepbn", attention="sla", heads=2, key_dim=8),
+                 StageSpec(width=48, depth=1, norm="batchnorm", attention="cga", heads=2, key_dim=8)),
+                img_size=16, patch=4)
+
+
+def images(n=96, side=16, chans=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, chans, side, side), generator=g, dtype=torch.uint8)
+    return x, torch.arange(n) % 10
+
+
+def test_augment_takes_a_reflect_padded_crop_and_flip_per_sample():
+    x, _ = images(64, side=32)
+    out = augment(x, torch.Generator().manual_seed(0), flip=True)
+    padded = F.pad(x.float(), (4, 4, 4, 4), mode="reflect")
+    used = set()
+    for b in range(len(x)):
+        found = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
+                 if torch.equal(padded[b, :, dy:dy + 32, dx:dx + 32].flip(-1) if f else
+                                padded[b, :, dy:dy + 32, dx:dx + 32], out[b].float())]
+        assert found, f"sample {b} is not a reflect-padded crop of its image"
+        used.add(found[0])
+    assert len(used) > 20  # drawn per sample, not once per batch
+
+
+def test_weight_decay_spares_positions_biases_and_norms_only():
+    model = build_model(SPEC)
+    opt, _ = optimizer_and_schedule(model, TrainConfig(), total_steps=10)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) not in decayed}
+    assert {"pos_embed", "stages.0.blocks.0.attn.fn.pos", "stages.1.blocks.0.attn.fn.attention_biases"} <= names
+    assert all(p.ndim <= 1 or n in model.no_weight_decay() for n, p in model.named_parameters() if n in names)
+    assert "stages.0.blocks.0.attn.fn.qkv.weight" not in names
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    model = build_model(SPEC)
+    cfg = TrainConfig(lr=1e-3, warmup_fraction=0.1)
+    opt, sched = optimizer_and_schedule(model, cfg, total_steps=100)
+    lrs = []
+    for step in range(100):
+        sched.step_update(step)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1e-4) and lrs[:11] == sorted(lrs[:11]) and lrs[10] == pytest.approx(1e-3)
+    assert max(lrs) == pytest.approx(1e-3) and lrs[-1] < 1e-6 and lrs[10:] == sorted(lrs[10:], reverse=True)
+
+
+def test_a_resumed_training_ends_where_an_uninterrupted_one_does(tmp_path):
+    x, y = images()
+    cfg = TrainConfig(epochs=2, batch_size=32, seed=3)
+    whole = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3)
+    ckpt = tmp_path / "ckpt.pt"
+    train(SPEC, x, y, x, y, dataclasses.replace(cfg, epochs=2), [0.5] * 3, [0.25] * 3, checkpoint=ckpt,
+          on_epoch=lambda epoch, acc: True)  # stops after epoch 1, checkpointed
+    resumed = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt)
+    assert resumed.history == whole.history
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_mixup_cutmix_and_randaugment_give_soft_targets_and_train():
+    x, y = images()
+    cfg = TrainConfig(batch_size=32, mixup=0.8, cutmix=1.0, randaugment="rand-m9-mstd0.5")
+    batches = Batches(cfg, x, y, 10, Normalizer([0.5] * 3, [0.25] * 3, 16), torch.Generator().manual_seed(0))
+    xb, target = next(batches.epoch())
+    assert xb.shape == (32, 3, 16, 16) and target.shape == (32, 10)
+    assert torch.allclose(target.sum(1), torch.ones(32)) and (target.max(1).values < 1).any()
+    res = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3)
+    assert res.steps == 3 * 5 and 0 <= res.val_acc <= 1  # odd tail dropped: mixup pairs samples
+
+
+def test_randaugment_keeps_grey_images_grey():
+    x, y = images(chans=1)
+    cfg = TrainConfig(batch_size=32, randaugment="rand-m9-mstd0.5")
+    batches = Batches(cfg, x, y, 10, Normalizer([0.5], [0.25], 16), torch.Generator().manual_seed(0))
+    assert next(batches.epoch())[0].shape == (32, 1, 16, 16)
