@@ -250,6 +250,16 @@ def cmd_front(args) -> None:
     print_front(Path(args.run), args.json)
 
 
+def cmd_dashboard(args) -> None:
+    from optuna_dashboard import run_server
+
+    db = Path(args.run) / "study.db"
+    if not db.is_file():
+        raise UserError(f"{db} not found: give the directory of a run made by `etnas run`")
+    console.print(f"optuna-dashboard for {args.run} at http://127.0.0.1:{args.port} (this machine only; Ctrl-C stops it)")
+    run_server(f"sqlite:///{db}", host="127.0.0.1", port=args.port)
+
+
 def cmd_train(args) -> None:
     from nas.final import load_trial, resolve_trial, train_final
 
@@ -281,102 +291,147 @@ def cmd_export(args) -> None:
                   f"{', '.join(f'{k} {v:.1e}' for k, v in res['max_abs_diff'].items())}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="search.py", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as installed
 
-    space = sub.add_parser("space", help="sample and self-check the search space").add_subparsers(
-        dest="space_command", required=True)
+    try:
+        return installed("etnas")
+    except PackageNotFoundError:
+        return "unknown (not installed: run `make setup`)"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where it has none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _shape_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--img-size", type=int, default=32, help="input side in pixels")
+    p.add_argument("--in-chans", type=int, default=3, help="input channels")
+    p.add_argument("--num-classes", type=int, default=10, help="classes of the head")
+    p.add_argument("--space", help="JSON file overriding the search space's choices")
+
+
+def _space_parsers(sub) -> None:
+    space = sub.add_parser("space", help="sample and self-check the search space", formatter_class=HelpFormatter)
+    space_sub = space.add_subparsers(dest="space_command", required=True)
     for name, fn, help_ in (("sample", cmd_space_sample, "write N sampled specs as JSONL"),
                             ("check", cmd_space_check, "build, train a step and deploy presets + N samples")):
-        sp = space.add_parser(name, help=help_)
-        sp.add_argument("--n", type=int, default=20)
-        sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--img-size", type=int, default=32)
-        sp.add_argument("--in-chans", type=int, default=3)
-        sp.add_argument("--num-classes", type=int, default=10)
-        sp.add_argument("--space", help="JSON file overriding the search space's choices")
+        sp = space_sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
+        sp.add_argument("--n", type=int, default=20, help="specs to sample")
+        sp.add_argument("--seed", type=int, default=0, help="sampling seed")
+        _shape_options(sp)
         sp.set_defaults(fn=fn)
-    space.choices["sample"].add_argument("--out", required=True)
-    space.choices["check"].add_argument("--json", action="store_true")
+    space_sub.choices["sample"].add_argument("--out", required=True, help="JSONL file to write")
+    space_sub.choices["check"].add_argument("--json", action="store_true", help="print the report as JSON")
 
-    m = sub.add_parser("measure", help="time deployed architectures on this device into a CSV")
-    m.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    m.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch")
-    m.add_argument("--threads", type=int, default=1)
-    m.add_argument("--batch", type=int, default=1)
+
+def _latency_parsers(sub) -> None:
+    m = sub.add_parser("measure", help="time deployed architectures on this device into a CSV",
+                       formatter_class=HelpFormatter)
+    m.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to time on")
+    m.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch", help="runtime to time")
+    m.add_argument("--threads", type=int, default=1, help="intra-op threads")
+    m.add_argument("--batch", type=int, default=1, help="batch size of the timed calls")
     m.add_argument("--n", type=int, default=400, help="sampled architectures (the presets are always added)")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--specs", help="JSONL of specs to measure (from `space sample`)")
-    m.add_argument("--img-size", type=int, default=32)
-    m.add_argument("--in-chans", type=int, default=3)
-    m.add_argument("--num-classes", type=int, default=10)
-    m.add_argument("--space", help="JSON file overriding the search space's choices")
+    m.add_argument("--seed", type=int, default=0, help="sampling seed")
+    m.add_argument("--specs", help="JSONL of specs to measure instead of sampling (from `space sample`)")
+    _shape_options(m)
     m.add_argument("--remeasure", type=float, default=0.1, help="share measured twice, for the noise floor")
     m.add_argument("--sweeps", type=int, default=50,
                    help="timed calls per architecture, interleaved with the others of its chunk (more: steadier)")
     m.add_argument("--reference", help="timing CSV or latency model whose reference speed to measure at "
                                        "(to check a fitted model on new architectures)")
     m.add_argument("--force", action="store_true", help="accept a --reference measured on another device")
-    m.add_argument("--out", required=True)
+    m.add_argument("--out", required=True, help="timing CSV to write or append to")
     m.set_defaults(fn=cmd_measure)
 
-    f = sub.add_parser("fit-latency", help="fit and validate a latency predictor on a timing CSV")
-    f.add_argument("csv")
-    f.add_argument("--out", required=True)
-    f.add_argument("--json", action="store_true")
-    f.add_argument("--test-fraction", type=float, default=0.25)
-    f.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("fit-latency", help="fit and validate a latency predictor on a timing CSV",
+                       formatter_class=HelpFormatter)
+    f.add_argument("csv", help="timing CSV from `measure`")
+    f.add_argument("--out", required=True, help="latency model file to write")
+    f.add_argument("--json", action="store_true", help="print the fit report as JSON")
+    f.add_argument("--test-fraction", type=float, default=0.25, help="share of architectures held out")
+    f.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     f.add_argument("--fingerprint", help="device fingerprint id to fit, when the CSV holds several")
     f.set_defaults(fn=cmd_fit_latency)
 
-    r = sub.add_parser("run", help="search for the best architectures under a latency target")
-    r.add_argument("--name", required=True)
+
+def _run_parser(sub) -> None:
+    from nas.config import SearchConfig
+
+    d = SearchConfig(name="", target_ms=0.0, latency_model="")
+    r = sub.add_parser("run", help="search for the best architectures under a latency target",
+                       formatter_class=HelpFormatter)
+    r.add_argument("--name", required=True, help="run name: results go to RUNS_DIR/NAME")
     r.add_argument("--target-ms", required=True, help="latency target in ms, or pN: the N-th percentile of the "
                                                       "space's predicted latencies (p50: half the space meets it)")
     r.add_argument("--latency-model", help="fitted predictor (default: calibrate this machine, cached in runs/latency)")
-    r.add_argument("--dataset", default="digits", help="digits, npz:PATH, imagefolder:PATH or cifar10:ROOT")
-    r.add_argument("--trials", type=int, default=30, help="trials in all, the 6 seed presets included")
-    r.add_argument("--workers", type=int, default=2)
-    r.add_argument("--epochs", type=float, default=3, help="proxy training epochs")
-    r.add_argument("--subset", type=float, help="share of the training split the proxy trains on")
-    r.add_argument("--resolution", type=int, help="proxy input side")
-    r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
-    r.add_argument("--sampler", choices=["nsga2", "tpe", "random"], default="nsga2")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--dataset", default=d.dataset, help="digits, npz:PATH, imagefolder:PATH or cifar10:ROOT")
+    r.add_argument("--trials", type=int, default=d.trials, help="trials in all, the 6 seed presets included")
+    r.add_argument("--workers", type=int, default=d.workers, help="Ray workers training proxies at once")
+    r.add_argument("--epochs", type=float, default=d.epochs, help="proxy training epochs")
+    r.add_argument("--subset", type=float, help="share of the training split the proxy trains on (default: all)")
+    r.add_argument("--resolution", type=int, help="proxy input side (default: the data's)")
+    r.add_argument("--batch-size", type=int, default=d.batch_size, help="proxy batch size")
+    r.add_argument("--lr", type=float, default=d.lr, help="proxy peak AdamW learning rate")
+    r.add_argument("--sampler", choices=["nsga2", "tpe", "random"], default=d.sampler, help="Optuna sampler")
+    r.add_argument("--seed", type=int, default=d.seed, help="seed of the sampler, the split and the trainings")
     r.add_argument("--space", help="JSON file overriding the search space's choices")
     r.add_argument("--ray-address", help="join an existing Ray cluster (default: local workers)")
     r.add_argument("--no-prune", action="store_true", help="train every feasible trial for the full proxy budget")
     r.add_argument("--calibrate-n", type=int, default=150, help="architectures timed when calibrating")
     r.add_argument("--force", action="store_true", help="use a latency model measured on another device")
-    r.add_argument("--runs-dir", default="runs")
+    r.add_argument("--runs-dir", default=d.runs_dir, help="directory holding the runs")
     r.set_defaults(fn=cmd_run)
 
-    fr = sub.add_parser("front", help="show a run's Pareto front and write front.html")
-    fr.add_argument("run")
-    fr.add_argument("--json", action="store_true")
+
+def _run_dir_parsers(sub) -> None:
+    fr = sub.add_parser("front", help="show a run's Pareto front and write front.html", formatter_class=HelpFormatter)
+    fr.add_argument("run", help="run directory (runs/NAME)")
+    fr.add_argument("--json", action="store_true", help="print the front as JSON")
     fr.set_defaults(fn=cmd_front)
 
-    t = sub.add_parser("train", help="fully train one trial's architecture and measure it")
-    t.add_argument("run")
+    d = sub.add_parser("dashboard", help="open a run's study in optuna-dashboard, on localhost",
+                       formatter_class=HelpFormatter)
+    d.add_argument("run", help="run directory (runs/NAME)")
+    d.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1")
+    d.set_defaults(fn=cmd_dashboard)
+
+    t = sub.add_parser("train", help="fully train one trial's architecture and measure it", formatter_class=HelpFormatter)
+    t.add_argument("run", help="run directory (runs/NAME)")
     t.add_argument("--trial", required=True, help="trial number, or 'best': the most accurate front point")
-    t.add_argument("--epochs", type=float, help="default: 4x the proxy epochs, at least 10")
+    t.add_argument("--epochs", type=float, help="training epochs (default: 4x the proxy epochs, at least 10)")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where to train (the latency is always measured on this CPU)")
-    t.add_argument("--batch-size", type=int, default=FINAL_RECIPE["batch_size"], help="default: %(default)s")
-    t.add_argument("--lr", type=float, default=FINAL_RECIPE["lr"], help="peak AdamW learning rate (default: %(default)s)")
+    t.add_argument("--batch-size", type=int, default=FINAL_RECIPE["batch_size"], help="batch size")
+    t.add_argument("--lr", type=float, default=FINAL_RECIPE["lr"], help="peak AdamW learning rate")
     t.add_argument("--mixup", type=float, default=0.0, help="mixup alpha, 0 = off (timm Mixup)")
     t.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha, 0 = off")
     t.add_argument("--randaugment", help="timm RandAugment config, e.g. rand-m9-mstd0.5 (default: off)")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("export", help="export a trained trial to ONNX and torch.export files")
-    e.add_argument("run")
+    e = sub.add_parser("export", help="export a trained trial to ONNX and torch.export files",
+                       formatter_class=HelpFormatter)
+    e.add_argument("run", help="run directory (runs/NAME)")
     e.add_argument("--trial", required=True, help="trial number, or 'best': the most accurate front point")
-    e.add_argument("--out", required=True)
-    e.add_argument("--format", default="onnx,pt2")
+    e.add_argument("--out", required=True, help="directory to write the model files to")
+    e.add_argument("--format", default="onnx,pt2", help="comma-separated formats: onnx, pt2")
     e.set_defaults(fn=cmd_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"etnas {version()}")
+    sub = p.add_subparsers(dest="command", required=True)
+    _space_parsers(sub)
+    _latency_parsers(sub)
+    _run_parser(sub)
+    _run_dir_parsers(sub)
     return p
 
 

@@ -28,11 +28,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +39,7 @@ from scipy.stats import kendalltau, spearmanr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.jobs import read_jsonl, run_jobs  # noqa: E402
 from evaluators.data import load_dataset  # noqa: E402
 from evaluators.recipes import FINAL_RECIPE  # noqa: E402
 from evaluators.train import TrainConfig, accuracy, train  # noqa: E402
@@ -125,16 +124,6 @@ def cmd_pool(args) -> None:
     print(f"estimated long training: ~{est / 60:.1f} CPU-h for the first seed", file=sys.stderr)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def append_jsonl(path: Path, row: dict) -> None:
-    with path.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
-        fh.flush()
-
-
 _DATA: dict = {}
 
 
@@ -149,20 +138,20 @@ def dataset(path: str) -> dict:
     return _DATA
 
 
-def train_long(row: dict, seed: int, data_path: str, work: str, device: str) -> dict:
+def train_long(row: dict, seed: int, data_path: str, work: str, device: str, epochs: float) -> dict:
     import torch
 
     from evaluators.train import Normalizer
 
     d = dataset(data_path)
     spec = ArchSpec.from_dict(row["spec"])
-    cfg = TrainConfig(**RECIPE, seed=seed, threads=1, device=device)
+    cfg = TrainConfig(**{**RECIPE, "epochs": epochs}, seed=seed, threads=1, device=device)
     ckpt = Path(work) / f"{row['arch_id']}-s{seed}.pt"
     res = train(spec, d["x"], d["y"], d["x_val"], d["y_val"], cfg, d["mean"], d["std"], checkpoint=ckpt)
     test = accuracy(res.model, d["x_test"], d["y_test"], Normalizer(d["mean"], d["std"], spec.img_size))
     ckpt.unlink(missing_ok=True)
     return {"arch_id": row["arch_id"], "spec": row["spec"], "short": row["short"], "origin": row["origin"],
-            "seed": seed, "epochs": RECIPE["epochs"], "recipe": dataclasses.asdict(cfg), "test_acc": round(test, 4),
+            "seed": seed, "epochs": epochs, "recipe": dataclasses.asdict(cfg), "test_acc": round(test, 4),
             "val_curve": [round(v, 4) for v in res.history], "pred_ms": row["pred_ms"],
             "params": count_params(build_model(spec)), "flops": total_flops(spec), "train_s": round(res.train_s, 1),
             "device": device if device != "cpu" else f"cpu ({platform.processor() or platform.machine()}), 1 thread",
@@ -176,30 +165,15 @@ def reseeded(pool: list[dict], n: int) -> list[dict]:
     return [by_ms[i] for i in sorted(picks)]
 
 
-def run_jobs(jobs: list[tuple], fn, n_jobs: int, out: Path, label) -> None:
-    """Run fn(*job) --jobs at a time in fresh processes, appending each result to `out` at once."""
-    if not jobs:
-        return
-    start = time.time()
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(n_jobs, mp_context=ctx) as pool:
-        futures = {pool.submit(fn, *job): job for job in jobs}
-        for i, f in enumerate(as_completed(futures), 1):
-            row = f.result()
-            append_jsonl(out, row)
-            eta = (time.time() - start) / i * (len(jobs) - i)
-            print(f"[{i}/{len(jobs)}] {label(row)}  (elapsed {time.time() - start:.0f} s, ETA ~{eta / 60:.0f} min)",
-                  file=sys.stderr, flush=True)
-
-
 def cmd_train(args) -> None:
     pool = read_jsonl(args.out / "pool.jsonl")
     if not pool:
         sys.exit(f"no pool in {args.out}; run `benchmarks/reference.py pool` first")
-    done = {(r["arch_id"], r["seed"]) for r in read_jsonl(args.out / "reference.jsonl")}
-    first = sorted(pool, key=lambda r: r["pred_ms"])
+    done = {(r["arch_id"], r["seed"]) for r in read_jsonl(args.out / "reference.jsonl") if r["epochs"] == args.epochs}
+    first = sorted(pool, key=lambda r: r["mflops"])  # the cheapest first: rows come in early
     wanted = [(r, 0) for r in first] + [(r, 1) for r in reseeded(pool, args.reseed)]
-    jobs = [(r, s, args.data, str(args.work), args.device) for r, s in wanted if (r["arch_id"], s) not in done]
+    jobs = [(r, s, args.data, str(args.work), args.device, args.epochs) for r, s in wanted
+            if (r["arch_id"], s) not in done]
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"{len(wanted) - len(jobs)} of {len(wanted)} trainings already done", file=sys.stderr)
     run_jobs(jobs[: args.limit or None], train_long, args.jobs, args.out / "reference.jsonl",
@@ -311,6 +285,7 @@ def main() -> None:
     t.add_argument("--reseed", type=int, default=4, help="architectures trained again with seed 1")
     t.add_argument("--work", type=Path, default=ROOT / "runs" / "reference", help="checkpoints (not committed)")
     t.add_argument("--device", default="cpu")
+    t.add_argument("--epochs", type=float, default=RECIPE["epochs"], help="default: %(default)s (the reference)")
     t.add_argument("--limit", type=int, default=0, help="stop after this many trainings (0: all)")
     f = sub.add_parser("fidelity", help="score the pool by every cheap method")
     f.add_argument("--jobs", type=int, default=2)

@@ -27,13 +27,11 @@ import argparse
 import contextlib
 import importlib.util
 import json
-import multiprocessing
 import random
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +41,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.jobs import read_jsonl, run_jobs  # noqa: E402
 from evaluators import train as train_module  # noqa: E402
 from evaluators.data import load_dataset  # noqa: E402
 from evaluators.train import Normalizer, TrainConfig, accuracy  # noqa: E402
@@ -204,18 +203,11 @@ def main() -> None:
         (out / "throughput.json").write_text(json.dumps(result, indent=1))
         print(json.dumps({k: v for k, v in result.items() if k != "per_round_s"}))
     runs = out / "runs.jsonl"
-    done = {(r["variant"], r["seed"], r["epochs"]) for r in map(json.loads, runs.read_text().splitlines())} \
-        if runs.exists() else set()
-    todo = [v for v in args.variants.split(",") if (v, args.seed, args.epochs) not in done]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(run_variant, v, args.data, args.legacy_rev, args.seed, args.epochs) for v in todo]
-        for i, f in enumerate(as_completed(futures), 1):
-            row = f.result()
-            with runs.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            print(f"[{i}/{len(todo)}] {row['variant']}: test {row['test_acc']:.4f} in {row['train_s']:.0f} s",
-                  file=sys.stderr)
+    done = {(r["variant"], r["seed"], r["epochs"]) for r in read_jsonl(runs)}
+    todo = [(v, args.data, args.legacy_rev, args.seed, args.epochs) for v in args.variants.split(",")
+            if (v, args.seed, args.epochs) not in done]
+    run_jobs(todo, run_variant, args.jobs, runs,
+             lambda r: f"{r['variant']}: test {r['test_acc']:.4f} in {r['train_s']:.0f} s")
 
 
 if __name__ == "__main__":

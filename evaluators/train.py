@@ -21,6 +21,8 @@ from timm.scheduler import CosineLRScheduler
 
 from search_space import ArchSpec, SpecError, build_model
 
+from .recipes import PROXY_RECIPE
+
 
 class TrainingFailed(RuntimeError):
     """A trial's training could not finish (divergence, a crashing operator); the message says why."""
@@ -29,8 +31,8 @@ class TrainingFailed(RuntimeError):
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: float = 5
-    batch_size: int = 64
-    lr: float = 2e-3
+    batch_size: int = PROXY_RECIPE["batch_size"]
+    lr: float = PROXY_RECIPE["lr"]
     weight_decay: float = 0.05
     warmup_fraction: float = 0.1
     label_smoothing: float = 0.1

@@ -21,38 +21,8 @@ from search_space.presets import SEARCH_SCALE
 from search_space.sampling import FixedSuggester, params_of
 
 from . import SearchError
+from .config import SearchConfig
 from .records import trial_state, write_records
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    name: str
-    target_ms: float
-    latency_model: str
-    dataset: str = "digits"
-    trials: int = 30
-    workers: int = 2
-    epochs: float = 3
-    subset: float | None = None
-    resolution: int | None = None
-    batch_size: int = 64
-    lr: float = 2e-3
-    sampler: str = "nsga2"
-    seed: int = 0
-    space: str | None = None
-    prune: bool = True
-    ray_address: str | None = None
-    runs_dir: str = "runs"
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.runs_dir) / self.name
-
-    def identity(self) -> dict:
-        """The settings a resumed run must share with the original."""
-        keep = ("target_ms", "dataset", "epochs", "subset", "resolution", "batch_size", "lr", "sampler", "seed",
-                "space")
-        return {k: getattr(self, k) for k in keep}
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:

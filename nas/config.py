@@ -1,0 +1,38 @@
+"""A search's settings, with their defaults (the command line shows these); no heavy imports."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from evaluators.recipes import PROXY_RECIPE
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    name: str
+    target_ms: float
+    latency_model: str
+    dataset: str = "digits"
+    trials: int = 30
+    workers: int = 2
+    epochs: float = PROXY_RECIPE["epochs"]
+    subset: float | None = None
+    resolution: int | None = None
+    batch_size: int = PROXY_RECIPE["batch_size"]
+    lr: float = PROXY_RECIPE["lr"]
+    sampler: str = "nsga2"
+    seed: int = 0
+    space: str | None = None
+    prune: bool = True
+    ray_address: str | None = None
+    runs_dir: str = "runs"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def identity(self) -> dict:
+        """The settings a resumed run must share with the original."""
+        keep = ("target_ms", "dataset", "epochs", "subset", "resolution", "batch_size", "lr", "sampler", "seed",
+                "space")
+        return {k: getattr(self, k) for k in keep}
