@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,7 +209,7 @@ def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
     opt, sched = optimizer_and_schedule(model, cfg, total)
     state = {"step": 0, "epoch": 0, "history": [], "train_s": 0.0}
     if checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint, model, opt, gen, device)
+        state = load_checkpoint(checkpoint, model, opt, gen, device) or state
     step, history = state["step"], state["history"]
     t0 = time.perf_counter() - state["train_s"]
     for epoch in range(state["epoch"], max(1, math.ceil(cfg.epochs))):
@@ -224,13 +225,22 @@ def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
 
 
 def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
-                    device: torch.device) -> dict:
-    """Restore model, optimizer and sampling state saved after an epoch; return the loop's state."""
-    state = torch.load(path, weights_only=False, map_location=device)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    gen.set_state(state["gen"].cpu())
-    return state
+                    device: torch.device) -> dict | None:
+    """Restore model, optimizer and sampling state saved after an epoch and return the loop's state.
+    Tensors and plain data only (`weights_only`): a file that is anything else is set aside as
+    PATH.corrupt and the training starts over (None)."""
+    try:
+        state = torch.load(path, weights_only=True, map_location=device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"].cpu())
+        return state
+    except Exception as e:
+        aside = Path(path).with_suffix(Path(path).suffix + ".corrupt")
+        Path(path).replace(aside)
+        warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}); moved to {aside.name}, "
+                      f"training from scratch", stacklevel=2)
+        return None
 
 
 def train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer, sched: CosineLRScheduler,

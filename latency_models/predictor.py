@@ -10,19 +10,20 @@ noise instead, so `fit` keeps them only where they beat stage 1 on an inner vali
 """
 from __future__ import annotations
 
-import pickle
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from search_space import ArchSpec
 
 from .features import FEATURE_NAMES, feature_matrix
+from .trees import TreeEnsemble
 
-FORMAT_VERSION = 3  # 2: timings on a reference speed (`reference_ms`), MHSA's two SDPA paths; 3: few-token calls
+FORMAT_VERSION = 4  # 2: reference speed, MHSA's two SDPA paths; 3: few-token calls; 4: arrays, no pickle
+PICKLE_MAGIC = b"\x80"
 RANGE_FEATURES = ("flops", "tokens", "blocks")
 
 
@@ -40,7 +41,7 @@ class LatencyModel:
     reference_ms: float | None = None  # the anchor latency its table's timings are scaled to
     coef: np.ndarray | None = None
     scale: np.ndarray | None = None
-    residual: Any = None  # a fitted HistGradientBoostingRegressor, or None where it did not help
+    residual: TreeEnsemble | None = None  # the boosted trees, or None where they did not help
     residual_check: dict = field(default_factory=dict)  # inner-validation MAPE with and without it
     ranges: dict = field(default_factory=dict)
     n_train: int = 0
@@ -80,10 +81,11 @@ class LatencyModel:
         self.coef = coef / self.scale
         if residual:
             base = a @ self.coef
-            self.residual = HistGradientBoostingRegressor(
+            trees = HistGradientBoostingRegressor(
                 max_iter=300, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=8,
                 l2_regularization=1.0, random_state=seed)
-            self.residual.fit(self._residual_inputs(x, base), np.log(y / np.maximum(base, 1e-9)))
+            trees.fit(self._residual_inputs(x, base), np.log(y / np.maximum(base, 1e-9)))
+            self.residual = TreeEnsemble.from_sklearn(trees)
         return self
 
     @staticmethod
@@ -124,21 +126,38 @@ class LatencyModel:
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        """One .npz of plain arrays and a JSON header: loading it runs no code (no pickle)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "reference_ms": self.reference_ms,
+                "residual_check": self.residual_check, "ranges": self.ranges, "n_train": self.n_train,
+                "feature_names": list(FEATURE_NAMES)}
+        arrays = {k: v for k, v in (("coef", self.coef), ("scale", self.scale)) if v is not None}
+        arrays.update(self.residual.arrays("trees_") if self.residual else {})
         with open(path, "wb") as f:
-            pickle.dump({"version": FORMAT_VERSION, "model": self}, f)
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyModel:
         path = Path(path)
-        if not path.exists():
-            raise ModelFileError(f"latency model {path} does not exist; fit one with `search.py fit-latency`")
+        if not path.is_file():
+            raise ModelFileError(f"latency model {path} does not exist; fit one with `etnas fit-latency`")
+        with open(path, "rb") as f:
+            if f.read(1) == PICKLE_MAGIC:
+                raise ModelFileError(f"latency model {path} is in the old pickle format, which etnas no longer "
+                                     f"loads (unpickling can run code); re-fit it from its timing CSV with "
+                                     f"`etnas fit-latency`")
         try:
-            with open(path, "rb") as f:
-                blob = pickle.load(f)
-            if blob.get("version") != FORMAT_VERSION or not isinstance(blob.get("model"), cls):
-                raise ValueError("unknown format")
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                if meta.get("version") != FORMAT_VERSION or meta.get("feature_names") != list(FEATURE_NAMES):
+                    raise ValueError("another format version")
+                residual = TreeEnsemble.from_arrays(z, "trees_") if "trees_roots" in z.files else None
+                return cls(fingerprint=meta["fingerprint"], reference_ms=meta["reference_ms"],
+                           coef=z["coef"] if "coef" in z.files else None,
+                           scale=z["scale"] if "scale" in z.files else None, residual=residual,
+                           residual_check=meta["residual_check"],
+                           ranges={k: tuple(v) for k, v in meta["ranges"].items()}, n_train=meta["n_train"])
         except Exception as e:  # any unreadable file gets the same actionable message
             raise ModelFileError(f"latency model {path} is unreadable ({type(e).__name__}); "
-                                 f"re-fit it with `search.py fit-latency`") from None
-        return blob["model"]
+                                 f"re-fit it with `etnas fit-latency`") from None

@@ -132,7 +132,11 @@ def load_trained(run_dir: Path, number: int) -> tuple[torch.nn.Module, dict]:
     if not path.exists():
         raise SearchError(f"trial {number} of {run_dir} has no final training yet; run "
                           f"`search.py train {run_dir} --trial {number}` first")
-    blob = torch.load(path, weights_only=False)
-    model = build_model(ArchSpec.from_json(blob["spec"]))
-    model.load_state_dict(blob["state_dict"])
+    try:
+        blob = torch.load(path, weights_only=True)
+        model = build_model(ArchSpec.from_json(blob["spec"]))
+        model.load_state_dict(blob["state_dict"])
+    except Exception as e:
+        raise SearchError(f"model file {path} is unreadable ({type(e).__name__}); re-train it with "
+                          f"`etnas train {run_dir} --trial {number}` after deleting it") from None
     return model.eval(), {"mean": blob["mean"], "std": blob["std"]}
