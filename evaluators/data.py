@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -61,6 +63,57 @@ def _from_nhwc(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(torch.uint8)
 
 
+def check_images(source: str, name: str, x: np.ndarray) -> np.ndarray:
+    """Square NHWC (or NHW) images with 1 or 3 channels, as uint8. Integer arrays within 0..255 are
+    converted losslessly, with a warning; anything else is refused with one line."""
+    where = f"{source}: {name}"
+    if x.dtype == object:
+        raise DataError(f"{where} is an object array; store images as a uint8 array")
+    if x.ndim not in (3, 4) or x.shape[0] == 0 or x.shape[1] != x.shape[2] or (x.ndim == 4 and x.shape[3] not in (1, 3)):
+        raise DataError(f"{where} has shape {x.shape}; expected N x H x W (grey) or N x H x W x C with C 1 or 3, "
+                        f"H = W (NHWC)")
+    if x.dtype == np.uint8:
+        return x
+    if np.issubdtype(x.dtype, np.integer) and x.size and 0 <= x.min() and x.max() <= 255:
+        warnings.warn(f"{where} is {x.dtype}; converted to uint8 (values already lie in 0..255)", stacklevel=2)
+        return x.astype(np.uint8)
+    raise DataError(f"{where} is {x.dtype}; expected uint8 pixels 0..255 (scale floats in [0, 1] by 255 and "
+                    f"round them before saving)")
+
+
+def check_labels(source: str, name: str, y: np.ndarray, n_images: int, n_classes: int | None = None) -> np.ndarray:
+    """Integer labels 0..C-1, one per image."""
+    where = f"{source}: {name}"
+    if y.dtype == object or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
+        raise DataError(f"{where} is {y.dtype}; expected integer class labels 0..C-1")
+    y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
+    if y.ndim != 1 or len(y) != n_images:
+        raise DataError(f"{where} has shape {y.shape}; expected one label per image ({n_images})")
+    if len(y) and (y.min() < 0 or (n_classes is not None and y.max() >= n_classes)):
+        top = f" (the file names {n_classes} classes)" if n_classes is not None else ""
+        raise DataError(f"{where} holds labels {int(y.min())}..{int(y.max())}; expected 0..C-1{top}")
+    return y.astype(np.int64)
+
+
+def checked_arrays(source: str, arrays: dict[str, np.ndarray], classes: list[str] | None) -> Dataset:
+    """Validate train/test images and labels together; every class must be present in training."""
+    x_tr = check_images(source, "x_train", arrays["x_train"])
+    x_te = check_images(source, "x_test", arrays["x_test"])
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise DataError(f"{source}: x_test has images of shape {x_te.shape[1:]}, x_train {x_tr.shape[1:]}; "
+                        f"both splits need one size and channel count")
+    n_classes = len(classes) if classes else None
+    y_tr = check_labels(source, "y_train", arrays["y_train"], len(x_tr), n_classes)
+    y_te = check_labels(source, "y_test", arrays["y_test"], len(x_te), n_classes)
+    n_classes = n_classes or int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
+    missing = sorted(set(range(n_classes)) - set(np.unique(y_tr).tolist()))
+    if missing:
+        raise DataError(f"{source}: y_train has no images of class(es) {missing[:10]}; every class needs "
+                        f"training images")
+    names = classes or [str(c) for c in range(n_classes)]
+    return Dataset(source, _from_nhwc(x_tr), torch.from_numpy(y_tr), _from_nhwc(x_te), torch.from_numpy(y_te), names)
+
+
 def load_digits() -> Dataset:
     from sklearn.datasets import load_digits as sk_digits
 
@@ -76,27 +129,28 @@ def load_digits() -> Dataset:
 
 def load_npz(path: str) -> Dataset:
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         raise DataError(f"dataset file {p} does not exist; give npz:PATH to an .npz with x_train, y_train, x_test, y_test")
+    keys = ("x_train", "y_train", "x_test", "y_test")
     try:
-        z = np.load(p, allow_pickle=False)
-        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
+        with np.load(p, allow_pickle=False) as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise DataError(f"dataset file {p} lacks arrays {missing}; expected x_train, y_train, x_test, y_test")
+            arrays = {k: z[k] for k in keys}
+            classes = [str(c) for c in z["classes"]] if "classes" in z.files else None
+    except DataError:
+        raise
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise DataError(f"dataset file {p} holds object arrays; store images and labels as numeric arrays") from None
+        raise DataError(f"dataset file {p} is not a readable .npz ({type(e).__name__})") from None
     except Exception as e:
         raise DataError(f"dataset file {p} is not a readable .npz ({type(e).__name__})") from None
-    if missing:
-        raise DataError(f"dataset file {p} lacks arrays {missing}; expected x_train, y_train, x_test, y_test")
-    x_tr, x_te = z["x_train"], z["x_test"]
-    if x_tr.ndim not in (3, 4) or x_tr.shape[1] != x_tr.shape[2]:
-        raise DataError(f"dataset file {p}: x_train has shape {x_tr.shape}; expected square NHWC images")
-    y_tr, y_te = z["y_train"].astype(np.int64).ravel(), z["y_test"].astype(np.int64).ravel()
-    n_classes = int(max(y_tr.max(), y_te.max())) + 1
-    classes = [str(c) for c in z["classes"]] if "classes" in z.files else [str(c) for c in range(n_classes)]
-    return Dataset(f"npz:{p}", _from_nhwc(x_tr), torch.from_numpy(y_tr), _from_nhwc(x_te), torch.from_numpy(y_te), classes)
+    return checked_arrays(f"npz:{p}", arrays, classes)
 
 
 def load_imagefolder(path: str, size: int = 32) -> Dataset:
-    from PIL import Image
-
     root = Path(path)
     splits = {s: root / s for s in ("train", "test") if (root / s).is_dir()}
     if len(splits) < 2:
@@ -110,12 +164,22 @@ def load_imagefolder(path: str, size: int = 32) -> Dataset:
         for c, name in enumerate(classes):
             for f in sorted((folder / name).glob("*")):
                 if f.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"}:
-                    xs.append(np.asarray(Image.open(f).convert("RGB").resize((size, size))))
+                    xs.append(_read_image(f, size))
                     ys.append(c)
         if not xs:
             raise DataError(f"image folder {folder} holds no images")
-        arrays[split] = (_from_nhwc(np.stack(xs)), torch.tensor(ys))
-    return Dataset(f"imagefolder:{root}", *arrays["train"], *arrays["test"], classes)
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = np.stack(xs), np.array(ys)
+    return checked_arrays(f"imagefolder:{root}", arrays, classes)
+
+
+def _read_image(path: Path, size: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB").resize((size, size)))
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"image {path} cannot be read ({type(e).__name__}); remove or replace it") from None
 
 
 def load_cifar10(root: str) -> Dataset:
@@ -126,8 +190,8 @@ def load_cifar10(root: str) -> Dataset:
     except RuntimeError:
         raise DataError(f"no CIFAR-10 in torchvision's format under {root} (cifar-10-batches-py); "
                         f"this tool never downloads: copy it there, or use npz:PATH") from None
-    return Dataset(f"cifar10:{root}", _from_nhwc(tr.data), torch.tensor(tr.targets), _from_nhwc(te.data),
-                   torch.tensor(te.targets), list(tr.classes))
+    arrays = {"x_train": tr.data, "y_train": np.array(tr.targets), "x_test": te.data, "y_test": np.array(te.targets)}
+    return checked_arrays(f"cifar10:{root}", arrays, list(tr.classes))
 
 
 def load_dataset(name: str) -> Dataset:

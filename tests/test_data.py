@@ -1,0 +1,80 @@
+"""Datasets are validated before anything runs: each problem is one line naming the file, the
+array and what is wrong, for every loader."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluators.data import DataError, load_dataset
+
+from .helpers import run_cli
+
+
+def arrays(n=20, side=8, chans=3, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (n, side, side, chans) if chans else (n, side, side)
+    return {"x_train": rng.integers(0, 256, shape, dtype=np.uint8), "y_train": np.arange(n) % classes,
+            "x_test": rng.integers(0, 256, shape, dtype=np.uint8)[:8], "y_test": np.arange(8) % classes}
+
+
+def write(tmp_path, **changes):
+    data = {**arrays(), **changes}
+    data = {k: v for k, v in data.items() if v is not None}
+    path = tmp_path / "data.npz"
+    np.savez(path, **data)
+    return path
+
+
+BAD_NPZ = [
+    ({"y_train": np.arange(19) % 4}, "y_train has shape (19,); expected one label per image (20)"),
+    ({"x_train": np.zeros((20, 8, 8, 3), np.float32) + 0.5}, "x_train is float32; expected uint8"),
+    ({"x_train": np.zeros((20, 8, 6, 3), np.uint8)}, "x_train has shape (20, 8, 6, 3)"),
+    ({"x_train": np.zeros((20, 8, 8, 4), np.uint8)}, "x_train has shape (20, 8, 8, 4)"),
+    ({"x_train": np.zeros((20, 3, 8, 8), np.uint8)}, "x_train has shape (20, 3, 8, 8)"),
+    ({"y_train": np.arange(20) % 4 - 1}, "y_train holds labels -1..2"),
+    ({"y_train": (np.arange(20) % 4).astype(np.float64)}, "y_train is float64; expected integer class labels"),
+    ({"y_train": np.arange(20) % 3, "y_test": np.arange(8) % 4}, "y_train has no images of class(es) [3]"),
+    ({"x_test": np.zeros((8, 16, 16, 3), np.uint8)}, "x_test has images of shape (16, 16, 3)"),
+    ({"y_test": None}, "lacks arrays ['y_test']"),
+    ({"classes": np.array(["a", "b"]), }, "y_train holds labels 0..3; expected 0..C-1 (the file names 2 classes)"),
+]
+
+
+@pytest.mark.parametrize("changes, message", BAD_NPZ)
+def test_bad_npz_is_refused_with_one_line(tmp_path, changes, message):
+    with pytest.raises(DataError, match=None) as e:
+        load_dataset(f"npz:{write(tmp_path, **changes)}")
+    assert message in str(e.value) and "\n" not in str(e.value) and "data.npz" in str(e.value)
+
+
+def test_object_arrays_are_refused(tmp_path):
+    path = tmp_path / "data.npz"
+    np.savez(path, **{**arrays(), "x_train": np.array([np.zeros((8, 8, 3))] * 20, dtype=object)})
+    with pytest.raises(DataError, match="object arrays"):
+        load_dataset(f"npz:{path}")
+
+
+def test_grey_and_wider_integer_images_load(tmp_path):
+    grey = arrays(chans=0)
+    data = load_dataset(f"npz:{write(tmp_path, **grey)}")
+    assert data.in_chans == 1 and data.img_size == 8 and data.num_classes == 4
+    with pytest.warns(UserWarning, match="converted to uint8"):
+        data = load_dataset(f"npz:{write(tmp_path, x_train=arrays()['x_train'].astype(np.int64))}")
+    assert data.x_train.dtype.is_floating_point is False
+
+
+def test_unreadable_image_in_a_folder_is_named(tmp_path):
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (10, 10)).save(tmp_path / split / c / "a.png")
+    assert load_dataset(f"imagefolder:{tmp_path}").num_classes == 2
+    (tmp_path / "train" / "dog" / "b.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"image .*b\.png cannot be read"):
+        load_dataset(f"imagefolder:{tmp_path}")
+
+
+def test_the_command_line_gives_one_line_and_exit_2(tmp_path):
+    res = run_cli("run", "--name", "x", "--target-ms", "5", "--runs-dir", tmp_path / "runs",
+                  "--dataset", f"npz:{write(tmp_path, y_train=np.arange(20) % 4 - 1)}", check=False)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "y_train" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "runs").exists()
