@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -300,6 +301,57 @@ def version() -> str:
         return "unknown (not installed: run `make setup`)"
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad options are one line on stderr and exit status 2, like every other bad input."""
+
+    def error(self, message: str):
+        console.print(f"[red]error:[/] {message} (see `{self.prog} --help`)", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+def integer(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum, {minimum}")
+        return value
+    return parse
+
+
+def number(low: float, high: float = float("inf"), low_open: bool = True) -> Callable[[str], float]:
+    """A float in (low, high] (or [low, high] with low_open=False)."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low < value <= high if low_open else low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{value:g} is outside {interval}")
+        return value
+    return parse
+
+
+def trial_count(text: str) -> int:
+    from search_space.presets import PRESETS
+
+    return integer(len(PRESETS) + 1)(text)  # the presets come first, then at least one searched trial
+
+
+def latency_target(text: str) -> str:
+    from nas.config import parse_target
+
+    try:
+        parse_target(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, except where it has none to show."""
 
@@ -310,9 +362,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _shape_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--img-size", type=int, default=32, help="input side in pixels")
-    p.add_argument("--in-chans", type=int, default=3, help="input channels")
-    p.add_argument("--num-classes", type=int, default=10, help="classes of the head")
+    p.add_argument("--img-size", type=integer(8), default=32, help="input side in pixels")
+    p.add_argument("--in-chans", type=integer(1), default=3, help="input channels")
+    p.add_argument("--num-classes", type=integer(2), default=10, help="classes of the head")
     p.add_argument("--space", help="JSON file overriding the search space's choices")
 
 
@@ -322,8 +374,8 @@ def _space_parsers(sub) -> None:
     for name, fn, help_ in (("sample", cmd_space_sample, "write N sampled specs as JSONL"),
                             ("check", cmd_space_check, "build, train a step and deploy presets + N samples")):
         sp = space_sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
-        sp.add_argument("--n", type=int, default=20, help="specs to sample")
-        sp.add_argument("--seed", type=int, default=0, help="sampling seed")
+        sp.add_argument("--n", type=integer(0), default=20, help="specs to sample")
+        sp.add_argument("--seed", type=integer(0), default=0, help="sampling seed")
         _shape_options(sp)
         sp.set_defaults(fn=fn)
     space_sub.choices["sample"].add_argument("--out", required=True, help="JSONL file to write")
@@ -335,14 +387,14 @@ def _latency_parsers(sub) -> None:
                        formatter_class=HelpFormatter)
     m.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to time on")
     m.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch", help="runtime to time")
-    m.add_argument("--threads", type=int, default=1, help="intra-op threads")
-    m.add_argument("--batch", type=int, default=1, help="batch size of the timed calls")
-    m.add_argument("--n", type=int, default=400, help="sampled architectures (the presets are always added)")
-    m.add_argument("--seed", type=int, default=0, help="sampling seed")
+    m.add_argument("--threads", type=integer(1), default=1, help="intra-op threads")
+    m.add_argument("--batch", type=integer(1), default=1, help="batch size of the timed calls")
+    m.add_argument("--n", type=integer(0), default=400, help="sampled architectures (the presets are always added)")
+    m.add_argument("--seed", type=integer(0), default=0, help="sampling seed")
     m.add_argument("--specs", help="JSONL of specs to measure instead of sampling (from `space sample`)")
     _shape_options(m)
-    m.add_argument("--remeasure", type=float, default=0.1, help="share measured twice, for the noise floor")
-    m.add_argument("--sweeps", type=int, default=50,
+    m.add_argument("--remeasure", type=number(0, 1, low_open=False), default=0.1, help="share measured twice, for the noise floor")
+    m.add_argument("--sweeps", type=integer(1), default=50,
                    help="timed calls per architecture, interleaved with the others of its chunk (more: steadier)")
     m.add_argument("--reference", help="timing CSV or latency model whose reference speed to measure at "
                                        "(to check a fitted model on new architectures)")
@@ -355,8 +407,8 @@ def _latency_parsers(sub) -> None:
     f.add_argument("csv", help="timing CSV from `measure`")
     f.add_argument("--out", required=True, help="latency model file to write")
     f.add_argument("--json", action="store_true", help="print the fit report as JSON")
-    f.add_argument("--test-fraction", type=float, default=0.25, help="share of architectures held out")
-    f.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    f.add_argument("--test-fraction", type=number(0, 0.9), default=0.25, help="share of architectures held out")
+    f.add_argument("--seed", type=integer(0), default=0, help="seed of the held-out split")
     f.add_argument("--fingerprint", help="device fingerprint id to fit, when the CSV holds several")
     f.set_defaults(fn=cmd_fit_latency)
 
@@ -368,23 +420,23 @@ def _run_parser(sub) -> None:
     r = sub.add_parser("run", help="search for the best architectures under a latency target",
                        formatter_class=HelpFormatter)
     r.add_argument("--name", required=True, help="run name: results go to RUNS_DIR/NAME")
-    r.add_argument("--target-ms", required=True, help="latency target in ms, or pN: the N-th percentile of the "
+    r.add_argument("--target-ms", required=True, type=latency_target, help="latency target in ms, or pN: the N-th percentile of the "
                                                       "space's predicted latencies (p50: half the space meets it)")
     r.add_argument("--latency-model", help="fitted predictor (default: calibrate this machine, cached in runs/latency)")
     r.add_argument("--dataset", default=d.dataset, help="digits, npz:PATH, imagefolder:PATH or cifar10:ROOT")
-    r.add_argument("--trials", type=int, default=d.trials, help="trials in all, the 6 seed presets included")
-    r.add_argument("--workers", type=int, default=d.workers, help="Ray workers training proxies at once")
-    r.add_argument("--epochs", type=float, default=d.epochs, help="proxy training epochs")
-    r.add_argument("--subset", type=float, help="share of the training split the proxy trains on (default: all)")
-    r.add_argument("--resolution", type=int, help="proxy input side (default: the data's)")
-    r.add_argument("--batch-size", type=int, default=d.batch_size, help="proxy batch size")
-    r.add_argument("--lr", type=float, default=d.lr, help="proxy peak AdamW learning rate")
+    r.add_argument("--trials", type=trial_count, default=d.trials, help="trials in all, the 6 seed presets included")
+    r.add_argument("--workers", type=integer(1), default=d.workers, help="Ray workers training proxies at once")
+    r.add_argument("--epochs", type=number(0), default=d.epochs, help="proxy training epochs")
+    r.add_argument("--subset", type=number(0, 1), help="share of the training split the proxy trains on (default: all)")
+    r.add_argument("--resolution", type=integer(8), help="proxy input side (default: the data's)")
+    r.add_argument("--batch-size", type=integer(1), default=d.batch_size, help="proxy batch size")
+    r.add_argument("--lr", type=number(0, 10), default=d.lr, help="proxy peak AdamW learning rate")
     r.add_argument("--sampler", choices=["nsga2", "tpe", "random"], default=d.sampler, help="Optuna sampler")
-    r.add_argument("--seed", type=int, default=d.seed, help="seed of the sampler, the split and the trainings")
+    r.add_argument("--seed", type=integer(0), default=d.seed, help="seed of the sampler, the split and the trainings")
     r.add_argument("--space", help="JSON file overriding the search space's choices")
     r.add_argument("--ray-address", help="join an existing Ray cluster (default: local workers)")
     r.add_argument("--no-prune", action="store_true", help="train every feasible trial for the full proxy budget")
-    r.add_argument("--calibrate-n", type=int, default=150, help="architectures timed when calibrating")
+    r.add_argument("--calibrate-n", type=integer(20), default=150, help="architectures timed when calibrating")
     r.add_argument("--force", action="store_true", help="use a latency model measured on another device")
     r.add_argument("--runs-dir", default=d.runs_dir, help="directory holding the runs")
     r.set_defaults(fn=cmd_run)
@@ -399,19 +451,19 @@ def _run_dir_parsers(sub) -> None:
     d = sub.add_parser("dashboard", help="open a run's study in optuna-dashboard, on localhost",
                        formatter_class=HelpFormatter)
     d.add_argument("run", help="run directory (runs/NAME)")
-    d.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1")
+    d.add_argument("--port", type=integer(1), default=8080, help="port on 127.0.0.1")
     d.set_defaults(fn=cmd_dashboard)
 
     t = sub.add_parser("train", help="fully train one trial's architecture and measure it", formatter_class=HelpFormatter)
     t.add_argument("run", help="run directory (runs/NAME)")
     t.add_argument("--trial", required=True, help="trial number, or 'best': the most accurate front point")
-    t.add_argument("--epochs", type=float, help="training epochs (default: 4x the proxy epochs, at least 10)")
+    t.add_argument("--epochs", type=number(0), help="training epochs (default: 4x the proxy epochs, at least 10)")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where to train (the latency is always measured on this CPU)")
-    t.add_argument("--batch-size", type=int, default=FINAL_RECIPE["batch_size"], help="batch size")
-    t.add_argument("--lr", type=float, default=FINAL_RECIPE["lr"], help="peak AdamW learning rate")
-    t.add_argument("--mixup", type=float, default=0.0, help="mixup alpha, 0 = off (timm Mixup)")
-    t.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha, 0 = off")
+    t.add_argument("--batch-size", type=integer(1), default=FINAL_RECIPE["batch_size"], help="batch size")
+    t.add_argument("--lr", type=number(0, 10), default=FINAL_RECIPE["lr"], help="peak AdamW learning rate")
+    t.add_argument("--mixup", type=number(0, low_open=False), default=0.0, help="mixup alpha, 0 = off (timm Mixup)")
+    t.add_argument("--cutmix", type=number(0, low_open=False), default=0.0, help="cutmix alpha, 0 = off")
     t.add_argument("--randaugment", help="timm RandAugment config, e.g. rand-m9-mstd0.5 (default: off)")
     t.set_defaults(fn=cmd_train)
 
@@ -425,7 +477,7 @@ def _run_dir_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = Parser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--version", action="version", version=f"etnas {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     _space_parsers(sub)

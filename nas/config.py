@@ -36,3 +36,18 @@ class SearchConfig:
         keep = ("target_ms", "dataset", "epochs", "subset", "resolution", "batch_size", "lr", "sampler", "seed",
                 "space")
         return {k: getattr(self, k) for k in keep}
+
+
+def parse_target(target: str) -> tuple[str, float]:
+    """`--target-ms`: ("ms", milliseconds > 0) or ("percentile", N in (0, 100]) for `pN`; ValueError
+    with the reason otherwise."""
+    percentile = target.startswith("p")
+    try:
+        value = float(target[1:] if percentile else target)
+    except ValueError:
+        raise ValueError(f"{target!r} is neither milliseconds nor a percentile like p50") from None
+    if percentile and not 0 < value <= 100:
+        raise ValueError(f"{target}: a percentile must lie in (0, 100]")
+    if not percentile and not value > 0:
+        raise ValueError(f"{target}: a latency target must be positive milliseconds")
+    return ("percentile" if percentile else "ms"), value

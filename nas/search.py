@@ -21,7 +21,7 @@ from search_space.presets import SEARCH_SCALE
 from search_space.sampling import FixedSuggester, params_of
 
 from . import SearchError
-from .config import SearchConfig
+from .config import SearchConfig, parse_target
 from .records import trial_state, write_records
 
 
@@ -118,11 +118,10 @@ def resolve_target(target: str, latencies: np.ndarray) -> float:
     """`--target-ms` is milliseconds, or `pN`: the N-th percentile of the space's predicted latencies
     (so `p50` is a target that half the space meets, on whatever machine the model was fitted)."""
     try:
-        if target.startswith("p"):
-            return round(float(np.percentile(latencies, float(target[1:]))), 4)
-        return float(target)
-    except ValueError:
-        raise SearchError(f"--target-ms {target!r} is neither milliseconds nor a percentile like p50") from None
+        kind, value = parse_target(target)
+    except ValueError as e:
+        raise SearchError(f"--target-ms {e}") from None
+    return round(float(np.percentile(latencies, value)), 4) if kind == "percentile" else value
 
 
 def check_target(target_ms: float, latencies: np.ndarray) -> None:

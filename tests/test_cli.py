@@ -73,3 +73,34 @@ def test_dashboard_reads_the_runs_study_and_user_attributes(tmp_path):
 def test_dashboard_on_a_missing_run_is_one_line(tmp_path):
     res = run_cli("dashboard", str(tmp_path / "nope"), check=False)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "study.db" in res.stderr
+
+
+BAD_OPTIONS = [
+    (["run", "--name", "x", "--target-ms", "5", "--trials", "3"], "--trials: 3 is below the minimum, 7"),
+    (["run", "--name", "x", "--target-ms", "5", "--workers", "0"], "--workers: 0 is below the minimum, 1"),
+    (["run", "--name", "x", "--target-ms", "5", "--subset", "0"], "--subset: 0 is outside (0, 1]"),
+    (["run", "--name", "x", "--target-ms", "5", "--subset", "1.5"], "--subset: 1.5 is outside (0, 1]"),
+    (["run", "--name", "x", "--target-ms", "5", "--epochs", "-1"], "--epochs: -1 is outside (0, inf]"),
+    (["run", "--name", "x", "--target-ms", "5", "--lr", "nan"], "--lr: nan is outside (0, 10]"),
+    (["run", "--name", "x", "--target-ms", "5", "--batch-size", "many"], "--batch-size: 'many' is not an integer"),
+    (["run", "--name", "x", "--target-ms", "-2"], "a latency target must be positive"),
+    (["run", "--name", "x", "--target-ms", "p140"], "a percentile must lie in (0, 100]"),
+    (["measure", "--out", "t.csv", "--remeasure", "1.2"], "--remeasure: 1.2 is outside [0, 1]"),
+    (["measure", "--out", "t.csv", "--n", "-1"], "--n: -1 is below the minimum, 0"),
+    (["space", "sample", "--out", "s.jsonl", "--img-size", "4"], "--img-size: 4 is below the minimum, 8"),
+    (["train", "runs/x", "--trial", "best", "--epochs", "0"], "--epochs: 0 is outside (0, inf]"),
+    (["train", "runs/x", "--trial", "best", "--mixup", "-0.5"], "--mixup: -0.5 is outside [0, inf]"),
+    (["fit-latency", "t.csv", "--out", "m", "--test-fraction", "1"], "--test-fraction: 1 is outside (0, 0.9]"),
+    (["nonsense"], "invalid choice: 'nonsense'"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_OPTIONS)
+def test_bad_options_are_one_line_exit_2_and_write_nothing(tmp_path, args, message):
+    res = subprocess.run([sys.executable, str(ROOT / "search.py"), *args, "--runs-dir", str(tmp_path)]
+                         if args[0] == "run" else [sys.executable, str(ROOT / "search.py"), *args],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
