@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .spec import (ATTENTION_NAMES, DOWNSAMPLE_NAMES, NORM_NAMES, STEM_NAMES, ArchSpec, SpecError, StageSpec,
-                   can_downsample, stage_grids)
+                   can_downsample, coarsest_patch, stage_grids)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def sample(trial_or_rng: Suggester | np.random.Generator | int, space: SearchSpa
     if isinstance(t, np.random.Generator):
         t = RngSuggester(t)
     patches = [p for p in space.patch if img_size % p == 0 and img_size // p <= space.max_grid]
-    patch = t.suggest_categorical("patch", patches or list(space.patch))
+    patch = t.suggest_categorical("patch", patches or [coarsest_patch(img_size)])  # sizes like 33 or 50
     n_stages = t.suggest_categorical("stages", list(space.stages))
     stem = t.suggest_categorical("stem", list(space.stems))
     downsample = t.suggest_categorical("downsample", list(space.downsamples))

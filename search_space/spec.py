@@ -76,6 +76,11 @@ class StageSpec:
         return out
 
 
+def coarsest_patch(img_size: int) -> int:
+    """The largest patch size that divides the image (1 always does)."""
+    return max(p for p in PATCH_SIZES if img_size % p == 0)
+
+
 def can_downsample(grid: int, downsample: str) -> bool:
     """The unpadded 2x2 conv needs an even grid (so norm folding stays exact); EfficientViT's
     padded stride-2 3x3 depthwise conv takes any grid of at least 2."""

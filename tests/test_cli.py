@@ -81,7 +81,7 @@ BAD_OPTIONS = [
     (["run", "--name", "x", "--target-ms", "5", "--subset", "0"], "--subset: 0 is outside (0, 1]"),
     (["run", "--name", "x", "--target-ms", "5", "--subset", "1.5"], "--subset: 1.5 is outside (0, 1]"),
     (["run", "--name", "x", "--target-ms", "5", "--epochs", "-1"], "--epochs: -1 is outside (0, inf]"),
-    (["run", "--name", "x", "--target-ms", "5", "--lr", "nan"], "--lr: nan is outside (0, 10]"),
+    (["run", "--name", "x", "--target-ms", "5", "--lr", "0"], "--lr: 0 is outside (0, inf]"),
     (["run", "--name", "x", "--target-ms", "5", "--batch-size", "many"], "--batch-size: 'many' is not an integer"),
     (["run", "--name", "x", "--target-ms", "-2"], "a latency target must be positive"),
     (["run", "--name", "x", "--target-ms", "p140"], "a percentile must lie in (0, 100]"),
