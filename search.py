@@ -172,6 +172,8 @@ def cmd_run(args) -> None:
     from latency_models.calibrate import calibrate, fingerprint_mismatch
     from nas.search import SearchConfig, resolve_target, run_search, search_space_for, space_latencies
 
+    if Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
+        raise UserError(f"--runs-dir {args.runs_dir} is a file, not a directory; choose another path")
     data = load_dataset(args.dataset)
     shape = (data.img_size, data.in_chans, data.num_classes)
     cfg = SearchConfig(name=args.name, target_ms=0.0, latency_model=args.latency_model or "",
@@ -496,8 +498,12 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         args.fn(args)
-    except (UserError, SpecError, TableError, ModelFileError, DataError, SearchError, FileNotFoundError) as e:
+    except (UserError, SpecError, TableError, ModelFileError, DataError, SearchError) as e:
         console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:  # an output path that is a file, a directory, or not writable
+        where = f"{e.filename}: " if e.filename else ""
+        console.print(f"[red]error:[/] {where}{e.strerror or e}; choose another path", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: what was already saved is kept; re-run the same command to resume")

@@ -34,7 +34,8 @@ from evaluators.data import load_dataset
 from latency_models import LatencyModel
 from latency_models.calibrate import calibrate
 from latency_models.measure import anchor_spec, deployed_runner, time_at_reference, torch_runner
-from nas.final import load_trained, predictor_reference_ms, run_config
+from nas.final import load_trained, predictor_reference_ms
+from nas.rundir import run_config
 from search_space import SearchSpace, deploy, presets
 from search_space.presets import SEARCH_SCALE
 

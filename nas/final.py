@@ -18,24 +18,15 @@ from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, f
 from search_space import ArchSpec, build_model, count_params, deploy
 
 from .records import trial_state
+from .rundir import load_run_study, run_config, run_records
 from . import SearchError
-
-
-def run_config(run_dir: Path) -> dict:
-    path = Path(run_dir) / "config.json"
-    if not Path(run_dir).is_dir() or not path.exists():
-        raise SearchError(f"no run at {run_dir}; start one with `search.py run --name NAME --target-ms X`")
-    return json.loads(path.read_text())
 
 
 def load_trial(run_dir: Path, number: int) -> optuna.trial.FrozenTrial:
     """A trained trial of the run, or a SearchError saying why it cannot be used."""
     run_dir = Path(run_dir)
     run_config(run_dir)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{run_dir / 'study.db'}"
-    (name,) = optuna.study.get_all_study_names(storage)
-    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    trials = load_run_study(run_dir).get_trials(deepcopy=False)
     if not 0 <= number < len(trials):
         raise SearchError(f"run {run_dir} has no trial {number} (it has trials 0..{len(trials) - 1}); "
                           f"see `search.py front {run_dir}`")
@@ -54,8 +45,7 @@ def resolve_trial(run_dir: Path, trial: str) -> int:
     """A trial number from the command line: an integer, or `best` (the front's most accurate)."""
     run_config(run_dir)
     if trial == "best":
-        front_file = Path(run_dir) / "front.json"
-        front = json.loads(front_file.read_text()) if front_file.exists() else []
+        _, front = run_records(run_dir)
         if not front:
             raise SearchError(f"run {run_dir} has no feasible trained trial yet, so no 'best'; "
                               f"give a trial number or let the search finish")

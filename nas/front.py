@@ -3,12 +3,12 @@ interactive plotly page of every trial. Reads only files the search rewrites aft
 it works while the search is still running."""
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from .final import run_config
+from .rundir import final_report, run_config, run_records
 from . import SearchError
 
 
@@ -16,14 +16,17 @@ def load_view(run_dir: Path) -> tuple[pd.DataFrame, list[dict], float]:
     """(all trials, the front with measured ms where known, target ms)."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
-    if not (run_dir / "trials.csv").exists():
+    rows, front = run_records(run_dir)
+    if not rows:
         raise SearchError(f"run {run_dir} has no trials yet; wait for the search to finish its first trial")
-    trials = pd.read_csv(run_dir / "trials.csv")
-    front = json.loads((run_dir / "front.json").read_text())
     for f in front:
-        final = run_dir / "final" / str(f["trial"]) / "final.json"
-        f["measured_ms"] = json.loads(final.read_text())["measured_ms"] if final.exists() else None
-    return trials, front, float(cfg["target_ms"])
+        try:
+            report = final_report(run_dir, f["trial"])
+        except SearchError as e:  # one unreadable final training does not hide the front
+            warnings.warn(str(e), stacklevel=2)
+            report = None
+        f["measured_ms"] = report["measured_ms"] if report else None
+    return pd.DataFrame(rows), front, float(cfg["target_ms"])
 
 
 def write_html(run_dir: Path, trials: pd.DataFrame, front: list[dict], target_ms: float) -> Path:

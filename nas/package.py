@@ -11,7 +11,8 @@ import torch
 from search_space import count_params, deploy
 from search_space.export import export_onnx, export_pt2
 
-from .final import final_dir, load_trained
+from .final import load_trained
+from .rundir import final_report
 from . import SearchError
 
 FORMATS = ("onnx", "pt2")
@@ -39,7 +40,7 @@ def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...]
     if unknown:
         raise SearchError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
     model, normalize = load_trained(run_dir, number)
-    final = json.loads((final_dir(run_dir, number) / "final.json").read_text())
+    final = final_report(run_dir, number)
     deployed = deploy(model)
     spec = model.spec
     out = Path(out)

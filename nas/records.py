@@ -69,3 +69,14 @@ def write_records(study: optuna.Study, run_dir: Path, target_ms: float) -> list[
     _atomic_write(run_dir / "trials.csv", pd.DataFrame(rows, columns=TRIAL_COLUMNS).to_csv(index=False))
     _atomic_write(run_dir / "front.json", json.dumps(front, indent=1))
     return front
+
+
+def read_trials(path: Path) -> list[dict] | None:
+    """trials.csv as rows, or None where it is missing, truncated or corrupt (rebuild it)."""
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+    if list(df.columns) != TRIAL_COLUMNS:
+        return None
+    return df.astype(object).where(df.notna(), None).to_dict("records")

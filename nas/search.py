@@ -23,6 +23,7 @@ from search_space.sampling import FixedSuggester, params_of
 from . import SearchError
 from .config import SearchConfig, parse_target
 from .records import trial_state, write_records
+from .rundir import CONFIG_ATTR, load_run_study, run_config, study_storage, write_config
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -40,24 +41,39 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 def open_study(cfg: SearchConfig, latency_model: LatencyModel) -> optuna.Study:
     """The run's study, created with its config.json (the settings, and the device and reference
-    speed its predicted latencies are on, which `train` measures at) or resumed if the settings match."""
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    saved = cfg.run_dir / "config.json"
-    if saved.exists():
-        before = json.loads(saved.read_text())
+    speed its predicted latencies are on, which `train` measures at; the study keeps a copy) or
+    resumed if the settings match."""
+    try:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SearchError(f"cannot create the run directory {cfg.run_dir} ({e.strerror}); choose another "
+                          f"--runs-dir") from None
+    if (cfg.run_dir / "config.json").exists() or (cfg.run_dir / "study.db").exists():
+        before = run_config(cfg.run_dir)
         changed = {k: (before.get(k), v) for k, v in cfg.identity().items() if before.get(k) != v}
         if changed:
             raise SearchError(f"run {cfg.name} already exists with other settings "
                               f"({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
                               f"re-run with the original settings to resume, or choose a new --name")
-    else:
-        saved.write_text(json.dumps({**cfg.identity(), "latency_fingerprint": latency_model.fingerprint.get("id"),
-                                     "latency_reference_ms": latency_model.reference_ms}, indent=1))
+        return _study(cfg, before)
+    saved = {**cfg.identity(), "latency_fingerprint": latency_model.fingerprint.get("id"),
+             "latency_reference_ms": latency_model.reference_ms}
+    write_config(cfg.run_dir, saved)
+    return _study(cfg, saved)
+
+
+def _study(cfg: SearchConfig, saved: dict) -> optuna.Study:
+    """Create or load the study with the run's sampler; it keeps a copy of config.json."""
+    if (cfg.run_dir / "study.db").exists():
+        load_run_study(cfg.run_dir)  # a corrupt database is one line, before anything else
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna.create_study(study_name=cfg.name, storage=f"sqlite:///{cfg.run_dir / 'study.db'}",
-                               directions=["maximize", "minimize"], sampler=make_sampler(cfg.sampler, cfg.seed),
-                               load_if_exists=True)
+    study = optuna.create_study(study_name=cfg.name, storage=study_storage(cfg.run_dir),
+                                directions=["maximize", "minimize"], sampler=make_sampler(cfg.sampler, cfg.seed),
+                                load_if_exists=True)
+    if CONFIG_ATTR not in study.user_attrs:
+        study.set_user_attr(CONFIG_ATTR, saved)
+    return study
 
 
 def recover_interrupted(study: optuna.Study) -> int:

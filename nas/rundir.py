@@ -1,0 +1,95 @@
+"""Reading a run directory, whatever state its files are in. The study (study.db) is the record;
+config.json is also kept in the study, and trials.csv and front.json are rebuilt from it, so a
+missing or corrupt copy costs nothing. Every problem that cannot be repaired is one line naming
+the file and what to do."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import optuna
+
+from . import SearchError
+
+CONFIG_ATTR = "etnas_config"  # the study's copy of config.json
+
+
+def study_storage(run_dir: Path) -> str:
+    return f"sqlite:///{Path(run_dir) / 'study.db'}"
+
+
+def load_run_study(run_dir: Path) -> optuna.Study:
+    """The run's study, or one line saying why it cannot be read."""
+    db = Path(run_dir) / "study.db"
+    if not db.is_file():
+        raise SearchError(f"run {run_dir} has no study.db (it holds every trial); re-run the search with the same "
+                          f"settings to start over, or choose another run")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        names = optuna.study.get_all_study_names(study_storage(run_dir))
+        if len(names) != 1:
+            raise ValueError(f"{len(names)} studies")
+        return optuna.load_study(study_name=names[0], storage=study_storage(run_dir))
+    except Exception as e:
+        raise SearchError(f"{db} is unreadable ({type(e).__name__}); it holds every trial of the run: restore it "
+                          f"from a backup, or start a new run with another --name") from None
+
+
+def read_json(path: Path) -> object | None:
+    """A JSON file's content, or None where it is missing, truncated or corrupt."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_config(run_dir: Path) -> dict:
+    """config.json, rebuilt from the study's copy when it is missing or corrupt."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SearchError(f"no run at {run_dir}; start one with `etnas run --name NAME --target-ms X`")
+    path = run_dir / "config.json"
+    cfg = read_json(path)
+    if isinstance(cfg, dict) and "target_ms" in cfg:
+        return cfg
+    if not (run_dir / "study.db").exists() and not path.exists():
+        raise SearchError(f"no run at {run_dir}; start one with `etnas run --name NAME --target-ms X`")
+    saved = load_run_study(run_dir).user_attrs.get(CONFIG_ATTR)
+    if not saved:
+        raise SearchError(f"{path} is {'corrupt' if path.exists() else 'missing'} and the study keeps no copy "
+                          f"(a run from before etnas kept one); restore it, or start a new run with another --name")
+    write_config(run_dir, saved)
+    warnings.warn(f"{path} was {'corrupt' if path.exists() else 'missing'}; rebuilt from the study", stacklevel=2)
+    return saved
+
+
+def write_config(run_dir: Path, cfg: dict) -> None:
+    tmp = Path(run_dir) / "config.json.tmp"
+    tmp.write_text(json.dumps(cfg, indent=1))
+    tmp.replace(Path(run_dir) / "config.json")
+
+
+def run_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(trials.csv rows, front.json), both rebuilt from the study when either is missing or corrupt."""
+    from .records import read_trials, write_records
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    rows, front = read_trials(run_dir / "trials.csv"), read_json(run_dir / "front.json")
+    if rows is None or not isinstance(front, list):
+        front = write_records(load_run_study(run_dir), run_dir, float(cfg["target_ms"]))
+        rows = read_trials(run_dir / "trials.csv")
+    return rows, front
+
+
+def final_report(run_dir: Path, number: int) -> dict | None:
+    """final/N/final.json, or None where there is none; a corrupt one is one line."""
+    path = Path(run_dir) / "final" / str(number) / "final.json"
+    if not path.exists():
+        return None
+    report = read_json(path)
+    if not isinstance(report, dict) or "test_acc" not in report:
+        raise SearchError(f"{path} is corrupt; re-run `etnas train {run_dir} --trial {number}` (it resumes or "
+                          f"re-measures) to rewrite it")
+    return report

@@ -1,0 +1,85 @@
+"""A run directory whose files are missing, truncated or corrupt: what can be rebuilt from the study
+is rebuilt, anything else is one line naming the file and what to do, and nothing else is lost."""
+import json
+import shutil
+
+import pytest
+
+from .helpers import run_cli, synthetic_model
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rundir")
+    model = synthetic_model(root / "lat.model")
+    run_cli("run", "--name", "r", "--runs-dir", root / "runs", "--latency-model", model, "--target-ms", "p60",
+            "--trials", 8, "--epochs", 0.5, "--subset", 0.3, "--workers", 2, "--dataset", "digits")
+    run = root / "runs" / "r"
+    run_cli("train", run, "--trial", "best", "--epochs", 0.2)
+    return run
+
+
+@pytest.fixture
+def run(finished_run, tmp_path):
+    copy = tmp_path / "r"
+    shutil.copytree(finished_run, copy)
+    return copy
+
+
+def one_line(res, *words):
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in res.stderr, res.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+@pytest.mark.parametrize("name", ["config.json", "trials.csv", "front.json"])
+@pytest.mark.parametrize("damage", ["missing", "truncated", "garbage"])
+def test_derived_files_are_rebuilt_from_the_study(run, name, damage):
+    original = (run / name).read_text()
+    if damage == "missing":
+        (run / name).unlink()
+    else:
+        (run / name).write_text(original[: len(original) // 2] if damage == "truncated" else "\x00\x01 garbage")
+    res = run_cli("front", run, "--json")
+    assert json.loads(res.stdout)
+    rebuilt = (run / name).read_text()
+    if name == "config.json":
+        assert json.loads(rebuilt) == json.loads(original)
+    else:
+        assert rebuilt == original
+
+
+def test_a_corrupt_study_is_one_line_and_nothing_else_is_touched(run):
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "study.db"}
+    (run / "study.db").write_bytes(b"SQLite format 3\x00 but not really")
+    (run / "front.json").unlink()
+    one_line(run_cli("front", run, check=False), "study.db", "unreadable")
+    one_line(run_cli("train", run, "--trial", "0", check=False), "study.db")
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name not in ("study.db",)}
+    assert after == {k: v for k, v in before.items() if k != "front.json"}
+
+
+def test_a_missing_study_is_one_line(run):
+    (run / "study.db").unlink()
+    one_line(run_cli("train", run, "--trial", "0", check=False), "study.db")
+
+
+def test_a_corrupt_final_report_is_one_line_naming_it(run, tmp_path):
+    (final,) = run.glob("final/*/final.json")
+    final.write_text("{")
+    one_line(run_cli("export", run, "--trial", final.parent.name, "--out", tmp_path / "out", check=False),
+             "final.json", "corrupt")
+    assert json.loads(run_cli("front", run, "--json").stdout)  # the front still shows, without that measure
+
+
+@pytest.mark.parametrize("command", [
+    lambda run, blocker: ["export", run, "--trial", "best", "--out", blocker],
+    lambda run, blocker: ["space", "sample", "--n", "2", "--out", blocker / "x.jsonl"],
+    lambda run, blocker: ["run", "--name", "n", "--target-ms", "5", "--runs-dir", blocker],
+])
+def test_output_paths_that_are_files_are_one_line(run, tmp_path, command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    one_line(run_cli(*command(run, blocker), check=False), "a-file")
+    assert blocker.read_text() == "keep me"
