@@ -226,8 +226,8 @@ def cmd_run(args) -> None:
 def print_front(run_dir: Path, as_json: bool) -> None:
     from nas.front import load_view, write_html
 
-    trials, front, target = load_view(Path(run_dir))
-    html = write_html(Path(run_dir), trials, front, target)
+    trials, front, target, finals = load_view(Path(run_dir))
+    html = write_html(Path(run_dir), trials, front, target, finals)
     if as_json:
         print(json.dumps(front))
         return

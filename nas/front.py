@@ -3,6 +3,7 @@ interactive plotly page of every trial. Reads only files the search rewrites aft
 it works while the search is still running."""
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -12,49 +13,100 @@ from .rundir import final_report, run_config, run_records
 from . import SearchError
 
 
-def load_view(run_dir: Path) -> tuple[pd.DataFrame, list[dict], float]:
-    """(all trials, the front with measured ms where known, target ms)."""
+def load_view(run_dir: Path) -> tuple[pd.DataFrame, list[dict], float, dict[int, dict]]:
+    """(all trials, the front with measured ms where known, target ms, final reports by trial)."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     rows, front = run_records(run_dir)
     if not rows:
         raise SearchError(f"run {run_dir} has no trials yet; wait for the search to finish its first trial")
-    for f in front:
+    finals = {}
+    for folder in sorted((run_dir / "final").glob("*")) if (run_dir / "final").is_dir() else []:
         try:
-            report = final_report(run_dir, f["trial"])
-        except SearchError as e:  # one unreadable final training does not hide the front
+            report = final_report(run_dir, int(folder.name)) if folder.name.isdigit() else None
+        except SearchError as e:  # one unreadable final training does not hide the rest
             warnings.warn(str(e), stacklevel=2)
             report = None
-        f["measured_ms"] = report["measured_ms"] if report else None
-    return pd.DataFrame(rows), front, float(cfg["target_ms"])
+        if report:
+            finals[int(folder.name)] = report
+    for f in front:
+        f["measured_ms"] = finals[f["trial"]]["measured_ms"] if f["trial"] in finals else None
+    return pd.DataFrame(rows), front, float(cfg["target_ms"]), finals
 
 
-def write_html(run_dir: Path, trials: pd.DataFrame, front: list[dict], target_ms: float) -> Path:
+def last_accuracy(row: pd.Series) -> float | None:
+    """The last validation accuracy a trial measured: its final one, or a pruned trial's last epoch."""
+    if pd.notna(row.get("val_acc")):
+        return float(row["val_acc"])
+    history = json.loads(row["history"]) if isinstance(row.get("history"), str) else []
+    return float(history[-1]) if history else None
+
+
+def place_labels(points: list[tuple[float, float]], x_span: float, y_span: float,
+                 height: float = 0.05, width: float = 0.12) -> list[float]:
+    """Vertical offsets (data units) that keep label boxes of `width` x `height` (shares of the axes'
+    spans) from overlapping: each label moves up until it clears the ones already placed."""
+    placed: list[tuple[float, float]] = []
+    offsets = []
+    for x, y in points:
+        nx, ny = x / x_span, y / y_span
+        while any(abs(nx - px) < width and abs(ny - py) < height for px, py in placed):
+            ny += height
+        placed.append((nx, ny))
+        offsets.append(ny * y_span - y)
+    return offsets
+
+
+def front_figure(trials: pd.DataFrame, front: list[dict], target_ms: float, finals: dict[int, dict]):
+    """Every trial where it was measured: trained and pruned trials at their (last) proxy accuracy,
+    never-trained ones (infeasible, failed) in a marker row below, final trainings at their test
+    accuracy and measured latency."""
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    fig = go.Figure()
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.85, 0.15], vertical_spacing=0.03)
     shown = trials[trials["pred_ms"].notna()].copy()
-    shown["y"] = shown["val_acc"].fillna(0.0)
-    for state, color, label in (("COMPLETE", "#1f77b4", "trained (feasible or preset)"),
-                                ("INFEASIBLE", "#bbbbbb", "infeasible (predicted over target, not trained)"),
-                                ("FAIL", "#d62728", "failed"), ("PRUNED", "#ff7f0e", "pruned")):
+    shown["acc"] = [last_accuracy(r) for _, r in shown.iterrows()]
+    hover = "%{text}<br>%{x:.3f} ms, acc %{y:.4f}<extra></extra>"
+    for state, color, label in (("COMPLETE", "#1f77b4", "trained"), ("PRUNED", "#ff7f0e", "pruned (last epoch)")):
+        part = shown[(shown["state"] == state) & shown["acc"].notna()]
+        fig.add_scatter(x=part["pred_ms"], y=part["acc"], mode="markers", name=label, marker={"color": color},
+                        text=[f"trial {n}<br>{s}" for n, s in zip(part["number"], part["short"])],
+                        hovertemplate=hover, row=1, col=1)
+    for state, color, label in (("INFEASIBLE", "#bbbbbb", "infeasible: predicted over target, not trained"),
+                                ("FAIL", "#d62728", "failed")):
         part = shown[shown["state"] == state]
-        if len(part):
-            fig.add_scatter(x=part["pred_ms"], y=part["y"], mode="markers", name=label, marker={"color": color},
-                            text=[f"trial {n}<br>{s}" for n, s in zip(part["number"], part["short"])],
-                            hovertemplate="%{text}<br>%{x:.3f} ms, acc %{y:.4f}<extra></extra>")
-    presets = shown[shown["preset"].notna() & shown["val_acc"].notna()]
-    fig.add_scatter(x=presets["pred_ms"], y=presets["val_acc"], mode="markers+text", text=presets["preset"],
-                    textposition="top center", name="seed presets", marker={"symbol": "diamond", "size": 11,
-                                                                            "color": "#2ca02c"})
+        fig.add_scatter(x=part["pred_ms"], y=[label.split(":")[0]] * len(part), mode="markers", name=label,
+                        marker={"color": color, "symbol": "x"}, hovertemplate="%{text}<extra></extra>",
+                        text=[f"trial {n}<br>{s}<br>{f if isinstance(f, str) else ''}"
+                              for n, s, f in zip(part["number"], part["short"], part["failure"])], row=2, col=1)
+    presets = shown[shown["preset"].notna() & shown["acc"].notna()].sort_values(["acc", "pred_ms"])
+    fig.add_scatter(x=presets["pred_ms"], y=presets["acc"], mode="markers", name="seed presets",
+                    marker={"symbol": "diamond", "size": 11, "color": "#2ca02c"}, row=1, col=1,
+                    text=list(presets["preset"]), hovertemplate=hover)
+    x_span = max(float(shown["pred_ms"].max()), target_ms) or 1.0
+    y_span = max(float(shown["acc"].max() or 0), 1e-3)
+    for (x, y, name), dy in zip(zip(presets["pred_ms"], presets["acc"], presets["preset"]),
+                                place_labels(list(zip(presets["pred_ms"], presets["acc"])), x_span, y_span)):
+        fig.add_annotation(x=x, y=y + dy, yshift=12, text=name, showarrow=False, row=1, col=1)
     if front:
         fig.add_scatter(x=[f["pred_ms"] for f in front], y=[f["val_acc"] for f in front], mode="lines+markers",
                         line={"shape": "hv", "color": "#9467bd"}, name="Pareto front",
-                        text=[f"trial {f['trial']}<br>{f['short']}" for f in front],
-                        hovertemplate="%{text}<br>%{x:.3f} ms, acc %{y:.4f}<extra></extra>")
+                        text=[f"trial {f['trial']}<br>{f['short']}" for f in front], hovertemplate=hover, row=1, col=1)
+    if finals:
+        fig.add_scatter(x=[r["measured_ms"] for r in finals.values()], y=[r["test_acc"] for r in finals.values()],
+                        mode="markers", name="final training (test acc, measured ms)",
+                        marker={"symbol": "star", "size": 13, "color": "#e377c2"}, hovertemplate=hover,
+                        text=[f"trial {n} final, {r['epochs']:g} epochs" for n, r in finals.items()], row=1, col=1)
     fig.add_vline(x=target_ms, line_dash="dash", annotation_text=f"target {target_ms:g} ms")
-    fig.update_layout(title=f"{run_dir.name}: validation accuracy vs predicted latency",
-                      xaxis_title="predicted latency (ms)", yaxis_title="proxy validation accuracy")
+    fig.update_layout(xaxis2_title="predicted latency (ms)", yaxis_title="validation accuracy", height=650)
+    return fig
+
+
+def write_html(run_dir: Path, trials: pd.DataFrame, front: list[dict], target_ms: float,
+               finals: dict[int, dict]) -> Path:
+    fig = front_figure(trials, front, target_ms, finals)
+    fig.update_layout(title=f"{Path(run_dir).name}: accuracy vs predicted latency")
     out = Path(run_dir) / "front.html"
     fig.write_html(out, include_plotlyjs=True)
     return out
