@@ -224,6 +224,8 @@ def cmd_run(args) -> None:
 
 
 def print_front(run_dir: Path, as_json: bool) -> None:
+    import pandas as pd
+
     from nas.front import load_view, write_html
 
     trials, front, target, finals = load_view(Path(run_dir))
@@ -243,7 +245,7 @@ def print_front(run_dir: Path, as_json: bool) -> None:
     if len(refs):
         ref = Table("preset", "trial", "val acc", "pred ms", "state", title="seed presets (reference points)")
         for _, r in refs.iterrows():
-            acc = f"{r['val_acc']:.4f}" if r["val_acc"] == r["val_acc"] else "-"
+            acc = f"{r['val_acc']:.4f}" if pd.notna(r["val_acc"]) else "-"
             ref.add_row(str(r["preset"]), str(r["number"]), acc, f"{r['pred_ms']:.3f}", str(r["state"]))
         Console().print(ref)
     console.print(f"plot: {html}")

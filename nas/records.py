@@ -72,11 +72,12 @@ def write_records(study: optuna.Study, run_dir: Path, target_ms: float) -> list[
 
 
 def read_trials(path: Path) -> list[dict] | None:
-    """trials.csv as rows, or None where it is missing, truncated or corrupt (rebuild it)."""
+    """trials.csv as rows (NaN where a value is absent), or None where it is missing, truncated or
+    corrupt (rebuild it)."""
     try:
         df = pd.read_csv(path)
     except (OSError, ValueError):
         return None
     if list(df.columns) != TRIAL_COLUMNS:
         return None
-    return df.astype(object).where(df.notna(), None).to_dict("records")
+    return df.to_dict("records")
