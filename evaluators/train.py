@@ -91,7 +91,6 @@ def rand_augment(x: torch.Tensor, config: str, seed: int) -> torch.Tensor:
     """timm's RandAugment on each uint8 image (PIL ops, so one call per sample)."""
     import random
 
-    import numpy as np
     from PIL import Image
     from timm.data.auto_augment import rand_augment_transform
 

@@ -71,8 +71,8 @@ def predictor_reference_ms(cfg: dict, img_size: int) -> float | None:
 def train_final(run_dir: Path, number: int, epochs: float | None = None, device: str = "cpu",
                 on_step: Callable[[int, int, float], None] | None = None, **recipe) -> dict:
     """Train trial `number` from scratch with the full budget (on `device`) and FINAL_RECIPE, any
-    TrainConfig field overridden by `recipe`; resumes from its checkpoint. The latency is measured on this machine's CPU, where the predictor was fitted,
-    against the anchor and on the scale of the run's latency model (its reference speed)."""
+    TrainConfig field overridden by `recipe`; resumes from its checkpoint. The latency is measured
+    on this machine's CPU, where the predictor was fitted, against the anchor and on the scale of the run's latency model (its reference speed)."""
     cfg = run_config(run_dir)
     trial = load_trial(run_dir, number)
     spec = ArchSpec.from_json(trial.user_attrs["spec"])

@@ -61,7 +61,6 @@ def front_figure(trials: pd.DataFrame, front: list[dict], target_ms: float, fina
     """Every trial where it was measured: trained and pruned trials at their (last) proxy accuracy,
     never-trained ones (infeasible, failed) in a marker row below, final trainings at their test
     accuracy and measured latency."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.85, 0.15], vertical_spacing=0.03)

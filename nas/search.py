@@ -3,11 +3,9 @@ a Ray worker trains the feasible ones, Optuna is told the result. State lives in
 so a re-run of the same command resumes where the last one stopped."""
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import optuna
