@@ -41,6 +41,8 @@ class TrainConfig:
     resolution: int | None = None  # proxy input side (lower is cheaper)
     augment: bool = True  # per-sample random crop (reflect padding) and horizontal flip
     grad_clip: float | None = None
+    cycle_epochs: float | None = None  # warm restarts: a first cosine cycle this long, each next one
+    cycle_mul: float = 3.0  # this many times longer (a multi-fidelity search's rungs end at cycle ends)
     mixup: float = 0.0  # mixup alpha (0: off); final training only, like the two below
     cutmix: float = 0.0  # cutmix alpha (0: off)
     randaugment: str | None = None  # timm RandAugment config, e.g. "rand-m9-mstd0.5"
@@ -129,16 +131,50 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalize
     return correct / max(len(x), 1)
 
 
-def optimizer_and_schedule(model: nn.Module, cfg: TrainConfig, total_steps: int):
+def optimizer_and_schedule(model: nn.Module, cfg: TrainConfig, total_steps: int, steps_per_epoch: int = 1):
     """AdamW over timm's weight-decay groups (no decay on biases, norms and `no_weight_decay()`),
     and timm's linear warm-up then cosine schedule, stepped per update: the learning rate is a
-    function of the step alone, so a training continued from a checkpoint follows the same curve."""
+    function of the step alone, so a training continued from a checkpoint follows the same curve.
+
+    With `cycle_epochs` the cosine restarts (timm's cycles, each `cycle_mul` times longer than the
+    last, warm-up inside the first): every cycle ends annealed, so a training stopped at a cycle's
+    end is evaluated as if its budget had been planned, and continuing it is the same run."""
     groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=model.no_weight_decay())
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.cycle_epochs:
+        first = cycle_ends(cfg, steps_per_epoch, total_steps)[0]
+        warm = max(1, int(cfg.warmup_fraction * first))
+        sched = CosineLRScheduler(opt, t_initial=first, cycle_mul=cfg.cycle_mul, cycle_limit=1000, warmup_t=warm,
+                                  warmup_lr_init=cfg.lr / warm, warmup_prefix=False, t_in_epochs=False)
+        return opt, sched
     warm = max(1, int(cfg.warmup_fraction * total_steps))
     sched = CosineLRScheduler(opt, t_initial=max(1, total_steps - warm), warmup_t=warm,
                               warmup_lr_init=cfg.lr / warm, warmup_prefix=True, t_in_epochs=False)
     return opt, sched
+
+
+def steps_per_epoch(n_samples: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_samples / batch_size))
+
+
+def cycle_ends(cfg: TrainConfig, per_epoch: int, total_steps: int) -> list[int]:
+    """The steps at which the schedule's cosine cycles end (the last one at or past `total_steps`):
+    a multi-fidelity search's rungs, in steps."""
+    first, mul = max(2, round(cfg.cycle_epochs * per_epoch)), cfg.cycle_mul
+    ends = [first]
+    while ends[-1] < total_steps:  # timm's cycle k ends after first * (1 + mul + ... + mul^k) steps
+        k = len(ends) + 1
+        ends.append(round(first * ((mul ** k - 1) / (mul - 1) if mul != 1 else k)))
+    return ends
+
+
+def planned_steps(cfg: TrainConfig, per_epoch: int, epochs: float) -> int:
+    """`epochs` in optimizer steps; with cycles, the nearest cycle end, so a rung or a whole training
+    always stops annealed."""
+    steps = max(1, int(round(epochs * per_epoch)))
+    if not cfg.cycle_epochs:
+        return steps
+    return min(cycle_ends(cfg, per_epoch, steps), key=lambda end: abs(end - steps))
 
 
 class Batches:
@@ -181,12 +217,16 @@ def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
           y_val: torch.Tensor | None,
           cfg: TrainConfig, mean: list[float], std: list[float],
           on_epoch: Callable[[int, float], bool] | None = None, checkpoint: Path | None = None,
-          on_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
+          on_step: Callable[[int, int, float], None] | None = None,
+          until_epochs: float | None = None) -> TrainResult:
     """Train `spec` from scratch and report validation accuracy after each epoch.
 
     Without validation data (final training) nothing is evaluated during training.
     `on_epoch(epoch, val_acc)` may return True to stop early (pruning). With `checkpoint`, state is
-    saved after every epoch and a re-run resumes from it. Divergence raises TrainingFailed.
+    saved after every epoch and where the training stops, and a re-run resumes from it.
+    `until_epochs` stops (and evaluates) after that much of the `cfg.epochs` schedule: a rung of a
+    multi-fidelity search, which a later call with a larger value continues. Divergence raises
+    TrainingFailed.
     """
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -204,28 +244,63 @@ def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
     model.to(device)
     norm = Normalizer(mean, std, spec.img_size)
     batches = Batches(cfg, x_train.to(device), y_train.to(device), spec.num_classes, norm, gen)
-    total = max(1, int(round(cfg.epochs * max(1, math.ceil(len(x_train) / cfg.batch_size)))))
-    opt, sched = optimizer_and_schedule(model, cfg, total)
-    state = {"step": 0, "epoch": 0, "history": [], "train_s": 0.0}
+    per_epoch = steps_per_epoch(len(x_train), cfg.batch_size)
+    total = planned_steps(cfg, per_epoch, cfg.epochs)
+    stop = total if until_epochs is None else min(total, planned_steps(cfg, per_epoch, until_epochs))
+    opt, sched = optimizer_and_schedule(model, cfg, total, per_epoch)
+    state = {"step": 0, "history": [], "train_s": 0.0, "val_acc": None, "epoch_gen": None}
     if checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, model, opt, gen, device) or state
-    step, history = state["step"], state["history"]
-    t0 = time.perf_counter() - state["train_s"]
-    for epoch in range(state["epoch"], max(1, math.ceil(cfg.epochs))):
-        step = train_epoch(model, batches, opt, sched, step, total, cfg.grad_clip, on_step)
-        if x_val is not None:
-            history.append(accuracy(model, x_val, y_val, norm))
-        if checkpoint is not None:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "epoch": epoch + 1,
-                        "history": history, "train_s": time.perf_counter() - t0, "gen": gen.get_state()}, checkpoint)
-        if on_epoch and history and on_epoch(epoch, history[-1]):
-            return TrainResult(model, history[-1], history, time.perf_counter() - t0, step, stopped_early=True)
-    return TrainResult(model, history[-1] if history else None, history, time.perf_counter() - t0, step)
+    loop = _Loop(model, batches, opt, sched, cfg, total, per_epoch, on_step)
+    evaluate = (lambda: accuracy(model, x_val, y_val, norm)) if x_val is not None else (lambda: None)
+    return loop.run(state, stop, evaluate, on_epoch, checkpoint)
+
+
+@dataclass
+class _Loop:
+    """Steps from a (possibly resumed) state to `stop`: an epoch at a time, evaluating at each epoch's
+    end and at the stop, checkpointing both."""
+
+    model: nn.Module
+    batches: Batches
+    opt: torch.optim.Optimizer
+    sched: CosineLRScheduler
+    cfg: TrainConfig
+    total: int
+    per_epoch: int
+    on_step: Callable[[int, int, float], None] | None
+
+    def run(self, state: dict, stop: int, evaluate: Callable[[], float | None],
+            on_epoch: Callable[[int, float], bool] | None, checkpoint: Path | None) -> TrainResult:
+        step, history, val_acc = state["step"], list(state["history"]), state["val_acc"]
+        t0 = time.perf_counter() - state["train_s"]
+        gen = self.batches.gen
+        while step < stop:
+            epoch, done_in_epoch = divmod(step, self.per_epoch)
+            if done_in_epoch and state["epoch_gen"] is not None:
+                gen.set_state(state["epoch_gen"])  # replay this epoch's draws up to the resumed step
+            epoch_gen = gen.get_state()
+            end = min(stop, (epoch + 1) * self.per_epoch, self.total)
+            step = train_epoch(self.model, self.batches, self.opt, self.sched, step, self.total, self.cfg.grad_clip,
+                               self.on_step, skip=done_in_epoch, end=end)
+            epoch_over = step % self.per_epoch == 0 or step == self.total
+            val_acc = evaluate()
+            if epoch_over and val_acc is not None:
+                history.append(val_acc)
+            state = {"step": step, "history": history, "train_s": time.perf_counter() - t0, "val_acc": val_acc,
+                     "epoch_gen": None if epoch_over else epoch_gen}
+            if checkpoint is not None:
+                torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "gen": gen.get_state(),
+                            **{k: v for k, v in state.items() if v is not None}}, checkpoint)
+            if on_epoch and epoch_over and val_acc is not None and on_epoch(epoch, val_acc):
+                return TrainResult(self.model, val_acc, history, state["train_s"], step, stopped_early=True)
+        return TrainResult(self.model, val_acc, history, time.perf_counter() - t0, step)
 
 
 def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
                     device: torch.device) -> dict | None:
-    """Restore model, optimizer and sampling state saved after an epoch and return the loop's state.
+    """Restore model, optimizer and sampling state and return the loop's state (step, history,
+    train_s, val_acc, and epoch_gen: the sampling state at the start of an epoch left unfinished).
     Tensors and plain data only (`weights_only`): a file that is anything else is set aside as
     PATH.corrupt and the training starts over (None)."""
     try:
@@ -233,7 +308,9 @@ def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ge
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"].cpu())
-        return state
+        epoch_gen = state.get("epoch_gen")
+        return {"step": state["step"], "history": state["history"], "train_s": state["train_s"],
+                "val_acc": state.get("val_acc"), "epoch_gen": None if epoch_gen is None else epoch_gen.cpu()}
     except Exception as e:
         aside = Path(path).with_suffix(Path(path).suffix + ".corrupt")
         Path(path).replace(aside)
@@ -244,13 +321,17 @@ def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ge
 
 def train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer, sched: CosineLRScheduler,
                 step: int, total: int, grad_clip: float | None,
-                on_step: Callable[[int, int, float], None] | None) -> int:
-    """One pass over the data (stopping at `total` steps); returns the step count after it. The
-    learning rate and PRepBN/UN progress are set from the global step, so they resume exactly."""
+                on_step: Callable[[int, int, float], None] | None, skip: int = 0, end: int | None = None) -> int:
+    """One pass over the data (its first `skip` batches drawn but not trained on, stopping at step
+    `end`, default `total`); returns the step count after it. The learning rate and PRepBN/UN
+    progress are set from the global step, so they resume exactly."""
     model.train()
+    end = total if end is None else end
     scheduled = [m for m in model.modules() if hasattr(m, "set_progress")]
-    for x, target in batches.epoch():
-        if step >= total:
+    for i, (x, target) in enumerate(batches.epoch()):
+        if i < skip:
+            continue
+        if step >= end:
             break
         for m in scheduled:
             m.set_progress(step, total)

@@ -69,6 +69,34 @@ def test_a_resumed_training_ends_where_an_uninterrupted_one_does(tmp_path):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
 
 
+def test_cycles_restart_at_each_rung_and_end_annealed():
+    cfg = TrainConfig(lr=1e-3, cycle_epochs=10, cycle_mul=3)
+    opt, sched = optimizer_and_schedule(build_model(SPEC), cfg, total_steps=130, steps_per_epoch=1)
+    lrs = []
+    for step in range(130):
+        sched.step_update(step)
+        lrs.append(opt.param_groups[0]["lr"])
+    for end in (10, 40, 130):  # the rungs: 10, 10 + 30, 10 + 30 + 90 steps
+        assert lrs[end - 1] < 0.05 * 1e-3
+    assert lrs[10] == pytest.approx(1e-3) and lrs[40] == pytest.approx(1e-3)
+    assert lrs[10:40] == sorted(lrs[10:40], reverse=True) and lrs[40:] == sorted(lrs[40:], reverse=True)
+
+
+def test_a_rung_continued_mid_epoch_ends_where_an_uninterrupted_training_does(tmp_path):
+    x, y = images(192)  # 6 steps an epoch: cycles end at steps 2 and 8, both inside an epoch
+    cfg = TrainConfig(epochs=1.4, batch_size=32, seed=5, cycle_epochs=0.4, cycle_mul=3)
+    whole = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3)
+    ckpt = tmp_path / "rung.pt"
+    first = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt, until_epochs=0.4)
+    assert first.steps == 2 and first.history == [] and first.val_acc is not None
+    again = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt, until_epochs=0.4)
+    assert again.steps == 2 and again.val_acc == first.val_acc  # a finished rung is not trained twice
+    top = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt)
+    assert top.steps == whole.steps == 8 and len(whole.history) == 2 and top.history == whole.history and top.val_acc == whole.val_acc
+    for a, b in zip(whole.model.state_dict().values(), top.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
 def test_mixup_cutmix_and_randaugment_give_soft_targets_and_train():
     x, y = images()
     cfg = TrainConfig(batch_size=32, mixup=0.8, cutmix=1.0, randaugment="rand-m9-mstd0.5")
