@@ -178,8 +178,9 @@ def cmd_run(args) -> None:
     shape = (data.img_size, data.in_chans, data.num_classes)
     cfg = SearchConfig(name=args.name, target_ms=0.0, latency_model=args.latency_model or "",
                        dataset=args.dataset, trials=args.trials, workers=args.workers, epochs=args.epochs,
+                       base_epochs=min(args.base_epochs, args.epochs), eta=args.eta, promotion=args.promotion,
                        subset=args.subset, resolution=args.resolution, batch_size=args.batch_size, lr=args.lr,
-                       sampler=args.sampler, seed=args.seed, space=args.space, prune=not args.no_prune,
+                       sampler=args.sampler, seed=args.seed, space=args.space,
                        ray_address=args.ray_address, runs_dir=args.runs_dir)
     space, _ = search_space_for(cfg, shape)
     if not args.latency_model:
@@ -214,9 +215,11 @@ def cmd_run(args) -> None:
                 left = max(p.total - p.done, 0)
                 eta = f", ETA ~{left * p.mean_train_s / max(args.workers, 1) / 60:.1f} min"
             best = f"{p.best_acc:.4f}" if p.best_acc is not None else "-"
-            state["text"] = (f"{p.done}/{p.total} done, {p.running} running, {p.failed} failed, "
-                             f"{p.infeasible} infeasible | best acc under {target:g} ms: {best} | "
-                             f"front {p.front_size}{eta}\n  {escape(p.last)}")
+            rungs = "/".join(map(str, p.at_rung))
+            state["text"] = (f"{p.done}/{p.total} done, {p.running} training, {p.failed} failed, "
+                             f"{p.infeasible} infeasible, {p.duplicates} duplicates | at rungs 0..: {rungs} | "
+                             f"best top-rung acc under {target:g} ms: {best} | front {p.front_size}{eta}\n"
+                             f"  {escape(p.last)}")
             live.update(view())
         front = run_search(cfg, on_progress)
     print_front(cfg.run_dir, as_json=False)
@@ -233,22 +236,31 @@ def print_front(run_dir: Path, as_json: bool) -> None:
     if as_json:
         print(json.dumps(front))
         return
-    table = Table("trial", "val acc", "pred ms", "measured ms", "MFLOPs", "params", "architecture",
-                  title=f"Pareto front of {run_dir} (target {target:g} ms)")
+    table = Table("trial", "rung", "val acc", "pred ms", "measured ms", "MFLOPs", "params", "architecture",
+                  title=f"Pareto front of {run_dir} (target {target:g} ms; top-rung trials)")
     for f in front:
         measured = f"{f['measured_ms']:.3f}" if f.get("measured_ms") else "-"
         name = f" [green](preset {f['preset']})" if f.get("preset") else ""
-        table.add_row(str(f["trial"]), f"{f['val_acc']:.4f}", f"{f['pred_ms']:.3f}", measured,
-                      f"{f['flops'] / 1e6:.1f}", f"{int(f['params']):,}", escape(f["short"]) + name)
+        table.add_row(str(f["trial"]), rung_text(f.get("rung")), f"{f['val_acc']:.4f}", f"{f['pred_ms']:.3f}",
+                      measured, f"{f['flops'] / 1e6:.1f}", f"{int(f['params']):,}", escape(f["short"]) + name)
     Console().print(table)
-    refs = trials[trials["preset"].notna()]
+    refs = trials[trials["preset"].notna() & (trials["state"] != "INTERRUPTED")]  # re-run after a kill
     if len(refs):
-        ref = Table("preset", "trial", "val acc", "pred ms", "state", title="seed presets (reference points)")
+        ref = Table("preset", "trial", "rung", "acc at rung", "pred ms", "state", title="seed presets (reference points)")
         for _, r in refs.iterrows():
-            acc = f"{r['val_acc']:.4f}" if pd.notna(r["val_acc"]) else "-"
-            ref.add_row(str(r["preset"]), str(r["number"]), acc, f"{r['pred_ms']:.3f}", str(r["state"]))
+            acc = f"{r['rung_acc']:.4f}" if pd.notna(r.get("rung_acc")) else "-"
+            ref.add_row(str(r["preset"]), str(r["number"]), rung_text(r.get("rung")), acc, f"{r['pred_ms']:.3f}",
+                        str(r["state"]))
         Console().print(ref)
+    for a in (front[0].get("rung_tau") or []) if front else []:
+        tau = f"{a['kendall_tau']:.2f}" if a["kendall_tau"] is not None else "n/a (fewer than 3)"
+        console.print(f"ranking from rung {a['rungs'].replace('->', ' to ')}: Kendall tau {tau} over "
+                      f"{a['trials']} promoted trials")
     console.print(f"plot: {html}")
+
+
+def rung_text(rung) -> str:
+    return "-" if rung is None or rung != rung else str(int(rung))
 
 
 def cmd_front(args) -> None:
@@ -419,6 +431,7 @@ def _latency_parsers(sub) -> None:
 
 def _run_parser(sub) -> None:
     from nas.config import SearchConfig
+    from nas.rungs import PROMOTION_RULES
 
     d = SearchConfig(name="", target_ms=0.0, latency_model="")
     r = sub.add_parser("run", help="search for the best architectures under a latency target",
@@ -430,7 +443,15 @@ def _run_parser(sub) -> None:
     r.add_argument("--dataset", default=d.dataset, help="digits, npz:PATH, imagefolder:PATH or cifar10:ROOT")
     r.add_argument("--trials", type=trial_count, default=d.trials, help="trials in all, the 6 seed presets included")
     r.add_argument("--workers", type=integer(1), default=d.workers, help="Ray workers training proxies at once")
-    r.add_argument("--epochs", type=number(0), default=d.epochs, help="proxy training epochs")
+    r.add_argument("--epochs", type=number(0), default=d.epochs,
+                   help="the top rung's training budget in epochs (--base-epochs equal to it: one rung, no promotion)")
+    r.add_argument("--base-epochs", type=number(0), default=d.base_epochs,
+                   help="the first rung's budget, which every feasible candidate trains")
+    r.add_argument("--eta", type=integer(2), default=d.eta,
+                   help="each rung trains eta times longer than the last, and the best 1/eta of a rung go on")
+    r.add_argument("--promotion", choices=PROMOTION_RULES, default=d.promotion,
+                   help="who goes on: pareto (non-dominated on accuracy and latency), bands (the best of each "
+                        "latency band) or accuracy (latency-blind)")
     r.add_argument("--subset", type=number(0, 1), help="share of the training split the proxy trains on (default: all)")
     r.add_argument("--resolution", type=integer(8), help="proxy input side (default: the data's)")
     r.add_argument("--batch-size", type=integer(1), default=d.batch_size, help="proxy batch size")
@@ -439,7 +460,6 @@ def _run_parser(sub) -> None:
     r.add_argument("--seed", type=integer(0), default=d.seed, help="seed of the sampler, the split and the trainings")
     r.add_argument("--space", help="JSON file overriding the search space's choices")
     r.add_argument("--ray-address", help="join an existing Ray cluster (default: local workers)")
-    r.add_argument("--no-prune", action="store_true", help="train every feasible trial for the full proxy budget")
     r.add_argument("--calibrate-n", type=integer(8), default=150, help="architectures timed when calibrating")
     r.add_argument("--force", action="store_true", help="use a latency model measured on another device")
     r.add_argument("--runs-dir", default=d.runs_dir, help="directory holding the runs")

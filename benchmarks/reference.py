@@ -15,12 +15,20 @@ long training gives? (issue 13)
   fidelity  score every pool member (seed 0) by each method (proxy budgets, params, FLOPs, the long
             curve read at early epochs) into OUT/fidelity.json; proxy trainings are kept in
             OUT/fidelity_runs.jsonl and never redone.
+  multifidelity
+            the search's multi-fidelity allocation on the pool: successive halving over rungs of
+            growing budget (--base-epochs to --top-epochs on the whole training part, eta-fold,
+            each rung continuing the last from its checkpoint, the schedule's cosine restarting at
+            each rung), for every promotion rule; each (architecture, rung) training is kept in
+            OUT/multifidelity_runs.jsonl and never redone, and only what some rule promotes is
+            trained. The rules' scores and compute go into OUT/fidelity.json.
   report    Kendall tau, Spearman rho, top-5 recall and regret at the pool's 25/50/75th percentile
             latency of every method, and the seed noise floor, as a markdown table.
 
     .venv/bin/python benchmarks/reference.py pool
     .venv/bin/python benchmarks/reference.py train --jobs 2        # hours of CPU; resumable
     .venv/bin/python benchmarks/reference.py fidelity --jobs 2
+    .venv/bin/python benchmarks/reference.py multifidelity --jobs 2
     .venv/bin/python benchmarks/reference.py report
 """
 from __future__ import annotations
@@ -40,11 +48,12 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.jobs import read_jsonl, run_jobs  # noqa: E402
 from evaluators.data import load_dataset  # noqa: E402
-from evaluators.recipes import FINAL_RECIPE  # noqa: E402
+from evaluators.recipes import FINAL_RECIPE, PROXY_RECIPE  # noqa: E402
 from evaluators.train import TrainConfig, accuracy, train  # noqa: E402
 from latency_models import LatencyModel, read_table  # noqa: E402
 from latency_models.features import total_flops  # noqa: E402
 from latency_models.validate import per_architecture  # noqa: E402
+from nas.rungs import PROMOTION_RULES, Rungs, rung_score, successive_halving  # noqa: E402
 from search_space import ArchSpec, SearchSpace, build_model, count_params, presets, sample  # noqa: E402
 from search_space.presets import SEARCH_SCALE  # noqa: E402
 
@@ -233,9 +242,77 @@ def write_fidelity(out: Path, pool: list[dict]) -> None:
             "compute_s": sum(r["train_s"] * e / r["epochs"] for r in long.values()),
             "scores": {a: r["val_curve"][e - 1] for a, r in long.items()},
             "note": f"the long recipe's validation accuracy after epoch {e} (its LR schedule is the 15-epoch one)"}
+    mf_runs = read_jsonl(out / "multifidelity_runs.jsonl")
+    for first, eta, top in sorted({(r["first"], r["eta"], r["top_epochs"]) for r in mf_runs}):
+        methods.update(multifidelity_scores(pool, mf_runs, Rungs(first, top, eta))[0])
     for m in methods.values():
         m["compute_s"] = round(m["compute_s"], 1)
     (out / "fidelity.json").write_text(json.dumps({"methods": methods, "seed_noise": seed_noise(rows)}, indent=1))
+
+
+def train_rung(row: dict, rung: int, rungs: Rungs, data_path: str, work: str) -> dict:
+    """Train one pool member up to a rung, continuing its previous rung's checkpoint."""
+    d = dataset(data_path)
+    cfg = TrainConfig(epochs=rungs.top_epochs, cycle_epochs=rungs.first, cycle_mul=rungs.eta, seed=0, threads=1,
+                      batch_size=PROXY_RECIPE["batch_size"], lr=PROXY_RECIPE["lr"])  # the search's defaults
+    ckpt = Path(work) / f"{row['arch_id']}-{mf_tag(rungs)}.pt"
+    res = train(ArchSpec.from_dict(row["spec"]), d["x"], d["y"], d["x_val"], d["y_val"], cfg, d["mean"], d["std"],
+                checkpoint=ckpt, until_epochs=rungs.budgets[rung])
+    return {"arch_id": row["arch_id"], "rungs": mf_tag(rungs), "first": rungs.first, "eta": rungs.eta,
+            "top_epochs": rungs.top_epochs, "rung": rung, "epochs": round(rungs.budgets[rung], 4),
+            "val_acc": round(res.val_acc, 4), "train_s": round(res.train_s, 1), "steps": res.steps}
+
+
+def mf_tag(rungs: Rungs) -> str:
+    return f"{rungs.first:.4g}x{rungs.eta}-{rungs.top_epochs:g}ep"
+
+
+def multifidelity_scores(pool: list[dict], runs: list[dict], rungs: Rungs) -> tuple[dict, set]:
+    """Every promotion rule's successive halving over the pool, read from finished rung trainings:
+    ({method: {compute_s, scores}}, the (arch_id, rung) trainings still missing, lowest rung only)."""
+    done = {(r["arch_id"], r["rung"]): r for r in runs if r["rungs"] == mf_tag(rungs)}
+    latency = {r["arch_id"]: r["pred_ms"] for r in pool}
+    methods, missing = {}, set()
+    for rule in PROMOTION_RULES:
+        needed: set = set()
+
+        def lookup(arch_id: str, rung: int) -> float:
+            if (arch_id, rung) not in done:
+                needed.add((arch_id, rung))
+                return 0.0
+            return done[(arch_id, rung)]["val_acc"]
+
+        reached = successive_halving(latency, lookup, rungs, rule)
+        if needed:
+            lowest = min(k for _, k in needed)
+            missing |= {(a, k) for a, k in needed if k == lowest}
+            continue
+        methods[f"multifidelity-{rule}-{mf_tag(rungs)}"] = {
+            "compute_s": round(sum(done[(a, len(accs) - 1)]["train_s"] for a, accs in reached.items()), 1),
+            "scores": {a: round(rung_score(accs), 4) for a, accs in reached.items()},
+            "rungs_reached": {a: len(accs) - 1 for a, accs in reached.items()},
+            "note": f"successive halving, promotion by {rule}, eta {rungs.eta}, rungs at "
+                    f"{', '.join(f'{b:.3g}' for b in rungs.budgets)} epochs of the training part; score: "
+                    f"highest rung + validation accuracy there"}
+    return methods, missing
+
+
+def cmd_multifidelity(args) -> None:
+    pool = read_jsonl(args.out / "pool.jsonl")
+    rungs = Rungs(args.base_epochs, args.top_epochs, args.eta)
+    runs_path = args.out / "multifidelity_runs.jsonl"
+    rows = {r["arch_id"]: r for r in pool}
+    args.work.mkdir(parents=True, exist_ok=True)
+    print(f"rungs at {', '.join(f'{b:.3g}' for b in rungs.budgets)} epochs", file=sys.stderr)
+    while True:
+        _, missing = multifidelity_scores(pool, read_jsonl(runs_path), rungs)
+        if not missing:
+            break
+        # one rung at a time, every rule's needs at once: a rule's next rung depends on this one
+        jobs = [(rows[a], k, rungs, args.data, str(args.work)) for a, k in sorted(missing, key=lambda m: m[0])]
+        run_jobs(jobs, train_rung, args.jobs, runs_path,
+                 lambda r: f"rung {r['rung']} {r['arch_id']}: val {r['val_acc']:.4f} ({r['train_s']:.0f} s in all)")
+    write_fidelity(args.out, pool)
 
 
 def method_figures(scores: dict[str, float], acc: dict[str, float], lat: dict[str, float]) -> dict:
@@ -288,9 +365,16 @@ def main() -> None:
     t.add_argument("--limit", type=int, default=0, help="stop after this many trainings (0: all)")
     f = sub.add_parser("fidelity", help="score the pool by every cheap method")
     f.add_argument("--jobs", type=int, default=2)
+    m = sub.add_parser("multifidelity", help="the search's multi-fidelity allocation on the pool")
+    m.add_argument("--jobs", type=int, default=2)
+    m.add_argument("--base-epochs", type=float, default=0.1, help="first rung, in epochs of the training part")
+    m.add_argument("--top-epochs", type=float, default=4.0, help="top rung")
+    m.add_argument("--eta", type=int, default=3, help="budget growth and 1/share promoted per rung")
+    m.add_argument("--work", type=Path, default=ROOT / "runs" / "reference-mf", help="checkpoints (not committed)")
     sub.add_parser("report", help="print the figures")
     args = ap.parse_args()
-    {"pool": cmd_pool, "train": cmd_train, "fidelity": cmd_fidelity, "report": cmd_report}[args.cmd](args)
+    {"pool": cmd_pool, "train": cmd_train, "fidelity": cmd_fidelity, "multifidelity": cmd_multifidelity,
+     "report": cmd_report}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import pandas as pd
 from scipy.stats import kendalltau
 
 from evaluators.data import load_dataset
-from evaluators.proxy import evaluate_proxy
+from evaluators.proxy import evaluate_rung
 from evaluators.train import TrainConfig
 from search_space import SearchSpace, presets, sample
 from search_space.presets import SEARCH_SCALE
@@ -65,7 +65,7 @@ def _hold(data: tuple) -> None:
 
 def _proxy(args):
     spec_json, cfg = args
-    return evaluate_proxy(spec_json, _DATA, cfg)
+    return evaluate_rung(spec_json, _DATA, cfg, checkpoint=None)
 
 
 def fidelity(args, out: Path) -> dict:
@@ -132,7 +132,8 @@ def search(name: str, out: Path, args, sampler: str, seed: int, workers: int, tr
     cmd = [sys.executable, str(ROOT / "search.py"), "run", "--name", name, "--runs-dir", str(out / "runs"),
            "--dataset", f"npz:{args.data}", "--target-ms", args.target, "--latency-model", args.latency_model,
            "--trials", str(trials), "--workers", str(workers), "--sampler", sampler, "--seed", str(seed),
-           "--epochs", str(PROXY["epochs"]), "--subset", str(PROXY["subset"]), "--no-prune"]
+           "--epochs", str(PROXY["epochs"]), "--base-epochs", str(PROXY["epochs"]),  # one rung: the flat proxy
+           "--subset", str(PROXY["subset"])]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start

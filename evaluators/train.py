@@ -59,6 +59,7 @@ class TrainResult:
     train_s: float
     steps: int
     stopped_early: bool = False
+    start_step: int = 0  # where this call began: a resumed training trains steps - start_step
 
 
 def proxy_spec(spec: ArchSpec, resolution: int | None) -> ArchSpec:
@@ -272,7 +273,8 @@ class _Loop:
 
     def run(self, state: dict, stop: int, evaluate: Callable[[], float | None],
             on_epoch: Callable[[int, float], bool] | None, checkpoint: Path | None) -> TrainResult:
-        step, history, val_acc = state["step"], list(state["history"]), state["val_acc"]
+        start = step = state["step"]
+        history, val_acc = list(state["history"]), state["val_acc"]
         t0 = time.perf_counter() - state["train_s"]
         gen = self.batches.gen
         while step < stop:
@@ -293,8 +295,8 @@ class _Loop:
                 torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "gen": gen.get_state(),
                             **{k: v for k, v in state.items() if v is not None}}, checkpoint)
             if on_epoch and epoch_over and val_acc is not None and on_epoch(epoch, val_acc):
-                return TrainResult(self.model, val_acc, history, state["train_s"], step, stopped_early=True)
-        return TrainResult(self.model, val_acc, history, time.perf_counter() - t0, step)
+                return TrainResult(self.model, val_acc, history, state["train_s"], step, True, start)
+        return TrainResult(self.model, val_acc, history, time.perf_counter() - t0, step, start_step=start)
 
 
 def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from evaluators.recipes import PROXY_RECIPE
 
+from .rungs import Rungs
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -15,7 +17,10 @@ class SearchConfig:
     dataset: str = "digits"
     trials: int = 30
     workers: int = 2
-    epochs: float = PROXY_RECIPE["epochs"]
+    epochs: float = PROXY_RECIPE["epochs"]  # the top rung's budget
+    base_epochs: float = PROXY_RECIPE["base_epochs"]
+    eta: int = PROXY_RECIPE["eta"]
+    promotion: str = PROXY_RECIPE["promotion"]
     subset: float | None = None
     resolution: int | None = None
     batch_size: int = PROXY_RECIPE["batch_size"]
@@ -23,9 +28,12 @@ class SearchConfig:
     sampler: str = "nsga2"
     seed: int = 0
     space: str | None = None
-    prune: bool = True
     ray_address: str | None = None
     runs_dir: str = "runs"
+
+    @property
+    def rungs(self) -> Rungs:
+        return Rungs(min(self.base_epochs, self.epochs), self.epochs, self.eta)
 
     @property
     def run_dir(self) -> Path:
@@ -33,8 +41,8 @@ class SearchConfig:
 
     def identity(self) -> dict:
         """The settings a resumed run must share with the original."""
-        keep = ("target_ms", "dataset", "epochs", "subset", "resolution", "batch_size", "lr", "sampler", "seed",
-                "space")
+        keep = ("target_ms", "dataset", "epochs", "base_epochs", "eta", "promotion", "subset", "resolution",
+                "batch_size", "lr", "sampler", "seed", "space")
         return {k: getattr(self, k) for k in keep}
 
 

@@ -35,11 +35,26 @@ def load_view(run_dir: Path) -> tuple[pd.DataFrame, list[dict], float, dict[int,
 
 
 def last_accuracy(row: pd.Series) -> float | None:
-    """The last validation accuracy a trial measured: its final one, or a pruned trial's last epoch."""
-    if pd.notna(row.get("val_acc")):
-        return float(row["val_acc"])
+    """The last validation accuracy a trial measured: at its highest rung (or, in a run from before
+    rungs, its final or last epoch's)."""
+    for column in ("rung_acc", "val_acc"):
+        if pd.notna(row.get(column)):
+            return float(row[column])
     history = json.loads(row["history"]) if isinstance(row.get("history"), str) else []
     return float(history[-1]) if history else None
+
+
+def measured_groups(shown: pd.DataFrame) -> list[tuple[pd.DataFrame, str]]:
+    """The trained trials by the rung they stopped at, the top rung last (a run from before rungs:
+    its trained and pruned trials)."""
+    trained = shown[shown["state"].isin(["COMPLETE", "PRUNED"]) & shown["acc"].notna()]
+    rungs = sorted(trained["rung"].dropna().unique()) if "rung" in trained else []
+    if not rungs:
+        return [(trained[trained["state"] == s], label) for s, label in
+                (("COMPLETE", "trained"), ("PRUNED", "pruned (last epoch)"))]
+    top = rungs[-1]
+    return [(trained[trained["rung"] == k], f"rung {int(k)}" + (" (top: the front's)" if k == top else ""))
+            for k in rungs]
 
 
 def place_labels(points: list[tuple[float, float]], x_span: float, y_span: float,
@@ -58,7 +73,7 @@ def place_labels(points: list[tuple[float, float]], x_span: float, y_span: float
 
 
 def front_figure(trials: pd.DataFrame, front: list[dict], target_ms: float, finals: dict[int, dict]):
-    """Every trial where it was measured: trained and pruned trials at their (last) proxy accuracy,
+    """Every trial where it was measured: trained trials at their accuracy at the rung they reached,
     never-trained ones (infeasible, failed) in a marker row below, final trainings at their test
     accuracy and measured latency."""
     from plotly.subplots import make_subplots
@@ -67,9 +82,11 @@ def front_figure(trials: pd.DataFrame, front: list[dict], target_ms: float, fina
     shown = trials[trials["pred_ms"].notna()].copy()
     shown["acc"] = [last_accuracy(r) for _, r in shown.iterrows()]
     hover = "%{text}<br>%{x:.3f} ms, acc %{y:.4f}<extra></extra>"
-    for state, color, label in (("COMPLETE", "#1f77b4", "trained"), ("PRUNED", "#ff7f0e", "pruned (last epoch)")):
-        part = shown[(shown["state"] == state) & shown["acc"].notna()]
-        fig.add_scatter(x=part["pred_ms"], y=part["acc"], mode="markers", name=label, marker={"color": color},
+    groups = measured_groups(shown)
+    for i, (part, label) in enumerate(groups):
+        top = i == len(groups) - 1
+        fig.add_scatter(x=part["pred_ms"], y=part["acc"], mode="markers", name=label,
+                        marker={"color": "#1f77b4" if top else "#ff7f0e", "opacity": 1.0 if top else 0.35 + 0.2 * i},
                         text=[f"trial {n}<br>{s}" for n, s in zip(part["number"], part["short"])],
                         hovertemplate=hover, row=1, col=1)
     for state, color, label in (("INFEASIBLE", "#bbbbbb", "infeasible: predicted over target, not trained"),

@@ -1,5 +1,6 @@
-"""What a run writes besides its study: trials.csv (every trial) and front.json (the Pareto-optimal
-feasible trials). Both are rebuilt from the study alone, atomically, after every finished trial."""
+"""What a run writes besides its study: trials.csv (every trial, with the highest rung it reached)
+and front.json (the Pareto-optimal feasible trials of the top rung, each carrying the run's
+rung-to-rung Kendall tau). Both are rebuilt from the study alone, atomically, after every event."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+from scipy.stats import kendalltau
 
-TRIAL_COLUMNS = ["number", "state", "arch_id", "short", "val_acc", "pred_ms", "flops", "params", "train_s",
-                 "failure", "preset", "cached_from", "history", "spec"]
+TRIAL_COLUMNS = ["number", "state", "rung", "rung_acc", "val_acc", "arch_id", "short", "pred_ms", "flops", "params",
+                 "train_s", "failure", "preset", "cached_from", "rung_accs", "history", "spec"]
 
 
 def trial_state(t: optuna.trial.FrozenTrial) -> str:
@@ -28,14 +30,33 @@ def trial_state(t: optuna.trial.FrozenTrial) -> str:
 
 
 def trial_row(t: optuna.trial.FrozenTrial) -> dict:
+    """One trial: `rung` is the highest it reached and `rung_acc` its validation accuracy there;
+    `val_acc` is set only at the top rung, where accuracies are comparable across trials."""
     a = t.user_attrs
     state = trial_state(t)
     trained = state == "COMPLETE"
-    return {"number": t.number, "state": state, "arch_id": a.get("arch_id"), "short": a.get("short"),
-            "val_acc": a.get("val_acc") if trained else None, "pred_ms": a.get("pred_ms"),
+    accs = a.get("rung_accs") or []
+    return {"number": t.number, "state": state, "rung": len(accs) - 1 if accs else None,
+            "rung_acc": accs[-1] if accs else None, "val_acc": a.get("val_acc") if trained else None,
+            "arch_id": a.get("arch_id"), "short": a.get("short"), "pred_ms": a.get("pred_ms"),
             "flops": a.get("flops"), "params": a.get("params"), "train_s": a.get("train_s"),
             "failure": a.get("failure"), "preset": a.get("preset"), "cached_from": a.get("cached_from"),
+            "rung_accs": json.dumps(accs) if accs else None,
             "history": json.dumps(a["history"]) if "history" in a else None, "spec": a.get("spec")}
+
+
+def rung_agreement(rows: list[dict]) -> list[dict]:
+    """How far the run's own ranking moved between rungs: Kendall tau between the accuracies at rung
+    k and at rung k+1, over the trials (duplicates aside) that were trained at both."""
+    accs = [json.loads(r["rung_accs"]) for r in rows if isinstance(r.get("rung_accs"), str)
+            and r["state"] != "DUPLICATE"]
+    out = []
+    for k in range(max((len(a) for a in accs), default=0) - 1):
+        pairs = [(a[k], a[k + 1]) for a in accs if len(a) > k + 1]
+        tau = kendalltau(*zip(*pairs))[0] if len(pairs) >= 3 else math.nan
+        out.append({"rungs": f"{k}->{k + 1}", "trials": len(pairs),
+                    "kendall_tau": None if math.isnan(tau) else round(float(tau), 4)})
+    return out
 
 
 def pareto_front(rows: list[dict], target_ms: float) -> list[dict]:
@@ -50,10 +71,12 @@ def pareto_front(rows: list[dict], target_ms: float) -> list[dict]:
     return front
 
 
-def front_entry(r: dict) -> dict:
+def front_entry(r: dict, agreement: list[dict]) -> dict:
+    """A front point; front.json stays a list of points, so the run-level rung agreement rides along."""
     return {"trial": r["number"], "arch_id": r["arch_id"], "short": r["short"], "spec": json.loads(r["spec"]),
-            "val_acc": r["val_acc"], "pred_ms": r["pred_ms"], "flops": r["flops"], "params": r["params"],
-            "preset": r["preset"], "measured_ms": None}  # filled by `front` once a final training measured it
+            "val_acc": r["val_acc"], "rung": r["rung"], "pred_ms": r["pred_ms"], "flops": r["flops"],
+            "params": r["params"], "preset": r["preset"], "rung_tau": agreement,
+            "measured_ms": None}  # filled by `front` once a final training measured it
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -65,7 +88,8 @@ def _atomic_write(path: Path, text: str) -> None:
 def write_records(study: optuna.Study, run_dir: Path, target_ms: float) -> list[dict]:
     """Write trials.csv and front.json for the study's current state; return the front."""
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
-    front = [front_entry(r) for r in pareto_front(rows, target_ms)]
+    agreement = rung_agreement(rows)
+    front = [front_entry(r, agreement) for r in pareto_front(rows, target_ms)]
     _atomic_write(run_dir / "trials.csv", pd.DataFrame(rows, columns=TRIAL_COLUMNS).to_csv(index=False))
     _atomic_write(run_dir / "front.json", json.dumps(front, indent=1))
     return front

@@ -1,27 +1,32 @@
-"""The search loop: Optuna asks for a candidate, the latency predictor screens it against the target,
-a Ray worker trains the feasible ones, Optuna is told the result. State lives in the SQLite study,
-so a re-run of the same command resumes where the last one stopped."""
+"""The search: Optuna asks for a candidate, the latency predictor screens it against the target, Ray
+workers train the feasible ones rung by rung (the promoted share of each rung continues from its
+checkpoint), and Optuna is told each candidate's accuracy at its highest rung. State lives in the
+SQLite study and the checkpoints, so a re-run of the same command resumes where the last stopped."""
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import optuna
 
 from evaluators.data import load_dataset
-from evaluators.train import TrainConfig
 from latency_models import LatencyModel
-from latency_models.features import total_flops
-from search_space import SearchSpace, build_model, count_params, presets, sample
+from search_space import SearchSpace, presets, sample
 from search_space.presets import SEARCH_SCALE
 from search_space.sampling import FixedSuggester, params_of
 
 from . import SearchError
 from .config import SearchConfig, parse_target
+from .dispatch import Dispatcher, rung_train_config
+from .ladder import Ladder
 from .records import trial_state, write_records
+from .screening import DUPLICATE, INFEASIBLE, RESUME, WAIT, Screening
 from .rundir import CONFIG_ATTR, load_run_study, run_config, study_storage, write_config
+
+
+MAX_REPEATS = 200  # proposals of known architectures in a row before the space counts as exhausted
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -75,12 +80,15 @@ def _study(cfg: SearchConfig, saved: dict) -> optuna.Study:
 
 
 def recover_interrupted(study: optuna.Study) -> int:
-    """Trials left RUNNING by a killed driver are closed as interrupted and queued to run again."""
+    """Trials left RUNNING by a killed driver are closed as interrupted and queued to run again,
+    carrying the rungs they finished (their checkpoint holds the training)."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         optuna.trial.Trial(study, t._trial_id).set_user_attr("interrupted", True)
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number}, skip_if_exists=False)
+        carried = {k: t.user_attrs[k] for k in ("rung_accs", "trained_steps", "steps", "promoted_to")
+                   if k in t.user_attrs}
+        study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number, **carried}, skip_if_exists=False)
         n += 1
     return n
 
@@ -101,8 +109,10 @@ class SearchProgress:
     running: int = 0
     failed: int = 0
     infeasible: int = 0
+    duplicates: int = 0
     best_acc: float | None = None
     front_size: int = 0
+    at_rung: list[int] = field(default_factory=list)
     mean_train_s: float | None = None
     total: int = 0
     last: str = ""
@@ -147,132 +157,176 @@ def check_target(target_ms: float, latencies: np.ndarray) -> None:
                           f"(half the space meets it) or at least {q10:.2f} (a tenth does)")
 
 
-def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] | None = None) -> list[dict]:
-    """Run (or resume) a search; returns the Pareto front. Infeasible candidates are never trained."""
-    import ray
+@dataclass
+class SearchRun:
+    """A search's moving parts, set up once: the study, the screening of proposals, the rung ladder,
+    the trainings in flight, and the run's records and live view."""
 
-    from .workers import remote_evaluate
+    cfg: SearchConfig
+    study: optuna.Study
+    screening: Screening
+    ladder: Ladder
+    dispatcher: Dispatcher
+    on_progress: Callable[[SearchProgress], None] | None = None
+    waiting: dict = field(default_factory=dict)  # arch_id -> duplicates waiting for its training
+    front: list = field(default_factory=list)
+    proposals_in_a_row_seen: int = 0
+
+    def finished(self) -> set[str]:
+        """Architectures whose trial is over: trained to their last rung, or failed."""
+        return {t.user_attrs["arch_id"] for t in self.study.get_trials(deepcopy=False)
+                if t.state.is_finished() and "arch_id" in t.user_attrs and trial_state(t) in ("COMPLETE", "FAIL")}
+
+    def counted(self) -> int:
+        """Trials that count towards --trials: finished ones, duplicates and interrupted ones aside."""
+        c = counts(self.study)
+        return sum(v for k, v in c.items() if k not in ("RUNNING", "INTERRUPTED", "WAITING", "DUPLICATE"))
+
+    def report(self, last: str = "") -> None:
+        self.front = write_records(self.study, self.cfg.run_dir, self.cfg.target_ms)
+        if not self.on_progress:
+            return
+        c = counts(self.study)
+        trained = [t.user_attrs["train_s"] for t in self.study.get_trials(deepcopy=False)
+                   if trial_state(t) == "COMPLETE" and "train_s" in t.user_attrs]
+        self.on_progress(SearchProgress(
+            done=self.counted(), running=len(self.dispatcher.pending), failed=c.get("FAIL", 0),
+            infeasible=c.get("INFEASIBLE", 0), duplicates=c.get("DUPLICATE", 0),
+            best_acc=max((f["val_acc"] for f in self.front), default=None), front_size=len(self.front),
+            at_rung=self.ladder.at_rung(), mean_train_s=float(np.mean(trained)) if trained else None,
+            total=self.cfg.trials, last=last))
+
+
+def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] | None = None) -> list[dict]:
+    """Run (or resume) a search; returns the Pareto front of the top rung. Infeasible candidates are
+    never trained; every feasible one trains the first rung, and the promoted ones continue."""
+    run = start_run(cfg, on_progress)
+    run.report()
+    try:
+        while True:
+            propose(run)
+            if not run.dispatcher.pending:
+                break
+            trial, rung, res = run.dispatcher.next_result()
+            run.report(settle(run, trial, rung, res))
+    except KeyboardInterrupt:
+        run.dispatcher.cancel()
+        raise
+    return run.front
+
+
+def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] | None) -> SearchRun:
+    """Load the data, space and latency model, open (or resume) the study, start the Ray workers."""
+    import ray
 
     data = load_dataset(cfg.dataset)
     shape = (data.img_size, data.in_chans, data.num_classes)
     space, preset_params = search_space_for(cfg, shape)
     preset_of = {sample(FixedSuggester(p), space, *shape).arch_id: name for name, p in preset_params.items()}
     model = LatencyModel.load(cfg.latency_model)
-    check_target(cfg.target_ms, space_latencies(model, space, shape, cfg.seed))
-
+    latencies = space_latencies(model, space, shape, cfg.seed)
+    check_target(cfg.target_ms, latencies)
     study = open_study(cfg, model)
     if not study.trials:
         for p in preset_params.values():
             study.enqueue_trial(p)
     recover_interrupted(study)
-
     tr, val = data.split(0.1, seed=cfg.seed)
     mean, std = data.channel_stats()
-    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, subset=cfg.subset,
-                            resolution=cfg.resolution, seed=cfg.seed, threads=1)
+    train_cfg = rung_train_config(cfg.rungs, batch_size=cfg.batch_size, lr=cfg.lr, subset=cfg.subset,
+                                  resolution=cfg.resolution, seed=cfg.seed, threads=1)
     if not ray.is_initialized():
         ray.init(address=cfg.ray_address, num_cpus=None if cfg.ray_address else cfg.workers,
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
     data_ref = ray.put((data.x_train[tr], data.y_train[tr], data.x_train[val], data.y_train[val], mean, std))
+    feasible = latencies[latencies <= cfg.target_ms]
+    band_edges = list(np.quantile(feasible, [1 / 3, 2 / 3])) if len(feasible) else []
+    return SearchRun(cfg, study, Screening(space, shape, model, cfg.target_ms, preset_of),
+                     Ladder(study, cfg.rungs, cfg.promotion, band_edges),
+                     Dispatcher(cfg.workers, data_ref, train_cfg, cfg.rungs, cfg.run_dir / "checkpoints"),
+                     on_progress)
 
-    def finished() -> int:  # trials that count towards --trials (interrupted ones are re-run)
-        c = counts(study)
-        return sum(v for k, v in c.items() if k not in ("RUNNING", "INTERRUPTED", "WAITING"))
 
-    evaluated: dict[str, optuna.trial.FrozenTrial] = {
-        t.user_attrs["arch_id"]: t for t in study.get_trials(deepcopy=False)
-        if trial_state(t) == "COMPLETE"}
-    pending: dict = {}  # ray ref -> (trial, arch_id)
-    waiting_dupes: dict[str, list] = {}
-    prog = SearchProgress(total=cfg.trials)
-    front: list[dict] = write_records(study, cfg.run_dir, cfg.target_ms)
+def propose(run: SearchRun) -> None:
+    """Ask Optuna for candidates while a worker is free and the user's count is not reached; a
+    duplicate costs neither a trial from the count nor a training."""
+    while run.dispatcher.free > 0 and run.counted() + len(run.dispatcher.pending) < run.cfg.trials:
+        if run.proposals_in_a_row_seen == MAX_REPEATS:
+            run.proposals_in_a_row_seen += 1  # said once
+            run.report(f"the sampler proposed {MAX_REPEATS} known architectures in a row: the space looks "
+                       f"exhausted; no new trials after {run.counted()}")
+        if run.proposals_in_a_row_seen > MAX_REPEATS:
+            return
+        trial = run.study.ask()
+        spec = run.screening.describe(trial)
+        verdict = run.screening.verdict(trial, spec, run.finished(), run.dispatcher.in_training())
+        run.proposals_in_a_row_seen = run.proposals_in_a_row_seen + 1 if verdict in (DUPLICATE, WAIT) else 0
+        if verdict == INFEASIBLE:
+            trial.set_user_attr("infeasible", True)
+            run.study.tell(trial, [0.0, trial.user_attrs["pred_ms"]])  # constraint-violating: behind every feasible
+            run.report(f"trial {trial.number} infeasible: predicted {trial.user_attrs['pred_ms']:.2f} ms > "
+                       f"{run.cfg.target_ms} ms")
+        elif verdict == DUPLICATE:
+            tell_duplicate(run, trial, original_of(run.study, spec.arch_id))
+        elif verdict == WAIT:
+            run.waiting.setdefault(spec.arch_id, []).append(trial)
+        elif verdict == RESUME:
+            run.ladder.note(spec.arch_id, trial.user_attrs["pred_ms"], trial.user_attrs["rung_accs"])
+            run.report(conclude(run, trial))
+        else:
+            run.dispatcher.submit(trial, rung=0)
+            run.report(f"trial {trial.number} training {spec.short()[:60]}")
 
-    def report(last: str = "") -> None:
-        nonlocal front
-        front = write_records(study, cfg.run_dir, cfg.target_ms)
-        c = counts(study)
-        trained = [t for t in evaluated.values() if "train_s" in t.user_attrs]
-        prog.done, prog.running = finished(), len(pending)
-        prog.failed, prog.infeasible = c.get("FAIL", 0), c.get("INFEASIBLE", 0)
-        prog.best_acc = max((f["val_acc"] for f in front), default=None)
-        prog.front_size = len(front)
-        prog.mean_train_s = float(np.mean([t.user_attrs["train_s"] for t in trained])) if trained else None
-        prog.last = last or prog.last
-        if on_progress:
-            on_progress(prog)
 
-    def tell_result(trial: optuna.trial.Trial, res: dict) -> str:
-        if "failure" in res:
-            trial.set_user_attr("failure", res["failure"])
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            return f"trial {trial.number} failed: {res['failure']}"
-        for k in ("val_acc", "history", "train_s"):
-            trial.set_user_attr(k, res[k])
-        if res.get("pruned"):
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            return f"trial {trial.number} pruned at {res['val_acc']:.3f}"
-        study.tell(trial, [res["val_acc"], trial.user_attrs["pred_ms"]])
-        return f"trial {trial.number}: {res['val_acc']:.3f} at {trial.user_attrs['pred_ms']:.2f} ms"
+def settle(run: SearchRun, trial: optuna.trial.Trial, rung: int, res: dict) -> str:
+    """A training reached its rung: fail it, or record the rung and promote or conclude."""
+    if "failure" in res:
+        trial.set_user_attr("failure", res["failure"])
+        run.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        run.dispatcher.checkpoint(trial.user_attrs["arch_id"]).unlink(missing_ok=True)
+        share_fate(run, trial)
+        return f"trial {trial.number} failed at rung {rung}: {res['failure']}"
+    run.ladder.record(trial, rung, res)
+    return conclude(run, trial)
 
-    def tell_duplicate(trial: optuna.trial.Trial, original: optuna.trial.FrozenTrial) -> None:
-        trial.set_user_attr("cached_from", original.number)
-        trial.set_user_attr("val_acc", original.user_attrs["val_acc"])
-        study.tell(trial, original.values)
 
-    report()
-    try:
-        while True:
-            capacity = cfg.workers - len(pending)
-            asked = finished() + len(pending) + sum(map(len, waiting_dupes.values()))
-            while capacity > 0 and asked < cfg.trials:
-                trial = study.ask()
-                spec = sample(trial, space, *shape)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    pred = float(model.predict([spec])[0])
-                name = preset_of.get(spec.arch_id)
-                attrs = {"spec": spec.to_json(), "arch_id": spec.arch_id, "short": spec.short(), "pred_ms": pred,
-                         "flops": total_flops(spec), "params": count_params(build_model(spec))}
-                if name:
-                    attrs["preset"] = name
-                for k, v in attrs.items():
-                    trial.set_user_attr(k, v)
-                trial.set_constraint("latency_over_target_ms", pred - cfg.target_ms)
-                asked += 1
-                if pred > cfg.target_ms and not name:
-                    trial.set_user_attr("infeasible", True)
-                    study.tell(trial, [0.0, pred])  # constraint-violating: ranked behind every feasible trial
-                    report(f"trial {trial.number} infeasible: predicted {pred:.2f} ms > {cfg.target_ms} ms")
-                elif spec.arch_id in evaluated:
-                    tell_duplicate(trial, evaluated[spec.arch_id])
-                    report(f"trial {trial.number} duplicates trial {evaluated[spec.arch_id].number}")
-                elif any(a == spec.arch_id for _, a in pending.values()):
-                    waiting_dupes.setdefault(spec.arch_id, []).append(trial)
-                else:
-                    curves = [t.user_attrs["history"] for t in evaluated.values() if "history" in t.user_attrs]
-                    prunable = cfg.prune and not name  # presets are reference points: always trained in full
-                    ref = remote_evaluate.remote(spec.to_json(), data_ref, train_cfg, curves if prunable else None)
-                    pending[ref] = (trial, spec.arch_id)
-                    capacity -= 1
-                    report(f"trial {trial.number} training {spec.short()[:60]}")
-            if not pending:
-                break
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            trial, arch_id = pending.pop(ready[0])
-            res = ray.get(ready[0])
-            msg = tell_result(trial, res)
-            frozen = study.get_trials(deepcopy=False)[trial.number]
-            if trial_state(frozen) == "COMPLETE":
-                evaluated[arch_id] = frozen
-            for dup in waiting_dupes.pop(arch_id, []):
-                if arch_id in evaluated:
-                    tell_duplicate(dup, evaluated[arch_id])
-                else:  # the original failed or was pruned: the duplicate shares its fate
-                    dup.set_user_attr("cached_from", trial.number)
-                    study.tell(dup, state=frozen.state)
-            report(msg)
-    except KeyboardInterrupt:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
-    return front
+def conclude(run: SearchRun, trial: optuna.trial.Trial) -> str:
+    """Continue the trial at the next rung if it earns it; otherwise tell Optuna its accuracy at its
+    highest rung (at the top rung, its `val_acc`, comparable across trials)."""
+    arch_id, accs = trial.user_attrs["arch_id"], trial.user_attrs["rung_accs"]
+    promoted_before_a_kill = trial.user_attrs.get("promoted_to") == len(accs)
+    if promoted_before_a_kill or run.ladder.goes_on(arch_id):
+        trial.set_user_attr("promoted_to", len(accs))
+        run.dispatcher.submit(trial, rung=len(accs))
+        return f"trial {trial.number} promoted to rung {len(accs)} ({accs[-1]:.3f} at rung {len(accs) - 1})"
+    if len(accs) == run.cfg.rungs.count:
+        trial.set_user_attr("val_acc", accs[-1])
+    run.study.tell(trial, [accs[-1], trial.user_attrs["pred_ms"]])
+    run.dispatcher.checkpoint(arch_id).unlink(missing_ok=True)
+    share_fate(run, trial)
+    return f"trial {trial.number}: {accs[-1]:.3f} at rung {len(accs) - 1}, {trial.user_attrs['pred_ms']:.2f} ms"
+
+
+def share_fate(run: SearchRun, trial: optuna.trial.Trial) -> None:
+    """Duplicates that waited for this trial's training get its result (or its failure)."""
+    original = run.study.get_trials(deepcopy=False)[trial.number]
+    for dup in run.waiting.pop(trial.user_attrs["arch_id"], []):
+        tell_duplicate(run, dup, original)
+
+
+def original_of(study: optuna.Study, arch_id: str) -> optuna.trial.FrozenTrial:
+    return next(t for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get("arch_id") == arch_id and t.user_attrs.get("cached_from") is None
+                and trial_state(t) in ("COMPLETE", "FAIL"))
+
+
+def tell_duplicate(run: SearchRun, trial: optuna.trial.Trial, original: optuna.trial.FrozenTrial) -> None:
+    trial.set_user_attr("cached_from", original.number)
+    for k in ("rung_accs", "val_acc"):
+        if k in original.user_attrs:
+            trial.set_user_attr(k, original.user_attrs[k])
+    if original.state == optuna.trial.TrialState.COMPLETE:
+        run.study.tell(trial, original.values)
+    else:
+        run.study.tell(trial, state=original.state)
+    run.report(f"trial {trial.number} duplicates trial {original.number}")

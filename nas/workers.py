@@ -1,6 +1,6 @@
-"""Ray workers: one CPU and one torch thread each, running the proxy evaluation."""
+"""Ray workers: one CPU and one torch thread each, training a candidate up to a rung."""
 import ray
 
-from evaluators.proxy import evaluate_proxy
+from evaluators.proxy import evaluate_rung
 
-remote_evaluate = ray.remote(num_cpus=1, max_retries=0)(evaluate_proxy)
+remote_evaluate = ray.remote(num_cpus=1, max_retries=0)(evaluate_rung)

@@ -38,7 +38,19 @@ def trace(fig, name):
     return next(t for t in fig.data if t.name.startswith(name))
 
 
-def test_pruned_trials_sit_at_their_last_measured_accuracy(fig):
+def test_trials_are_drawn_at_the_rung_they_reached():
+    trials = pd.DataFrame([
+        {**row(0, "COMPLETE", 1.0, 0.6), "rung": 1, "rung_acc": 0.6},
+        {**row(1, "COMPLETE", 2.0), "rung": 0, "rung_acc": 0.3},
+        {**row(2, "COMPLETE", 1.5), "rung": 0, "rung_acc": 0.35},
+    ])
+    fig = front_figure(trials, [{"trial": 0, "val_acc": 0.6, "pred_ms": 1.0, "short": "arch0"}], 3.0, {})
+    assert list(trace(fig, "rung 0").y) == [0.3, 0.35]
+    top = trace(fig, "rung 1 (top")
+    assert list(top.x) == [1.0] and list(top.y) == [0.6]
+
+
+def test_a_run_from_before_rungs_draws_pruned_trials_at_their_last_accuracy(fig):
     pruned = trace(fig, "pruned")
     assert list(pruned.x) == [1.0] and list(pruned.y) == [0.35]
 

@@ -16,7 +16,9 @@ from nas.records import pareto_front
 from .helpers import ROOT, run_cli, synthetic_model
 
 TARGET = "p50"  # a target half the space meets, so the constraint bites
-TINY = ["--dataset", "digits", "--epochs", "1", "--subset", "0.3", "--workers", "2", "--seed", "1"]
+# rungs at 2, 6 and 14 steps (8 steps an epoch): every feasible trial trains 2, a promoted share goes on
+TINY = ["--dataset", "digits", "--epochs", "2", "--base-epochs", "0.25", "--eta", "2", "--subset", "0.3",
+        "--workers", "2", "--seed", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +40,12 @@ def dominated(a, b):
 def check_run(run_dir, trials_asked):
     target = json.loads((run_dir / "config.json").read_text())["target_ms"]
     trials = pd.read_csv(run_dir / "trials.csv")
-    finished = trials[~trials["state"].isin(["RUNNING", "INTERRUPTED"])]
-    assert len(finished) >= trials_asked
-    # presets first, as reference points, trained in full (never pruned)
-    presets = trials.sort_values("number").head(6)
-    assert presets["preset"].notna().all() and not (presets["state"] == "PRUNED").any()
+    finished = trials[~trials["state"].isin(["RUNNING", "INTERRUPTED", "DUPLICATE"])]
+    assert len(finished) >= trials_asked  # duplicates cost no trial of the count
+    # presets first, as reference points, trained (even over target)
+    assert trials.sort_values("number").head(6)["preset"].notna().all()
+    presets = trials[trials["preset"].notna() & (trials["state"] != "INTERRUPTED")]  # re-run after a kill
+    assert presets["preset"].nunique() == 6 and (presets["state"] == "COMPLETE").all()
     # infeasible candidates are recorded with their prediction but never trained
     infeasible = trials[trials["state"] == "INFEASIBLE"]
     assert (infeasible["pred_ms"] > target).all() and infeasible["train_s"].isna().all()
@@ -71,26 +74,43 @@ def test_tiny_search_completes(tmp_path, latency_model):
     assert (tmp_path / "tiny" / "front.html").stat().st_size > 10_000
 
 
+def promoted_in_training(run_dir):
+    """A trial training at a rung above the first (it finished rung 0 and was promoted)."""
+    if not (run_dir / "study.db").exists():
+        return False
+    try:
+        return any(t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("rung_accs")
+                   for t in study_trials(run_dir))
+    except Exception:  # the study is still being created
+        return False
+
+
 def test_killed_run_resumes_without_loss_or_retraining(tmp_path, latency_model):
     args = [sys.executable, str(ROOT / "search.py"), "run", "--name", "kill", "--target-ms", TARGET,
             "--trials", "14", "--latency-model", str(latency_model), "--runs-dir", str(tmp_path), *TINY]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    csv = tmp_path / "kill" / "trials.csv"
+    run_dir = tmp_path / "kill"
     deadline = time.time() + 400
-    while time.time() < deadline:
-        if csv.exists() and (pd.read_csv(csv)["state"] == "COMPLETE").sum() >= 4:
-            break
-        time.sleep(1)
-    before = {t.number: (t.state.name, t.values) for t in study_trials(tmp_path / "kill") if t.state.is_finished()}
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray workers, mid-run
+    while time.time() < deadline and not promoted_in_training(run_dir):
+        time.sleep(0.2)
+    before = {t.number: (t.state.name, t.values) for t in study_trials(run_dir) if t.state.is_finished()}
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray workers, mid-rung above the first
     proc.wait()
-    assert sum(s == "COMPLETE" for s, _ in before.values()) >= 4
+    killed_above_first = [t.number for t in study_trials(run_dir)
+                          if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("rung_accs")]
+    assert killed_above_first
     run_cli("run", "--name", "kill", "--target-ms", TARGET, "--trials", 14, "--latency-model", latency_model,
             "--runs-dir", tmp_path, *TINY)
-    after = {t.number: (t.state.name, t.values) for t in study_trials(tmp_path / "kill")}
+    trials = study_trials(run_dir)
+    after = {t.number: (t.state.name, t.values) for t in trials}
     assert all(after[n] == v for n, v in before.items() if v[0] == "COMPLETE")
-    check_run(tmp_path / "kill", 14)
+    resumed = [t for t in trials if t.user_attrs.get("requeued_from") in killed_above_first]
+    assert resumed and all(len(t.user_attrs["rung_accs"]) >= 2 for t in resumed)  # went on from its rung
+    for t in trials:  # no rung trained twice: the steps each call trained add up to no more than the training's
+        if t.user_attrs.get("trained_steps") and t.user_attrs.get("cached_from") is None:
+            assert sum(t.user_attrs["trained_steps"]) <= t.user_attrs["steps"]
+    check_run(run_dir, 14)
 
 
 def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, latency_model):

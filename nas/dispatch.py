@@ -1,0 +1,63 @@
+"""The trainings in flight on Ray workers: which trial, at which rung; each continues its
+architecture's checkpoint in the run directory, so a promoted or resumed candidate never trains a
+rung twice."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+
+from evaluators.train import TrainConfig
+
+from .rungs import Rungs
+
+
+@dataclass
+class Dispatcher:
+    workers: int
+    data_ref: object  # the Ray object holding the training and validation arrays
+    train_cfg: TrainConfig
+    rungs: Rungs
+    checkpoints: Path
+    pending: dict = field(default_factory=dict)  # ray ref -> (trial, rung)
+
+    @property
+    def free(self) -> int:
+        return self.workers - len(self.pending)
+
+    def in_training(self) -> set[str]:
+        return {trial.user_attrs["arch_id"] for trial, _ in self.pending.values()}
+
+    def checkpoint(self, arch_id: str) -> Path:
+        return self.checkpoints / f"{arch_id}.pt"
+
+    def submit(self, trial: optuna.trial.Trial, rung: int) -> None:
+        from .workers import remote_evaluate
+
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        arch_id = trial.user_attrs["arch_id"]
+        ref = remote_evaluate.remote(trial.user_attrs["spec"], self.data_ref, self.train_cfg,
+                                     str(self.checkpoint(arch_id)), self.rungs.budgets[rung])
+        self.pending[ref] = (trial, rung)
+
+    def next_result(self) -> tuple[optuna.trial.Trial, int, dict]:
+        """Wait for any training in flight to reach its rung (or fail)."""
+        import ray
+
+        ready, _ = ray.wait(list(self.pending), num_returns=1)
+        trial, rung = self.pending.pop(ready[0])
+        return trial, rung, ray.get(ready[0])
+
+    def cancel(self) -> None:
+        import ray
+
+        for ref in self.pending:
+            ray.cancel(ref, force=True)
+        self.pending.clear()
+
+
+def rung_train_config(rungs: Rungs, **settings) -> TrainConfig:
+    """The proxy trainings' config: the top rung's schedule, restarting its cosine at every rung."""
+    cycles = {"cycle_epochs": rungs.first, "cycle_mul": rungs.eta} if rungs.count > 1 else {}
+    return TrainConfig(epochs=rungs.top_epochs, **cycles, **settings)

@@ -1,0 +1,45 @@
+"""The rung results of a running search, by architecture, and the promotion decision after each:
+does this candidate train on to the next rung, or is its accuracy here the one Optuna is told?"""
+from __future__ import annotations
+
+import optuna
+
+from .rungs import RungResult, Rungs, promoted
+
+
+class Ladder:
+    def __init__(self, study: optuna.Study, rungs: Rungs, rule: str, band_edges: list[float]):
+        self.rungs, self.rule, self.band_edges = rungs, rule, band_edges
+        self.accs: dict[str, list[float]] = {}
+        self.latency: dict[str, float] = {}
+        for t in study.get_trials(deepcopy=False):
+            a = t.user_attrs
+            if a.get("rung_accs") and "arch_id" in a and a.get("cached_from") is None:  # asked, not copied
+                self.note(a["arch_id"], a["pred_ms"], a["rung_accs"])
+
+    def note(self, arch_id: str, pred_ms: float, accs: list[float]) -> None:
+        if len(accs) >= len(self.accs.get(arch_id, [])):
+            self.accs[arch_id], self.latency[arch_id] = list(accs), pred_ms
+
+    def record(self, trial: optuna.trial.Trial, rung: int, res: dict) -> list[float]:
+        """Keep a finished rung on the trial (so a killed run resumes from it) and here."""
+        accs = list(trial.user_attrs.get("rung_accs") or [])[:rung] + [res["val_acc"]]
+        trained = list(trial.user_attrs.get("trained_steps") or [])[:rung] + [res["trained_steps"]]
+        for k, v in (("rung_accs", accs), ("trained_steps", trained), ("steps", res["steps"]),
+                     ("history", res["history"]), ("train_s", res["train_s"])):
+            trial.set_user_attr(k, v)
+        self.note(trial.user_attrs["arch_id"], trial.user_attrs["pred_ms"], accs)
+        return accs
+
+    def goes_on(self, arch_id: str) -> bool:
+        """Whether the architecture earns the rung above its highest one, against every result at
+        that rung so far."""
+        rung = len(self.accs[arch_id]) - 1
+        if rung + 1 >= self.rungs.count:
+            return False
+        results = [RungResult(a, accs[rung], self.latency[a]) for a, accs in self.accs.items() if len(accs) > rung]
+        return arch_id in promoted(results, self.rule, self.rungs.eta, band_edges=self.band_edges)
+
+    def at_rung(self) -> list[int]:
+        """How many architectures reached each rung."""
+        return [sum(len(a) > k for a in self.accs.values()) for k in range(self.rungs.count)]

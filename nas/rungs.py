@@ -1,0 +1,136 @@
+"""Multi-fidelity allocation: the rungs' training budgets, and the promotion rules that choose which
+candidates of a rung train on to the next. Pure functions, shared by the search and the benchmark
+that measures the rules on the long-training reference pool."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+PROMOTION_RULES = ("pareto", "bands", "accuracy")
+
+
+@dataclass(frozen=True)
+class Rungs:
+    """Budgets growing `eta`-fold: rung k trains base * (1 + eta + ... + eta^k) epochs in all, each
+    continuing the previous rung's training. The top budget is kept exactly; the base is the
+    nearest that fits a whole number of rungs."""
+
+    base_epochs: float
+    top_epochs: float
+    eta: int = 3
+
+    def __post_init__(self):
+        if not 0 < self.base_epochs <= self.top_epochs:
+            raise ValueError(f"rung budgets need 0 < base ({self.base_epochs:g}) <= top ({self.top_epochs:g}) epochs")
+        if self.eta < 2:
+            raise ValueError(f"eta must be at least 2 (got {self.eta})")
+
+    @property
+    def count(self) -> int:
+        return max(1, round(math.log(1 + self.top_epochs * (self.eta - 1) / self.base_epochs, self.eta)))
+
+    @property
+    def first(self) -> float:
+        """The first rung's budget in epochs: the first cosine cycle of the trainings."""
+        return self.top_epochs * (self.eta - 1) / (self.eta ** self.count - 1)
+
+    @property
+    def budgets(self) -> list[float]:
+        return [self.first * (self.eta ** k - 1) / (self.eta - 1) for k in range(1, self.count + 1)]
+
+
+@dataclass(frozen=True)
+class RungResult:
+    key: str
+    accuracy: float
+    latency_ms: float
+
+
+def promoted(results: list[RungResult], rule: str, eta: int, band_edges: list[float] | None = None,
+             settled: bool = False) -> set[str]:
+    """The candidates of one rung that earn the next: the best 1/eta of them by `rule`. While more
+    results may still arrive (the search), the share is rounded down but never below one, so the
+    best so far goes on (ASHA, as Optuna's SuccessiveHalvingPruner does it); once the rung is
+    `settled` (a fixed pool), rounded up.
+
+    `accuracy` ranks by accuracy alone. `bands` takes the best 1/eta within each band of similar
+    predicted latency (between `band_edges`, default three quantile bands of the results), so slow
+    candidates compete with slow ones. `pareto` ranks by non-dominated front on (accuracy up,
+    latency down), spreading its picks along the last front it takes from."""
+    share = (lambda n: math.ceil(n / eta)) if settled else (lambda n: max(1, n // eta))
+    if rule == "accuracy":
+        return _best(results, share(len(results)), key=lambda r: -r.accuracy)
+    if rule == "bands":
+        out: set[str] = set()
+        for band in latency_bands(results, band_edges):
+            out |= _best(band, share(len(band)), key=lambda r: -r.accuracy)
+        return out
+    if rule == "pareto":
+        return {r.key for r in pareto_order(results)[: share(len(results))]}
+    raise ValueError(f"unknown promotion rule '{rule}'; choose one of {', '.join(PROMOTION_RULES)}")
+
+
+def _best(results: list[RungResult], n: int, key) -> set[str]:
+    return {r.key for r in sorted(results, key=lambda r: (key(r), r.key))[:n]}
+
+
+def latency_bands(results: list[RungResult], edges: list[float] | None = None) -> list[list[RungResult]]:
+    """The results grouped by predicted latency between `edges` (inner boundaries, ascending); by
+    default three groups of about equal size, from the fastest to the slowest."""
+    ordered = sorted(results, key=lambda r: (r.latency_ms, r.key))
+    if edges is None:
+        return [list(part) for part in np.array_split(np.array(ordered, dtype=object), 3) if len(part)]
+    index = np.searchsorted(edges, [r.latency_ms for r in ordered], side="right")
+    return [[r for r, i in zip(ordered, index) if i == band] for band in range(len(edges) + 1)
+            if any(i == band for i in index)]
+
+
+def pareto_order(results: list[RungResult]) -> list[RungResult]:
+    """NSGA-II's order: successive non-dominated fronts on (accuracy up, latency down), each front
+    by crowding distance (its two ends first), so a cut through a front keeps it spread."""
+    left, order = list(results), []
+    while left:
+        front = [r for r in left if not any(_dominates(o, r) for o in left)]
+        crowding = _crowding(front)
+        order += sorted(front, key=lambda r: (-crowding[r.key], r.key))
+        left = [r for r in left if r not in front]
+    return order
+
+
+def _dominates(a: RungResult, b: RungResult) -> bool:
+    return (a.accuracy >= b.accuracy and a.latency_ms <= b.latency_ms
+            and (a.accuracy > b.accuracy or a.latency_ms < b.latency_ms))
+
+
+def _crowding(front: list[RungResult]) -> dict[str, float]:
+    dist = {r.key: 0.0 for r in front}
+    for value in (lambda r: r.accuracy, lambda r: r.latency_ms):
+        ordered = sorted(front, key=value)
+        span = value(ordered[-1]) - value(ordered[0]) or 1.0
+        dist[ordered[0].key] = dist[ordered[-1].key] = math.inf
+        for before, r, after in zip(ordered, ordered[1:], ordered[2:]):
+            dist[r.key] += (value(after) - value(before)) / span
+    return dist
+
+
+def successive_halving(latency: dict[str, float], accuracy_at, rungs: Rungs, rule: str) -> dict[str, list[float]]:
+    """Synchronous successive halving over a fixed set of candidates (key -> predicted latency):
+    all train the first rung, the promoted share of each rung the next. `accuracy_at(key, k)`
+    trains (or looks up) candidate `key` to rung k. Returns each candidate's accuracy at every rung
+    it reached."""
+    reached: dict[str, list[float]] = {key: [] for key in latency}
+    current = list(latency)
+    for k in range(rungs.count):
+        for key in current:
+            reached[key].append(accuracy_at(key, k))
+        results = [RungResult(key, reached[key][-1], latency[key]) for key in current]
+        current = sorted(promoted(results, rule, rungs.eta, settled=True))
+    return reached
+
+
+def rung_score(accuracies: list[float]) -> float:
+    """One number that orders candidates as the search's front does: the highest rung reached first,
+    then the accuracy there."""
+    return len(accuracies) - 1 + accuracies[-1]

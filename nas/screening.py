@@ -1,0 +1,49 @@
+"""A proposal before any training: its spec and predicted latency recorded on the trial, whether it
+meets the target, and whether its architecture was trained before or is in training now."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import optuna
+
+from latency_models import LatencyModel
+from latency_models.features import total_flops
+from search_space import ArchSpec, SearchSpace, build_model, count_params, sample
+
+INFEASIBLE, DUPLICATE, WAIT, RESUME, TRAIN = "infeasible", "duplicate", "wait", "resume", "train"
+
+
+@dataclass
+class Screening:
+    space: SearchSpace
+    shape: tuple[int, int, int]
+    model: LatencyModel
+    target_ms: float
+    preset_of: dict[str, str]  # arch_id -> preset name
+
+    def describe(self, trial: optuna.trial.Trial) -> ArchSpec:
+        """Sample the trial's spec and record it, its predicted latency, cost and latency constraint."""
+        spec = sample(trial, self.space, *self.shape)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pred = float(self.model.predict([spec])[0])
+        attrs = {"spec": spec.to_json(), "arch_id": spec.arch_id, "short": spec.short(), "pred_ms": pred,
+                 "flops": total_flops(spec), "params": count_params(build_model(spec))}
+        if spec.arch_id in self.preset_of:
+            attrs["preset"] = self.preset_of[spec.arch_id]
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        trial.set_constraint("latency_over_target_ms", pred - self.target_ms)
+        return spec
+
+    def verdict(self, trial: optuna.trial.Trial, spec: ArchSpec, finished: set[str], in_training: set[str]) -> str:
+        """What to do with a described trial. Presets are reference points: trained even over target.
+        A trial re-queued after a killed run carries its rung results and resumes from them."""
+        if trial.user_attrs["pred_ms"] > self.target_ms and spec.arch_id not in self.preset_of:
+            return INFEASIBLE
+        if spec.arch_id in finished:
+            return DUPLICATE
+        if spec.arch_id in in_training:
+            return WAIT
+        return RESUME if trial.user_attrs.get("rung_accs") else TRAIN

@@ -1,0 +1,32 @@
+"""The reference benchmark's multi-fidelity scoring: it asks only for the trainings some promotion
+rule needs, one rung at a time, and charges each rule for exactly what it trained."""
+from benchmarks.reference import mf_tag, multifidelity_scores
+from nas.rungs import Rungs
+
+RUNGS = Rungs(0.1, 1.3, 3)  # rungs at 0.1, 0.4 and 1.3 epochs
+POOL = [{"arch_id": f"a{i}", "pred_ms": float(i + 1)} for i in range(6)]
+
+
+def row(arch, rung, acc, train_s):
+    return {"arch_id": arch, "rungs": mf_tag(RUNGS), "rung": rung, "val_acc": acc, "train_s": train_s}
+
+
+def test_the_first_rung_is_asked_for_everyone_then_only_the_promoted():
+    methods, missing = multifidelity_scores(POOL, [], RUNGS)
+    assert methods == {} and missing == {(f"a{i}", 0) for i in range(6)}
+    runs = [row(f"a{i}", 0, 0.1 * i, 10.0) for i in range(6)]
+    _, missing = multifidelity_scores(POOL, runs, RUNGS)
+    assert missing and {k for _, k in missing} == {1}
+    assert {a for a, _ in missing} >= {"a5", "a4"}  # the accuracy rule's best 2 of 6
+
+
+def test_each_rule_is_charged_for_what_it_trained_and_scored_by_rung_first():
+    runs = [row(f"a{i}", 0, 0.1 * i, 10.0) for i in range(6)]
+    runs += [row(f"a{i}", 1, 0.5 - 0.05 * i, 40.0) for i in range(6)]  # promoted ones invert at rung 1
+    runs += [row(f"a{i}", 2, 0.6, 130.0) for i in range(6)]
+    methods, missing = multifidelity_scores(POOL, runs, RUNGS)
+    assert not missing and set(methods) == {f"multifidelity-{r}-{mf_tag(RUNGS)}" for r in ("pareto", "bands", "accuracy")}
+    acc = methods[f"multifidelity-accuracy-{mf_tag(RUNGS)}"]
+    assert acc["rungs_reached"] == {"a0": 0, "a1": 0, "a2": 0, "a3": 0, "a4": 2, "a5": 1}
+    assert acc["compute_s"] == 4 * 10.0 + 40.0 + 130.0  # cumulative train_s at each one's highest rung
+    assert max(acc["scores"], key=acc["scores"].get) == "a4"

@@ -1,0 +1,71 @@
+"""Multi-fidelity rungs: budgets, and promotion rules that keep slow candidates in the race."""
+import pytest
+
+from nas.rungs import RungResult, Rungs, latency_bands, pareto_order, promoted, rung_score, successive_halving
+
+
+def test_budgets_grow_eta_fold_and_end_at_the_top():
+    rungs = Rungs(base_epochs=0.1, top_epochs=4.0, eta=3)
+    assert rungs.count == 4 and rungs.budgets == pytest.approx([0.1, 0.4, 1.3, 4.0])
+    assert Rungs(0.3, 4.0, 3).budgets[-1] == pytest.approx(4.0) and Rungs(0.3, 4.0, 3).count == 3
+    assert Rungs(2.0, 2.0).budgets == [2.0]
+    with pytest.raises(ValueError, match="base"):
+        Rungs(5.0, 1.0)
+
+
+def field(n=9):
+    """Accuracy grows with latency: the fast third converges best early but is least accurate."""
+    return [RungResult(f"m{i}", accuracy=0.3 + 0.05 * i, latency_ms=1.0 + i) for i in range(n)] + [
+        RungResult("fast", accuracy=0.9, latency_ms=0.5), RungResult("fast2", accuracy=0.85, latency_ms=0.6)]
+
+
+def test_accuracy_rule_promotes_the_best_third_whatever_their_latency():
+    results = field()
+    assert promoted(results, "accuracy", eta=3) == {"fast", "fast2", "m8"}
+
+
+def test_bands_promote_within_each_latency_band():
+    results = field()
+    bands = latency_bands(results)
+    assert [len(b) for b in bands] == [4, 4, 3] and bands[0][0].key == "fast"
+    assert promoted(results, "bands", eta=3) == {"fast", "m5", "m8"}  # one per band of 4, 4, 3
+    assert [len(b) for b in latency_bands(results, edges=[2.5, 100])] == [4, 7]
+    assert promoted(results, "bands", eta=3, settled=True) == {"fast", "fast2", "m4", "m5", "m8"}
+
+
+def test_pareto_order_takes_fronts_in_turn_ends_first():
+    results = [RungResult("a", 0.9, 1.0), RungResult("b", 0.8, 0.5), RungResult("c", 0.95, 3.0),
+               RungResult("d", 0.85, 2.0), RungResult("e", 0.5, 4.0)]
+    order = [r.key for r in pareto_order(results)]
+    assert set(order[:3]) == {"a", "b", "c"} and order[:2] == ["b", "c"]  # the front's two ends first
+    assert order[3:] == ["d", "e"]  # d is dominated by a only, e by everything
+    assert promoted(results, "pareto", eta=3, settled=True) == {"b", "c"}
+
+
+def test_unknown_rule_is_named():
+    with pytest.raises(ValueError, match="unknown promotion rule 'best'"):
+        promoted(field(), "best", eta=3)
+
+
+def test_successive_halving_trains_each_promoted_candidate_once_per_rung():
+    latency = {f"m{i}": 1.0 + i for i in range(9)}
+    calls = []
+
+    def accuracy_at(key, rung):
+        calls.append((key, rung))
+        return 0.1 * int(key[1:]) / (1 + rung)
+
+    reached = successive_halving(latency, accuracy_at, Rungs(1, 13, 3), "accuracy")
+    assert len(calls) == len(set(calls)) == 9 + 3 + 1
+    assert [k for k, accs in reached.items() if len(accs) == 3] == ["m8"]
+    assert sorted(k for k, accs in reached.items() if len(accs) >= 2) == ["m6", "m7", "m8"]
+    scores = {k: rung_score(a) for k, a in reached.items()}
+    assert max(scores, key=scores.get) == "m8" and scores["m7"] > scores["m5"]
+
+
+def test_while_results_arrive_the_best_so_far_goes_on():
+    first = [RungResult("a", 0.2, 1.0)]
+    assert promoted(first, "accuracy", eta=3) == promoted(first, "pareto", eta=3) == {"a"}
+    two = first + [RungResult("b", 0.3, 5.0)]
+    assert promoted(two, "accuracy", eta=3) == {"b"}
+    assert promoted(two, "bands", eta=3, band_edges=[2.0]) == {"a", "b"}  # alone in its latency band

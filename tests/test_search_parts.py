@@ -1,0 +1,111 @@
+"""The search's parts on their own: screening a proposal, the rung ladder's promotion decisions,
+and the dispatcher's bookkeeping of trainings in flight (Ray replaced by a recorder)."""
+import optuna
+import pytest
+
+from latency_models import LatencyModel
+from nas.dispatch import Dispatcher, rung_train_config
+from nas.ladder import Ladder
+from nas.rungs import Rungs
+from nas.screening import DUPLICATE, INFEASIBLE, RESUME, TRAIN, WAIT, Screening
+from search_space import SearchSpace, presets
+from search_space.sampling import params_of
+
+from .helpers import synthetic_model
+
+SHAPE = (8, 1, 10)
+RUNGS = Rungs(0.5, 6.5, 3)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return LatencyModel.load(synthetic_model(tmp_path_factory.mktemp("lat") / "m.model"))
+
+
+@pytest.fixture
+def study():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def ask_preset(study, name="deit-tiny"):
+    spec = presets(*SHAPE)[name]
+    space = SearchSpace().including(params_of(spec, SearchSpace()))
+    study.enqueue_trial(params_of(spec, space))
+    return study.ask(), space
+
+
+def test_screening_records_the_candidate_and_sorts_it(study, model):
+    trial, space = ask_preset(study)
+    screening = Screening(space, SHAPE, model, target_ms=1e-3, preset_of={})
+    spec = screening.describe(trial)
+    attrs = trial.user_attrs
+    assert attrs["arch_id"] == spec.arch_id and attrs["pred_ms"] > 1e-3 and attrs["params"] > 0
+    assert screening.verdict(trial, spec, set(), set()) == INFEASIBLE
+    screening.target_ms = 1e3
+    assert screening.verdict(trial, spec, {spec.arch_id}, set()) == DUPLICATE
+    assert screening.verdict(trial, spec, set(), {spec.arch_id}) == WAIT
+    assert screening.verdict(trial, spec, set(), set()) == TRAIN
+    trial.set_user_attr("rung_accs", [0.3])  # re-queued after a kill, one rung done
+    assert screening.verdict(trial, spec, set(), set()) == RESUME
+
+
+def test_presets_are_trained_even_over_target(study, model):
+    trial, space = ask_preset(study)
+    spec = Screening(space, SHAPE, model, 1e-3, {}).describe(trial)
+    assert Screening(space, SHAPE, model, 1e-3, {spec.arch_id: "deit-tiny"}).verdict(trial, spec, set(), set()) == TRAIN
+
+
+def test_ladder_promotes_the_best_so_far_and_stops_at_the_top(study):
+    ladder = Ladder(study, RUNGS, "accuracy", band_edges=[])
+    ladder.note("a", 1.0, [0.5])
+    assert ladder.goes_on("a")  # alone at rung 0: the best so far goes on
+    ladder.note("b", 1.0, [0.2])
+    ladder.note("c", 1.0, [0.3])
+    assert not ladder.goes_on("b") and ladder.goes_on("a")  # 1 of 3 promoted
+    ladder.note("a", 1.0, [0.5, 0.6, 0.7])
+    assert not ladder.goes_on("a") and ladder.at_rung() == [3, 1, 1]
+
+
+def test_ladder_rebuilds_from_the_study_ignoring_duplicates(study):
+    for arch, accs, cached in (("a", [0.5, 0.6], None), ("a", [0.5, 0.6], 0), ("b", [0.1], None)):
+        t = study.ask()
+        for k, v in {"arch_id": arch, "pred_ms": 1.0, "rung_accs": accs, "cached_from": cached}.items():
+            t.set_user_attr(k, v)
+        study.tell(t, [accs[-1], 1.0])
+    assert Ladder(study, RUNGS, "pareto", []).at_rung() == [2, 1, 0]
+
+
+def test_ladder_records_a_rung_on_the_trial(study):
+    ladder = Ladder(study, RUNGS, "pareto", [])
+    trial = study.ask()
+    trial.set_user_attr("arch_id", "a")
+    trial.set_user_attr("pred_ms", 2.0)
+    res = {"val_acc": 0.4, "trained_steps": 10, "steps": 10, "history": [], "train_s": 1.0}
+    ladder.record(trial, 0, res)
+    ladder.record(trial, 1, {**res, "val_acc": 0.5, "trained_steps": 30, "steps": 40})
+    assert trial.user_attrs["rung_accs"] == [0.4, 0.5] and trial.user_attrs["trained_steps"] == [10, 30]
+    assert ladder.accs["a"] == [0.4, 0.5]
+
+
+def test_dispatcher_continues_each_architecture_from_its_checkpoint(tmp_path, study, monkeypatch):
+    calls = []
+
+    class Remote:
+        @staticmethod
+        def remote(*args):
+            calls.append(args)
+            return f"ref{len(calls)}"
+
+    monkeypatch.setattr("nas.workers.remote_evaluate", Remote)
+    cfg = rung_train_config(RUNGS, batch_size=32, lr=1e-3)
+    assert (cfg.epochs, cfg.cycle_epochs, cfg.cycle_mul) == (6.5, 0.5, 3)
+    assert rung_train_config(Rungs(2, 2)).cycle_epochs is None  # one rung: the plain schedule
+    dispatcher = Dispatcher(2, "data", cfg, RUNGS, tmp_path / "ckpt")
+    trial = study.ask()
+    trial.set_user_attr("arch_id", "abc")
+    trial.set_user_attr("spec", "{}")
+    dispatcher.submit(trial, rung=1)
+    assert dispatcher.free == 1 and dispatcher.in_training() == {"abc"}
+    spec_json, data, train_cfg, checkpoint, until = calls[0]
+    assert checkpoint == str(tmp_path / "ckpt" / "abc.pt") and until == pytest.approx(2.0)
