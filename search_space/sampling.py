@@ -118,10 +118,11 @@ def sample(trial_or_rng: Suggester | np.random.Generator | int, space: SearchSpa
             k = min(int(frac * depth), depth - 1)
             start = max(1, (depth - k) // 2)
             skip = tuple(range(start, start + k))
-        stages.append(StageSpec(width, depth, norm, attention, heads, key_dim, value_ratio, ffns,
-                                mlp_ratio, dwconv, skip))
-    return ArchSpec(tuple(stages), img_size, in_chans, num_classes, patch, stem=stem,
-                    downsample=downsample).validate()
+        stages.append(StageSpec(width=width, depth=depth, norm=norm, attention=attention, heads=heads,
+                                key_dim=key_dim, value_ratio=value_ratio, ffns=ffns, mlp_ratio=mlp_ratio,
+                                dwconv=dwconv, skip=skip))
+    return ArchSpec(tuple(stages), img_size=img_size, in_chans=in_chans, num_classes=num_classes, patch=patch,
+                    stem=stem, downsample=downsample).validate()
 
 
 def params_of(spec: ArchSpec, space: SearchSpace) -> dict[str, Any]:
