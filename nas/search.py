@@ -4,6 +4,7 @@ checkpoint), and Optuna is told each candidate's accuracy at its highest rung. S
 SQLite study and the checkpoints, so a re-run of the same command resumes where the last stopped."""
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -217,8 +218,6 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
 
 def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] | None) -> SearchRun:
     """Load the data, space and latency model, open (or resume) the study, start the Ray workers."""
-    import ray
-
     data = load_dataset(cfg.dataset)
     shape = (data.img_size, data.in_chans, data.num_classes)
     space, preset_params = search_space_for(cfg, shape)
@@ -235,9 +234,7 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
     mean, std = data.channel_stats()
     train_cfg = rung_train_config(cfg.rungs, batch_size=cfg.batch_size, lr=cfg.lr, subset=cfg.subset,
                                   resolution=cfg.resolution, seed=cfg.seed, threads=1)
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray_address, num_cpus=None if cfg.ray_address else cfg.workers,
-                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray = start_ray(cfg)
     data_ref = ray.put((data.x_train[tr], data.y_train[tr], data.x_train[val], data.y_train[val], mean, std))
     feasible = latencies[latencies <= cfg.target_ms]
     band_edges = list(np.quantile(feasible, [1 / 3, 2 / 3])) if len(feasible) else []
@@ -245,6 +242,25 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
                      Ladder(study, cfg.rungs, cfg.promotion, band_edges),
                      Dispatcher(cfg.workers, data_ref, train_cfg, cfg.rungs, cfg.run_dir / "checkpoints"),
                      on_progress)
+
+
+def start_ray(cfg: SearchConfig):
+    """Join `--ray-address`, or start a local Ray whose every service listens on loopback only, with
+    no dashboard. Ray treats a node whose address is loopback as local-only (its gRPC servers bind
+    127.0.0.1); on Linux it takes the machine's outward address unless clusters are switched off,
+    which its RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 does, read when Ray is first imported."""
+    if not cfg.ray_address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.ray_address, num_cpus=None if cfg.ray_address else cfg.workers,
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+    node_ip = ray.util.get_node_ip_address()
+    if not cfg.ray_address and node_ip not in ("127.0.0.1", "::1"):
+        warnings.warn(f"the local Ray node took address {node_ip}, so its services listen beyond loopback "
+                      f"(Ray was imported before etnas could keep it local)", stacklevel=2)
+    return ray
 
 
 def propose(run: SearchRun) -> None:
