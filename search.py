@@ -24,11 +24,11 @@ class UserError(Exception):
     """Bad input: reported as one line, exit code 2."""
 
 
-def require_device(device: str) -> None:
+def require_device(device: str, option: str = "--device cuda", instead: str = "--device cpu") -> None:
     if device == "cuda":
         import torch
         if not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+            raise UserError(f"{option} asked for, but torch sees no CUDA device; use {instead}")
 
 
 # --- space ------------------------------------------------------------------------------------
@@ -172,6 +172,8 @@ def cmd_run(args) -> None:
     from latency_models.calibrate import calibrate, fingerprint_mismatch
     from nas.search import SearchConfig, resolve_target, run_search, search_space_for, space_latencies
 
+    if args.gpus_per_trial and not args.ray_address:
+        require_device("cuda", option="--gpus-per-trial", instead="0 (CPU workers), or --ray-address of a cluster with GPUs")
     if Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
         raise UserError(f"--runs-dir {args.runs_dir} is a file, not a directory; choose another path")
     data = load_dataset(args.dataset)
@@ -181,7 +183,7 @@ def cmd_run(args) -> None:
                        base_epochs=min(args.base_epochs, args.epochs), eta=args.eta, promotion=args.promotion,
                        subset=args.subset, resolution=args.resolution, batch_size=args.batch_size, lr=args.lr,
                        sampler=args.sampler, seed=args.seed, space=args.space,
-                       ray_address=args.ray_address, runs_dir=args.runs_dir)
+                       ray_address=args.ray_address, gpus_per_trial=args.gpus_per_trial, runs_dir=args.runs_dir)
     space, _ = search_space_for(cfg, shape)
     if not args.latency_model:
         with progress_bar() as bar:
@@ -358,6 +360,14 @@ def trial_count(text: str) -> int:
     return integer(len(PRESETS) + 1)(text)  # the presets come first, then at least one searched trial
 
 
+def gpu_share(text: str) -> float:
+    """0 (CPU workers), a share of one GPU in (0, 1], or a whole number of GPUs."""
+    value = number(0, low_open=False)(text)
+    if value > 1 and value != int(value):
+        raise argparse.ArgumentTypeError(f"{value:g} GPUs: give a share in (0, 1] or a whole number")
+    return value
+
+
 def latency_target(text: str) -> str:
     from nas.config import parse_target
 
@@ -460,6 +470,9 @@ def _run_parser(sub) -> None:
     r.add_argument("--seed", type=integer(0), default=d.seed, help="seed of the sampler, the split and the trainings")
     r.add_argument("--space", help="JSON file overriding the search space's choices")
     r.add_argument("--ray-address", help="join an existing Ray cluster (default: local workers)")
+    r.add_argument("--gpus-per-trial", type=gpu_share, default=d.gpus_per_trial,
+                   help="GPU share each proxy training asks Ray for (0.25: four share a GPU; 0: CPU workers); "
+                        "latency stays predicted for the target device")
     r.add_argument("--calibrate-n", type=integer(8), default=150, help="architectures timed when calibrating")
     r.add_argument("--force", action="store_true", help="use a latency model measured on another device")
     r.add_argument("--runs-dir", default=d.runs_dir, help="directory holding the runs")

@@ -3,6 +3,7 @@ per step, label smoothing, per-sample crop and flip (optionally mixup/cutmix and
 final training), one plain loop shared by the proxy (search) and the final training."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -23,6 +24,9 @@ from timm.scheduler import CosineLRScheduler
 from search_space import ArchSpec, SpecError, build_model
 
 from .recipes import PROXY_RECIPE
+
+
+GPU_REPORT_EVERY = 50  # steps between progress reports on a GPU (each one waits for the device)
 
 
 class TrainingFailed(RuntimeError):
@@ -128,7 +132,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalize
     correct = 0
     for i in range(0, len(x), batch):
         logits = model(norm(x[i:i + batch].to(device)))
-        correct += int((logits.argmax(-1).cpu() == y[i:i + batch]).sum())
+        correct += int((logits.argmax(-1).cpu() == y[i:i + batch].cpu()).sum())
     return correct / max(len(x), 1)
 
 
@@ -326,10 +330,15 @@ def train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer, 
                 on_step: Callable[[int, int, float], None] | None, skip: int = 0, end: int | None = None) -> int:
     """One pass over the data (its first `skip` batches drawn but not trained on, stopping at step
     `end`, default `total`); returns the step count after it. The learning rate and PRepBN/UN
-    progress are set from the global step, so they resume exactly."""
+    progress are set from the global step, so they resume exactly. On a GPU the forward pass runs
+    in bf16 autocast and nothing waits on the device per step: divergence is checked once at the
+    end, and `on_step` hears every GPU_REPORT_EVERY steps."""
     model.train()
     end = total if end is None else end
+    cuda = next(model.parameters()).is_cuda
+    finite = torch.ones((), dtype=torch.bool, device="cuda") if cuda else None
     scheduled = [m for m in model.modules() if hasattr(m, "set_progress")]
+    first = step
     for i, (x, target) in enumerate(batches.epoch()):
         if i < skip:
             continue
@@ -338,8 +347,11 @@ def train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer, 
         for m in scheduled:
             m.set_progress(step, total)
         sched.step_update(step)
-        loss = batches.loss(model(x), target)
-        if not torch.isfinite(loss):
+        with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
+            loss = batches.loss(model(x), target)
+        if cuda:
+            finite &= torch.isfinite(loss)
+        elif not torch.isfinite(loss):
             raise TrainingFailed(f"loss became {loss.item()} at step {step + 1} of {total}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -347,6 +359,8 @@ def train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer, 
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         step += 1
-        if on_step:
+        if on_step and (not cuda or step % GPU_REPORT_EVERY == 0 or step == end):
             on_step(step, total, loss.item())
+    if cuda and not bool(finite):
+        raise TrainingFailed(f"loss became non-finite between steps {first + 1} and {step} of {total}")
     return step

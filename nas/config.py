@@ -29,6 +29,7 @@ class SearchConfig:
     seed: int = 0
     space: str | None = None
     ray_address: str | None = None
+    gpus_per_trial: float = 0.0  # 0: CPU workers; a share like 0.25 lets four proxies share a GPU
     runs_dir: str = "runs"
 
     @property

@@ -20,6 +20,7 @@ class Dispatcher:
     train_cfg: TrainConfig
     rungs: Rungs
     checkpoints: Path
+    gpus_per_trial: float = 0.0
     pending: dict = field(default_factory=dict)  # ray ref -> (trial, rung)
 
     @property
@@ -37,8 +38,9 @@ class Dispatcher:
 
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         arch_id = trial.user_attrs["arch_id"]
-        ref = remote_evaluate.remote(trial.user_attrs["spec"], self.data_ref, self.train_cfg,
-                                     str(self.checkpoint(arch_id)), self.rungs.budgets[rung])
+        task = remote_evaluate.options(num_gpus=self.gpus_per_trial) if self.gpus_per_trial else remote_evaluate
+        ref = task.remote(trial.user_attrs["spec"], [self.data_ref], self.train_cfg, str(self.checkpoint(arch_id)),
+                          self.rungs.budgets[rung])
         self.pending[ref] = (trial, rung)
 
     def next_result(self) -> tuple[optuna.trial.Trial, int, dict]:
@@ -57,7 +59,9 @@ class Dispatcher:
         self.pending.clear()
 
 
-def rung_train_config(rungs: Rungs, **settings) -> TrainConfig:
-    """The proxy trainings' config: the top rung's schedule, restarting its cosine at every rung."""
+def rung_train_config(rungs: Rungs, gpus_per_trial: float = 0.0, **settings) -> TrainConfig:
+    """The proxy trainings' config: the top rung's schedule, restarting its cosine at every rung, on
+    the GPU share Ray gives the worker (Ray sets its CUDA_VISIBLE_DEVICES) or one CPU thread."""
     cycles = {"cycle_epochs": rungs.first, "cycle_mul": rungs.eta} if rungs.count > 1 else {}
-    return TrainConfig(epochs=rungs.top_epochs, **cycles, **settings)
+    device = "cuda" if gpus_per_trial > 0 else "cpu"
+    return TrainConfig(epochs=rungs.top_epochs, device=device, **cycles, **settings)

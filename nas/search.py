@@ -232,15 +232,16 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
     recover_interrupted(study)
     tr, val = data.split(0.1, seed=cfg.seed)
     mean, std = data.channel_stats()
-    train_cfg = rung_train_config(cfg.rungs, batch_size=cfg.batch_size, lr=cfg.lr, subset=cfg.subset,
-                                  resolution=cfg.resolution, seed=cfg.seed, threads=1)
+    train_cfg = rung_train_config(cfg.rungs, cfg.gpus_per_trial, batch_size=cfg.batch_size, lr=cfg.lr,
+                                  subset=cfg.subset, resolution=cfg.resolution, seed=cfg.seed, threads=1)
     ray = start_ray(cfg)
     data_ref = ray.put((data.x_train[tr], data.y_train[tr], data.x_train[val], data.y_train[val], mean, std))
     feasible = latencies[latencies <= cfg.target_ms]
     band_edges = list(np.quantile(feasible, [1 / 3, 2 / 3])) if len(feasible) else []
     return SearchRun(cfg, study, Screening(space, shape, model, cfg.target_ms, preset_of),
                      Ladder(study, cfg.rungs, cfg.promotion, band_edges),
-                     Dispatcher(cfg.workers, data_ref, train_cfg, cfg.rungs, cfg.run_dir / "checkpoints"),
+                     Dispatcher(cfg.workers, data_ref, train_cfg, cfg.rungs, cfg.run_dir / "checkpoints",
+                                cfg.gpus_per_trial),
                      on_progress)
 
 

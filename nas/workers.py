@@ -1,6 +1,29 @@
-"""Ray workers: one CPU and one torch thread each, training a candidate up to a rung."""
+"""Ray workers: one CPU (and `--gpus-per-trial` of a GPU) each, training a candidate up to a rung.
+A worker process fetches the run's data once and keeps it on its device for every later task."""
 import ray
 
 from evaluators.proxy import evaluate_rung
+from evaluators.train import TrainConfig
 
-remote_evaluate = ray.remote(num_cpus=1, max_retries=0)(evaluate_rung)
+_ON_DEVICE: dict = {}  # (data object id, device) -> the arrays there; one entry per worker process
+
+
+def data_on_device(data_holder: list, device: str) -> tuple:
+    """The run's (x_train, y_train, x_val, y_val, mean, std), fetched from the object store on the
+    first task of this process and moved to `device` once. The ref comes wrapped in a list so that
+    Ray passes it unresolved."""
+    (ref,) = data_holder
+    key = (ref.hex(), device)
+    if key not in _ON_DEVICE:
+        _ON_DEVICE.clear()
+        x_tr, y_tr, x_val, y_val, mean, std = ray.get(ref)
+        _ON_DEVICE[key] = (x_tr.to(device), y_tr.to(device), x_val.to(device), y_val, mean, std)
+    return _ON_DEVICE[key]
+
+
+def evaluate_on_worker(spec_json: str, data_holder: list, cfg: TrainConfig, checkpoint: str | None,
+                       until_epochs: float | None) -> dict:
+    return evaluate_rung(spec_json, data_on_device(data_holder, cfg.device), cfg, checkpoint, until_epochs)
+
+
+remote_evaluate = ray.remote(num_cpus=1, max_retries=0)(evaluate_on_worker)

@@ -97,6 +97,11 @@ def test_dispatcher_continues_each_architecture_from_its_checkpoint(tmp_path, st
             calls.append(args)
             return f"ref{len(calls)}"
 
+        @staticmethod
+        def options(**resources):
+            calls.append(resources)
+            return Remote
+
     monkeypatch.setattr("nas.workers.remote_evaluate", Remote)
     cfg = rung_train_config(RUNGS, batch_size=32, lr=1e-3)
     assert (cfg.epochs, cfg.cycle_epochs, cfg.cycle_mul) == (6.5, 0.5, 3)
@@ -108,4 +113,42 @@ def test_dispatcher_continues_each_architecture_from_its_checkpoint(tmp_path, st
     dispatcher.submit(trial, rung=1)
     assert dispatcher.free == 1 and dispatcher.in_training() == {"abc"}
     spec_json, data, train_cfg, checkpoint, until = calls[0]
+    assert data == ["data"]  # wrapped, so Ray hands the worker the ref to fetch once
     assert checkpoint == str(tmp_path / "ckpt" / "abc.pt") and until == pytest.approx(2.0)
+    assert train_cfg.device == "cpu"
+
+    gpu = Dispatcher(8, "data", rung_train_config(RUNGS, gpus_per_trial=0.25), RUNGS, tmp_path, gpus_per_trial=0.25)
+    gpu.submit(trial, rung=0)
+    assert calls[1] == {"num_gpus": 0.25} and calls[2][2].device == "cuda"  # four proxies share a GPU
+
+
+def test_a_worker_fetches_the_data_once_and_keeps_it_on_its_device(monkeypatch):
+    import torch
+
+    import nas.workers as workers
+
+    fetched = []
+
+    class Ref:
+        def hex(self):
+            return "abc"
+
+    def get(ref):
+        fetched.append(ref)
+        return torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4), torch.zeros(2, 1, 8, 8), torch.zeros(2), [0.5], [0.2]
+
+    monkeypatch.setattr(workers.ray, "get", get)
+    monkeypatch.setattr(workers, "_ON_DEVICE", {})
+    first = workers.data_on_device([Ref()], "cpu")
+    again = workers.data_on_device([Ref()], "cpu")
+    assert len(fetched) == 1 and first[0] is again[0] and first[0].device.type == "cpu"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_gpus_per_trial_without_a_gpu_is_one_line(tmp_path):
+    from .helpers import run_cli
+
+    res = run_cli("run", "--name", "g", "--target-ms", "1", "--gpus-per-trial", "0.5", "--runs-dir", tmp_path,
+                  check=False)
+    assert res.returncode == 2 and "--gpus-per-trial asked for, but torch sees no CUDA device" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "g").exists()

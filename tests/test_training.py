@@ -113,3 +113,14 @@ def test_randaugment_keeps_grey_images_grey():
     cfg = TrainConfig(batch_size=32, randaugment="rand-m9-mstd0.5")
     batches = Batches(cfg, x, y, 10, Normalizer([0.5], [0.25], 16), torch.Generator().manual_seed(0))
     assert next(batches.epoch())[0].shape == (32, 1, 16, 16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_gpu_path_trains_in_bf16_and_learns_like_the_cpu_path():
+    x, y = images(192)
+    y = (x.float().mean((1, 2, 3)) > 127.5).long()  # a learnable rule
+    cfg = TrainConfig(epochs=4, batch_size=32, seed=0)
+    cpu = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3)
+    gpu = train(SPEC, x, y, x, y, dataclasses.replace(cfg, device="cuda"), [0.5] * 3, [0.25] * 3)
+    assert next(gpu.model.parameters()).is_cuda and gpu.steps == cpu.steps
+    assert abs(gpu.val_acc - cpu.val_acc) < 0.15
