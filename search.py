@@ -165,12 +165,19 @@ def cmd_fit_latency(args) -> None:
 
 # --- search -----------------------------------------------------------------------------------
 def cmd_run(args) -> None:
-    from rich.live import Live
+    cfg, inputs = prepare_search(args)
+    front = watch_search(cfg, inputs)
+    print_front(cfg.run_dir, as_json=False)
+    console.print(f"{len(front)} architectures on the front; browse: python search.py front {cfg.run_dir}")
 
+
+def prepare_search(args):
+    """The run's settings and everything it reads, loaded once: the data, the space, the latency
+    model (calibrated here unless given) and the target resolved on the space's latencies."""
     from evaluators.data import load_dataset
     from latency_models import LatencyModel
-    from latency_models.calibrate import calibrate, fingerprint_mismatch
-    from nas.search import SearchConfig, resolve_target, run_search, search_space_for, space_latencies
+    from latency_models.calibrate import fingerprint_mismatch
+    from nas.search import SearchConfig, SearchInputs, resolve_target, search_space_for, space_latencies
 
     if args.gpus_per_trial and not args.ray_address:
         require_device("cuda", option="--gpus-per-trial", instead="0 (CPU workers), or --ray-address of a cluster with GPUs")
@@ -184,48 +191,62 @@ def cmd_run(args) -> None:
                        subset=args.subset, resolution=args.resolution, batch_size=args.batch_size, lr=args.lr,
                        sampler=args.sampler, seed=args.seed, space=args.space,
                        ray_address=args.ray_address, gpus_per_trial=args.gpus_per_trial, runs_dir=args.runs_dir)
-    space, _ = search_space_for(cfg, shape)
+    space, preset_params = search_space_for(cfg, shape)
     if not args.latency_model:
-        with progress_bar() as bar:
-            task = bar.add_task("calibrating latency model", total=None, info="")
-            path, report = calibrate(*shape, Path(args.runs_dir) / "latency", space, n=args.calibrate_n,
-                                     on_row=lambda r: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms"))
-        if report:
-            console.print(f"latency model {path}: held-out within ±10% {report['within_10']:.0%}, "
-                          f"Kendall tau {report['kendall_tau']:.2f} ({report['n_test']} held out)")
-        else:
-            console.print(f"reusing latency model {path}")
-        cfg = dataclasses.replace(cfg, latency_model=str(path))
+        cfg = dataclasses.replace(cfg, latency_model=calibrated_model(args, shape, space))
     model = LatencyModel.load(cfg.latency_model)
     mismatch = fingerprint_mismatch(model, data.img_size)
     if mismatch and not args.force:
         raise UserError(f"latency model {cfg.latency_model} was measured elsewhere ({'; '.join(mismatch)}); "
                         f"pass --force to search for that device anyway")
-    target = resolve_target(args.target_ms, space_latencies(model, space, shape, args.seed))
-    cfg = dataclasses.replace(cfg, target_ms=target)
+    latencies = space_latencies(model, space, shape, args.seed)
+    cfg = dataclasses.replace(cfg, target_ms=resolve_target(args.target_ms, latencies))
     if args.target_ms.startswith("p"):
-        console.print(f"target {args.target_ms} of the space's predicted latencies: {target:g} ms")
+        console.print(f"target {args.target_ms} of the space's predicted latencies: {cfg.target_ms:g} ms")
+    return cfg, SearchInputs(data, space, preset_params, model, latencies)
+
+
+def calibrated_model(args, shape: tuple[int, int, int], space) -> str:
+    """This machine's latency model for the data's shape: measured and fitted once, then cached."""
+    from latency_models.calibrate import calibrate
+
+    with progress_bar() as bar:
+        task = bar.add_task("calibrating latency model", total=None, info="")
+        path, report = calibrate(*shape, Path(args.runs_dir) / "latency", space, n=args.calibrate_n,
+                                 on_row=lambda r: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms"))
+    if report:
+        console.print(f"latency model {path}: held-out within ±10% {report['within_10']:.0%}, "
+                      f"Kendall tau {report['kendall_tau']:.2f} ({report['n_test']} held out)")
+    else:
+        console.print(f"reusing latency model {path}")
+    return str(path)
+
+
+def watch_search(cfg, inputs) -> list[dict]:
+    """Run the search under a live line: counts, rungs, best accuracy, front size and ETA."""
+    from rich.live import Live
+
+    from nas.search import run_search
+
     state = {"text": "starting Ray workers"}
 
     def view():
-        return f"[bold]{args.name}[/] {state['text']}"
+        return f"[bold]{cfg.name}[/] {state['text']}"
 
     with Live(view(), console=console, refresh_per_second=4) as live:
         def on_progress(p):
             eta = ""
             if p.mean_train_s:
                 left = max(p.total - p.done, 0)
-                eta = f", ETA ~{left * p.mean_train_s / max(args.workers, 1) / 60:.1f} min"
+                eta = f", ETA ~{left * p.mean_train_s / max(cfg.workers, 1) / 60:.1f} min"
             best = f"{p.best_acc:.4f}" if p.best_acc is not None else "-"
             rungs = "/".join(map(str, p.at_rung))
             state["text"] = (f"{p.done}/{p.total} done, {p.running} training, {p.failed} failed, "
                              f"{p.infeasible} infeasible, {p.duplicates} duplicates | at rungs 0..: {rungs} | "
-                             f"best top-rung acc under {target:g} ms: {best} | front {p.front_size}{eta}\n"
+                             f"best top-rung acc under {cfg.target_ms:g} ms: {best} | front {p.front_size}{eta}\n"
                              f"  {escape(p.last)}")
             live.update(view())
-        front = run_search(cfg, on_progress)
-    print_front(cfg.run_dir, as_json=False)
-    console.print(f"{len(front)} architectures on the front; browse: python search.py front {cfg.run_dir}")
+        return run_search(cfg, on_progress, inputs)
 
 
 def print_front(run_dir: Path, as_json: bool) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import optuna
 
-from evaluators.data import load_dataset
+from evaluators.data import Dataset, load_dataset
 from latency_models import LatencyModel
 from search_space import SearchSpace, presets, sample
 from search_space.presets import SEARCH_SCALE
@@ -198,10 +198,36 @@ class SearchRun:
             total=self.cfg.trials, last=last))
 
 
-def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] | None = None) -> list[dict]:
+@dataclass
+class SearchInputs:
+    """What a search reads before its first trial, loaded once (by the command line, which needs
+    them to calibrate and resolve the target, or by `run_search`): the data, the space widened to
+    the presets, the presets' trial parameters, the latency model and the space's latencies."""
+
+    data: Dataset
+    space: SearchSpace
+    preset_params: dict
+    model: LatencyModel
+    latencies: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.data.img_size, self.data.in_chans, self.data.num_classes
+
+
+def load_inputs(cfg: SearchConfig) -> SearchInputs:
+    data = load_dataset(cfg.dataset)
+    shape = (data.img_size, data.in_chans, data.num_classes)
+    space, preset_params = search_space_for(cfg, shape)
+    model = LatencyModel.load(cfg.latency_model)
+    return SearchInputs(data, space, preset_params, model, space_latencies(model, space, shape, cfg.seed))
+
+
+def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] | None = None,
+               inputs: SearchInputs | None = None) -> list[dict]:
     """Run (or resume) a search; returns the Pareto front of the top rung. Infeasible candidates are
     never trained; every feasible one trains the first rung, and the promoted ones continue."""
-    run = start_run(cfg, on_progress)
+    run = start_run(cfg, on_progress, inputs or load_inputs(cfg))
     run.report()
     try:
         while True:
@@ -216,29 +242,27 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
     return run.front
 
 
-def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] | None) -> SearchRun:
-    """Load the data, space and latency model, open (or resume) the study, start the Ray workers."""
-    data = load_dataset(cfg.dataset)
-    shape = (data.img_size, data.in_chans, data.num_classes)
-    space, preset_params = search_space_for(cfg, shape)
-    preset_of = {sample(FixedSuggester(p), space, *shape).arch_id: name for name, p in preset_params.items()}
-    model = LatencyModel.load(cfg.latency_model)
-    latencies = space_latencies(model, space, shape, cfg.seed)
-    check_target(cfg.target_ms, latencies)
-    study = open_study(cfg, model)
+def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] | None,
+              inputs: SearchInputs) -> SearchRun:
+    """Check the target, open (or resume) the study, start the Ray workers with the data."""
+    check_target(cfg.target_ms, inputs.latencies)
+    study = open_study(cfg, inputs.model)
     if not study.trials:
-        for p in preset_params.values():
+        for p in inputs.preset_params.values():
             study.enqueue_trial(p)
     recover_interrupted(study)
+    data = inputs.data
     tr, val = data.split(0.1, seed=cfg.seed)
     mean, std = data.channel_stats()
     train_cfg = rung_train_config(cfg.rungs, cfg.gpus_per_trial, batch_size=cfg.batch_size, lr=cfg.lr,
                                   subset=cfg.subset, resolution=cfg.resolution, seed=cfg.seed, threads=1)
     ray = start_ray(cfg)
     data_ref = ray.put((data.x_train[tr], data.y_train[tr], data.x_train[val], data.y_train[val], mean, std))
-    feasible = latencies[latencies <= cfg.target_ms]
+    feasible = inputs.latencies[inputs.latencies <= cfg.target_ms]
     band_edges = list(np.quantile(feasible, [1 / 3, 2 / 3])) if len(feasible) else []
-    return SearchRun(cfg, study, Screening(space, shape, model, cfg.target_ms, preset_of),
+    preset_of = {sample(FixedSuggester(p), inputs.space, *inputs.shape).arch_id: name
+                 for name, p in inputs.preset_params.items()}
+    return SearchRun(cfg, study, Screening(inputs.space, inputs.shape, inputs.model, cfg.target_ms, preset_of),
                      Ladder(study, cfg.rungs, cfg.promotion, band_edges),
                      Dispatcher(cfg.workers, data_ref, train_cfg, cfg.rungs, cfg.run_dir / "checkpoints",
                                 cfg.gpus_per_trial),
