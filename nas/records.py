@@ -3,6 +3,7 @@ and front.json (the Pareto-optimal feasible trials of the top rung, each carryin
 rung-to-rung Kendall tau). Both are rebuilt from the study alone, atomically, after every event."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -97,9 +98,12 @@ def write_records(study: optuna.Study, run_dir: Path, target_ms: float) -> list[
 
 def read_trials(path: Path) -> list[dict] | None:
     """trials.csv as rows (NaN where a value is absent), or None where it is missing, truncated or
-    corrupt (rebuild it)."""
+    corrupt (rebuild it). It is written whole, ending in a newline: a file that does not is cut."""
     try:
-        df = pd.read_csv(path)
+        text = Path(path).read_text()
+        if not text.endswith("\n"):
+            return None
+        df = pd.read_csv(io.StringIO(text))
     except (OSError, ValueError):
         return None
     if list(df.columns) != TRIAL_COLUMNS:
