@@ -548,13 +548,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from evaluators.data import DataError
+    from evaluators.train import TrainingFailed
     from latency_models import ModelFileError, TableError
     from nas import SearchError
     from search_space import SpecError
 
     try:
         args.fn(args)
-    except (UserError, SpecError, TableError, ModelFileError, DataError, SearchError) as e:
+    except (UserError, SpecError, TableError, ModelFileError, DataError, SearchError, TrainingFailed) as e:
         console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except OSError as e:  # an output path that is a file, a directory, or not writable

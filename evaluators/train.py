@@ -278,6 +278,9 @@ class _Loop:
     def run(self, state: dict, stop: int, evaluate: Callable[[], float | None],
             on_epoch: Callable[[int, float], bool] | None, checkpoint: Path | None) -> TrainResult:
         start = step = state["step"]
+        if step > stop:
+            raise TrainingFailed(f"the checkpoint is at step {step}, past the {stop} steps asked for "
+                                 f"(a longer training of this model); delete it to retrain")
         history, val_acc = list(state["history"]), state["val_acc"]
         t0 = time.perf_counter() - state["train_s"]
         gen = self.batches.gen

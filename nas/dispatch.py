@@ -49,7 +49,10 @@ class Dispatcher:
 
         ready, _ = ray.wait(list(self.pending), num_returns=1)
         trial, rung = self.pending.pop(ready[0])
-        return trial, rung, ray.get(ready[0])
+        try:
+            return trial, rung, ray.get(ready[0])
+        except ray.exceptions.RayError as e:  # the worker died (memory, a crash in native code)
+            return trial, rung, {"failure": f"worker lost: {type(e).__name__}: {str(e).splitlines()[0]}"}
 
     def cancel(self) -> None:
         import ray

@@ -86,7 +86,7 @@ def front_figure(trials: pd.DataFrame, front: list[dict], target_ms: float, fina
     for i, (part, label) in enumerate(groups):
         top = i == len(groups) - 1
         fig.add_scatter(x=part["pred_ms"], y=part["acc"], mode="markers", name=label,
-                        marker={"color": "#1f77b4" if top else "#ff7f0e", "opacity": 1.0 if top else 0.35 + 0.2 * i},
+                        marker={"color": "#1f77b4" if top else "#ff7f0e", "opacity": 1.0 if top else min(0.9, 0.35 + 0.2 * i)},
                         text=[f"trial {n}<br>{s}" for n, s in zip(part["number"], part["short"])],
                         hovertemplate=hover, row=1, col=1)
     for state, color, label in (("INFEASIBLE", "#bbbbbb", "infeasible: predicted over target, not trained"),

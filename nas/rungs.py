@@ -94,7 +94,7 @@ def pareto_order(results: list[RungResult]) -> list[RungResult]:
     while left:
         front = [r for r in left if not any(_dominates(o, r) for o in left)]
         crowding = _crowding(front)
-        order += sorted(front, key=lambda r: (-crowding[r.key], r.key))
+        order += sorted(front, key=lambda r: (-crowding[r.key], -r.accuracy, r.latency_ms, r.key))
         left = [r for r in left if r not in front]
     return order
 

@@ -85,11 +85,11 @@ def recover_interrupted(study: optuna.Study) -> int:
     carrying the rungs they finished (their checkpoint holds the training)."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        carried = {k: t.user_attrs[k] for k in ("rung_accs", "trained_steps", "steps", "promoted_to")
+                   if k in t.user_attrs}  # queued again first: a kill between the two loses no trial
+        study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number, **carried}, skip_if_exists=False)
         optuna.trial.Trial(study, t._trial_id).set_user_attr("interrupted", True)
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        carried = {k: t.user_attrs[k] for k in ("rung_accs", "trained_steps", "steps", "promoted_to")
-                   if k in t.user_attrs}
-        study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number, **carried}, skip_if_exists=False)
         n += 1
     return n
 
@@ -257,6 +257,9 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
     train_cfg = rung_train_config(cfg.rungs, cfg.gpus_per_trial, batch_size=cfg.batch_size, lr=cfg.lr,
                                   subset=cfg.subset, resolution=cfg.resolution, seed=cfg.seed, threads=1)
     ray = start_ray(cfg)
+    if cfg.gpus_per_trial > ray.cluster_resources().get("GPU", 0):
+        raise SearchError(f"--gpus-per-trial {cfg.gpus_per_trial:g} asks for more GPUs than Ray has "
+                          f"({ray.cluster_resources().get('GPU', 0):g}); no trial could ever start")
     data_ref = ray.put((data.x_train[tr], data.y_train[tr], data.x_train[val], data.y_train[val], mean, std))
     feasible = inputs.latencies[inputs.latencies <= cfg.target_ms]
     band_edges = list(np.quantile(feasible, [1 / 3, 2 / 3])) if len(feasible) else []

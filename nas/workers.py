@@ -23,7 +23,11 @@ def data_on_device(data_holder: list, device: str) -> tuple:
 
 def evaluate_on_worker(spec_json: str, data_holder: list, cfg: TrainConfig, checkpoint: str | None,
                        until_epochs: float | None) -> dict:
-    return evaluate_rung(spec_json, data_on_device(data_holder, cfg.device), cfg, checkpoint, until_epochs)
+    try:
+        data = data_on_device(data_holder, cfg.device)
+    except Exception as e:  # the data could not be fetched or placed: this trial fails, the search goes on
+        return {"failure": f"data not available on the worker ({type(e).__name__}: {e})"}
+    return evaluate_rung(spec_json, data, cfg, checkpoint, until_epochs)
 
 
 remote_evaluate = ray.remote(num_cpus=1, max_retries=0)(evaluate_on_worker)

@@ -152,3 +152,19 @@ def test_gpus_per_trial_without_a_gpu_is_one_line(tmp_path):
                   check=False)
     assert res.returncode == 2 and "--gpus-per-trial asked for, but torch sees no CUDA device" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "g").exists()
+
+
+def test_a_lost_worker_is_a_failed_trial_not_a_crash(tmp_path, study, monkeypatch):
+    import ray
+
+    def lost(ref):
+        raise ray.exceptions.WorkerCrashedError()
+
+    monkeypatch.setattr(ray, "wait", lambda refs, num_returns: (refs[:1], refs[1:]))
+    monkeypatch.setattr(ray, "get", lost)
+    dispatcher = Dispatcher(1, "data", rung_train_config(RUNGS), RUNGS, tmp_path)
+    trial = study.ask()
+    dispatcher.pending["ref"] = (trial, 2)
+    got, rung, res = dispatcher.next_result()
+    assert got is trial and rung == 2 and res["failure"].startswith("worker lost: WorkerCrashedError")
+    assert not dispatcher.pending
