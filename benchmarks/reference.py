@@ -53,6 +53,7 @@ from evaluators.train import TrainConfig, accuracy, train  # noqa: E402
 from latency_models import LatencyModel, read_table  # noqa: E402
 from latency_models.features import total_flops  # noqa: E402
 from latency_models.validate import per_architecture  # noqa: E402
+from nas.dispatch import rung_train_config  # noqa: E402
 from nas.rungs import PROMOTION_RULES, Rungs, rung_score, successive_halving  # noqa: E402
 from search_space import ArchSpec, SearchSpace, build_model, count_params, presets, sample  # noqa: E402
 from search_space.presets import SEARCH_SCALE  # noqa: E402
@@ -253,8 +254,8 @@ def write_fidelity(out: Path, pool: list[dict]) -> None:
 def train_rung(row: dict, rung: int, rungs: Rungs, data_path: str, work: str) -> dict:
     """Train one pool member up to a rung, continuing its previous rung's checkpoint."""
     d = dataset(data_path)
-    cfg = TrainConfig(epochs=rungs.top_epochs, cycle_epochs=rungs.first, cycle_mul=rungs.eta, seed=0, threads=1,
-                      batch_size=PROXY_RECIPE["batch_size"], lr=PROXY_RECIPE["lr"])  # the search's defaults
+    cfg = rung_train_config(rungs, seed=0, threads=1, batch_size=PROXY_RECIPE["batch_size"],
+                            lr=PROXY_RECIPE["lr"])  # the search's own rung schedule and defaults
     ckpt = Path(work) / f"{row['arch_id']}-{mf_tag(rungs)}.pt"
     res = train(ArchSpec.from_dict(row["spec"]), d["x"], d["y"], d["x_val"], d["y_val"], cfg, d["mean"], d["std"],
                 checkpoint=ckpt, until_epochs=rungs.budgets[rung])

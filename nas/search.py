@@ -176,7 +176,7 @@ class SearchRun:
     def finished(self) -> set[str]:
         """Architectures whose trial is over: trained to their last rung, or failed."""
         return {t.user_attrs["arch_id"] for t in self.study.get_trials(deepcopy=False)
-                if t.state.is_finished() and "arch_id" in t.user_attrs and trial_state(t) in ("COMPLETE", "FAIL")}
+                if "arch_id" in t.user_attrs and trial_state(t) in ("COMPLETE", "FAIL")}
 
     def counted(self) -> int:
         """Trials that count towards --trials: finished ones, duplicates and interrupted ones aside."""
@@ -257,9 +257,10 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
     train_cfg = rung_train_config(cfg.rungs, cfg.gpus_per_trial, batch_size=cfg.batch_size, lr=cfg.lr,
                                   subset=cfg.subset, resolution=cfg.resolution, seed=cfg.seed, threads=1)
     ray = start_ray(cfg)
-    if cfg.gpus_per_trial > ray.cluster_resources().get("GPU", 0):
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if cfg.gpus_per_trial > gpus:
         raise SearchError(f"--gpus-per-trial {cfg.gpus_per_trial:g} asks for more GPUs than Ray has "
-                          f"({ray.cluster_resources().get('GPU', 0):g}); no trial could ever start")
+                          f"({gpus:g}); no trial could ever start")
     data_ref = ray.put((data.x_train[tr], data.y_train[tr], data.x_train[val], data.y_train[val], mean, std))
     feasible = inputs.latencies[inputs.latencies <= cfg.target_ms]
     band_edges = list(np.quantile(feasible, [1 / 3, 2 / 3])) if len(feasible) else []
