@@ -22,7 +22,7 @@ long training gives? (issue 13)
             each rung), for every promotion rule; each (architecture, rung) training is kept in
             OUT/multifidelity_runs.jsonl and never redone, and only what some rule promotes is
             trained. The rules' scores and compute go into OUT/fidelity.json.
-  report    Kendall tau, Spearman rho, top-5 recall and regret at the pool's 25/50/75th percentile
+  report    (re)write OUT/fidelity.json from the runs so far, then Kendall tau, Spearman rho, top-5 recall and regret at the pool's 25/50/75th percentile
             latency of every method, and the seed noise floor, as a markdown table.
 
     .venv/bin/python benchmarks/reference.py pool
@@ -323,14 +323,16 @@ def method_figures(scores: dict[str, float], acc: dict[str, float], lat: dict[st
     picked = set(sorted(ids, key=lambda i: -scores[i])[:5])
     regrets = []
     for t in np.percentile(list(lat.values()), [25, 50, 75]):
-        within = [i for i in ids if lat[i] <= t]
-        pick = max(within, key=lambda i: scores[i])
-        regrets.append(max(acc[i] for i in within) - acc[pick])
+        within = [i for i in acc if lat[i] <= t]
+        scored = [i for i in within if i in scores]
+        pick = max(scored, key=lambda i: scores[i]) if scored else None
+        regrets.append(max(acc[i] for i in within) - acc[pick] if pick else float("nan"))
     return {"tau": kendalltau(s, a)[0], "rho": spearmanr(s, a)[0], "top5": len(top5 & picked),
-            "regret_pts": [100 * r for r in regrets]}
+            "regret_pts": [100 * r for r in regrets], "scored": len(ids)}
 
 
 def cmd_report(args) -> None:
+    write_fidelity(args.out, read_jsonl(args.out / "pool.jsonl"))  # from the runs so far
     rows = read_jsonl(args.out / "reference.jsonl")
     fid = json.loads((args.out / "fidelity.json").read_text())
     long = first_seed(rows)
@@ -343,7 +345,8 @@ def cmd_report(args) -> None:
     for name, m in fid["methods"].items():
         f = method_figures(m["scores"], acc, lat)
         regret = " / ".join(f"{r:.1f}" for r in f["regret_pts"])
-        print(f"| {name} | {m['compute_s']:.0f} | {f['tau']:.3f} | {f['rho']:.3f} | {f['top5']}/5 | {regret} |")
+        partial = f" ({f['scored']} of {len(acc)} scored)" if f["scored"] < len(acc) else ""
+        print(f"| {name}{partial} | {m['compute_s']:.0f} | {f['tau']:.3f} | {f['rho']:.3f} | {f['top5']}/5 | {regret} |")
 
 
 def main() -> None:
