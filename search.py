@@ -16,7 +16,8 @@ from rich.table import Table
 
 from evaluators.recipes import FINAL_RECIPE
 
-console = Console(stderr=True)
+out = Console(soft_wrap=True)  # results: tables, reports, paths written (a long path stays one line)
+console = Console(stderr=True)  # progress, status, warnings and errors
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
 
 
@@ -42,7 +43,7 @@ def cmd_space_sample(args) -> None:
     specs = [sample(rng, space, args.img_size, args.in_chans, args.num_classes) for _ in range(args.n)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("".join(s.to_json() + "\n" for s in specs))
-    console.print(f"wrote {len(specs)} specs ({len({s.arch_id for s in specs})} distinct) to {args.out}")
+    out.print(f"wrote {len(specs)} specs ({len({s.arch_id for s in specs})} distinct) to {args.out}")
 
 
 def cmd_space_check(args) -> None:
@@ -67,10 +68,10 @@ def cmd_space_check(args) -> None:
         for r in report["archs"]:
             table.add_row(r["name"], "yes" if r["ok"] else "[red]NO", f"{r['max_rel_err']:.1e}",
                           f"{r['flops'] / 1e6:.1f}", f"{r['params']:,}", escape(r["short"]))
-        Console().print(table)
-        Console().print({k: v for k, v in report["coverage"].items() if k in ("norm", "attention")})
+        out.print(table)
+        out.print({k: v for k, v in report["coverage"].items() if k in ("norm", "attention")})
         for f in report["failures"]:
-            Console().print(f"[red]failure:[/] {f}")
+            out.print(f"[red]failure:[/] {f}")
     if report["failures"]:
         sys.exit(1)
 
@@ -131,7 +132,7 @@ def cmd_measure(args) -> None:
         measure_all(unique.values(), Path(args.out), args.runtime, args.device, args.threads, args.batch,
                     args.remeasure, args.sweeps, reference_ms=reference,
                     on_row=lambda r: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms {r['short'][:40]}"))
-    console.print(f"timings in {args.out}")
+    out.print(f"timings in {args.out}")
 
 
 def cmd_fit_latency(args) -> None:
@@ -151,16 +152,16 @@ def cmd_fit_latency(args) -> None:
     for key, fmt in (("within_5", "{:.1%}"), ("within_10", "{:.1%}"), ("mape", "{:.2%}"), ("rmse_ms", "{:.3f}"),
                      ("kendall_tau", "{:.3f}")):
         table.add_row(key, fmt.format(report[key]), fmt.format(base["flops"][key]), fmt.format(base["params"][key]))
-    Console().print(table)
-    Console().print(f"noise floor (median relative difference of {report['noise_pairs']} re-measured "
-                    f"architectures): {report['noise_floor']:.2%}; within ±10% of each other: "
-                    f"{report['noise_within_10']:.1%}")
+    out.print(table)
+    out.print(f"noise floor (median relative difference of {report['noise_pairs']} re-measured "
+              f"architectures): {report['noise_floor']:.2%}; within ±10% of each other: "
+              f"{report['noise_within_10']:.1%}")
     if "raw" in report:
         raw = report["raw"]
-        Console().print(f"against the raw timings (the machine's speed at the time, not the reference's): within "
-                        f"±10% {raw['within_10']:.1%}, Kendall tau {raw['kendall_tau']:.3f}; their noise floor "
-                        f"{raw['noise_floor']:.2%}")
-    Console().print(f"Model saved to {args.out} ({report['saved_model']}).")
+        out.print(f"against the raw timings (the machine's speed at the time, not the reference's): within "
+                  f"±10% {raw['within_10']:.1%}, Kendall tau {raw['kendall_tau']:.3f}; their noise floor "
+                  f"{raw['noise_floor']:.2%}")
+    out.print(f"Model saved to {args.out} ({report['saved_model']}).")
 
 
 # --- search -----------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def cmd_run(args) -> None:
     cfg, inputs = prepare_search(args)
     front = watch_search(cfg, inputs)
     print_front(cfg.run_dir, as_json=False)
-    console.print(f"{len(front)} architectures on the front; browse: python search.py front {cfg.run_dir}")
+    out.print(f"{len(front)} architectures on the front; browse: python search.py front {cfg.run_dir}")
 
 
 def prepare_search(args):
@@ -266,7 +267,7 @@ def print_front(run_dir: Path, as_json: bool) -> None:
         name = f" [green](preset {f['preset']})" if f.get("preset") else ""
         table.add_row(str(f["trial"]), rung_text(f.get("rung")), f"{f['val_acc']:.4f}", f"{f['pred_ms']:.3f}",
                       measured, f"{f['flops'] / 1e6:.1f}", f"{int(f['params']):,}", escape(f["short"]) + name)
-    Console().print(table)
+    out.print(table)
     refs = trials[trials["preset"].notna() & (trials["state"] != "INTERRUPTED")]  # re-run after a kill
     if len(refs):
         ref = Table("preset", "trial", "rung", "acc at rung", "pred ms", "state", title="seed presets (reference points)")
@@ -274,12 +275,12 @@ def print_front(run_dir: Path, as_json: bool) -> None:
             acc = f"{r['rung_acc']:.4f}" if pd.notna(r.get("rung_acc")) else "-"
             ref.add_row(str(r["preset"]), str(r["number"]), rung_text(r.get("rung")), acc, f"{r['pred_ms']:.3f}",
                         str(r["state"]))
-        Console().print(ref)
+        out.print(ref)
     for a in (front[0].get("rung_tau") or []) if front else []:
         tau = f"{a['kendall_tau']:.2f}" if a["kendall_tau"] is not None else "n/a (fewer than 3)"
-        console.print(f"ranking from rung {a['rungs'].replace('->', ' to ')}: Kendall tau {tau} over "
-                      f"{a['trials']} promoted trials")
-    console.print(f"plot: {html}")
+        out.print(f"ranking from rung {a['rungs'].replace('->', ' to ')}: Kendall tau {tau} over "
+                  f"{a['trials']} promoted trials")
+    out.print(f"plot: {html}")
 
 
 def rung_text(rung) -> str:
@@ -318,7 +319,7 @@ def cmd_train(args) -> None:
     for k in ("short", "test_acc", "pred_ms", "measured_ms", "pred_rel_err", "epochs", "train_s", "params"):
         v = report[k]
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else escape(str(v)))
-    Console().print(table)
+    out.print(table)
 
 
 def cmd_export(args) -> None:
@@ -327,8 +328,8 @@ def cmd_export(args) -> None:
 
     number = resolve_trial(Path(args.run), args.trial)
     res = export_trial(Path(args.run), number, Path(args.out), tuple(f for f in args.format.split(",") if f))
-    console.print(f"exported to {res['out']}: {', '.join(res['files'])}; max abs diff vs PyTorch "
-                  f"{', '.join(f'{k} {v:.1e}' for k, v in res['max_abs_diff'].items())}")
+    out.print(f"exported to {res['out']}: {', '.join(res['files'])}; max abs diff vs PyTorch "
+              f"{', '.join(f'{k} {v:.1e}' for k, v in res['max_abs_diff'].items())}")
 
 
 def version() -> str:
@@ -545,7 +546,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning is one line on stderr, like an error, not Python's two lines pointing at our source."""
+    console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
+    warnings.showwarning = show_warning
     args = build_parser().parse_args(argv)
     from evaluators.data import DataError
     from evaluators.train import TrainingFailed
@@ -556,11 +563,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.fn(args)
     except (UserError, SpecError, TableError, ModelFileError, DataError, SearchError, TrainingFailed) as e:
-        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except OSError as e:  # an output path that is a file, a directory, or not writable
         where = f"{e.filename}: " if e.filename else ""
-        console.print(f"[red]error:[/] {where}{e.strerror or e}; choose another path", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(f'{where}{e.strerror or e}')}; choose another path", highlight=False,
+                      soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: what was already saved is kept; re-run the same command to resume")

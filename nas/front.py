@@ -102,9 +102,11 @@ def front_figure(trials: pd.DataFrame, front: list[dict], target_ms: float, fina
                     text=list(presets["preset"]), hovertemplate=hover)
     x_span = max(float(shown["pred_ms"].max()), target_ms) or 1.0
     y_span = max(float(shown["acc"].max() or 0), 1e-3)
+    gap = 0.06 * y_span  # a label sits above its marker, a thin arrow back to it
     for (x, y, name), dy in zip(zip(presets["pred_ms"], presets["acc"], presets["preset"]),
                                 place_labels(list(zip(presets["pred_ms"], presets["acc"])), x_span, y_span)):
-        fig.add_annotation(x=x, y=y + dy, yshift=12, text=name, showarrow=False, row=1, col=1)
+        fig.add_annotation(x=x, y=y, ax=x, ay=y + dy + gap, axref="x", ayref="y", text=name, showarrow=True,
+                           arrowhead=0, arrowwidth=1, arrowcolor="#999999", standoff=7, row=1, col=1)
     if front:
         fig.add_scatter(x=[f["pred_ms"] for f in front], y=[f["val_acc"] for f in front], mode="lines+markers",
                         line={"shape": "hv", "color": "#9467bd"}, name="Pareto front",

@@ -1,5 +1,6 @@
 """The command line's shape: `etnas` and `search.py` are one program, every option of every
-subcommand has help with its default, and the dashboard reads a run's study."""
+subcommand has help with its default, the dashboard reads a run's study, and results go to stdout
+while progress, warnings and errors go to stderr."""
 import argparse
 import json
 import subprocess
@@ -102,5 +103,51 @@ def test_bad_options_are_one_line_exit_2_and_write_nothing(tmp_path, args, messa
                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr and res.stdout == ""
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def finished_run(run_dir):
+    """A run directory as `etnas run` leaves it, two top-rung trials after one promotion, written
+    directly (no training)."""
+    import pandas as pd
+
+    from nas.records import TRIAL_COLUMNS
+
+    rows = [{**dict.fromkeys(TRIAL_COLUMNS), "number": n, "state": "COMPLETE", "rung": 1, "rung_acc": acc,
+             "val_acc": acc, "short": f"arch{n}", "pred_ms": ms, "flops": 1e6, "params": 1000,
+             "rung_accs": json.dumps([acc / 2, acc])} for n, acc, ms in ((0, 0.5, 1.0), (1, 0.6, 2.0))]
+    tau = [{"rungs": "0->1", "trials": 2, "kendall_tau": None}]
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"target_ms": 3.0}))
+    pd.DataFrame(rows, columns=TRIAL_COLUMNS).to_csv(run_dir / "trials.csv", index=False)
+    (run_dir / "front.json").write_text(json.dumps(
+        [{**{k: r[k] for k in ("val_acc", "rung", "pred_ms", "flops", "params", "short")}, "trial": r["number"],
+          "preset": None, "rung_tau": tau, "measured_ms": None} for r in rows]))
+    return run_dir
+
+
+def test_front_prints_results_on_stdout_and_warnings_on_stderr(tmp_path):
+    run = finished_run(tmp_path / "a-run-directory-whose-path-is-longer-than-the-eighty-columns-of-a-pipe")
+    (run / "final" / "1").mkdir(parents=True)
+    (run / "final" / "1" / "final.json").write_text("{")  # unreadable: a warning, the front still shows
+    res = run_cli("front", run)
+    assert "Pareto front" in res.stdout and "Kendall tau n/a" in res.stdout
+    assert f"plot: {run / 'front.html'}\n" in res.stdout  # one line, to pipe
+    assert "final.json is corrupt" in res.stderr and "corrupt" not in res.stdout
+    assert res.stderr.startswith("warning:") and len(res.stderr.strip().splitlines()) == 1  # not Python's two lines
+
+
+def test_written_files_and_version_on_stdout_bad_options_on_stderr(tmp_path):
+    res = run_cli("space", "sample", "--n", 2, "--out", tmp_path / "s.jsonl")
+    assert res.stdout == f"wrote 2 specs (2 distinct) to {tmp_path / 's.jsonl'}\n" and res.stderr == ""
+    version = run_cli("--version")
+    assert version.stdout.startswith("etnas ") and version.stderr == ""
+    bad = run_cli("space", "sample", "--n", -1, "--out", tmp_path / "t.jsonl", check=False)
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.startswith("error:")
+
+
+def test_a_bad_run_directory_is_one_line_on_stderr_only(tmp_path):
+    res = run_cli("front", tmp_path / "nope", check=False)
+    assert res.returncode == 2 and res.stdout == "" and res.stderr.startswith("error:") and "no run at" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

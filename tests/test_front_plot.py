@@ -68,11 +68,15 @@ def test_final_trainings_are_drawn(fig):
     assert list(final.x) == [1.3] and list(final.y) == [0.61]
 
 
-def test_preset_labels_do_not_overlap(fig):
-    labels = [(a.x, a.y) for a in fig.layout.annotations if a.text in ("deit-tiny", "pre-rmsnorm")]
-    (x0, y0), (x1, y1) = labels
+def test_preset_labels_do_not_overlap_and_point_at_their_markers(fig):
+    labels = {a.text: a for a in fig.layout.annotations if a.text in ("deit-tiny", "pre-rmsnorm")}
+    (x0, y0), (x1, y1) = [(a.ax, a.ay) for a in labels.values()]
     x_span, y_span = 9.0, 0.501
     assert abs(x0 - x1) / x_span >= 0.12 or abs(y0 - y1) / y_span >= 0.05 - 1e-9
+    presets = trace(fig, "seed presets")
+    markers = {name: (x, y) for name, x, y in zip(presets.text, presets.x, presets.y)}
+    for name, a in labels.items():
+        assert a.showarrow and (a.x, a.y) == markers[name] and a.ay > a.y
 
 
 def test_label_placement_moves_only_colliding_labels():
