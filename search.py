@@ -320,6 +320,9 @@ def cmd_train(args) -> None:
         v = report[k]
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else escape(str(v)))
     out.print(table)
+    from nas.front import load_view, write_html
+
+    out.print(f"plot: {write_html(Path(args.run), *load_view(Path(args.run)))}")  # now with this training
 
 
 def cmd_export(args) -> None:

@@ -65,6 +65,16 @@ def test_cga_windows_tile_the_grid_exactly():
     attn = CascadedGroupAttention(16, 2, 4, 1, grid=16)
     x = torch.randn(2, 256, 16)
     assert torch.equal(attn.from_windows(attn.to_windows(x), 2), x)
+    # each window is a square 8x8 block of the 16x16 grid, its tokens row-major: token (r, c) carries r, c
+    r, c = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    coords = torch.stack([r.flatten(), c.flatten()], -1)[None].expand(2, -1, -1).float()
+    windows = attn.to_windows(coords)
+    assert windows.shape == (2 * 4, 64, 2)
+    wr, wc = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    for b in range(2):
+        for k, (br, bc) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+            expected = torch.stack([(8 * br + wr).flatten(), (8 * bc + wc).flatten()], -1).float()
+            assert torch.equal(windows[4 * b + k], expected)
 
 
 def test_skip_phi_gates_channels_with_eca():

@@ -50,9 +50,21 @@ def test_bn_family_folds_away_and_cga_bias_is_cached():
     for name in ("slab-deit", "efficientvit-m0", "unified-norm"):
         d = deploy(_trained_like(PRESETS[name]))
         assert not any(isinstance(m, (*BN_FAMILY, nn.BatchNorm2d, nn.LayerNorm)) for m in d.modules()), name
-    d = deploy(_trained_like(PRESETS["efficientvit-m0"]))
-    cga = [m for m in d.modules() if hasattr(m, "cached_bias")]
-    assert cga and all(m.cached_bias is not None for m in cga)
+    model = _trained_like(PRESETS["efficientvit-m0"])
+    with torch.no_grad():  # trained relative-position biases (randomize_norms leaves them at zero)
+        for m in model.modules():
+            if hasattr(m, "attention_biases"):
+                m.attention_biases.normal_(generator=torch.Generator().manual_seed(1))
+    d = deploy(model)
+    deployed = dict(d.named_modules())
+    cga = [(m, deployed[name]) for name, m in model.named_modules() if hasattr(m, "cached_bias")]
+    assert cga and all(c.cached_bias is not None for _, c in cga)
+    for m, c in cga:  # the cache is the gathered table, and the deployed model uses it
+        assert torch.equal(c.cached_bias, m.attention_biases[:, m.bias_idx])
+        with torch.no_grad():
+            c.attention_biases.zero_()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(model(x), d(x), rtol=1e-4, atol=1e-5)
 
 
 def test_deploy_leaves_the_original_untouched_and_frozen():

@@ -50,7 +50,8 @@ def test_demo_path_trains_and_exports_the_best(demo_run, tmp_path):
     # calibrated on this machine, so the final latency is measured on the predictor's scale
     assert final["on_predictor_scale"] and final["reference_ms"] == json.loads((demo_run / "config.json").read_text())[
         "latency_reference_ms"]
-    assert "test_acc" in res.stdout
+    assert "test_acc" in res.stdout and f"plot: {demo_run / 'front.html'}" in res.stdout
+    assert "final training (test acc, measured ms)" in (demo_run / "front.html").read_text()  # redrawn with it
     run_cli("export", demo_run, "--trial", "best", "--out", tmp_path / "export")
     assert {p.name for p in (tmp_path / "export").iterdir()} >= {"model.onnx", "model.pt2", "arch.json", "MODEL_CARD.md"}
     card = (tmp_path / "export" / "MODEL_CARD.md").read_text()

@@ -6,11 +6,12 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from latency_models import LatencyModel, ModelFileError, TableError, read_table
 from latency_models.table import append_row
 from latency_models.calibrate import fingerprint_mismatch
-from latency_models.features import FEATURE_NAMES, feature_matrix, tally, total_flops
+from latency_models.features import FEATURE_NAMES, KINDS, feature_matrix, tally, total_flops
 from latency_models.measure import (call_times, fingerprint, fingerprint_id, measure_all,
                                      remove_common_slowdown, time_interleaved)
 from latency_models.validate import fit_and_report, metrics
@@ -293,8 +294,18 @@ def test_train_measures_on_the_predictors_scale_only_on_its_device():
     assert predictor_reference_ms({"target_ms": 3.0}, 8) is None  # a run from before references
 
 
-def test_feature_matrix_shape():
+def test_feature_matrix_shape_and_named_columns():
     assert feature_matrix(tiny_specs(3)).shape == (3, len(FEATURE_NAMES))
+    stage = StageSpec(width=32, depth=2, heads=2)
+    spec = ArchSpec(stages=(stage, StageSpec(width=32, depth=1, heads=2)), img_size=32, patch=8)  # grids 4, 2
+    f = dict(zip(FEATURE_NAMES, feature_matrix([spec])[0]))
+    deployed = deploy(build_model(spec))
+    assert f["flops"] == count_flops(deployed)  # fvcore on the deployed model
+    assert sum(f[f"{k}_flops"] for k in KINDS) == f["flops"]  # the per-kind columns hold FLOPs, not bytes
+    assert f["linear_calls"] == sum(isinstance(m, torch.nn.Linear) for m in deployed.modules())  # each runs once
+    assert f["copy_flops"] == 0 and f["copy_bytes"] > 0  # layout copies move bytes, compute nothing
+    assert f["tokens"] == 16 * 2 + 4 * 1 and f["blocks"] == 3
+    assert f["few_token_calls"] == tally(spec).few_token_calls > 0  # the 2x2 stage
 
 
 def test_few_token_calls_count_the_launches_of_stages_of_at_most_four_tokens():
@@ -306,10 +317,17 @@ def test_few_token_calls_count_the_launches_of_stages_of_at_most_four_tokens():
 
 
 def test_onnxruntime_runner_times_the_exported_model():
-    from latency_models.measure import deployed_runner
+    from latency_models.measure import deployed_model, deployed_runner
 
     spec = tiny_specs(1)[0]
     runners = {rt: deployed_runner(spec, runtime=rt)[0] for rt in ("onnxruntime", "torch")}
+    # what the onnxruntime runner runs is an onnxruntime session of the deployed model, on its seeded input
+    model = deployed_model(spec, seed=0)
+    x = torch.randn(1, spec.in_chans, spec.img_size, spec.img_size)
+    out = runners["onnxruntime"]()
+    assert isinstance(out, list) and isinstance(out[0], np.ndarray)
+    with torch.no_grad():
+        assert np.allclose(out[0], model(x).numpy(), rtol=1e-4, atol=1e-5)
     stats = time_interleaved(runners, sweeps=30)["onnxruntime"]
     assert 0 < stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"] and stats["repeats"] == 30
 

@@ -69,3 +69,19 @@ def test_while_results_arrive_the_best_so_far_goes_on():
     two = first + [RungResult("b", 0.3, 5.0)]
     assert promoted(two, "accuracy", eta=3) == {"b"}
     assert promoted(two, "bands", eta=3, band_edges=[2.0]) == {"a", "b"}  # alone in its latency band
+
+
+def test_rung_agreement_is_kendall_tau_per_rung_pair_over_the_trials_trained_at_both():
+    import json
+
+    from nas.records import rung_agreement
+
+    def row(accs, state="COMPLETE"):
+        return {"rung_accs": json.dumps(accs), "state": state}
+
+    rows = [row([0.1, 0.5, 0.9]), row([0.2, 0.4, 0.8]), row([0.3, 0.6]), row([0.4, 0.7]), row([0.05]),
+            row([0.9, 0.1, 0.1], state="DUPLICATE")]  # a duplicate repeats its original: not counted
+    agreement = rung_agreement(rows)
+    # rung 0->1 over 4 trials: pairs (.1,.5) (.2,.4) (.3,.6) (.4,.7): 5 concordant, 1 discordant
+    assert agreement[0] == {"rungs": "0->1", "trials": 4, "kendall_tau": round(4 / 6, 4)}
+    assert agreement[1] == {"rungs": "1->2", "trials": 2, "kendall_tau": None}  # fewer than 3 pairs

@@ -2,12 +2,15 @@
 and the final-training options (mixup/cutmix, RandAugment)."""
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from evaluators.train import Batches, Normalizer, TrainConfig, augment, optimizer_and_schedule, train
+from evaluators.train import (Batches, Normalizer, TrainConfig, augment, optimizer_and_schedule, rand_augment,
+                              train)
 from search_space import ArchSpec, StageSpec, build_model
+from search_space.norms import PRepBN
 
 SPEC = ArchSpec((StageSpec(width=32, depth=1, norm="prepbn", attention="sla", heads=2, key_dim=8),
                  StageSpec(width=48, depth=1, norm="batchnorm", attention="cga", heads=2, key_dim=8)),
@@ -63,10 +66,16 @@ def test_a_resumed_training_ends_where_an_uninterrupted_one_does(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     train(SPEC, x, y, x, y, dataclasses.replace(cfg, epochs=2), [0.5] * 3, [0.25] * 3, checkpoint=ckpt,
           on_epoch=lambda epoch, acc: True)  # stops after epoch 1, checkpointed
-    resumed = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt)
+    trained = []
+    resumed = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt,
+                    on_step=lambda step, total, loss: trained.append(step))
+    assert resumed.start_step == 3 and trained == [4, 5, 6]  # only epoch 2 trained: it went on from the checkpoint
     assert resumed.history == whole.history
     for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
+    # the loop drives PRepBN by the global step: LayerNorm phased out by 80% of the 6 steps, in both
+    prepbn = [m for r in (whole, resumed) for m in r.model.modules() if isinstance(m, PRepBN)]
+    assert prepbn and all(m.lam == 0.0 and int(m.total_step) == 5 for m in prepbn)
 
 
 def test_cycles_restart_at_each_rung_and_end_annealed():
@@ -89,9 +98,16 @@ def test_a_rung_continued_mid_epoch_ends_where_an_uninterrupted_training_does(tm
     ckpt = tmp_path / "rung.pt"
     first = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt, until_epochs=0.4)
     assert first.steps == 2 and first.history == [] and first.val_acc is not None
-    again = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt, until_epochs=0.4)
+    trained = []
+
+    def count(step, total, loss):
+        trained.append(step)
+
+    again = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt, until_epochs=0.4, on_step=count)
     assert again.steps == 2 and again.val_acc == first.val_acc  # a finished rung is not trained twice
-    top = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt)
+    assert again.start_step == 2 and trained == []
+    top = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt, on_step=count)
+    assert top.start_step == 2 and trained == [3, 4, 5, 6, 7, 8]  # continued mid-epoch from step 2
     assert top.steps == whole.steps == 8 and len(whole.history) == 2 and top.history == whole.history and top.val_acc == whole.val_acc
     for a, b in zip(whole.model.state_dict().values(), top.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
@@ -104,6 +120,19 @@ def test_mixup_cutmix_and_randaugment_give_soft_targets_and_train():
     xb, target = next(batches.epoch())
     assert xb.shape == (32, 3, 16, 16) and target.shape == (32, 10)
     assert torch.allclose(target.sum(1), torch.ones(32)) and (target.max(1).values < 1).any()
+    # label smoothing alone leaves one class above 0.1/10 per sample; mixing gives a second one
+    assert ((target > 0.02).sum(1) == 2).any() and ((target > 0.02).sum(1) <= 2).all()
+    # RandAugment is applied to the drawn images, with a seed drawn after the batch order
+    plain = dataclasses.replace(cfg, mixup=0.0, cutmix=0.0, augment=False)
+    norm = Normalizer([0.5] * 3, [0.25] * 3, 16)
+    np.random.seed(0)  # timm's RandAugment picks its ops with numpy
+    xb, _ = next(Batches(plain, x, y, 10, norm, torch.Generator().manual_seed(0)).epoch())
+    np.random.seed(0)
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(x), generator=gen)[:32]
+    seed = int(torch.randint(2**31, (1,), generator=gen))
+    assert torch.equal(xb, norm(rand_augment(x[idx], cfg.randaugment, seed)))
+    assert not torch.equal(xb, norm(x[idx]))
     res = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3)
     assert res.steps == 3 * 5 and 0 <= res.val_acc <= 1  # odd tail dropped: mixup pairs samples
 
