@@ -309,7 +309,7 @@ def cmd_train(args) -> None:
     load_trial(Path(args.run), number)  # a bad trial is reported before any progress is drawn
     with progress_bar() as bar:
         task = bar.add_task(f"training trial {number}", total=None, info="")
-        recipe = {k: getattr(args, k) for k in ("batch_size", "lr", "mixup", "cutmix", "randaugment")}
+        recipe = {k: getattr(args, k) for k in ("batch_size", "lr", "mixup", "cutmix", "randaugment", "holdout")}
         report = train_final(Path(args.run), number, args.epochs, args.device,
                              on_step=lambda step, total, loss: bar.update(task, completed=step, total=total,
                                                                           info=f"loss {loss:.3f}"), **recipe)
@@ -527,6 +527,10 @@ def _run_dir_parsers(sub) -> None:
     t.add_argument("--mixup", type=number(0, low_open=False), default=0.0, help="mixup alpha, 0 = off (timm Mixup)")
     t.add_argument("--cutmix", type=number(0, low_open=False), default=0.0, help="cutmix alpha, 0 = off")
     t.add_argument("--randaugment", help="timm RandAugment config, e.g. rand-m9-mstd0.5 (default: off)")
+    t.add_argument("--holdout", action="store_true",
+                   help="train on the search's training part only and record the held-out validation accuracy "
+                        "after every epoch (the long-training reference's protocol; default: train on the whole "
+                        "training split)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("export", help="export a trained trial to ONNX and torch.export files",

@@ -4,15 +4,19 @@
    search, their median predicted latency; for the proof, their median measured latency, taken in
    the same timing session as every other model, so that the drift of a shared machine between
    the search and the final timing cannot move presets across the target;
-2. `search.py run` on the data under that target;
-3. `search.py train` with one identical recipe for every preset and the best 3 searched (non-preset)
-   front trials; then every deployed model is timed on this CPU, in turn with the anchor (shuffled
-   every sweep) and on the latency model's scale (`time_at_reference`), so that the machine's
-   drift cannot favour one of them and measured and predicted latencies compare like for like;
+2. `etnas run` on the data under that target: the multi-fidelity search (rungs, --promotion);
+3. `etnas train --holdout` with one identical recipe (the long-training reference's: FINAL_EPOCHS on
+   the search's training part, one thread, seed 0) for every preset and the best 3 searched
+   (non-preset) front trials, --jobs at a time; a preset the reference pool (--reference) already
+   trained with that recipe is read from it instead of trained again. Then every deployed model is
+   timed on this CPU, in turn with the anchor (shuffled every sweep) and on the latency model's
+   scale (`time_at_reference`), so that the machine's drift cannot favour one of them and measured
+   and predicted latencies compare like for like (a latency does not depend on the weights, so a
+   preset read from the reference is timed untrained);
 4. DIR/results.json, a markdown table and DIR/cifar10_front.png (test accuracy vs measured latency).
 
     .venv/bin/python benchmarks/cifar10_vs_presets.py [--data ../shared/data/cifar10.npz] [--out DIR]
-        [--latency-model runs/latency/cpu-torch.model] [--quick]
+        [--latency-model runs/latency/cpu-torch.model] [--reference benchmarks/results/reference] [--quick]
 
 `--data digits` runs on the embedded digits set; `--quick` uses tiny budgets (the test runs that).
 """
@@ -20,36 +24,44 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from evaluators.data import load_dataset
-from latency_models import LatencyModel
-from latency_models.calibrate import calibrate
-from latency_models.measure import anchor_spec, deployed_runner, time_at_reference, torch_runner
-from nas.final import load_trained, predictor_reference_ms
-from nas.rundir import run_config
-from search_space import SearchSpace, deploy, presets
-from search_space.presets import SEARCH_SCALE
-
 ROOT = Path(__file__).resolve().parents[1]
-# The proxy budget comes from the fidelity benchmark (BENCHMARKS.md, issue 4 (c)/(d)): 1 epoch on
-# 10% ranked 16 architectures against this final recipe at tau 0.55; 2 epochs on 25% (4x the cost)
-# at 0.45 and 1 epoch on 100% (10x) at 0.43. So the time goes to trials (a 60-trial search took
-# 2.7 min). TPE had the highest median hypervolume in the sampler comparison.
-BUDGETS = {"full": {"trials": 120, "epochs": 1, "subset": 0.1, "sampler": "tpe", "final_epochs": 6, "sweeps": 400},
-           "quick": {"trials": 8, "epochs": 1, "subset": 0.3, "sampler": "tpe", "final_epochs": 1, "sweeps": 20}}
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.jobs import read_jsonl  # noqa: E402
+from evaluators.data import load_dataset  # noqa: E402
+from latency_models import LatencyModel  # noqa: E402
+from latency_models.calibrate import calibrate  # noqa: E402
+from latency_models.measure import anchor_spec, deployed_runner, time_at_reference, torch_runner  # noqa: E402
+from nas.final import load_trained, predictor_reference_ms  # noqa: E402
+from nas.rundir import run_config  # noqa: E402
+from search_space import ArchSpec, SearchSpace, build_model, deploy, presets  # noqa: E402
+from search_space.presets import SEARCH_SCALE  # noqa: E402
+
+FINAL_EPOCHS = 15  # the long-training reference's recipe, so that its preset trainings are reused
+# The search: the product's multi-fidelity defaults (rungs at 0.5, 2 and 6.5 epochs of the training
+# part, eta 3, Pareto promotion) with 120 trials; TPE had the highest median hypervolume in the
+# sampler comparison (BENCHMARKS.md, "Search engine").
+BUDGETS = {"full": {"trials": 120, "base_epochs": 0.5, "epochs": 6.5, "eta": 3, "promotion": "pareto",
+                    "sampler": "tpe", "final_epochs": FINAL_EPOCHS, "sweeps": 400},
+           "quick": {"trials": 8, "base_epochs": 0.1, "epochs": 0.3, "eta": 3, "promotion": "pareto",
+                     "sampler": "tpe", "final_epochs": 0.3, "sweeps": 20}}
 
 
-def cli(*args: str) -> None:
-    subprocess.run([sys.executable, str(ROOT / "search.py"), *args], check=True, cwd=ROOT)
+def cli(*args: str, threads: int | None = None) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    subprocess.run([sys.executable, str(ROOT / "search.py"), *map(str, args)], check=True, cwd=ROOT, env=env)
 
 
 def pick_target(model: LatencyModel, dataset) -> float:
@@ -68,7 +80,7 @@ def chosen_trials(run: Path, target: float) -> tuple[dict[int, str], list[int]]:
     front = {f["trial"] for f in json.loads((run / "front.json").read_text())}
     searched = done[done["preset"].isna() & (done["pred_ms"] <= target)].copy()
     searched["on_front"] = searched["number"].isin(front)
-    searched = searched.sort_values(["on_front", "val_acc"], ascending=False)
+    searched = searched.sort_values(["on_front", "rung", "rung_acc"], ascending=False)
     return dict(zip(preset_rows["number"], preset_rows["preset"])), searched["number"].head(3).tolist()
 
 
@@ -78,19 +90,44 @@ def reuse_final(previous: Path, run: Path, number: int, arch_id: str, epochs: fl
     finished checkpoint and only evaluates and times it."""
     for path in Path(previous).glob("final/*/final.json"):
         report = json.loads(path.read_text())
-        if (report["arch_id"], report["epochs"], report["dataset"]) == (arch_id, epochs, dataset):
+        if (report["arch_id"], report["epochs"], report["dataset"], report.get("holdout")) == (arch_id, epochs, dataset,
+                                                                                                True):
             shutil.copytree(path.parent, run / "final" / str(number), dirs_exist_ok=True)
             return True
     return False
 
 
-def measure_interleaved(run: Path, numbers: list[int], sweeps: int) -> dict[int, dict]:
-    """Deployed latency of each trained model, batch 1, 1 thread, all timed in turn with the
-    anchor, on the scale of the run's latency model (as `train` measures)."""
+def reference_trainings(reference: Path | None, epochs: float) -> dict[str, dict]:
+    """The reference pool's seed-0 trainings by arch_id, where they used this benchmark's recipe."""
+    from dataclasses import asdict
+
+    from evaluators.recipes import FINAL_RECIPE
+    from evaluators.train import TrainConfig
+
+    def same(recipe: dict) -> dict:
+        return {k: v for k, v in recipe.items() if k not in ("threads", "device")}
+
+    ours = same(asdict(TrainConfig(**FINAL_RECIPE, epochs=epochs, seed=0)))
+    rows = read_jsonl(Path(reference) / "reference.jsonl") if reference else []
+    return {r["arch_id"]: r for r in rows if r["seed"] == 0 and same(r["recipe"]) == ours}
+
+
+def train_finals(run: Path, numbers: list[int], epochs: float, jobs: int) -> None:
+    """`etnas train --holdout` for each trial, `jobs` at a time with one thread each (as the reference
+    trains); a finished one is only evaluated again."""
+    def one(number: int) -> None:
+        cli("train", run, "--trial", number, "--epochs", epochs, "--holdout", threads=1 if jobs > 1 else None)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(one, numbers))
+
+
+def measure_interleaved(run: Path, models: dict[int, torch.nn.Module], sweeps: int) -> dict[int, dict]:
+    """Deployed latency of each model, batch 1, 1 thread, all timed in turn with the anchor, on the
+    scale of the run's latency model (as `train` measures)."""
     torch.set_num_threads(1)
     runners = {}
-    for n in numbers:
-        model, _ = load_trained(run, n)
+    for n, model in models.items():
         spec = model.spec
         runners[n] = torch_runner(deploy(model), torch.randn(1, spec.in_chans, spec.img_size, spec.img_size))
     reference = predictor_reference_ms(run_config(run), spec.img_size)
@@ -127,69 +164,107 @@ def plot(rows: list[dict], target: float, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10.npz"),
-                    help="an npz in the shared format, or 'digits'")
+def parse_args() -> argparse.Namespace:
+    default_data = ROOT.parent / "shared" / "data" / "cifar10.npz"
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(default_data), help="an npz in the shared format, or 'digits'")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cifar10"))
-    ap.add_argument("--latency-model", help="predictor for this CPU (BENCHMARKS.md: the 432-architecture table); "
-                                            "default: calibrate this machine as `search.py run` does, cached")
+    ap.add_argument("--latency-model", help="predictor for this CPU (default: calibrate this machine as `etnas run` "
+                                            "does, cached)")
+    ap.add_argument("--reference", help="the long-training reference's results directory, whose preset trainings "
+                                        "with this recipe are reused (default: benchmarks/results/reference "
+                                        "with the default data, which it was trained on; none otherwise)")
     ap.add_argument("--reuse", help="a previous run's search dir (DIR/runs/search) whose finished final trainings "
                                      "of the same architectures and recipe are reused")
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--jobs", type=int, default=2, help="final trainings at once, one thread each")
+    ap.add_argument("--quick", action="store_true", help="tiny budgets (the test runs this on digits)")
     args = ap.parse_args()
-    budget = BUDGETS["quick" if args.quick else "full"]
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    if args.reference is None and Path(args.data).resolve() == default_data.resolve():
+        args.reference = str(ROOT / "benchmarks" / "results" / "reference")
+    return args
+
+
+def search(args, budget: dict, out: Path) -> tuple[Path, str, float]:
+    """Run the search under the presets' median predicted latency: (run dir, dataset, search target)."""
     dataset_arg = "digits" if args.data == "digits" else f"npz:{Path(args.data).resolve()}"
     dataset = load_dataset(dataset_arg)
     if args.latency_model is None:
-        print("calibrating this CPU (measure + fit, cached under runs/latency/) ...", flush=True)
+        print("calibrating this CPU (measure + fit, cached under runs/latency/) ...", file=sys.stderr, flush=True)
         args.latency_model = str(calibrate(dataset.img_size, dataset.in_chans, dataset.num_classes,
                                            ROOT / "runs" / "latency", SearchSpace())[0])
-    search_target = pick_target(LatencyModel.load(args.latency_model), dataset)
-    run = out / "runs" / "search"
-    start = time.time()
-    cli("run", "--name", "search", "--runs-dir", str(out / "runs"), "--dataset", dataset_arg,
-        "--target-ms", str(search_target), "--latency-model", args.latency_model, "--trials", str(budget["trials"]),
-        "--epochs", str(budget["epochs"]), "--subset", str(budget["subset"]), "--sampler", budget["sampler"])
-    search_min = (time.time() - start) / 60
-    preset_trials, searched = chosen_trials(run, search_target)
-    numbers = [*preset_trials, *searched]
-    arch_ids = pd.read_csv(run / "trials.csv").set_index("number")["arch_id"]
-    reused = []
-    for number in numbers if args.reuse else []:
-        if reuse_final(Path(args.reuse), run, number, arch_ids[number], float(budget["final_epochs"]), dataset_arg):
-            reused.append(number)
-    for number in numbers:
-        cli("train", str(run), "--trial", str(number), "--epochs", str(budget["final_epochs"]))
-    measured = measure_interleaved(run, numbers, budget["sweeps"])
-    target = round(float(pd.Series([measured[n]["median_ms"] for n in preset_trials]).median()), 4)
+    target = pick_target(LatencyModel.load(args.latency_model), dataset)
+    cli("run", "--name", "search", "--runs-dir", out / "runs", "--dataset", dataset_arg, "--target-ms", target,
+        "--latency-model", args.latency_model, *(f"--{k.replace('_', '-')}={budget[k]}" for k in
+                                                 ("trials", "base_epochs", "epochs", "eta", "promotion", "sampler")))
+    return out / "runs" / "search", dataset_arg, target
+
+
+def result_row(name: str, kind: str, trial: pd.Series, final: dict, timing: dict, source: str) -> dict:
+    """One model's figures: prediction, size and cost from the run's records (one source for every
+    row), accuracy and training from its final training, latency from the common timing."""
+    ms = timing["median_ms"]
+    return {"name": name, "kind": kind, "trial": int(trial.name), "short": final["short"],
+            "test_acc": final["test_acc"], "measured_ms": ms, "pred_ms": float(trial["pred_ms"]),
+            "pred_err": (trial["pred_ms"] - ms) / ms, "params": int(trial["params"]), "flops": int(trial["flops"]),
+            "p10_ms": timing["p10_ms"], "p90_ms": timing["p90_ms"], "train_min": final["train_s"] / 60,
+            "val_curve": final.get("val_curve"), "source": source}
+
+
+def final_rows(run: Path, presets_by_trial: dict[int, str], searched: list[int], reference: dict[str, dict],
+               budget: dict, jobs: int) -> list[dict]:
+    """Train what the reference lacks, time every deployed model together, one row each."""
+    trials = pd.read_csv(run / "trials.csv").set_index("number")
+    numbers = [*presets_by_trial, *searched]
+    from_reference = {n: reference[trials.at[n, "arch_id"]] for n in presets_by_trial
+                      if trials.at[n, "arch_id"] in reference}
+    trained = [n for n in numbers if n not in from_reference]
+    train_finals(run, trained, budget["final_epochs"], jobs)
+    models = {n: load_trained(run, n)[0] for n in trained}
+    models.update({n: build_model(ArchSpec.from_dict(r["spec"])) for n, r in from_reference.items()})
+    timings = measure_interleaved(run, models, budget["sweeps"])
     rows = []
-    for number in numbers:
-        final = json.loads((run / "final" / str(number) / "final.json").read_text())
-        ms = measured[number]["median_ms"]
-        rows.append({"name": preset_trials.get(number, f"trial-{number}"),
-                     "kind": "preset" if number in preset_trials else "searched", "short": final["short"],
-                     "test_acc": final["test_acc"], "measured_ms": ms, "pred_ms": final["pred_ms"],
-                     "pred_err": (final["pred_ms"] - ms) / ms, "params": final["params"], "flops": final["flops"],
-                     "p10_ms": measured[number]["p10_ms"], "p90_ms": measured[number]["p90_ms"],
-                     "train_min": final["train_s"] / 60, "proxy_val_acc": final["val_acc_proxy"],
-                     "reused_training": number in reused})
+    for n in numbers:
+        kind, name = ("preset", presets_by_trial[n]) if n in presets_by_trial else ("searched", f"trial-{n}")
+        final, source = ((from_reference[n], "reference") if n in from_reference else
+                         (json.loads((run / "final" / str(n) / "final.json").read_text()), "trained"))
+        rows.append(result_row(name, kind, trials.loc[n], final, timings[n], source))
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
+    budget = BUDGETS["quick" if args.quick else "full"]
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    run, dataset_arg, search_target = search(args, budget, out)
+    search_min = (time.time() - start) / 60
+    presets_by_trial, searched = chosen_trials(run, search_target)
+    arch_ids = pd.read_csv(run / "trials.csv").set_index("number")["arch_id"]
+    for number in [*presets_by_trial, *searched] if args.reuse else []:
+        reuse_final(Path(args.reuse), run, number, arch_ids[number], float(budget["final_epochs"]), dataset_arg)
+    rows = final_rows(run, presets_by_trial, searched, reference_trainings(args.reference, budget["final_epochs"]),
+                      budget, args.jobs)
+    target = round(float(pd.Series([r["measured_ms"] for r in rows if r["kind"] == "preset"]).median()), 4)
     results = {"target_ms": target, "target_rule": "median measured latency of the six presets, timed with all models",
                "search_target_ms": search_target, "search_target_rule": "median predicted latency of the six presets",
-               "data": dataset_arg, "budget": budget, "search_min": search_min,
+               "data": dataset_arg, "budget": budget, "reference": args.reference, "search_min": search_min,
                "wall_min": (time.time() - start) / 60, "rows": rows}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(rows, target, out / "cifar10_front.png")
-    print(f"target {target} ms (median measured latency of the presets; the search used their median "
-          f"predicted latency, {search_target} ms); wall {results['wall_min']:.1f} min")
-    print("| architecture | kind | short | test acc | measured ms | predicted ms (err) | params | MFLOPs | train min |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
+    print_table(results)
+
+
+def print_table(results: dict) -> None:
+    print(f"target {results['target_ms']} ms (median measured latency of the presets; the search used their "
+          f"median predicted latency, {results['search_target_ms']} ms); wall {results['wall_min']:.1f} min")
+    print("| architecture | kind | short | test acc | measured ms | predicted ms (err) | params | MFLOPs | train min "
+          "| trained |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results["rows"]:
         print(f"| {r['name']} | {r['kind']} | `{r['short']}` | {r['test_acc']:.4f} | {r['measured_ms']:.3f} | "
               f"{r['pred_ms']:.3f} ({r['pred_err']:+.1%}) | {r['params']:,} | {r['flops'] / 1e6:.1f} | "
-              f"{r['train_min']:.1f} |")
+              f"{r['train_min']:.1f} | {r['source']} |")
 
 
 if __name__ == "__main__":

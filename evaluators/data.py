@@ -6,13 +6,14 @@ shared CIFAR-10 file), `imagefolder:PATH` (PATH/train/<class>/*, PATH/test/<clas
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import warnings
-
 import numpy as np
 import torch
+
+VAL_FRACTION = 0.1  # of each class, held out of the search's training to rank candidates on
 
 
 class DataError(ValueError):
@@ -44,8 +45,9 @@ class Dataset:
         x = self.x_train.float() / 255
         return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).clamp_min(1e-3).tolist()
 
-    def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Fixed train/validation indices carved from the training set (stratified, seeded)."""
+    def split(self, val_fraction: float = VAL_FRACTION, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Fixed train/validation indices carved from the training set (stratified, seeded): the search
+        trains on the first part and ranks on the second."""
         rng = np.random.default_rng(seed)
         y = self.y_train.numpy()
         val = []

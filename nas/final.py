@@ -1,9 +1,12 @@
-"""From a trial of a run to a trained model: full training on train + validation data, one test
-evaluation, and the deployed model's latency measured on this device beside its prediction."""
+"""From a trial of a run to a trained model: full training on train + validation data (or, held out,
+on the search's training part), one test evaluation, and the deployed model's latency measured on
+this device beside its prediction."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,10 +72,12 @@ def predictor_reference_ms(cfg: dict, img_size: int) -> float | None:
 
 
 def train_final(run_dir: Path, number: int, epochs: float | None = None, device: str = "cpu",
-                on_step: Callable[[int, int, float], None] | None = None, **recipe) -> dict:
+                on_step: Callable[[int, int, float], None] | None = None, holdout: bool = False, **recipe) -> dict:
     """Train trial `number` from scratch with the full budget (on `device`) and FINAL_RECIPE, any
-    TrainConfig field overridden by `recipe`; resumes from its checkpoint. The latency is measured
-    on this machine's CPU, where the predictor was fitted, against the anchor and on the scale of the run's latency model (its reference speed)."""
+    TrainConfig field overridden by `recipe`; resumes from its checkpoint. With `holdout`, train on
+    the search's training part only and record the held-out validation accuracy after every epoch
+    (the long-training reference's protocol). The latency is measured on this machine's CPU, where
+    the predictor was fitted, against the anchor and on the scale of the run's latency model."""
     cfg = run_config(run_dir)
     trial = load_trial(run_dir, number)
     spec = ArchSpec.from_json(trial.user_attrs["spec"])
@@ -81,11 +86,15 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg["dataset"])
     mean, std = data.channel_stats()
+    x, y, x_val, y_val = data.x_train, data.y_train, None, None
+    if holdout:
+        part, val = data.split(seed=cfg["seed"])
+        x, y, x_val, y_val = data.x_train[part], data.y_train[part], data.x_train[val], data.y_train[val]
     tcfg = TrainConfig(**{**FINAL_RECIPE, **recipe}, epochs=epochs, seed=cfg["seed"],
                        threads=torch.get_num_threads(), device=device)
     t0 = time.perf_counter()
-    res = train(spec, data.x_train, data.y_train, None, None, tcfg, mean, std,
-                checkpoint=out / "checkpoint.pt", on_step=on_step)
+    res = train(spec, x, y, x_val, y_val, tcfg, mean, std, on_step=on_step,
+                checkpoint=recipe_checkpoint(out, {**dataclasses.asdict(tcfg), "holdout": holdout}))
     norm = Normalizer(mean, std, spec.img_size)
     test_acc = accuracy(res.model, data.x_test, data.y_test, norm)
     model = res.model.cpu()
@@ -109,11 +118,25 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
               "pred_rel_err": (pred - timing["median_ms"]) / timing["median_ms"], "epochs": epochs,
               "recipe": {k: getattr(tcfg, k) for k in ("batch_size", "lr", "weight_decay", "mixup", "cutmix",
                                                        "randaugment")},
+              "holdout": holdout, "trained_examples": len(y), "val_curve": res.history if holdout else None,
               "train_s": res.train_s, "wall_s": time.perf_counter() - t0, "flops": trial.user_attrs.get("flops"),
               "params": count_params(deployed), "dataset": cfg["dataset"], "trained_on": device,
               "device": fingerprint("cpu", "torch", 1, 1, spec.img_size)}
     (out / "final.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def recipe_checkpoint(out: Path, recipe: dict) -> Path:
+    """The final training's checkpoint path, after setting aside a checkpoint made with another
+    recipe (another schedule or data cannot be continued: that training starts over)."""
+    checkpoint, made_with = out / "checkpoint.pt", out / "checkpoint.json"
+    asked = {k: v for k, v in recipe.items() if k not in ("threads", "device")}  # neither changes the curve
+    if checkpoint.exists() and made_with.exists() and json.loads(made_with.read_text()) != asked:
+        aside = checkpoint.rename(out / "checkpoint.other-recipe.pt")
+        warnings.warn(f"{checkpoint} was made with another recipe; moved to {aside.name}, training from scratch",
+                      stacklevel=2)
+    made_with.write_text(json.dumps(asked))
+    return checkpoint
 
 
 def load_trained(run_dir: Path, number: int) -> tuple[torch.nn.Module, dict]:

@@ -252,7 +252,7 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
             study.enqueue_trial(p)
     recover_interrupted(study)
     data = inputs.data
-    tr, val = data.split(0.1, seed=cfg.seed)
+    tr, val = data.split(seed=cfg.seed)
     mean, std = data.channel_stats()
     train_cfg = rung_train_config(cfg.rungs, cfg.gpus_per_trial, batch_size=cfg.batch_size, lr=cfg.lr,
                                   subset=cfg.subset, resolution=cfg.resolution, seed=cfg.seed, threads=1)

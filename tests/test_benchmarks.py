@@ -15,6 +15,8 @@ def test_cifar10_vs_presets_quick_on_digits(tmp_path):
     assert res["target_ms"] > 0
     kinds = [r["kind"] for r in res["rows"]]
     assert kinds.count("preset") == 6 and 1 <= kinds.count("searched") <= 3
+    assert res["budget"]["base_epochs"] < res["budget"]["epochs"]  # the multi-fidelity search
+    assert all(r["source"] == "trained" and len(r["val_curve"]) == 1 for r in res["rows"])  # --holdout, no reference
     for r in res["rows"]:
         assert {"name", "kind", "short", "test_acc", "measured_ms", "pred_ms", "params", "flops", "train_min"} <= set(r)
         assert 0 <= r["test_acc"] <= 1 and r["measured_ms"] > 0
@@ -32,10 +34,33 @@ def test_reuse_final_copies_only_the_same_architecture_recipe_and_data(tmp_path)
     spec.loader.exec_module(proof)
     previous, run = tmp_path / "old", tmp_path / "new"
     (previous / "final" / "3").mkdir(parents=True)
-    (previous / "final" / "3" / "final.json").write_text(json.dumps({"arch_id": "abc", "epochs": 6.0, "dataset": "digits"}))
+    report = {"arch_id": "abc", "epochs": 6.0, "dataset": "digits", "holdout": False}
+    (previous / "final" / "3" / "final.json").write_text(json.dumps(report))
     (previous / "final" / "3" / "checkpoint.pt").write_text("finished")
+    assert not proof.reuse_final(previous, run, 0, "abc", 6.0, "digits")  # trained on the whole split
+    (previous / "final" / "3" / "final.json").write_text(json.dumps({**report, "holdout": True}))
     assert not proof.reuse_final(previous, run, 0, "abc", 12.0, "digits")  # another recipe
     assert not proof.reuse_final(previous, run, 0, "xyz", 6.0, "digits")  # another architecture
     assert not proof.reuse_final(previous, run, 0, "abc", 6.0, "npz:other.npz")  # other data
     assert proof.reuse_final(previous, run, 7, "abc", 6.0, "digits")
     assert (run / "final" / "7" / "checkpoint.pt").read_text() == "finished"
+
+
+def test_reference_trainings_are_reused_only_with_the_same_recipe(tmp_path):
+    import importlib.util
+    from dataclasses import asdict
+
+    from evaluators.recipes import FINAL_RECIPE
+    from evaluators.train import TrainConfig
+
+    spec = importlib.util.spec_from_file_location("proof", ROOT / "benchmarks" / "cifar10_vs_presets.py")
+    proof = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(proof)
+    recipe = asdict(TrainConfig(**FINAL_RECIPE, epochs=15, seed=0, threads=1))
+    rows = [{"arch_id": "a", "seed": 0, "recipe": recipe}, {"arch_id": "a", "seed": 1, "recipe": recipe},
+            {"arch_id": "b", "seed": 0, "recipe": {**recipe, "lr": 5e-4}},
+            {"arch_id": "c", "seed": 0, "recipe": {**recipe, "threads": 2, "device": "cuda"}}]
+    (tmp_path / "reference.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    reused = proof.reference_trainings(tmp_path, 15)
+    assert set(reused) == {"a", "c"} and reused["a"]["seed"] == 0  # where it trained does not change the recipe
+    assert proof.reference_trainings(tmp_path, 6) == {} and proof.reference_trainings(None, 15) == {}

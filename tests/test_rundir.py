@@ -83,3 +83,19 @@ def test_output_paths_that_are_files_are_one_line(run, tmp_path, command):
     blocker.write_text("keep me")
     one_line(run_cli(*command(run, blocker), check=False), "a-file")
     assert blocker.read_text() == "keep me"
+
+
+def test_a_holdout_final_training_leaves_the_validation_part_out_and_starts_over(run):
+    from evaluators.data import load_dataset
+
+    folder = next((run / "final").iterdir())
+    whole = json.loads((folder / "final.json").read_text())
+    res = run_cli("train", run, "--trial", folder.name, "--epochs", 0.2, "--holdout")
+    held = json.loads((folder / "final.json").read_text())
+    part, _ = load_dataset("digits").split(seed=0)
+    assert not whole["holdout"] and whole["val_curve"] is None
+    assert held["holdout"] and held["trained_examples"] == len(part) < whole["trained_examples"]
+    assert len(held["val_curve"]) == 1 and 0 <= held["val_curve"][0] <= 1
+    # the whole-split checkpoint is another schedule: set aside in one line, not continued
+    assert (folder / "checkpoint.other-recipe.pt").exists() and "another recipe" in res.stderr
+    assert len([line for line in res.stderr.splitlines() if "warning" in line]) == 1
