@@ -187,7 +187,8 @@ def prepare_search(args):
     data = load_dataset(args.dataset)
     shape = (data.img_size, data.in_chans, data.num_classes)
     cfg = SearchConfig(name=args.name, target_ms=0.0, latency_model=args.latency_model or "",
-                       dataset=args.dataset, trials=args.trials, workers=args.workers, epochs=args.epochs,
+                       dataset=args.dataset, trials=args.trials, budget_epochs=args.budget_epochs,
+                       workers=args.workers, epochs=args.epochs,
                        base_epochs=min(args.base_epochs, args.epochs), eta=args.eta, promotion=args.promotion,
                        subset=args.subset, resolution=args.resolution, batch_size=args.batch_size, lr=args.lr,
                        sampler=args.sampler, seed=args.seed, space=args.space,
@@ -477,6 +478,10 @@ def _run_parser(sub) -> None:
     r.add_argument("--latency-model", help="fitted predictor (default: calibrate this machine, cached in runs/latency)")
     r.add_argument("--dataset", default=d.dataset, help="digits, npz:PATH, imagefolder:PATH or cifar10:ROOT")
     r.add_argument("--trials", type=trial_count, default=d.trials, help="trials in all, the 6 seed presets included")
+    r.add_argument("--budget-epochs", type=number(0), default=d.budget_epochs,
+                   help="a total training budget: epochs over all candidates' rungs; once the trainings done and "
+                        "under way reach it, no new candidate starts (promotions earned still train; "
+                        "default: --trials alone limits the search)")
     r.add_argument("--workers", type=integer(1), default=d.workers, help="Ray workers training proxies at once")
     r.add_argument("--epochs", type=number(0), default=d.epochs,
                    help="the top rung's training budget in epochs (--base-epochs equal to it: one rung, no promotion)")

@@ -16,6 +16,7 @@ class SearchConfig:
     latency_model: str
     dataset: str = "digits"
     trials: int = 30
+    budget_epochs: float | None = None  # training epochs over all candidates; None: --trials alone stops
     workers: int = 2
     epochs: float = PROXY_RECIPE["epochs"]  # the top rung's budget
     base_epochs: float = PROXY_RECIPE["base_epochs"]

@@ -40,6 +40,10 @@ class Ladder:
         results = [RungResult(a, accs[rung], self.latency[a]) for a, accs in self.accs.items() if len(accs) > rung]
         return arch_id in promoted(results, self.rule, self.rungs.eta, band_edges=self.band_edges)
 
+    def epochs_trained(self) -> float:
+        """Training epochs the rungs reached so far took, over all candidates."""
+        return sum(self.rungs.budgets[len(accs) - 1] for accs in self.accs.values())
+
     def at_rung(self) -> list[int]:
         """How many architectures reached each rung."""
         return [sum(len(a) > k for a in self.accs.values()) for k in range(self.rungs.count)]

@@ -183,6 +183,15 @@ class SearchRun:
         c = counts(self.study)
         return sum(v for k, v in c.items() if k not in ("RUNNING", "INTERRUPTED", "WAITING", "DUPLICATE"))
 
+    def budget_spent(self) -> bool:
+        """Whether the trainings finished and under way reach --budget-epochs: no new candidate then
+        (the promotions they earn still train)."""
+        if self.cfg.budget_epochs is None:
+            return False
+        budgets = [0.0, *self.cfg.rungs.budgets]
+        under_way = sum(budgets[rung + 1] - budgets[rung] for _, rung in self.dispatcher.pending.values())
+        return self.ladder.epochs_trained() + under_way >= self.cfg.budget_epochs
+
     def report(self, last: str = "") -> None:
         self.front = write_records(self.study, self.cfg.run_dir, self.cfg.target_ms)
         if not self.on_progress:
@@ -296,6 +305,8 @@ def propose(run: SearchRun) -> None:
     """Ask Optuna for candidates while a worker is free and the user's count is not reached; a
     duplicate costs neither a trial from the count nor a training."""
     while run.dispatcher.free > 0 and run.counted() + len(run.dispatcher.pending) < run.cfg.trials:
+        if run.budget_spent():
+            return
         if run.proposals_in_a_row_seen == MAX_REPEATS:
             run.proposals_in_a_row_seen += 1  # said once
             run.report(f"the sampler proposed {MAX_REPEATS} known architectures in a row: the space looks "

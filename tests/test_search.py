@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from nas.records import pareto_front
+from nas.rungs import Rungs
 
 from .helpers import ROOT, run_cli, synthetic_model
 
@@ -72,6 +73,18 @@ def test_tiny_search_completes(tmp_path, latency_model):
     front = run_cli("front", tmp_path / "tiny", "--json")
     assert json.loads(front.stdout) == json.loads((tmp_path / "tiny" / "front.json").read_text())
     assert (tmp_path / "tiny" / "front.html").stat().st_size > 10_000
+
+
+def test_a_total_training_budget_stops_new_candidates(tmp_path, latency_model):
+    run_cli("run", "--name", "budget", "--target-ms", TARGET, "--trials", 40, "--budget-epochs", 3.0,
+            "--latency-model", latency_model, "--runs-dir", tmp_path, *TINY)
+    trials = pd.read_csv(tmp_path / "budget" / "trials.csv")
+    trained = trials[trials["rung"].notna() & (trials["state"] != "DUPLICATE")]
+    budgets = Rungs(0.25, 2, 2).budgets  # TINY's rungs
+    spent = sum(budgets[int(r)] for r in trained["rung"])
+    assert len(trials) < 40 and spent >= 3.0  # stopped by the budget, not by the count
+    # every candidate started while the first rungs already begun stayed under the budget
+    assert (len(trained) - 1) * budgets[0] < 3.0
 
 
 def promoted_in_training(run_dir):

@@ -68,6 +68,7 @@ def test_ladder_promotes_the_best_so_far_and_stops_at_the_top(study):
     assert not ladder.goes_on("b") and ladder.goes_on("a")  # 1 of 3 promoted
     ladder.note("a", 1.0, [0.5, 0.6, 0.7])
     assert not ladder.goes_on("a") and ladder.at_rung() == [3, 1, 1]
+    assert ladder.epochs_trained() == pytest.approx(RUNGS.budgets[2] + 2 * RUNGS.budgets[0])
 
 
 def test_ladder_promotes_within_the_runs_latency_bands(study):
