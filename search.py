@@ -43,7 +43,7 @@ def cmd_space_sample(args) -> None:
     specs = [sample(rng, space, args.img_size, args.in_chans, args.num_classes) for _ in range(args.n)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("".join(s.to_json() + "\n" for s in specs))
-    out.print(f"wrote {len(specs)} specs ({len({s.arch_id for s in specs})} distinct) to {args.out}")
+    out.print(f"wrote {len(specs)} specs ({len({s.arch_id for s in specs})} distinct) to {args.out}", markup=False)
 
 
 def cmd_space_check(args) -> None:
@@ -132,7 +132,7 @@ def cmd_measure(args) -> None:
         measure_all(unique.values(), Path(args.out), args.runtime, args.device, args.threads, args.batch,
                     args.remeasure, args.sweeps, reference_ms=reference,
                     on_row=lambda r: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms {r['short'][:40]}"))
-    out.print(f"timings in {args.out}")
+    out.print(f"timings in {args.out}", markup=False)
 
 
 def cmd_fit_latency(args) -> None:
@@ -161,7 +161,7 @@ def cmd_fit_latency(args) -> None:
         out.print(f"against the raw timings (the machine's speed at the time, not the reference's): within "
                   f"±10% {raw['within_10']:.1%}, Kendall tau {raw['kendall_tau']:.3f}; their noise floor "
                   f"{raw['noise_floor']:.2%}")
-    out.print(f"Model saved to {args.out} ({report['saved_model']}).")
+    out.print(f"Model saved to {args.out} ({report['saved_model']}).", markup=False)
 
 
 # --- search -----------------------------------------------------------------------------------
@@ -169,7 +169,8 @@ def cmd_run(args) -> None:
     cfg, inputs = prepare_search(args)
     front = watch_search(cfg, inputs)
     print_front(cfg.run_dir, as_json=False)
-    out.print(f"{len(front)} architectures on the front; browse: python search.py front {cfg.run_dir}")
+    out.print(f"{len(front)} architectures on the front; browse: python search.py front {cfg.run_dir}",
+              markup=False)
 
 
 def prepare_search(args):
@@ -218,9 +219,9 @@ def calibrated_model(args, shape: tuple[int, int, int], space) -> str:
                                  on_row=lambda r: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms"))
     if report:
         console.print(f"latency model {path}: held-out within ±10% {report['within_10']:.0%}, "
-                      f"Kendall tau {report['kendall_tau']:.2f} ({report['n_test']} held out)")
+                      f"Kendall tau {report['kendall_tau']:.2f} ({report['n_test']} held out)", markup=False)
     else:
-        console.print(f"reusing latency model {path}")
+        console.print(f"reusing latency model {path}", markup=False)
     return str(path)
 
 
@@ -281,7 +282,7 @@ def print_front(run_dir: Path, as_json: bool) -> None:
         tau = f"{a['kendall_tau']:.2f}" if a["kendall_tau"] is not None else "n/a (fewer than 3)"
         out.print(f"ranking from rung {a['rungs'].replace('->', ' to ')}: Kendall tau {tau} over "
                   f"{a['trials']} promoted trials")
-    out.print(f"plot: {html}")
+    out.print(f"plot: {html}", markup=False)
 
 
 def rung_text(rung) -> str:
@@ -298,7 +299,8 @@ def cmd_dashboard(args) -> None:
     db = Path(args.run) / "study.db"
     if not db.is_file():
         raise UserError(f"{db} not found: give the directory of a run made by `etnas run`")
-    console.print(f"optuna-dashboard for {args.run} at http://127.0.0.1:{args.port} (this machine only; Ctrl-C stops it)")
+    console.print(f"optuna-dashboard for {args.run} at http://127.0.0.1:{args.port} (this machine only; Ctrl-C "
+                  f"stops it)", markup=False)
     run_server(f"sqlite:///{db}", host="127.0.0.1", port=args.port)
 
 
@@ -323,7 +325,7 @@ def cmd_train(args) -> None:
     out.print(table)
     from nas.front import load_view, write_html
 
-    out.print(f"plot: {write_html(Path(args.run), *load_view(Path(args.run)))}")  # now with this training
+    out.print(f"plot: {write_html(Path(args.run), *load_view(Path(args.run)))}", markup=False)  # now with this training
 
 
 def cmd_export(args) -> None:
@@ -333,7 +335,7 @@ def cmd_export(args) -> None:
     number = resolve_trial(Path(args.run), args.trial)
     res = export_trial(Path(args.run), number, Path(args.out), tuple(f for f in args.format.split(",") if f))
     out.print(f"exported to {res['out']}: {', '.join(res['files'])}; max abs diff vs PyTorch "
-              f"{', '.join(f'{k} {v:.1e}' for k, v in res['max_abs_diff'].items())}")
+              f"{', '.join(f'{k} {v:.1e}' for k, v in res['max_abs_diff'].items())}", markup=False)
 
 
 def version() -> str:
@@ -349,7 +351,7 @@ class Parser(argparse.ArgumentParser):
     """Bad options are one line on stderr and exit status 2, like every other bad input."""
 
     def error(self, message: str):
-        console.print(f"[red]error:[/] {message} (see `{self.prog} --help`)", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(message)} (see `{self.prog} --help`)", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

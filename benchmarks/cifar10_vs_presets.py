@@ -99,24 +99,19 @@ def reuse_final(previous: Path, run: Path, number: int, arch_id: str, epochs: fl
 
 def reference_trainings(reference: Path | None, epochs: float) -> dict[str, dict]:
     """The reference pool's seed-0 trainings by arch_id, where they used this benchmark's recipe."""
-    from dataclasses import asdict
-
     from evaluators.recipes import FINAL_RECIPE
-    from evaluators.train import TrainConfig
+    from evaluators.train import training_curve
 
-    def same(recipe: dict) -> dict:
-        return {k: v for k, v in recipe.items() if k not in ("threads", "device")}
-
-    ours = same(asdict(TrainConfig(**FINAL_RECIPE, epochs=epochs, seed=0)))
+    ours = training_curve({**FINAL_RECIPE, "epochs": epochs, "seed": 0})
     rows = read_jsonl(Path(reference) / "reference.jsonl") if reference else []
-    return {r["arch_id"]: r for r in rows if r["seed"] == 0 and same(r["recipe"]) == ours}
+    return {r["arch_id"]: r for r in rows if r["seed"] == 0 and training_curve(r["recipe"]) == ours}
 
 
 def train_finals(run: Path, numbers: list[int], epochs: float, jobs: int) -> None:
     """`etnas train --holdout` for each trial, `jobs` at a time with one thread each (as the reference
-    trains); a finished one is only evaluated again."""
+    trains); a finished one is only evaluated and timed again."""
     def one(number: int) -> None:
-        cli("train", run, "--trial", number, "--epochs", epochs, "--holdout", threads=1 if jobs > 1 else None)
+        cli("train", run, "--trial", number, "--epochs", epochs, "--holdout", threads=1)
 
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(one, numbers))

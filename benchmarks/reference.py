@@ -169,7 +169,7 @@ def train_long(row: dict, seed: int, data_path: str, work: str, device: str, epo
 
 def reseeded(pool: list[dict], n: int) -> list[dict]:
     """The `n` pool members cheapest to train (MFLOPs): the seed noise needs pairs more than it needs
-    costly ones, and these still spread over the pool's predicted latency."""
+    costly ones (these lie in the lower half of the pool's predicted latency)."""
     return sorted(pool, key=lambda r: r["mflops"])[:n]
 
 

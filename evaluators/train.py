@@ -55,6 +55,13 @@ class TrainConfig:
     device: str = "cpu"  # "cuda" trains on a GPU; the search's Ray workers stay on CPU threads
 
 
+def training_curve(recipe: dict) -> dict:
+    """The fields of a recorded TrainConfig that decide the training's curve, with today's defaults
+    for fields added since it was recorded (they reproduce what it did); threads and device do not
+    change it."""
+    return {k: v for k, v in {**dataclasses.asdict(TrainConfig()), **recipe}.items() if k not in ("threads", "device")}
+
+
 @dataclass
 class TrainResult:
     model: nn.Module

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import torch
 
 from evaluators.data import load_dataset
 from evaluators.recipes import FINAL_RECIPE
-from evaluators.train import Normalizer, TrainConfig, accuracy, train
+from evaluators.train import Normalizer, TrainConfig, accuracy, train, training_curve
 from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, fingerprint_id, time_at_reference,
                                      torch_runner)
 from search_space import ArchSpec, build_model, count_params, deploy
@@ -127,16 +128,39 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
 
 
 def recipe_checkpoint(out: Path, recipe: dict) -> Path:
-    """The final training's checkpoint path, after setting aside a checkpoint made with another
-    recipe (another schedule or data cannot be continued: that training starts over)."""
+    """The final training's checkpoint path, after setting aside a checkpoint and report made with
+    another recipe (another schedule or data cannot be continued: that training starts over)."""
     checkpoint, made_with = out / "checkpoint.pt", out / "checkpoint.json"
-    asked = {k: v for k, v in recipe.items() if k not in ("threads", "device")}  # neither changes the curve
-    if checkpoint.exists() and made_with.exists() and json.loads(made_with.read_text()) != asked:
-        aside = checkpoint.rename(out / "checkpoint.other-recipe.pt")
-        warnings.warn(f"{checkpoint} was made with another recipe; moved to {aside.name}, training from scratch",
-                      stacklevel=2)
-    made_with.write_text(json.dumps(asked))
+    asked = training_curve(recipe)
+    previous = checkpoint_recipe(out, asked)
+    if checkpoint.exists() and previous is not None and previous != asked:
+        changed = ", ".join(f"{k} {previous.get(k)} -> {v}" for k, v in asked.items() if previous.get(k) != v)
+        for name in ("checkpoint.pt", "model.pt", "final.json"):
+            if (out / name).exists():
+                (out / name).rename(out / name.replace(".", ".other-recipe.", 1))
+        warnings.warn(f"{checkpoint} was made with another recipe ({changed}); set aside as *.other-recipe.*, "
+                      f"training from scratch", stacklevel=2)
+    tmp = made_with.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(asked))
+    os.replace(tmp, made_with)
     return checkpoint
+
+
+def checkpoint_recipe(out: Path, asked: dict) -> dict | None:
+    """The recipe the checkpoint in `out` was made with: from checkpoint.json, or else from the
+    report of a training that finished before checkpoint.json existed (the fields it records; the
+    rest taken as asked); an unreadable record counts as another recipe ({}), no record at all as
+    unknown (None: the checkpoint is continued)."""
+    made_with, report = out / "checkpoint.json", out / "final.json"
+    try:
+        if made_with.exists():
+            return json.loads(made_with.read_text())
+        if report.exists():
+            r = json.loads(report.read_text())
+            return {**asked, **r.get("recipe", {}), "epochs": r["epochs"], "holdout": r.get("holdout", False)}
+    except (ValueError, KeyError):
+        return {}
+    return None
 
 
 def load_trained(run_dir: Path, number: int) -> tuple[torch.nn.Module, dict]:

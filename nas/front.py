@@ -126,5 +126,7 @@ def write_html(run_dir: Path, trials: pd.DataFrame, front: list[dict], target_ms
     fig = front_figure(trials, front, target_ms, finals)
     fig.update_layout(title=f"{Path(run_dir).name}: accuracy vs predicted latency")
     out = Path(run_dir) / "front.html"
-    fig.write_html(out, include_plotlyjs=True)
+    tmp = out.with_suffix(".html.tmp")  # two final trainings may redraw it at once
+    fig.write_html(tmp, include_plotlyjs=True)
+    tmp.replace(out)
     return out

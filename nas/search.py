@@ -172,6 +172,7 @@ class SearchRun:
     waiting: dict = field(default_factory=dict)  # arch_id -> duplicates waiting for its training
     front: list = field(default_factory=list)
     proposals_in_a_row_seen: int = 0
+    budget_said: bool = False
 
     def finished(self) -> set[str]:
         """Architectures whose trial is over: trained to their last rung, or failed."""
@@ -184,9 +185,11 @@ class SearchRun:
         return sum(v for k, v in c.items() if k not in ("RUNNING", "INTERRUPTED", "WAITING", "DUPLICATE"))
 
     def budget_spent(self) -> bool:
-        """Whether the trainings finished and under way reach --budget-epochs: no new candidate then
-        (the promotions they earn still train)."""
-        if self.cfg.budget_epochs is None:
+        """Whether the trainings finished and under way reach --budget-epochs: the sampler proposes
+        nothing more then, while queued trials (the presets, trainings re-queued after a kill) and
+        the promotions earned still train."""
+        queued = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        if self.cfg.budget_epochs is None or queued:
             return False
         budgets = [0.0, *self.cfg.rungs.budgets]
         under_way = sum(budgets[rung + 1] - budgets[rung] for _, rung in self.dispatcher.pending.values())
@@ -306,6 +309,10 @@ def propose(run: SearchRun) -> None:
     duplicate costs neither a trial from the count nor a training."""
     while run.dispatcher.free > 0 and run.counted() + len(run.dispatcher.pending) < run.cfg.trials:
         if run.budget_spent():
+            if not run.budget_said:
+                run.budget_said = True
+                run.report(f"the training budget of {run.cfg.budget_epochs:g} epochs is reached: no new "
+                           f"candidates after {run.counted()} trials")
             return
         if run.proposals_in_a_row_seen == MAX_REPEATS:
             run.proposals_in_a_row_seen += 1  # said once

@@ -59,8 +59,10 @@ def test_reference_trainings_are_reused_only_with_the_same_recipe(tmp_path):
     recipe = asdict(TrainConfig(**FINAL_RECIPE, epochs=15, seed=0, threads=1))
     rows = [{"arch_id": "a", "seed": 0, "recipe": recipe}, {"arch_id": "a", "seed": 1, "recipe": recipe},
             {"arch_id": "b", "seed": 0, "recipe": {**recipe, "lr": 5e-4}},
-            {"arch_id": "c", "seed": 0, "recipe": {**recipe, "threads": 2, "device": "cuda"}}]
+            {"arch_id": "c", "seed": 0, "recipe": {**recipe, "threads": 2, "device": "cuda"}},
+            {"arch_id": "d", "seed": 0, "recipe": {k: v for k, v in recipe.items() if not k.startswith("cycle_")}}]
     (tmp_path / "reference.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     reused = proof.reference_trainings(tmp_path, 15)
-    assert set(reused) == {"a", "c"} and reused["a"]["seed"] == 0  # where it trained does not change the recipe
+    # where it trained does not change the curve, nor do fields added since with their defaults
+    assert set(reused) == {"a", "c", "d"} and reused["a"]["seed"] == 0
     assert proof.reference_trainings(tmp_path, 6) == {} and proof.reference_trainings(None, 15) == {}

@@ -99,3 +99,39 @@ def test_a_holdout_final_training_leaves_the_validation_part_out_and_starts_over
     # the whole-split checkpoint is another schedule: set aside in one line, not continued
     assert (folder / "checkpoint.other-recipe.pt").exists() and "another recipe" in res.stderr
     assert len([line for line in res.stderr.splitlines() if "warning" in line]) == 1
+
+
+def test_a_checkpoint_is_continued_only_with_its_own_recipe(tmp_path):
+    from dataclasses import asdict
+
+    from evaluators.train import TrainConfig
+    from nas.final import recipe_checkpoint
+
+    recipe = {**asdict(TrainConfig(epochs=15, batch_size=128, lr=1e-3)), "holdout": True}
+    (tmp_path / "checkpoint.pt").write_text("15-epoch state")
+    assert recipe_checkpoint(tmp_path, recipe).read_text() == "15-epoch state"  # no record: kept, now recorded
+    assert recipe_checkpoint(tmp_path, {**recipe, "threads": 2, "device": "cuda"}).exists()  # same curve: kept
+    (tmp_path / "final.json").write_text("{}")
+    with pytest.warns(UserWarning, match=r"another recipe \(epochs 15 -> 30"):
+        assert not recipe_checkpoint(tmp_path, {**recipe, "epochs": 30}).exists()
+    assert (tmp_path / "checkpoint.other-recipe.pt").read_text() == "15-epoch state"
+    assert (tmp_path / "final.other-recipe.json").exists() and not (tmp_path / "final.json").exists()
+
+
+def test_a_finished_training_from_before_recipe_records_is_judged_by_its_report(tmp_path):
+    from dataclasses import asdict
+
+    from evaluators.train import TrainConfig
+    from nas.final import recipe_checkpoint
+
+    recipe = {**asdict(TrainConfig(epochs=10, batch_size=128, lr=1e-3)), "holdout": False}
+    (tmp_path / "checkpoint.pt").write_text("state")
+    (tmp_path / "final.json").write_text(json.dumps({"epochs": 10, "recipe": {"batch_size": 128, "lr": 1e-3}}))
+    assert recipe_checkpoint(tmp_path, recipe).exists()  # the report says: same recipe, whole split
+    (tmp_path / "checkpoint.json").unlink()
+    with pytest.warns(UserWarning, match="holdout False -> True"):
+        assert not recipe_checkpoint(tmp_path, {**recipe, "holdout": True}).exists()
+    (tmp_path / "checkpoint.pt").write_text("state")
+    (tmp_path / "checkpoint.json").write_text('{"epo')  # cut short by a kill: another recipe, not a crash
+    with pytest.warns(UserWarning, match="another recipe"):
+        assert not recipe_checkpoint(tmp_path, recipe).exists()
