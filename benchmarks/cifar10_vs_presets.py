@@ -90,8 +90,8 @@ def reuse_final(previous: Path, run: Path, number: int, arch_id: str, epochs: fl
     finished checkpoint and only evaluates and times it."""
     for path in Path(previous).glob("final/*/final.json"):
         report = json.loads(path.read_text())
-        if (report["arch_id"], report["epochs"], report["dataset"], report.get("holdout")) == (arch_id, epochs, dataset,
-                                                                                                True):
+        made = (report["arch_id"], report["epochs"], report["dataset"], report.get("holdout"))
+        if made == (arch_id, epochs, dataset, True):
             shutil.copytree(path.parent, run / "final" / str(number), dirs_exist_ok=True)
             return True
     return False

@@ -22,8 +22,9 @@ long training gives? (issue 13)
             each rung), for every promotion rule; each (architecture, rung) training is kept in
             OUT/multifidelity_runs.jsonl and never redone, and only what some rule promotes is
             trained. The rules' scores and compute go into OUT/fidelity.json.
-  report    (re)write OUT/fidelity.json from the runs so far, then Kendall tau, Spearman rho, top-5 recall and regret at the pool's 25/50/75th percentile
-            latency of every method, and the seed noise floor, as a markdown table.
+  report    (re)write OUT/fidelity.json from the runs so far, then Kendall tau, Spearman rho, top-5
+            recall and regret at the pool's 25/50/75th percentile latency of every method, and the
+            seed noise floor, as a markdown table.
 
     .venv/bin/python benchmarks/reference.py pool
     .venv/bin/python benchmarks/reference.py train --jobs 2        # hours of CPU; resumable
@@ -227,7 +228,7 @@ def cmd_fidelity(args) -> None:
     write_fidelity(args.out, pool)
 
 
-def write_fidelity(out: Path, pool: list[dict]) -> None:
+def write_fidelity(out: Path, pool: list[dict]) -> dict:
     methods: dict[str, dict] = {m: {"compute_s": 0.0, "scores": {}} for m in PROXIES}
     for r in read_jsonl(out / "fidelity_runs.jsonl"):
         methods[r["method"]]["scores"][r["arch_id"]] = r["val_acc"]
@@ -247,7 +248,9 @@ def write_fidelity(out: Path, pool: list[dict]) -> None:
         methods.update(multifidelity_scores(pool, mf_runs, Rungs(first, top, eta))[0])
     for m in methods.values():
         m["compute_s"] = round(m["compute_s"], 1)
-    (out / "fidelity.json").write_text(json.dumps({"methods": methods, "seed_noise": seed_noise(rows)}, indent=1))
+    fidelity = {"methods": methods, "seed_noise": seed_noise(rows)}
+    (out / "fidelity.json").write_text(json.dumps(fidelity, indent=1))
+    return fidelity
 
 
 def train_rung(row: dict, rung: int, rungs: Rungs, data_path: str, work: str) -> dict:
@@ -331,9 +334,8 @@ def method_figures(scores: dict[str, float], acc: dict[str, float], lat: dict[st
 
 
 def cmd_report(args) -> None:
-    write_fidelity(args.out, read_jsonl(args.out / "pool.jsonl"))  # from the runs so far
+    fid = write_fidelity(args.out, read_jsonl(args.out / "pool.jsonl"))  # from the runs so far
     rows = read_jsonl(args.out / "reference.jsonl")
-    fid = json.loads((args.out / "fidelity.json").read_text())
     long = first_seed(rows)
     acc = {a: r["test_acc"] for a, r in long.items()}
     lat = {a: r["pred_ms"] for a, r in long.items()}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, f
                                      torch_runner)
 from search_space import ArchSpec, build_model, count_params, deploy
 
-from .records import trial_state
+from .records import atomic_write, trial_state
 from .rundir import load_run_study, run_config, run_records
 from . import SearchError
 
@@ -140,9 +139,7 @@ def recipe_checkpoint(out: Path, recipe: dict) -> Path:
                 (out / name).rename(out / name.replace(".", ".other-recipe.", 1))
         warnings.warn(f"{checkpoint} was made with another recipe ({changed}); set aside as *.other-recipe.*, "
                       f"training from scratch", stacklevel=2)
-    tmp = made_with.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asked))
-    os.replace(tmp, made_with)
+    atomic_write(made_with, json.dumps(asked))
     return checkpoint
 
 

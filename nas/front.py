@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .records import atomic_write
 from .rundir import final_report, run_config, run_records
 from . import SearchError
 
@@ -126,7 +127,5 @@ def write_html(run_dir: Path, trials: pd.DataFrame, front: list[dict], target_ms
     fig = front_figure(trials, front, target_ms, finals)
     fig.update_layout(title=f"{Path(run_dir).name}: accuracy vs predicted latency")
     out = Path(run_dir) / "front.html"
-    tmp = out.with_suffix(".html.tmp")  # two final trainings may redraw it at once
-    fig.write_html(tmp, include_plotlyjs=True)
-    tmp.replace(out)
+    atomic_write(out, fig.to_html(include_plotlyjs=True))  # two final trainings may redraw it at once
     return out

@@ -80,7 +80,8 @@ def front_entry(r: dict, agreement: list[dict]) -> dict:
             "measured_ms": None}  # filled by `front` once a final training measured it
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write the whole file or nothing: a reader (or a kill) never sees it half written."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -91,8 +92,8 @@ def write_records(study: optuna.Study, run_dir: Path, target_ms: float) -> list[
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
     agreement = rung_agreement(rows)
     front = [front_entry(r, agreement) for r in pareto_front(rows, target_ms)]
-    _atomic_write(run_dir / "trials.csv", pd.DataFrame(rows, columns=TRIAL_COLUMNS).to_csv(index=False))
-    _atomic_write(run_dir / "front.json", json.dumps(front, indent=1))
+    atomic_write(run_dir / "trials.csv", pd.DataFrame(rows, columns=TRIAL_COLUMNS).to_csv(index=False))
+    atomic_write(run_dir / "front.json", json.dumps(front, indent=1))
     return front
 
 
