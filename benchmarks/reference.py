@@ -9,7 +9,8 @@ long training gives? (issue 13)
             OUT/pool.jsonl and OUT/pool.json (how it was drawn).
   train     the long recipe (RECIPE) on the search's training part of the split (90%): the accuracy on
             the fixed 10% validation split after every epoch, then on the test split. Every pool
-            member with seed 0, then the --reseed cheapest architectures with seed 1.
+            member with seed 0, then with seed 1 the --reseed architectures whose first training
+            took least time per epoch (among those finished when the command starts).
             Trainings run --jobs at a time, one thread each, checkpointed every epoch under
             --work; each finished one is appended to OUT/reference.jsonl and never redone.
   fidelity  score every pool member (seed 0) by each method (proxy budgets, params, FLOPs, the long
@@ -39,6 +40,7 @@ import dataclasses
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -168,19 +170,22 @@ def train_long(row: dict, seed: int, data_path: str, work: str, device: str, epo
             "torch": torch.__version__}
 
 
-def reseeded(pool: list[dict], n: int) -> list[dict]:
-    """The `n` pool members cheapest to train (MFLOPs): the seed noise needs pairs more than it needs
-    costly ones (these lie in the lower half of the pool's predicted latency)."""
-    return sorted(pool, key=lambda r: r["mflops"])[:n]
+def reseeded(pool: list[dict], rows: list[dict], n: int) -> list[dict]:
+    """The `n` pool members whose first training took least time per epoch: the seed noise needs
+    pairs more than it needs costly ones. Chosen among finished first trainings, so the pick is
+    fixed once the first seeds are in."""
+    per_epoch = {a: r["train_s"] / r["epochs"] for a, r in first_seed(rows).items()}
+    return sorted((r for r in pool if r["arch_id"] in per_epoch), key=lambda r: per_epoch[r["arch_id"]])[:n]
 
 
 def cmd_train(args) -> None:
     pool = read_jsonl(args.out / "pool.jsonl")
     if not pool:
         sys.exit(f"no pool in {args.out}; run `benchmarks/reference.py pool` first")
-    done = {(r["arch_id"], r["seed"]) for r in read_jsonl(args.out / "reference.jsonl") if r["epochs"] == args.epochs}
+    rows = [r for r in read_jsonl(args.out / "reference.jsonl") if r["epochs"] == args.epochs]
+    done = {(r["arch_id"], r["seed"]) for r in rows}
     first = sorted(pool, key=lambda r: r["mflops"])  # the cheapest first: rows come in early
-    wanted = [(r, 0) for r in first] + [(r, 1) for r in reseeded(pool, args.reseed)]
+    wanted = [(r, 0) for r in first] + [(r, 1) for r in reseeded(pool, rows, args.reseed)]
     jobs = [(r, s, args.data, str(args.work), args.device, args.epochs) for r, s in wanted
             if (r["arch_id"], s) not in done]
     args.work.mkdir(parents=True, exist_ok=True)
@@ -193,9 +198,10 @@ def train_proxy(row: dict, method: str, data_path: str) -> dict:
     d = dataset(data_path)
     epochs, subset = PROXIES[method]
     cfg = TrainConfig(epochs=epochs, subset=subset, seed=0, threads=1)  # the search's proxy defaults
+    cpu_start = time.process_time()
     res = train(ArchSpec.from_dict(row["spec"]), d["x"], d["y"], d["x_val"], d["y_val"], cfg, d["mean"], d["std"])
     return {"arch_id": row["arch_id"], "method": method, "val_acc": round(res.val_acc, 4),
-            "train_s": round(res.train_s, 1)}
+            "train_s": round(res.train_s, 1), "cpu_s": round(time.process_time() - cpu_start, 1)}
 
 
 def first_seed(rows: list[dict]) -> dict[str, dict]:
@@ -229,10 +235,11 @@ def cmd_fidelity(args) -> None:
 
 
 def write_fidelity(out: Path, pool: list[dict]) -> dict:
-    methods: dict[str, dict] = {m: {"compute_s": 0.0, "scores": {}} for m in PROXIES}
-    for r in read_jsonl(out / "fidelity_runs.jsonl"):
-        methods[r["method"]]["scores"][r["arch_id"]] = r["val_acc"]
-        methods[r["method"]]["compute_s"] += r["train_s"]
+    methods: dict[str, dict] = {}
+    proxy_runs = read_jsonl(out / "fidelity_runs.jsonl")
+    for name in PROXIES:
+        runs = [r for r in proxy_runs if r["method"] == name]
+        methods[name] = {**compute_seconds(runs), "scores": {r["arch_id"]: r["val_acc"] for r in runs}}
     specs = {r["arch_id"]: ArchSpec.from_dict(r["spec"]) for r in pool}
     methods["params"] = {"compute_s": 0.0, "scores": {a: count_params(build_model(s)) for a, s in specs.items()}}
     methods["flops"] = {"compute_s": 0.0, "scores": {a: total_flops(s) for a, s in specs.items()}}
@@ -240,17 +247,27 @@ def write_fidelity(out: Path, pool: list[dict]) -> dict:
     long = first_seed(rows)
     for e in CURVE_EPOCHS:
         methods[f"long-curve-ep{e}"] = {
-            "compute_s": sum(r["train_s"] * e / r["epochs"] for r in long.values()),
+            "compute_s": sum(r["train_s"] * e / r["epochs"] for r in long.values()), "compute_of": "train_s",
             "scores": {a: r["val_curve"][e - 1] for a, r in long.items()},
-            "note": f"the long recipe's validation accuracy after epoch {e} (its LR schedule is the 15-epoch one)"}
+            "note": f"the long recipe's validation accuracy after epoch {e} (its LR schedule is the 15-epoch one); "
+                    f"compute: that share of the training's wall time"}
     mf_runs = read_jsonl(out / "multifidelity_runs.jsonl")
     for first, eta, top in sorted({(r["first"], r["eta"], r["top_epochs"]) for r in mf_runs}):
         methods.update(multifidelity_scores(pool, mf_runs, Rungs(first, top, eta))[0])
     for m in methods.values():
         m["compute_s"] = round(m["compute_s"], 1)
-    fidelity = {"methods": methods, "seed_noise": seed_noise(rows)}
+    fidelity = {"methods": methods, "seed_noise": seed_noise(rows),
+                "compute_of": "cpu_s: CPU seconds of the training processes (one thread each); train_s: their "
+                              "wall seconds, longer where other jobs shared the cores"}
     (out / "fidelity.json").write_text(json.dumps(fidelity, indent=1))
     return fidelity
+
+
+def compute_seconds(runs: list[dict]) -> dict:
+    """The runs' CPU seconds if each recorded them (robust to other jobs sharing the cores), else
+    their wall seconds, and which of the two it is."""
+    key = "cpu_s" if runs and all("cpu_s" in r for r in runs) else "train_s"
+    return {"compute_s": sum(r[key] for r in runs), "compute_of": key}
 
 
 def train_rung(row: dict, rung: int, rungs: Rungs, data_path: str, work: str) -> dict:
@@ -259,11 +276,23 @@ def train_rung(row: dict, rung: int, rungs: Rungs, data_path: str, work: str) ->
     cfg = rung_train_config(rungs, seed=0, threads=1, batch_size=PROXY_RECIPE["batch_size"],
                             lr=PROXY_RECIPE["lr"])  # the search's own rung schedule and defaults
     ckpt = Path(work) / f"{row['arch_id']}-{mf_tag(rungs)}.pt"
+    cpu_start = time.process_time()
     res = train(ArchSpec.from_dict(row["spec"]), d["x"], d["y"], d["x_val"], d["y_val"], cfg, d["mean"], d["std"],
                 checkpoint=ckpt, until_epochs=rungs.budgets[rung])
     return {"arch_id": row["arch_id"], "rungs": mf_tag(rungs), "first": rungs.first, "eta": rungs.eta,
             "top_epochs": rungs.top_epochs, "rung": rung, "epochs": round(rungs.budgets[rung], 4),
-            "val_acc": round(res.val_acc, 4), "train_s": round(res.train_s, 1), "steps": res.steps}
+            "val_acc": round(res.val_acc, 4), "train_s": round(res.train_s, 1), "steps": res.steps,
+            "cpu_s": round(time.process_time() - cpu_start, 1)}
+
+
+def rung_compute(trainings: list[list[dict]]) -> dict:
+    """What a rule's rung trainings cost, given each candidate's rows from rung 0 to its highest:
+    the sum of every rung's CPU seconds (each row's own process) where all recorded them, else each
+    candidate's wall seconds at its highest rung (cumulative over its rungs)."""
+    rows = [r for candidate in trainings for r in candidate]
+    if all("cpu_s" in r for r in rows):
+        return {"compute_s": sum(r["cpu_s"] for r in rows), "compute_of": "cpu_s"}
+    return {"compute_s": sum(candidate[-1]["train_s"] for candidate in trainings), "compute_of": "train_s"}
 
 
 def mf_tag(rungs: Rungs) -> str:
@@ -291,7 +320,7 @@ def multifidelity_scores(pool: list[dict], runs: list[dict], rungs: Rungs) -> tu
             missing |= {(a, k) for a, k in needed if k == lowest}
             continue
         methods[f"multifidelity-{rule}-{mf_tag(rungs)}"] = {
-            "compute_s": round(sum(done[(a, len(accs) - 1)]["train_s"] for a, accs in reached.items()), 1),
+            **rung_compute([[done[(a, k)] for k in range(len(accs))] for a, accs in reached.items()]),
             "scores": {a: round(rung_score(accs), 4) for a, accs in reached.items()},
             "rungs_reached": {a: len(accs) - 1 for a, accs in reached.items()},
             "note": f"successive halving, promotion by {rule}, eta {rungs.eta}, rungs at "
@@ -339,15 +368,15 @@ def cmd_report(args) -> None:
     long = first_seed(rows)
     acc = {a: r["test_acc"] for a, r in long.items()}
     lat = {a: r["pred_ms"] for a, r in long.items()}
-    print(f"{len(long)} architectures, {sum(r['train_s'] for r in rows) / 3600:.1f} CPU-h of long training; "
+    print(f"{len(long)} architectures, {sum(r['train_s'] for r in rows) / 3600:.1f} h of long training (wall, one thread each); "
           f"seed noise: {fid['seed_noise']}\n")
-    print("| method | compute (CPU-s) | Kendall tau | Spearman rho | top-5 recall | regret p25 / p50 / p75 (pt) |")
+    print("| method | compute (s) | Kendall tau | Spearman rho | top-5 recall | regret p25 / p50 / p75 (pt) |")
     print("|---|---|---|---|---|---|")
     for name, m in fid["methods"].items():
         f = method_figures(m["scores"], acc, lat)
         regret = " / ".join(f"{r:.1f}" for r in f["regret_pts"])
         partial = f" ({f['scored']} of {len(acc)} scored)" if f["scored"] < len(acc) else ""
-        print(f"| {name}{partial} | {m['compute_s']:.0f} | {f['tau']:.3f} | {f['rho']:.3f} | {f['top5']}/5 | {regret} |")
+        print(f"| {name}{partial} | {m['compute_s']:.0f} {m.get('compute_of', '')} | {f['tau']:.3f} | {f['rho']:.3f} | {f['top5']}/5 | {regret} |")
 
 
 def main() -> None:
@@ -363,7 +392,7 @@ def main() -> None:
     p.add_argument("--max-mflops", type=float, default=30.0, help="training-cost cap on sampled members")
     t = sub.add_parser("train", help="the long trainings (resumable)")
     t.add_argument("--jobs", type=int, default=2, help="trainings at once, one thread each")
-    t.add_argument("--reseed", type=int, default=6, help="architectures trained again with seed 1 (the cheapest)")
+    t.add_argument("--reseed", type=int, default=6, help="architectures trained again with seed 1 (the quickest per epoch)")
     t.add_argument("--work", type=Path, default=ROOT / "runs" / "reference", help="checkpoints (not committed)")
     t.add_argument("--device", default="cpu")
     t.add_argument("--epochs", type=float, default=RECIPE["epochs"], help="default: %(default)s (the reference)")

@@ -7,8 +7,8 @@ RUNGS = Rungs(0.1, 1.3, 3)  # rungs at 0.1, 0.4 and 1.3 epochs
 POOL = [{"arch_id": f"a{i}", "pred_ms": float(i + 1)} for i in range(6)]
 
 
-def row(arch, rung, acc, train_s):
-    return {"arch_id": arch, "rungs": mf_tag(RUNGS), "rung": rung, "val_acc": acc, "train_s": train_s}
+def row(arch, rung, acc, train_s, **cpu_s):
+    return {"arch_id": arch, "rungs": mf_tag(RUNGS), "rung": rung, "val_acc": acc, "train_s": train_s, **cpu_s}
 
 
 def test_the_first_rung_is_asked_for_everyone_then_only_the_promoted():
@@ -28,5 +28,15 @@ def test_each_rule_is_charged_for_what_it_trained_and_scored_by_rung_first():
     assert not missing and set(methods) == {f"multifidelity-{r}-{mf_tag(RUNGS)}" for r in ("pareto", "bands", "accuracy")}
     acc = methods[f"multifidelity-accuracy-{mf_tag(RUNGS)}"]
     assert acc["rungs_reached"] == {"a0": 0, "a1": 0, "a2": 0, "a3": 0, "a4": 2, "a5": 1}
-    assert acc["compute_s"] == 4 * 10.0 + 40.0 + 130.0  # cumulative train_s at each one's highest rung
+    # without CPU times: each one's wall time at its highest rung, which is cumulative
+    assert (acc["compute_s"], acc["compute_of"]) == (4 * 10.0 + 40.0 + 130.0, "train_s")
     assert max(acc["scores"], key=acc["scores"].get) == "a4"
+
+
+def test_cpu_seconds_are_summed_over_each_candidates_rungs():
+    runs = [row(f"a{i}", 0, 0.1 * i, 10.0, cpu_s=8.0) for i in range(6)]
+    runs += [row(f"a{i}", 1, 0.5 - 0.05 * i, 40.0, cpu_s=25.0) for i in range(6)]
+    runs += [row(f"a{i}", 2, 0.6, 130.0, cpu_s=70.0) for i in range(6)]
+    acc = multifidelity_scores(POOL, runs, RUNGS)[0][f"multifidelity-accuracy-{mf_tag(RUNGS)}"]
+    # six first rungs, a4 and a5 at the second, a4 at the third: each process's own CPU time
+    assert (acc["compute_s"], acc["compute_of"]) == (6 * 8.0 + 2 * 25.0 + 70.0, "cpu_s")
