@@ -492,8 +492,8 @@ def _run_parser(sub) -> None:
     r.add_argument("--eta", type=integer(2), default=d.eta,
                    help="each rung trains eta times longer than the last, and the best 1/eta of a rung go on")
     r.add_argument("--promotion", choices=PROMOTION_RULES, default=d.promotion,
-                   help="who goes on: pareto (non-dominated on accuracy and latency), bands (the best of each "
-                        "latency band) or accuracy (latency-blind)")
+                   help="who goes on: bands (the best of each third of the latency range), pareto (non-dominated "
+                        "on accuracy and latency) or accuracy (latency-blind)")
     r.add_argument("--subset", type=number(0, 1), help="share of the training split the proxy trains on (default: all)")
     r.add_argument("--resolution", type=integer(8), help="proxy input side (default: the data's)")
     r.add_argument("--batch-size", type=integer(1), default=d.batch_size, help="proxy batch size")

@@ -51,11 +51,11 @@ from search_space.presets import SEARCH_SCALE  # noqa: E402
 
 FINAL_EPOCHS = 15  # the long-training reference's recipe, so that its preset trainings are reused
 # The search: the product's multi-fidelity defaults (rungs at 0.5, 2 and 6.5 epochs of the training
-# part, eta 3, Pareto promotion) with 120 trials; TPE had the highest median hypervolume in the
+# part, eta 3, promotion within latency bands) with 120 trials; TPE had the highest median hypervolume in the
 # sampler comparison (BENCHMARKS.md, "Search engine").
-BUDGETS = {"full": {"trials": 120, "base_epochs": 0.5, "epochs": 6.5, "eta": 3, "promotion": "pareto",
+BUDGETS = {"full": {"trials": 120, "base_epochs": 0.5, "epochs": 6.5, "eta": 3, "promotion": "bands",
                     "sampler": "tpe", "final_epochs": FINAL_EPOCHS, "sweeps": 400},
-           "quick": {"trials": 8, "base_epochs": 0.1, "epochs": 0.3, "eta": 3, "promotion": "pareto",
+           "quick": {"trials": 8, "base_epochs": 0.1, "epochs": 0.3, "eta": 3, "promotion": "bands",
                      "sampler": "tpe", "final_epochs": 0.3, "sweeps": 20}}
 
 

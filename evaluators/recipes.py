@@ -2,7 +2,7 @@
 
 # The search's proxy training (TrainConfig's and `etnas run`'s defaults): every feasible candidate
 # trains base_epochs, the best 1/eta of a rung go on eta times longer, up to `epochs` (the top rung)
-PROXY_RECIPE = {"epochs": 6.5, "base_epochs": 0.5, "eta": 3, "promotion": "pareto", "batch_size": 64, "lr": 2e-3}
+PROXY_RECIPE = {"epochs": 6.5, "base_epochs": 0.5, "eta": 3, "promotion": "bands", "batch_size": 64, "lr": 2e-3}
 
 # The final training's recipe where it differs from the proxy's: the recipe that
 # matched a plain timm loop on CIFAR-10 (benchmarks/training_recipe.py, BENCHMARKS.md)
