@@ -60,8 +60,11 @@ BUDGETS = {"full": {"trials": 120, "base_epochs": 0.5, "epochs": 6.5, "eta": 3, 
 
 
 def cli(*args: str, threads: int | None = None) -> None:
+    """Run an etnas command; if it fails, stop with one line (the command has said why above)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
-    subprocess.run([sys.executable, str(ROOT / "search.py"), *map(str, args)], check=True, cwd=ROOT, env=env)
+    done = subprocess.run([sys.executable, str(ROOT / "search.py"), *map(str, args)], cwd=ROOT, env=env)
+    if done.returncode:
+        sys.exit(f"error: `etnas {args[0]}` exited with status {done.returncode}; see its message above")
 
 
 def pick_target(model: LatencyModel, dataset) -> float:
@@ -171,6 +174,8 @@ def parse_args() -> argparse.Namespace:
                                         "with the default data, which it was trained on; none otherwise)")
     ap.add_argument("--reuse", help="a previous run's search dir (DIR/runs/search) whose finished final trainings "
                                      "of the same architectures and recipe are reused")
+    ap.add_argument("--force", action="store_true", help="search with a latency model measured on another CPU "
+                                                          "(etnas run --force); the final timing is still this CPU's")
     ap.add_argument("--jobs", type=int, default=2, help="final trainings at once, one thread each")
     ap.add_argument("--quick", action="store_true", help="tiny budgets (the test runs this on digits)")
     args = ap.parse_args()
@@ -189,8 +194,8 @@ def search(args, budget: dict, out: Path) -> tuple[Path, str, float]:
                                            ROOT / "runs" / "latency", SearchSpace())[0])
     target = pick_target(LatencyModel.load(args.latency_model), dataset)
     cli("run", "--name", "search", "--runs-dir", out / "runs", "--dataset", dataset_arg, "--target-ms", target,
-        "--latency-model", args.latency_model, *(f"--{k.replace('_', '-')}={budget[k]}" for k in
-                                                 ("trials", "base_epochs", "epochs", "eta", "promotion", "sampler")))
+        "--latency-model", args.latency_model, *(["--force"] if args.force else []),
+        *(f"--{k.replace('_', '-')}={budget[k]}" for k in ("trials", "base_epochs", "epochs", "eta", "promotion", "sampler")))
     return out / "runs" / "search", dataset_arg, target
 
 
