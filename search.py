@@ -492,7 +492,7 @@ def _run_parser(sub) -> None:
     r.add_argument("--eta", type=integer(2), default=d.eta,
                    help="each rung trains eta times longer than the last, and the best 1/eta of a rung go on")
     r.add_argument("--promotion", choices=PROMOTION_RULES, default=d.promotion,
-                   help="who goes on: bands (the best of each third of the latency range), pareto (non-dominated "
+                   help="who goes on: bands (the best of each tercile of predicted latency), pareto (non-dominated "
                         "on accuracy and latency) or accuracy (latency-blind)")
     r.add_argument("--subset", type=number(0, 1), help="share of the training split the proxy trains on (default: all)")
     r.add_argument("--resolution", type=integer(8), help="proxy input side (default: the data's)")

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
@@ -112,12 +112,16 @@ def reference_trainings(reference: Path | None, epochs: float) -> dict[str, dict
 
 def train_finals(run: Path, numbers: list[int], epochs: float, jobs: int) -> None:
     """`etnas train --holdout` for each trial, `jobs` at a time with one thread each (as the reference
-    trains); a finished one is only evaluated and timed again."""
+    trains); a finished one is only evaluated and timed again. The first failure cancels the
+    trainings not yet started and stops the script once those under way end."""
     def one(number: int) -> None:
         cli("train", run, "--trial", number, "--epochs", epochs, "--holdout", threads=1)
 
     with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(one, numbers))
+        for done in as_completed([pool.submit(one, number) for number in numbers]):
+            if done.exception() is not None:
+                pool.shutdown(cancel_futures=True)
+                raise done.exception()
 
 
 def measure_interleaved(run: Path, models: dict[int, torch.nn.Module], sweeps: int) -> dict[int, dict]:

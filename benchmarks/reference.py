@@ -9,8 +9,8 @@ long training gives? (issue 13)
             OUT/pool.jsonl and OUT/pool.json (how it was drawn).
   train     the long recipe (RECIPE) on the search's training part of the split (90%): the accuracy on
             the fixed 10% validation split after every epoch, then on the test split. Every pool
-            member with seed 0, then with seed 1 the --reseed architectures whose first training
-            took least time per epoch (among those finished when the command starts).
+            member with seed 0, then, once all are done, with seed 1 the --reseed architectures
+            whose first training took least time per epoch.
             Trainings run --jobs at a time, one thread each, checkpointed every epoch under
             --work; each finished one is appended to OUT/reference.jsonl and never redone.
   fidelity  score every pool member (seed 0) by each method (proxy budgets, params, FLOPs, the long
@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -55,6 +54,7 @@ from evaluators.recipes import FINAL_RECIPE, PROXY_RECIPE  # noqa: E402
 from evaluators.train import TrainConfig, accuracy, train  # noqa: E402
 from latency_models import LatencyModel, read_table  # noqa: E402
 from latency_models.features import total_flops  # noqa: E402
+from latency_models.measure import cpu_model  # noqa: E402
 from latency_models.validate import per_architecture  # noqa: E402
 from nas.dispatch import rung_train_config  # noqa: E402
 from nas.rungs import PROMOTION_RULES, Rungs, rung_score, successive_halving  # noqa: E402
@@ -166,32 +166,35 @@ def train_long(row: dict, seed: int, data_path: str, work: str, device: str, epo
             "seed": seed, "epochs": epochs, "recipe": dataclasses.asdict(cfg), "test_acc": round(test, 4),
             "val_curve": [round(v, 4) for v in res.history], "pred_ms": row["pred_ms"],
             "params": count_params(build_model(spec)), "flops": total_flops(spec), "train_s": round(res.train_s, 1),
-            "device": device if device != "cpu" else f"cpu ({platform.processor() or platform.machine()}), 1 thread",
+            "device": device if device != "cpu" else f"cpu ({cpu_model()}), 1 thread",
             "torch": torch.__version__}
 
 
 def reseeded(pool: list[dict], rows: list[dict], n: int) -> list[dict]:
     """The `n` pool members whose first training took least time per epoch: the seed noise needs
-    pairs more than it needs costly ones. Chosen among finished first trainings, so the pick is
-    fixed once the first seeds are in."""
+    pairs more than it needs costly ones."""
     per_epoch = {a: r["train_s"] / r["epochs"] for a, r in first_seed(rows).items()}
     return sorted((r for r in pool if r["arch_id"] in per_epoch), key=lambda r: per_epoch[r["arch_id"]])[:n]
 
 
 def cmd_train(args) -> None:
+    """Every pool member with seed 0, cheapest first; once all are done, the --reseed quickest
+    again with seed 1 (chosen from the finished first trainings, so the pick is fixed)."""
     pool = read_jsonl(args.out / "pool.jsonl")
     if not pool:
         sys.exit(f"no pool in {args.out}; run `benchmarks/reference.py pool` first")
-    rows = [r for r in read_jsonl(args.out / "reference.jsonl") if r["epochs"] == args.epochs]
-    done = {(r["arch_id"], r["seed"]) for r in rows}
-    first = sorted(pool, key=lambda r: r["mflops"])  # the cheapest first: rows come in early
-    wanted = [(r, 0) for r in first] + [(r, 1) for r in reseeded(pool, rows, args.reseed)]
-    jobs = [(r, s, args.data, str(args.work), args.device, args.epochs) for r, s in wanted
-            if (r["arch_id"], s) not in done]
     args.work.mkdir(parents=True, exist_ok=True)
-    print(f"{len(wanted) - len(jobs)} of {len(wanted)} trainings already done", file=sys.stderr)
-    run_jobs(jobs[: args.limit or None], train_long, args.jobs, args.out / "reference.jsonl",
-             lambda r: f"{r['short']} seed {r['seed']}: test {r['test_acc']:.4f} in {r['train_s']:.0f} s")
+    for seed in (0, 1):
+        rows = [r for r in read_jsonl(args.out / "reference.jsonl") if r["epochs"] == args.epochs]
+        done = {(r["arch_id"], r["seed"]) for r in rows}
+        if seed == 1 and any((r["arch_id"], 0) not in done for r in pool):
+            return  # a --limit stopped the first seeds short
+        wanted = sorted(pool, key=lambda r: r["mflops"]) if seed == 0 else reseeded(pool, rows, args.reseed)
+        jobs = [(r, seed, args.data, str(args.work), args.device, args.epochs) for r in wanted
+                if (r["arch_id"], seed) not in done]
+        print(f"seed {seed}: {len(wanted) - len(jobs)} of {len(wanted)} trainings already done", file=sys.stderr)
+        run_jobs(jobs[: args.limit or None], train_long, args.jobs, args.out / "reference.jsonl",
+                 lambda r: f"{r['short']} seed {r['seed']}: test {r['test_acc']:.4f} in {r['train_s']:.0f} s")
 
 
 def train_proxy(row: dict, method: str, data_path: str) -> dict:
@@ -264,10 +267,12 @@ def write_fidelity(out: Path, pool: list[dict]) -> dict:
 
 
 def compute_seconds(runs: list[dict]) -> dict:
-    """The runs' CPU seconds if each recorded them (robust to other jobs sharing the cores), else
-    their wall seconds, and which of the two it is."""
-    key = "cpu_s" if runs and all("cpu_s" in r for r in runs) else "train_s"
-    return {"compute_s": sum(r[key] for r in runs), "compute_of": key}
+    """The runs' CPU seconds if each recorded them (much less sensitive than wall time to other jobs
+    sharing the cores), else their wall seconds, and which of the two it is; the last run of each
+    architecture counts, as in its score."""
+    last = list({r["arch_id"]: r for r in runs}.values())
+    key = "cpu_s" if last and all("cpu_s" in r for r in last) else "train_s"
+    return {"compute_s": sum(r[key] for r in last), "compute_of": key}
 
 
 def train_rung(row: dict, rung: int, rungs: Rungs, data_path: str, work: str) -> dict:

@@ -1,7 +1,10 @@
-"""The searched-vs-presets benchmark stays runnable: its --quick mode on digits."""
+"""The searched-vs-presets benchmark: its --quick mode on digits runs end to end, and its parts keep their rules."""
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from .helpers import ROOT, synthetic_model
 
@@ -26,12 +29,17 @@ def test_cifar10_vs_presets_quick_on_digits(tmp_path):
     assert (tmp_path / "out" / "cifar10_front.png").stat().st_size > 5_000
 
 
-def test_reuse_final_copies_only_the_same_architecture_recipe_and_data(tmp_path):
+def proof_script():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("proof", ROOT / "benchmarks" / "cifar10_vs_presets.py")
     proof = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(proof)
+    return proof
+
+
+def test_reuse_final_copies_only_the_same_architecture_recipe_and_data(tmp_path):
+    proof = proof_script()
     previous, run = tmp_path / "old", tmp_path / "new"
     (previous / "final" / "3").mkdir(parents=True)
     report = {"arch_id": "abc", "epochs": 6.0, "dataset": "digits", "holdout": False}
@@ -47,15 +55,12 @@ def test_reuse_final_copies_only_the_same_architecture_recipe_and_data(tmp_path)
 
 
 def test_reference_trainings_are_reused_only_with_the_same_recipe(tmp_path):
-    import importlib.util
     from dataclasses import asdict
 
     from evaluators.recipes import FINAL_RECIPE
     from evaluators.train import TrainConfig
 
-    spec = importlib.util.spec_from_file_location("proof", ROOT / "benchmarks" / "cifar10_vs_presets.py")
-    proof = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(proof)
+    proof = proof_script()
     recipe = asdict(TrainConfig(**FINAL_RECIPE, epochs=15, seed=0, threads=1))
     rows = [{"arch_id": "a", "seed": 0, "recipe": recipe}, {"arch_id": "a", "seed": 1, "recipe": recipe},
             {"arch_id": "b", "seed": 0, "recipe": {**recipe, "lr": 5e-4}},
@@ -66,3 +71,17 @@ def test_reference_trainings_are_reused_only_with_the_same_recipe(tmp_path):
     # where it trained does not change the curve, nor do fields added since with their defaults
     assert set(reused) == {"a", "c", "d"} and reused["a"]["seed"] == 0
     assert proof.reference_trainings(tmp_path, 6) == {} and proof.reference_trainings(None, 15) == {}
+
+
+def test_a_failing_final_training_cancels_the_ones_not_started(monkeypatch):
+    proof, started = proof_script(), []
+
+    def train(*args, threads=None):
+        started.append(args[3])
+        if args[3] == 1:
+            sys.exit("error: `etnas train` exited with status 2")
+
+    monkeypatch.setattr(proof, "cli", train)
+    with pytest.raises(SystemExit, match="status 2"):
+        proof.train_finals(Path("run"), [1, 2, 3, 4], epochs=1.0, jobs=1)
+    assert started == [1]

@@ -1,6 +1,6 @@
 """The reference benchmark's multi-fidelity scoring: it asks only for the trainings some promotion
 rule needs, one rung at a time, and charges each rule for exactly what it trained."""
-from benchmarks.reference import mf_tag, multifidelity_scores
+from benchmarks.reference import compute_seconds, mf_tag, multifidelity_scores, reseeded
 from nas.rungs import Rungs
 
 RUNGS = Rungs(0.1, 1.3, 3)  # rungs at 0.1, 0.4 and 1.3 epochs
@@ -40,3 +40,20 @@ def test_cpu_seconds_are_summed_over_each_candidates_rungs():
     acc = multifidelity_scores(POOL, runs, RUNGS)[0][f"multifidelity-accuracy-{mf_tag(RUNGS)}"]
     # six first rungs, a4 and a5 at the second, a4 at the third: each process's own CPU time
     assert (acc["compute_s"], acc["compute_of"]) == (6 * 8.0 + 2 * 25.0 + 70.0, "cpu_s")
+
+
+def test_proxy_compute_counts_each_architectures_last_run_in_cpu_seconds_if_all_have_them():
+    runs = [{"arch_id": "a", "train_s": 9.0}, {"arch_id": "a", "train_s": 15.0, "cpu_s": 10.0},
+            {"arch_id": "b", "train_s": 6.0, "cpu_s": 4.0}]  # a was re-timed: its first row is superseded
+    assert compute_seconds(runs) == {"compute_s": 14.0, "compute_of": "cpu_s"}
+    runs.append({"arch_id": "c", "train_s": 7.0})  # one row without CPU time: wall seconds throughout
+    assert compute_seconds(runs) == {"compute_s": 28.0, "compute_of": "train_s"}
+
+
+def test_second_seeds_go_to_the_architectures_quickest_per_epoch_of_their_first_training():
+    pool = [{"arch_id": a} for a in "abcd"]
+    rows = [{"arch_id": "a", "seed": 0, "epochs": 15, "train_s": 900.0},
+            {"arch_id": "b", "seed": 0, "epochs": 15, "train_s": 300.0},
+            {"arch_id": "c", "seed": 0, "epochs": 15, "train_s": 600.0},
+            {"arch_id": "b", "seed": 1, "epochs": 15, "train_s": 10.0}]  # d unfinished; seed 1 rows ignored
+    assert [r["arch_id"] for r in reseeded(pool, rows, 2)] == ["b", "c"]
