@@ -199,7 +199,8 @@ def search(args, budget: dict, out: Path) -> tuple[Path, str, float]:
     target = pick_target(LatencyModel.load(args.latency_model), dataset)
     cli("run", "--name", "search", "--runs-dir", out / "runs", "--dataset", dataset_arg, "--target-ms", target,
         "--latency-model", args.latency_model, *(["--force"] if args.force else []),
-        *(f"--{k.replace('_', '-')}={budget[k]}" for k in ("trials", "base_epochs", "epochs", "eta", "promotion", "sampler")))
+        *(f"--{k.replace('_', '-')}={budget[k]}"
+          for k in ("trials", "base_epochs", "epochs", "eta", "promotion", "sampler")))
     return out / "runs" / "search", dataset_arg, target
 
 

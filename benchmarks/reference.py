@@ -373,15 +373,16 @@ def cmd_report(args) -> None:
     long = first_seed(rows)
     acc = {a: r["test_acc"] for a, r in long.items()}
     lat = {a: r["pred_ms"] for a, r in long.items()}
-    print(f"{len(long)} architectures, {sum(r['train_s'] for r in rows) / 3600:.1f} h of long training (wall, one thread each); "
-          f"seed noise: {fid['seed_noise']}\n")
+    print(f"{len(long)} architectures, {sum(r['train_s'] for r in rows) / 3600:.1f} h of long training "
+          f"(wall, one thread each); seed noise: {fid['seed_noise']}\n")
     print("| method | compute (s) | Kendall tau | Spearman rho | top-5 recall | regret p25 / p50 / p75 (pt) |")
     print("|---|---|---|---|---|---|")
     for name, m in fid["methods"].items():
         f = method_figures(m["scores"], acc, lat)
         regret = " / ".join(f"{r:.1f}" for r in f["regret_pts"])
         partial = f" ({f['scored']} of {len(acc)} scored)" if f["scored"] < len(acc) else ""
-        print(f"| {name}{partial} | {m['compute_s']:.0f} {m.get('compute_of', '')} | {f['tau']:.3f} | {f['rho']:.3f} | {f['top5']}/5 | {regret} |")
+        print(f"| {name}{partial} | {m['compute_s']:.0f} {m.get('compute_of', '')} | {f['tau']:.3f} | "
+              f"{f['rho']:.3f} | {f['top5']}/5 | {regret} |")
 
 
 def main() -> None:
@@ -397,7 +398,8 @@ def main() -> None:
     p.add_argument("--max-mflops", type=float, default=30.0, help="training-cost cap on sampled members")
     t = sub.add_parser("train", help="the long trainings (resumable)")
     t.add_argument("--jobs", type=int, default=2, help="trainings at once, one thread each")
-    t.add_argument("--reseed", type=int, default=6, help="architectures trained again with seed 1 (the quickest per epoch)")
+    t.add_argument("--reseed", type=int, default=6,
+                   help="architectures trained again with seed 1 (the quickest per epoch)")
     t.add_argument("--work", type=Path, default=ROOT / "runs" / "reference", help="checkpoints (not committed)")
     t.add_argument("--device", default="cpu")
     t.add_argument("--epochs", type=float, default=RECIPE["epochs"], help="default: %(default)s (the reference)")

@@ -188,9 +188,10 @@ class SearchRun:
         """Whether the trainings finished and under way reach --budget-epochs: the sampler proposes
         nothing more then, while queued trials (the presets, trainings re-queued after a kill) and
         the promotions earned still train."""
-        queued = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-        if self.cfg.budget_epochs is None or queued:
+        if self.cfg.budget_epochs is None:
             return False
+        if self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+            return False  # queued trials first
         budgets = [0.0, *self.cfg.rungs.budgets]
         under_way = sum(budgets[rung + 1] - budgets[rung] for _, rung in self.dispatcher.pending.values())
         return self.ladder.epochs_trained() + under_way >= self.cfg.budget_epochs
