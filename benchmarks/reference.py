@@ -242,7 +242,9 @@ def write_fidelity(out: Path, pool: list[dict]) -> dict:
     proxy_runs = read_jsonl(out / "fidelity_runs.jsonl")
     for name in PROXIES:
         runs = [r for r in proxy_runs if r["method"] == name]
-        methods[name] = {**compute_seconds(runs), "scores": {r["arch_id"]: r["val_acc"] for r in runs}}
+        last = {r["arch_id"]: r for r in runs}  # a re-run supersedes the earlier row, in compute as in score
+        methods[name] = {**compute_charged([[r] for r in last.values()]),
+                         "scores": {a: r["val_acc"] for a, r in last.items()}}
     specs = {r["arch_id"]: ArchSpec.from_dict(r["spec"]) for r in pool}
     methods["params"] = {"compute_s": 0.0, "scores": {a: count_params(build_model(s)) for a, s in specs.items()}}
     methods["flops"] = {"compute_s": 0.0, "scores": {a: total_flops(s) for a, s in specs.items()}}
@@ -266,15 +268,6 @@ def write_fidelity(out: Path, pool: list[dict]) -> dict:
     return fidelity
 
 
-def compute_seconds(runs: list[dict]) -> dict:
-    """The runs' CPU seconds if each recorded them (much less sensitive than wall time to other jobs
-    sharing the cores), else their wall seconds, and which of the two it is; the last run of each
-    architecture counts, as in its score."""
-    last = list({r["arch_id"]: r for r in runs}.values())
-    key = "cpu_s" if last and all("cpu_s" in r for r in last) else "train_s"
-    return {"compute_s": sum(r[key] for r in last), "compute_of": key}
-
-
 def train_rung(row: dict, rung: int, rungs: Rungs, data_path: str, work: str) -> dict:
     """Train one pool member up to a rung, continuing its previous rung's checkpoint."""
     d = dataset(data_path)
@@ -290,10 +283,11 @@ def train_rung(row: dict, rung: int, rungs: Rungs, data_path: str, work: str) ->
             "cpu_s": round(time.process_time() - cpu_start, 1)}
 
 
-def rung_compute(trainings: list[list[dict]]) -> dict:
-    """What a rule's rung trainings cost, given each candidate's rows from rung 0 to its highest:
-    the sum of every rung's CPU seconds (each row's own process) where all recorded them, else each
-    candidate's wall seconds at its highest rung (cumulative over its rungs)."""
+def compute_charged(trainings: list[list[dict]]) -> dict:
+    """What a method's trainings cost, given each candidate's rows (one per training process, rung 0
+    to its highest): the sum of every row's CPU seconds where all recorded them (much less sensitive
+    than wall time to other jobs sharing the cores), else each candidate's wall seconds at its last
+    row (cumulative over its rungs); and which of the two it is."""
     rows = [r for candidate in trainings for r in candidate]
     if all("cpu_s" in r for r in rows):
         return {"compute_s": sum(r["cpu_s"] for r in rows), "compute_of": "cpu_s"}
@@ -325,7 +319,7 @@ def multifidelity_scores(pool: list[dict], runs: list[dict], rungs: Rungs) -> tu
             missing |= {(a, k) for a, k in needed if k == lowest}
             continue
         methods[f"multifidelity-{rule}-{mf_tag(rungs)}"] = {
-            **rung_compute([[done[(a, k)] for k in range(len(accs))] for a, accs in reached.items()]),
+            **compute_charged([[done[(a, k)] for k in range(len(accs))] for a, accs in reached.items()]),
             "scores": {a: round(rung_score(accs), 4) for a, accs in reached.items()},
             "rungs_reached": {a: len(accs) - 1 for a, accs in reached.items()},
             "note": f"successive halving, promotion by {rule}, eta {rungs.eta}, rungs at "

@@ -1,6 +1,6 @@
 """The reference benchmark's multi-fidelity scoring: it asks only for the trainings some promotion
 rule needs, one rung at a time, and charges each rule for exactly what it trained."""
-from benchmarks.reference import compute_seconds, mf_tag, multifidelity_scores, reseeded
+from benchmarks.reference import compute_charged, mf_tag, multifidelity_scores, reseeded
 from nas.rungs import Rungs
 
 RUNGS = Rungs(0.1, 1.3, 3)  # rungs at 0.1, 0.4 and 1.3 epochs
@@ -42,12 +42,11 @@ def test_cpu_seconds_are_summed_over_each_candidates_rungs():
     assert (acc["compute_s"], acc["compute_of"]) == (6 * 8.0 + 2 * 25.0 + 70.0, "cpu_s")
 
 
-def test_proxy_compute_counts_each_architectures_last_run_in_cpu_seconds_if_all_have_them():
-    runs = [{"arch_id": "a", "train_s": 9.0}, {"arch_id": "a", "train_s": 15.0, "cpu_s": 10.0},
-            {"arch_id": "b", "train_s": 6.0, "cpu_s": 4.0}]  # a was re-timed: its first row is superseded
-    assert compute_seconds(runs) == {"compute_s": 14.0, "compute_of": "cpu_s"}
-    runs.append({"arch_id": "c", "train_s": 7.0})  # one row without CPU time: wall seconds throughout
-    assert compute_seconds(runs) == {"compute_s": 28.0, "compute_of": "train_s"}
+def test_compute_is_cpu_seconds_if_every_training_has_them_else_each_candidates_last_wall_time():
+    trainings = [[{"train_s": 15.0, "cpu_s": 10.0}], [{"train_s": 6.0, "cpu_s": 4.0}, {"train_s": 20.0, "cpu_s": 11.0}]]
+    assert compute_charged(trainings) == {"compute_s": 25.0, "compute_of": "cpu_s"}
+    trainings.append([{"train_s": 7.0}])  # one row without CPU time: wall seconds throughout (cumulative)
+    assert compute_charged(trainings) == {"compute_s": 42.0, "compute_of": "train_s"}
 
 
 def test_second_seeds_go_to_the_architectures_quickest_per_epoch_of_their_first_training():
