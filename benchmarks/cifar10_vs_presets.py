@@ -180,6 +180,8 @@ def parse_args() -> argparse.Namespace:
                                      "of the same architectures and recipe are reused")
     ap.add_argument("--force", action="store_true", help="search with a latency model measured on another CPU "
                                                           "(etnas run --force); the final timing is still this CPU's")
+    ap.add_argument("--trials", type=int, help="the search's trial count (default: 120, or 8 with --quick); "
+                                            "a larger count extends a finished search in --out")
     ap.add_argument("--jobs", type=int, default=2, help="final trainings at once, one thread each")
     ap.add_argument("--quick", action="store_true", help="tiny budgets (the test runs this on digits)")
     args = ap.parse_args()
@@ -239,6 +241,7 @@ def final_rows(run: Path, presets_by_trial: dict[int, str], searched: list[int],
 def main() -> None:
     args = parse_args()
     budget = BUDGETS["quick" if args.quick else "full"]
+    budget = {**budget, "trials": args.trials or budget["trials"]}
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
