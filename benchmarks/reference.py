@@ -143,10 +143,9 @@ def dataset(path: str) -> dict:
     """The training part, validation split and test split, loaded once per worker process."""
     if not _DATA:
         data = load_dataset(f"npz:{path}")
-        tr, val = data.split(seed=0)
         mean, std = data.channel_stats()
-        _DATA.update(x=data.x_train[tr], y=data.y_train[tr], x_val=data.x_train[val], y_val=data.y_train[val],
-                     x_test=data.x_test, y_test=data.y_test, mean=mean, std=std)
+        _DATA.update(zip(("x", "y", "x_val", "y_val"), data.holdout(seed=0)))
+        _DATA.update(x_test=data.x_test, y_test=data.y_test, mean=mean, std=std)
     return _DATA
 
 

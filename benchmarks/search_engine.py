@@ -75,9 +75,8 @@ def fidelity(args, out: Path) -> dict:
     Every training is appended to DIR/fidelity_runs.jsonl as it ends; a re-run (with more budgets,
     or on another machine) skips what is there and summarises everything there."""
     data = load_dataset(f"npz:{args.data}")
-    tr, val = data.split(seed=0)
     mean, std = data.channel_stats()
-    arrays = (data.x_train[tr], data.y_train[tr], data.x_train[val], data.y_train[val], mean, std)
+    arrays = (*data.holdout(seed=0), mean, std)
     shape = (data.img_size, data.in_chans, data.num_classes)
     rng = np.random.default_rng(123)
     specs = list(presets(*shape, SEARCH_SCALE, SEARCH_SCALE).values()) + [

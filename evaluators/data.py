@@ -57,6 +57,12 @@ class Dataset:
         val = np.sort(np.array(val))
         return np.setdiff1d(np.arange(len(y)), val), val
 
+    def holdout(self, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x, y, x_val, y_val): the search's training part and its validation split, which the
+        search ranks on and the long-training protocol reads its curve on."""
+        part, val = self.split(seed=seed)
+        return self.x_train[part], self.y_train[part], self.x_train[val], self.y_train[val]
+
 
 def _from_nhwc(x: np.ndarray) -> torch.Tensor:
     x = np.asarray(x)

@@ -86,10 +86,7 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(cfg["dataset"])
     mean, std = data.channel_stats()
-    x, y, x_val, y_val = data.x_train, data.y_train, None, None
-    if holdout:
-        part, val = data.split(seed=cfg["seed"])
-        x, y, x_val, y_val = data.x_train[part], data.y_train[part], data.x_train[val], data.y_train[val]
+    x, y, x_val, y_val = data.holdout(seed=cfg["seed"]) if holdout else (data.x_train, data.y_train, None, None)
     tcfg = TrainConfig(**{**FINAL_RECIPE, **recipe}, epochs=epochs, seed=cfg["seed"],
                        threads=torch.get_num_threads(), device=device)
     t0 = time.perf_counter()

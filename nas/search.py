@@ -265,7 +265,6 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
             study.enqueue_trial(p)
     recover_interrupted(study)
     data = inputs.data
-    tr, val = data.split(seed=cfg.seed)
     mean, std = data.channel_stats()
     train_cfg = rung_train_config(cfg.rungs, cfg.gpus_per_trial, batch_size=cfg.batch_size, lr=cfg.lr,
                                   subset=cfg.subset, resolution=cfg.resolution, seed=cfg.seed, threads=1)
@@ -274,7 +273,7 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
     if cfg.gpus_per_trial > gpus:
         raise SearchError(f"--gpus-per-trial {cfg.gpus_per_trial:g} asks for more GPUs than Ray has "
                           f"({gpus:g}); no trial could ever start")
-    data_ref = ray.put((data.x_train[tr], data.y_train[tr], data.x_train[val], data.y_train[val], mean, std))
+    data_ref = ray.put((*data.holdout(seed=cfg.seed), mean, std))
     feasible = inputs.latencies[inputs.latencies <= cfg.target_ms]
     band_edges = list(np.quantile(feasible, [1 / 3, 2 / 3])) if len(feasible) else []
     preset_of = {sample(FixedSuggester(p), inputs.space, *inputs.shape).arch_id: name

@@ -1,6 +1,7 @@
 """Datasets are validated before anything runs: each problem is one line naming the file, the
 array and what is wrong, for every loader."""
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -78,3 +79,14 @@ def test_the_command_line_gives_one_line_and_exit_2(tmp_path):
                   "--dataset", f"npz:{write(tmp_path, y_train=np.arange(20) % 4 - 1)}", check=False)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "y_train" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "runs").exists()
+
+
+def test_holdout_is_the_seeded_stratified_split_of_the_training_images():
+    data = load_dataset("digits")
+    x, y, x_val, y_val = data.holdout(seed=0)
+    part, val = data.split(seed=0)
+    assert np.intersect1d(part, val).size == 0 and len(part) + len(val) == len(data.y_train)
+    assert torch.equal(x, data.x_train[part]) and torch.equal(y_val, data.y_train[val])
+    per_class = np.bincount(data.y_train.numpy())
+    assert np.array_equal(np.bincount(y_val.numpy()), np.round(0.1 * per_class).astype(int))  # 10% of each digit
+    assert torch.equal(data.holdout(seed=0)[1], y) and not torch.equal(data.holdout(seed=1)[3], y_val)
