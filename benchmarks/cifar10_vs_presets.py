@@ -17,6 +17,7 @@
 
     .venv/bin/python benchmarks/cifar10_vs_presets.py [--data ../shared/data/cifar10.npz] [--out DIR]
         [--latency-model runs/latency/cpu-torch.model] [--reference benchmarks/results/reference] [--quick]
+        [--trials N] [--top-epochs E] [--reuse DIR/runs/search] [--force] [--jobs J]
 
 `--data digits` runs on the embedded digits set; `--quick` uses tiny budgets (the test runs that).
 """
@@ -182,7 +183,8 @@ def parse_args() -> argparse.Namespace:
                                                           "(etnas run --force); the final timing is still this CPU's")
     ap.add_argument("--trials", type=int, help="the search's trial count (default: 120, or 8 with --quick); "
                                             "a larger count extends a finished search in --out")
-    ap.add_argument("--top-epochs", type=float, help="the search's top rung (default: the product's, 6.5)")
+    ap.add_argument("--top-epochs", type=float, help="the search's top rung (default 6.5, 0.3 with --quick); "
+                                                      "another value needs a new --out")
     ap.add_argument("--jobs", type=int, default=2, help="final trainings at once, one thread each")
     ap.add_argument("--quick", action="store_true", help="tiny budgets (the test runs this on digits)")
     args = ap.parse_args()
@@ -242,7 +244,8 @@ def final_rows(run: Path, presets_by_trial: dict[int, str], searched: list[int],
 def main() -> None:
     args = parse_args()
     budget = BUDGETS["quick" if args.quick else "full"]
-    budget = {**budget, "trials": args.trials or budget["trials"], "epochs": args.top_epochs or budget["epochs"]}
+    for key, value in (("trials", args.trials), ("epochs", args.top_epochs)):
+        budget = {**budget, key: budget[key] if value is None else value}
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()

@@ -240,10 +240,7 @@ def write_fidelity(out: Path, pool: list[dict]) -> dict:
     methods: dict[str, dict] = {}
     proxy_runs = read_jsonl(out / "fidelity_runs.jsonl")
     for name in PROXIES:
-        runs = [r for r in proxy_runs if r["method"] == name]
-        last = {r["arch_id"]: r for r in runs}  # a re-run supersedes the earlier row, in compute as in score
-        methods[name] = {**compute_charged([[r] for r in last.values()]),
-                         "scores": {a: r["val_acc"] for a, r in last.items()}}
+        methods[name] = proxy_method([r for r in proxy_runs if r["method"] == name])
     specs = {r["arch_id"]: ArchSpec.from_dict(r["spec"]) for r in pool}
     methods["params"] = {"compute_s": 0.0, "scores": {a: count_params(build_model(s)) for a, s in specs.items()}}
     methods["flops"] = {"compute_s": 0.0, "scores": {a: total_flops(s) for a, s in specs.items()}}
@@ -282,13 +279,20 @@ def train_rung(row: dict, rung: int, rungs: Rungs, data_path: str, work: str) ->
             "cpu_s": round(time.process_time() - cpu_start, 1)}
 
 
+def proxy_method(runs: list[dict]) -> dict:
+    """A flat proxy's compute and scores, from each architecture's last run: a re-run (say, to record
+    CPU time) supersedes the earlier row, in compute as in score."""
+    last = {r["arch_id"]: r for r in runs}
+    return {**compute_charged([[r] for r in last.values()]), "scores": {a: r["val_acc"] for a, r in last.items()}}
+
+
 def compute_charged(trainings: list[list[dict]]) -> dict:
     """What a method's trainings cost, given each candidate's rows (one per training process, rung 0
     to its highest): the sum of every row's CPU seconds where all recorded them (much less sensitive
     than wall time to other jobs sharing the cores), else each candidate's wall seconds at its last
     row (cumulative over its rungs); and which of the two it is."""
     rows = [r for candidate in trainings for r in candidate]
-    if all("cpu_s" in r for r in rows):
+    if rows and all("cpu_s" in r for r in rows):
         return {"compute_s": sum(r["cpu_s"] for r in rows), "compute_of": "cpu_s"}
     return {"compute_s": sum(candidate[-1]["train_s"] for candidate in trainings), "compute_of": "train_s"}
 

@@ -89,7 +89,8 @@ def fidelity(args, out: Path) -> dict:
     if "final" in args.refs:
         runs["final"] = {"epochs": args.final_epochs, "subset": None}
     log = out / "fidelity_runs.jsonl"
-    done = {(r["label"], r["arch_id"]): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    logged = map(json.loads, log.read_text().splitlines()) if log.exists() else []
+    done = {(r["label"], r["arch_id"]): r for r in logged}
     jobs = [(label, spec, TrainConfig(**run, seed=0, threads=1, device=args.device))
             for label, run in runs.items() for spec in specs if (label, spec.arch_id) not in done]
     jobs.sort(key=lambda j: -j[2].epochs * (j[2].subset or 1))  # longest first: no straggler at the end
@@ -98,7 +99,8 @@ def fidelity(args, out: Path) -> dict:
             log.open("a") as f:
         for (label, spec, cfg), res in zip(jobs, pool.map(_proxy, [(spec.to_json(), cfg) for _, spec, cfg in jobs])):
             row = {"label": label, "arch_id": spec.arch_id, "short": spec.short(), "epochs": cfg.epochs,
-                   "subset": cfg.subset, "device": cfg.device, **{k: res.get(k) for k in ("val_acc", "train_s", "failure")}}
+                   "subset": cfg.subset, "device": cfg.device,
+                   **{k: res.get(k) for k in ("val_acc", "train_s", "failure")}}
             done[(label, spec.arch_id)] = row
             f.write(json.dumps(row) + "\n")
             f.flush()

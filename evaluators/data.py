@@ -77,7 +77,8 @@ def check_images(source: str, name: str, x: np.ndarray) -> np.ndarray:
     where = f"{source}: {name}"
     if x.dtype == object:
         raise DataError(f"{where} is an object array; store images as a uint8 array")
-    if x.ndim not in (3, 4) or x.shape[0] == 0 or x.shape[1] != x.shape[2] or (x.ndim == 4 and x.shape[3] not in (1, 3)):
+    channels_ok = x.ndim == 3 or (x.ndim == 4 and x.shape[3] in (1, 3))
+    if x.ndim not in (3, 4) or x.shape[0] == 0 or x.shape[1] != x.shape[2] or not channels_ok:
         raise DataError(f"{where} has shape {x.shape}; expected N x H x W (grey) or N x H x W x C with C 1 or 3, "
                         f"H = W (NHWC)")
     if x.dtype == np.uint8:
@@ -138,7 +139,8 @@ def load_digits() -> Dataset:
 def load_npz(path: str) -> Dataset:
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"dataset file {p} does not exist; give npz:PATH to an .npz with x_train, y_train, x_test, y_test")
+        raise DataError(f"dataset file {p} does not exist; "
+                        f"give npz:PATH to an .npz with x_train, y_train, x_test, y_test")
     keys = ("x_train", "y_train", "x_test", "y_test")
     try:
         with np.load(p, allow_pickle=False) as z:
@@ -151,7 +153,8 @@ def load_npz(path: str) -> Dataset:
         raise
     except ValueError as e:
         if "allow_pickle" in str(e):
-            raise DataError(f"dataset file {p} holds object arrays; store images and labels as numeric arrays") from None
+            raise DataError(f"dataset file {p} holds object arrays; "
+                            f"store images and labels as numeric arrays") from None
         raise DataError(f"dataset file {p} is not a readable .npz ({type(e).__name__})") from None
     except Exception as e:
         raise DataError(f"dataset file {p} is not a readable .npz ({type(e).__name__})") from None

@@ -109,7 +109,8 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     pred = trial.user_attrs["pred_ms"]
     report = {"trial": trial.number, "arch_id": spec.arch_id, "short": spec.short(), "test_acc": test_acc,
               "val_acc_proxy": (trial.user_attrs.get("rung_accs") or [trial.user_attrs.get("val_acc")])[-1],
-              "proxy_rung": len(trial.user_attrs.get("rung_accs") or [None]) - 1, "pred_ms": pred, "measured_ms": timing["median_ms"],
+              "proxy_rung": len(trial.user_attrs.get("rung_accs") or [None]) - 1, "pred_ms": pred,
+              "measured_ms": timing["median_ms"],
               "p10_ms": timing["p10_ms"], "p90_ms": timing["p90_ms"], "raw_median_ms": timing["raw_median_ms"],
               "anchor_ms": anchor_ms, "reference_ms": reference, "on_predictor_scale": predictor_reference is not None,
               "pred_rel_err": (pred - timing["median_ms"]) / timing["median_ms"], "epochs": epochs,

@@ -1,6 +1,6 @@
 """The reference benchmark's multi-fidelity scoring: it asks only for the trainings some promotion
 rule needs, one rung at a time, and charges each rule for exactly what it trained."""
-from benchmarks.reference import compute_charged, mf_tag, multifidelity_scores, reseeded
+from benchmarks.reference import compute_charged, mf_tag, multifidelity_scores, proxy_method, reseeded
 from nas.rungs import Rungs
 
 RUNGS = Rungs(0.1, 1.3, 3)  # rungs at 0.1, 0.4 and 1.3 epochs
@@ -25,7 +25,8 @@ def test_each_rule_is_charged_for_what_it_trained_and_scored_by_rung_first():
     runs += [row(f"a{i}", 1, 0.5 - 0.05 * i, 40.0) for i in range(6)]  # promoted ones invert at rung 1
     runs += [row(f"a{i}", 2, 0.6, 130.0) for i in range(6)]
     methods, missing = multifidelity_scores(POOL, runs, RUNGS)
-    assert not missing and set(methods) == {f"multifidelity-{r}-{mf_tag(RUNGS)}" for r in ("pareto", "bands", "accuracy")}
+    assert not missing
+    assert set(methods) == {f"multifidelity-{r}-{mf_tag(RUNGS)}" for r in ("pareto", "bands", "accuracy")}
     acc = methods[f"multifidelity-accuracy-{mf_tag(RUNGS)}"]
     assert acc["rungs_reached"] == {"a0": 0, "a1": 0, "a2": 0, "a3": 0, "a4": 2, "a5": 1}
     # without CPU times: each one's wall time at its highest rung, which is cumulative
@@ -47,6 +48,13 @@ def test_compute_is_cpu_seconds_if_every_training_has_them_else_each_candidates_
     assert compute_charged(trainings) == {"compute_s": 25.0, "compute_of": "cpu_s"}
     trainings.append([{"train_s": 7.0}])  # one row without CPU time: wall seconds throughout (cumulative)
     assert compute_charged(trainings) == {"compute_s": 42.0, "compute_of": "train_s"}
+
+
+def test_a_proxy_re_run_supersedes_the_earlier_row_in_compute_and_score():
+    runs = [{"arch_id": "a", "val_acc": 0.2, "train_s": 9.0},
+            {"arch_id": "b", "val_acc": 0.4, "train_s": 6.0, "cpu_s": 4.0},
+            {"arch_id": "a", "val_acc": 0.3, "train_s": 15.0, "cpu_s": 10.0}]  # a re-timed
+    assert proxy_method(runs) == {"compute_s": 14.0, "compute_of": "cpu_s", "scores": {"a": 0.3, "b": 0.4}}
 
 
 def test_second_seeds_go_to_the_architectures_quickest_per_epoch_of_their_first_training():
