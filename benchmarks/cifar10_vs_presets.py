@@ -243,25 +243,25 @@ def final_rows(run: Path, presets_by_trial: dict[int, str], searched: list[int],
 
 def main() -> None:
     args = parse_args()
-    budget = BUDGETS["quick" if args.quick else "full"]
-    for key, value in (("trials", args.trials), ("epochs", args.top_epochs)):
-        budget = {**budget, key: budget[key] if value is None else value}
+    overrides = {"trials": args.trials, "epochs": args.top_epochs}
+    budget = {**BUDGETS["quick" if args.quick else "full"], **{k: v for k, v in overrides.items() if v is not None}}
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     run, dataset_arg, search_target = search(args, budget, out)
     search_min = (time.time() - start) / 60
     presets_by_trial, searched = chosen_trials(run, search_target)
-    arch_ids = pd.read_csv(run / "trials.csv").set_index("number")["arch_id"]
+    trials = pd.read_csv(run / "trials.csv").set_index("number")
     for number in [*presets_by_trial, *searched] if args.reuse else []:
-        reuse_final(Path(args.reuse), run, number, arch_ids[number], float(budget["final_epochs"]), dataset_arg)
+        reuse_final(Path(args.reuse), run, number, trials.at[number, "arch_id"], float(budget["final_epochs"]),
+                    dataset_arg)
     rows = final_rows(run, presets_by_trial, searched, reference_trainings(args.reference, budget["final_epochs"]),
                       budget, args.jobs)
     target = round(float(pd.Series([r["measured_ms"] for r in rows if r["kind"] == "preset"]).median()), 4)
     results = {"target_ms": target, "target_rule": "median measured latency of the six presets, timed with all models",
                "search_target_ms": search_target, "search_target_rule": "median predicted latency of the six presets",
                "data": dataset_arg, "budget": budget, "reference": args.reference,
-               "search_training_min": float(pd.read_csv(run / "trials.csv")["train_s"].sum()) / 60,
+               "search_training_min": float(trials["train_s"].sum()) / 60,
                "invocation_min": {"search": search_min, "total": (time.time() - start) / 60}, "rows": rows}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(rows, target, out / "cifar10_front.png")
