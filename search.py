@@ -12,13 +12,20 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from evaluators.recipes import FINAL_RECIPE
 
-out = Console(soft_wrap=True)  # results: tables, reports, paths written (a long path stays one line)
+# Results: tables, reports, paths written (a long path stays one line). Piped into a file or a pager,
+# tables are laid out 200 columns wide instead of rich's 80, so architectures are not cut.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 console = Console(stderr=True)  # progress, status, warnings and errors
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
+
+
+def architecture_column() -> Column:
+    """A table column for architecture names: folded onto more lines in a narrow terminal, never cut."""
+    return Column("architecture", overflow="fold")
 
 
 class UserError(Exception):
@@ -64,7 +71,7 @@ def cmd_space_check(args) -> None:
     if args.json:
         print(json.dumps(report))
     else:
-        table = Table("name", "ok", "max rel err", "MFLOPs", "params", "architecture")
+        table = Table("name", "ok", "max rel err", "MFLOPs", "params", architecture_column())
         for r in report["archs"]:
             table.add_row(r["name"], "yes" if r["ok"] else "[red]NO", f"{r['max_rel_err']:.1e}",
                           f"{r['flops'] / 1e6:.1f}", f"{r['params']:,}", escape(r["short"]))
@@ -262,7 +269,7 @@ def print_front(run_dir: Path, as_json: bool) -> None:
     if as_json:
         print(json.dumps(front))
         return
-    table = Table("trial", "rung", "val acc", "pred ms", "measured ms", "MFLOPs", "params", "architecture",
+    table = Table("trial", "rung", "val acc", "pred ms", "measured ms", "MFLOPs", "params", architecture_column(),
                   title=f"Pareto front of {run_dir} (target {target:g} ms; top-rung trials)")
     for f in front:
         measured = f"{f['measured_ms']:.3f}" if f.get("measured_ms") else "-"

@@ -107,6 +107,9 @@ def test_bad_options_are_one_line_exit_2_and_write_nothing(tmp_path, args, messa
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+LONG_NAME = "p4 downsample=efficientvit 64x1[batchnorm·sla·h4k32v1·ffn1x2] 160x1[batchnorm·mhsa·h2k16v2·ffn1x2·dw]"
+
+
 def finished_run(run_dir):
     """A run directory as `etnas run` leaves it, two top-rung trials after one promotion, written
     directly (no training)."""
@@ -115,7 +118,7 @@ def finished_run(run_dir):
     from nas.records import TRIAL_COLUMNS
 
     rows = [{**dict.fromkeys(TRIAL_COLUMNS), "number": n, "state": "COMPLETE", "rung": 1, "rung_acc": acc,
-             "val_acc": acc, "short": f"arch{n}", "pred_ms": ms, "flops": 1e6, "params": 1000,
+             "val_acc": acc, "short": f"{LONG_NAME} #{n}", "pred_ms": ms, "flops": 1e6, "params": 1000,
              "rung_accs": json.dumps([acc / 2, acc])} for n, acc, ms in ((0, 0.5, 1.0), (1, 0.6, 2.0))]
     tau = [{"rungs": "0->1", "trials": 2, "kendall_tau": None}]
     run_dir.mkdir()
@@ -134,6 +137,7 @@ def test_front_prints_results_on_stdout_and_warnings_on_stderr(tmp_path):
     res = run_cli("front", run)
     assert "Pareto front" in res.stdout and "Kendall tau n/a" in res.stdout
     assert f"plot: {run / 'front.html'}\n" in res.stdout  # one line, to pipe
+    assert f"{LONG_NAME} #0" in res.stdout and f"{LONG_NAME} #1" in res.stdout  # not cut at 80 columns
     assert "final.json is corrupt" in res.stderr and "corrupt" not in res.stdout
     assert res.stderr.startswith("warning:") and len(res.stderr.strip().splitlines()) == 1  # not Python's two lines
 
