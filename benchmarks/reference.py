@@ -253,8 +253,9 @@ def write_fidelity(out: Path, pool: list[dict]) -> dict:
             "note": f"the long recipe's validation accuracy after epoch {e} (its LR schedule is the 15-epoch one); "
                     f"compute: that share of the training's wall time"}
     mf_runs = read_jsonl(out / "multifidelity_runs.jsonl")
-    for first, eta, top in sorted({(r["first"], r["eta"], r["top_epochs"]) for r in mf_runs}):
-        methods.update(multifidelity_scores(pool, mf_runs, Rungs(first, top, eta))[0])
+    ladders = {(r["first"], r["eta"], r["top_epochs"], r.get("resolution") or 0) for r in mf_runs}
+    for first, eta, top, resolution in sorted(ladders):
+        methods.update(multifidelity_scores(pool, mf_runs, Rungs(first, top, eta), resolution or None)[0])
     for m in methods.values():
         m["compute_s"] = round(m["compute_s"], 1)
     fidelity = {"methods": methods, "seed_noise": seed_noise(rows),
@@ -264,17 +265,18 @@ def write_fidelity(out: Path, pool: list[dict]) -> dict:
     return fidelity
 
 
-def train_rung(row: dict, rung: int, rungs: Rungs, data_path: str, work: str) -> dict:
+def train_rung(row: dict, rung: int, rungs: Rungs, resolution: int | None, data_path: str, work: str) -> dict:
     """Train one pool member up to a rung, continuing its previous rung's checkpoint."""
     d = dataset(data_path)
     cfg = rung_train_config(rungs, seed=0, threads=1, batch_size=PROXY_RECIPE["batch_size"],
-                            lr=PROXY_RECIPE["lr"])  # the search's own rung schedule and defaults
-    ckpt = Path(work) / f"{row['arch_id']}-{mf_tag(rungs)}.pt"
+                            lr=PROXY_RECIPE["lr"], resolution=resolution)  # the search's rung schedule and defaults
+    tag = mf_tag(rungs, resolution)
+    ckpt = Path(work) / f"{row['arch_id']}-{tag}.pt"
     cpu_start = time.process_time()
     res = train(ArchSpec.from_dict(row["spec"]), d["x"], d["y"], d["x_val"], d["y_val"], cfg, d["mean"], d["std"],
                 checkpoint=ckpt, until_epochs=rungs.budgets[rung])
-    return {"arch_id": row["arch_id"], "rungs": mf_tag(rungs), "first": rungs.first, "eta": rungs.eta,
-            "top_epochs": rungs.top_epochs, "rung": rung, "epochs": round(rungs.budgets[rung], 4),
+    return {"arch_id": row["arch_id"], "rungs": tag, "first": rungs.first, "eta": rungs.eta,
+            "top_epochs": rungs.top_epochs, **({"resolution": resolution} if resolution else {}), "rung": rung, "epochs": round(rungs.budgets[rung], 4),
             "val_acc": round(res.val_acc, 4), "train_s": round(res.train_s, 1), "steps": res.steps,
             "cpu_s": round(time.process_time() - cpu_start, 1)}
 
@@ -297,14 +299,17 @@ def compute_charged(trainings: list[list[dict]]) -> dict:
     return {"compute_s": sum(candidate[-1]["train_s"] for candidate in trainings), "compute_of": "train_s"}
 
 
-def mf_tag(rungs: Rungs) -> str:
-    return f"{rungs.first:.4g}x{rungs.eta}-{rungs.top_epochs:g}ep"
+def mf_tag(rungs: Rungs, resolution: int | None = None) -> str:
+    """The ladder's name: first rung x eta - top rung, and the proxy's input side where reduced."""
+    return f"{rungs.first:.4g}x{rungs.eta}-{rungs.top_epochs:g}ep" + (f"-{resolution}px" if resolution else "")
 
 
-def multifidelity_scores(pool: list[dict], runs: list[dict], rungs: Rungs) -> tuple[dict, set]:
+def multifidelity_scores(pool: list[dict], runs: list[dict], rungs: Rungs,
+                         resolution: int | None = None) -> tuple[dict, set]:
     """Every promotion rule's successive halving over the pool, read from finished rung trainings:
     ({method: {compute_s, scores}}, the (arch_id, rung) trainings still missing, lowest rung only)."""
-    done = {(r["arch_id"], r["rung"]): r for r in runs if r["rungs"] == mf_tag(rungs)}
+    tag = mf_tag(rungs, resolution)
+    done = {(r["arch_id"], r["rung"]): r for r in runs if r["rungs"] == tag}
     latency = {r["arch_id"]: r["pred_ms"] for r in pool}
     methods, missing = {}, set()
     for rule in PROMOTION_RULES:
@@ -321,13 +326,14 @@ def multifidelity_scores(pool: list[dict], runs: list[dict], rungs: Rungs) -> tu
             lowest = min(k for _, k in needed)
             missing |= {(a, k) for a, k in needed if k == lowest}
             continue
-        methods[f"multifidelity-{rule}-{mf_tag(rungs)}"] = {
+        methods[f"multifidelity-{rule}-{tag}"] = {
             **compute_charged([[done[(a, k)] for k in range(len(accs))] for a, accs in reached.items()]),
             "scores": {a: round(rung_score(accs), 4) for a, accs in reached.items()},
             "rungs_reached": {a: len(accs) - 1 for a, accs in reached.items()},
             "note": f"successive halving, promotion by {rule}, eta {rungs.eta}, rungs at "
-                    f"{', '.join(f'{b:.3g}' for b in rungs.budgets)} epochs of the training part; score: "
-                    f"highest rung + validation accuracy there"}
+                    f"{', '.join(f'{b:.3g}' for b in rungs.budgets)} epochs of the training part"
+                    + (f" at {resolution}x{resolution} input" if resolution else "")
+                    + "; score: highest rung + validation accuracy there"}
     return methods, missing
 
 
@@ -339,11 +345,12 @@ def cmd_multifidelity(args) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"rungs at {', '.join(f'{b:.3g}' for b in rungs.budgets)} epochs", file=sys.stderr)
     while True:
-        _, missing = multifidelity_scores(pool, read_jsonl(runs_path), rungs)
+        _, missing = multifidelity_scores(pool, read_jsonl(runs_path), rungs, args.resolution)
         if not missing:
             break
         # one rung at a time, every rule's needs at once: a rule's next rung depends on this one
-        jobs = [(rows[a], k, rungs, args.data, str(args.work)) for a, k in sorted(missing, key=lambda m: m[0])]
+        jobs = [(rows[a], k, rungs, args.resolution, args.data, str(args.work))
+                for a, k in sorted(missing, key=lambda m: m[0])]
         run_jobs(jobs, train_rung, args.jobs, runs_path,
                  lambda r: f"rung {r['rung']} {r['arch_id']}: val {r['val_acc']:.4f} ({r['train_s']:.0f} s in all)")
     write_fidelity(args.out, pool)
@@ -408,6 +415,8 @@ def main() -> None:
     m.add_argument("--base-epochs", type=float, default=0.1, help="first rung, in epochs of the training part")
     m.add_argument("--top-epochs", type=float, default=4.0, help="top rung")
     m.add_argument("--eta", type=int, default=3, help="budget growth and 1/share promoted per rung")
+    m.add_argument("--resolution", type=int, default=None,
+                   help="proxy input side (default: the data's); members it does not fit train at theirs")
     m.add_argument("--work", type=Path, default=ROOT / "runs" / "reference-mf", help="checkpoints (not committed)")
     sub.add_parser("report", help="print the figures")
     args = ap.parse_args()
