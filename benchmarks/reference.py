@@ -68,7 +68,8 @@ PROXIES = {  # name -> (epochs, share of the training part): today's proxy first
     "proxy-2ep-25pct": (2, 0.25),
     "proxy-4ep-50pct": (4, 0.5),
 }
-CURVE_EPOCHS = (1, 3, 5)  # the long training's validation accuracy read at these epochs
+CURVE_EPOCHS = (1, 3, 5, 15)  # the long training's validation accuracy read at these epochs (15: its end)
+RUNG_RECIPES = {"proxy": PROXY_RECIPE, "final": FINAL_RECIPE}  # batch size and learning rate of rung trainings
 DEFAULT_TABLE = ROOT / "benchmarks" / "results" / "latency_cpu_xeon" / "xeon-torch.csv"
 OUT = ROOT / "benchmarks" / "results" / "reference"
 
@@ -223,7 +224,37 @@ def seed_noise(rows: list[dict]) -> dict:
         return {"pairs": len(pairs)}
     a, b = np.array(pairs).T
     return {"pairs": len(pairs), "kendall_tau": round(float(kendalltau(a, b)[0]), 4),
-            "mean_abs_diff": round(float(np.mean(np.abs(a - b))), 4)}
+            "mean_abs_diff": round(float(np.mean(np.abs(a - b))), 4),
+            "median_abs_diff": round(float(np.median(np.abs(a - b))), 4)}
+
+
+def recall_ceiling(test_acc: dict[str, float], n_val: int, n_test: int, seed_sd: float,
+                   draws: int = 20000) -> dict:
+    """The top-5 recall a perfect ranker can expect on this pool: it knows each architecture's
+    expected long-training accuracy (its measured test accuracy, which overstates the pool's true
+    spread, so the figure is optimistic), yet, like every method here, sees it through a training
+    of its own read on the validation split, while the reference is one training read on the test
+    split. The noise of a training is seed_sd, that of a split the binomial of its size."""
+    rng = np.random.default_rng(0)
+    p = np.array(list(test_acc.values()))
+
+    def top5(n: int) -> set:
+        return set(np.argsort(-rng.binomial(n, np.clip(p + rng.normal(0.0, seed_sd, p.size), 0, 1)) / n)[:5])
+
+    hits = np.array([len(top5(n_val) & top5(n_test)) for _ in range(draws)])
+    return {"top5_recall_mean": round(float(hits.mean()), 2), "p_at_least_3": round(float((hits >= 3).mean()), 3),
+            "seed_sd": round(seed_sd, 4), "n_val": n_val, "n_test": n_test}
+
+
+def ceilings(rows: list[dict], n_val: int, n_test: int) -> dict:
+    """recall_ceiling with split noise alone, and with the seed noise of the pairs (the median
+    absolute difference, robust to the one pair far apart, as a normal's spread per training)."""
+    acc = {a: r["test_acc"] for a, r in first_seed(rows).items()}
+    seed_sd = seed_noise(rows).get("median_abs_diff", 0.0) / 0.6745 / np.sqrt(2)
+    return {"splits_only": recall_ceiling(acc, n_val, n_test, 0.0),
+            "splits_and_seeds": recall_ceiling(acc, n_val, n_test, float(seed_sd)),
+            "note": "expected top-5 recall of a perfect ranker seen through a validation split of n_val images "
+                    "against the reference's n_test test images (optimistic: see benchmarks/reference.py)"}
 
 
 def cmd_fidelity(args) -> None:
@@ -233,10 +264,10 @@ def cmd_fidelity(args) -> None:
     jobs = [(r, m, args.data) for m in PROXIES for r in pool if (r["arch_id"], m) not in done]
     run_jobs(jobs, train_proxy, args.jobs, runs_path,
              lambda r: f"{r['method']} {r['arch_id']}: val {r['val_acc']:.4f} in {r['train_s']:.0f} s")
-    write_fidelity(args.out, pool)
+    write_fidelity(args.out, pool, args.data)
 
 
-def write_fidelity(out: Path, pool: list[dict]) -> dict:
+def write_fidelity(out: Path, pool: list[dict], data_path: str) -> dict:
     methods: dict[str, dict] = {}
     proxy_runs = read_jsonl(out / "fidelity_runs.jsonl")
     for name in PROXIES:
@@ -253,30 +284,35 @@ def write_fidelity(out: Path, pool: list[dict]) -> dict:
             "note": f"the long recipe's validation accuracy after epoch {e} (its LR schedule is the 15-epoch one); "
                     f"compute: that share of the training's wall time"}
     mf_runs = read_jsonl(out / "multifidelity_runs.jsonl")
-    ladders = {(r["first"], r["eta"], r["top_epochs"], r.get("resolution") or 0) for r in mf_runs}
-    for first, eta, top, resolution in sorted(ladders):
-        methods.update(multifidelity_scores(pool, mf_runs, Rungs(first, top, eta), resolution or None)[0])
+    ladders = {(r["first"], r["eta"], r["top_epochs"], r.get("resolution") or 0, r.get("recipe", "proxy"))
+               for r in mf_runs}
+    for first, eta, top, resolution, recipe in sorted(ladders):
+        methods.update(multifidelity_scores(pool, mf_runs, Rungs(first, top, eta), resolution or None, recipe)[0])
     for m in methods.values():
         m["compute_s"] = round(m["compute_s"], 1)
+    d = dataset(data_path)
     fidelity = {"methods": methods, "seed_noise": seed_noise(rows),
+                "recall_ceiling": ceilings(rows, len(d["y_val"]), len(d["y_test"])),
                 "compute_of": "cpu_s: CPU seconds of the training processes (one thread each); train_s: their "
                               "wall seconds, longer where other jobs shared the cores"}
     (out / "fidelity.json").write_text(json.dumps(fidelity, indent=1))
     return fidelity
 
 
-def train_rung(row: dict, rung: int, rungs: Rungs, resolution: int | None, data_path: str, work: str) -> dict:
+def train_rung(row: dict, rung: int, rungs: Rungs, resolution: int | None, recipe: str, data_path: str,
+               work: str) -> dict:
     """Train one pool member up to a rung, continuing its previous rung's checkpoint."""
     d = dataset(data_path)
-    cfg = rung_train_config(rungs, seed=0, threads=1, batch_size=PROXY_RECIPE["batch_size"],
-                            lr=PROXY_RECIPE["lr"], resolution=resolution)  # the search's rung schedule and defaults
-    tag = mf_tag(rungs, resolution)
+    batch_lr = {k: RUNG_RECIPES[recipe][k] for k in ("batch_size", "lr")}
+    cfg = rung_train_config(rungs, seed=0, threads=1, resolution=resolution, **batch_lr)  # the search's rung schedule
+    tag = mf_tag(rungs, resolution, recipe)
     ckpt = Path(work) / f"{row['arch_id']}-{tag}.pt"
     cpu_start = time.process_time()
     res = train(ArchSpec.from_dict(row["spec"]), d["x"], d["y"], d["x_val"], d["y_val"], cfg, d["mean"], d["std"],
                 checkpoint=ckpt, until_epochs=rungs.budgets[rung])
     return {"arch_id": row["arch_id"], "rungs": tag, "first": rungs.first, "eta": rungs.eta,
-            "top_epochs": rungs.top_epochs, **({"resolution": resolution} if resolution else {}), "rung": rung, "epochs": round(rungs.budgets[rung], 4),
+            "top_epochs": rungs.top_epochs, **({"resolution": resolution} if resolution else {}),
+            **({"recipe": recipe} if recipe != "proxy" else {}), "rung": rung, "epochs": round(rungs.budgets[rung], 4),
             "val_acc": round(res.val_acc, 4), "train_s": round(res.train_s, 1), "steps": res.steps,
             "cpu_s": round(time.process_time() - cpu_start, 1)}
 
@@ -299,16 +335,18 @@ def compute_charged(trainings: list[list[dict]]) -> dict:
     return {"compute_s": sum(candidate[-1]["train_s"] for candidate in trainings), "compute_of": "train_s"}
 
 
-def mf_tag(rungs: Rungs, resolution: int | None = None) -> str:
-    """The ladder's name: first rung x eta - top rung, and the proxy's input side where reduced."""
-    return f"{rungs.first:.4g}x{rungs.eta}-{rungs.top_epochs:g}ep" + (f"-{resolution}px" if resolution else "")
+def mf_tag(rungs: Rungs, resolution: int | None = None, recipe: str = "proxy") -> str:
+    """The ladder's name: first rung x eta - top rung, the proxy's input side where reduced, and the
+    recipe where it is not the search's."""
+    return (f"{rungs.first:.4g}x{rungs.eta}-{rungs.top_epochs:g}ep" + (f"-{resolution}px" if resolution else "")
+            + (f"-{recipe}" if recipe != "proxy" else ""))
 
 
-def multifidelity_scores(pool: list[dict], runs: list[dict], rungs: Rungs,
-                         resolution: int | None = None) -> tuple[dict, set]:
+def multifidelity_scores(pool: list[dict], runs: list[dict], rungs: Rungs, resolution: int | None = None,
+                         recipe: str = "proxy") -> tuple[dict, set]:
     """Every promotion rule's successive halving over the pool, read from finished rung trainings:
     ({method: {compute_s, scores}}, the (arch_id, rung) trainings still missing, lowest rung only)."""
-    tag = mf_tag(rungs, resolution)
+    tag = mf_tag(rungs, resolution, recipe)
     done = {(r["arch_id"], r["rung"]): r for r in runs if r["rungs"] == tag}
     latency = {r["arch_id"]: r["pred_ms"] for r in pool}
     methods, missing = {}, set()
@@ -333,6 +371,7 @@ def multifidelity_scores(pool: list[dict], runs: list[dict], rungs: Rungs,
             "note": f"successive halving, promotion by {rule}, eta {rungs.eta}, rungs at "
                     f"{', '.join(f'{b:.3g}' for b in rungs.budgets)} epochs of the training part"
                     + (f" at {resolution}x{resolution} input" if resolution else "")
+                    + (f", batch and learning rate of the {recipe} recipe" if recipe != "proxy" else "")
                     + "; score: highest rung + validation accuracy there"}
     return methods, missing
 
@@ -345,15 +384,15 @@ def cmd_multifidelity(args) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"rungs at {', '.join(f'{b:.3g}' for b in rungs.budgets)} epochs", file=sys.stderr)
     while True:
-        _, missing = multifidelity_scores(pool, read_jsonl(runs_path), rungs, args.resolution)
+        _, missing = multifidelity_scores(pool, read_jsonl(runs_path), rungs, args.resolution, args.recipe)
         if not missing:
             break
         # one rung at a time, every rule's needs at once: a rule's next rung depends on this one
-        jobs = [(rows[a], k, rungs, args.resolution, args.data, str(args.work))
+        jobs = [(rows[a], k, rungs, args.resolution, args.recipe, args.data, str(args.work))
                 for a, k in sorted(missing, key=lambda m: m[0])]
         run_jobs(jobs, train_rung, args.jobs, runs_path,
                  lambda r: f"rung {r['rung']} {r['arch_id']}: val {r['val_acc']:.4f} ({r['train_s']:.0f} s in all)")
-    write_fidelity(args.out, pool)
+    write_fidelity(args.out, pool, args.data)
 
 
 def method_figures(scores: dict[str, float], acc: dict[str, float], lat: dict[str, float]) -> dict:
@@ -372,13 +411,18 @@ def method_figures(scores: dict[str, float], acc: dict[str, float], lat: dict[st
 
 
 def cmd_report(args) -> None:
-    fid = write_fidelity(args.out, read_jsonl(args.out / "pool.jsonl"))  # from the runs so far
+    fid = write_fidelity(args.out, read_jsonl(args.out / "pool.jsonl"), args.data)  # from the runs so far
     rows = read_jsonl(args.out / "reference.jsonl")
     long = first_seed(rows)
     acc = {a: r["test_acc"] for a, r in long.items()}
     lat = {a: r["pred_ms"] for a, r in long.items()}
     print(f"{len(long)} architectures, {sum(r['train_s'] for r in rows) / 3600:.1f} h of long training "
-          f"(wall, one thread each); seed noise: {fid['seed_noise']}\n")
+          f"(wall, one thread each); seed noise: {fid['seed_noise']}")
+    for name, c in fid["recall_ceiling"].items():
+        if name != "note":
+            print(f"top-5 recall a perfect ranker can expect ({name.replace('_', ' ')}): {c['top5_recall_mean']}/5, "
+                  f"3/5 or more with probability {c['p_at_least_3']}")
+    print()
     print("| method | compute (s) | Kendall tau | Spearman rho | top-5 recall | regret p25 / p50 / p75 (pt) |")
     print("|---|---|---|---|---|---|")
     for name, m in fid["methods"].items():
@@ -417,6 +461,8 @@ def main() -> None:
     m.add_argument("--eta", type=int, default=3, help="budget growth and 1/share promoted per rung")
     m.add_argument("--resolution", type=int, default=None,
                    help="proxy input side (default: the data's); members it does not fit train at theirs")
+    m.add_argument("--recipe", choices=sorted(RUNG_RECIPES), default="proxy",
+                   help="batch size and learning rate of the rung trainings (default: the search's proxy)")
     m.add_argument("--work", type=Path, default=ROOT / "runs" / "reference-mf", help="checkpoints (not committed)")
     sub.add_parser("report", help="print the figures")
     args = ap.parse_args()

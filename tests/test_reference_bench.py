@@ -1,6 +1,6 @@
 """The reference benchmark's multi-fidelity scoring: it asks only for the trainings some promotion
 rule needs, one rung at a time, and charges each rule for exactly what it trained."""
-from benchmarks.reference import compute_charged, mf_tag, multifidelity_scores, proxy_method, reseeded
+from benchmarks.reference import compute_charged, mf_tag, multifidelity_scores, proxy_method, recall_ceiling, reseeded
 from nas.rungs import Rungs
 
 RUNGS = Rungs(0.1, 1.3, 3)  # rungs at 0.1, 0.4 and 1.3 epochs
@@ -64,3 +64,18 @@ def test_second_seeds_go_to_the_architectures_quickest_per_epoch_of_their_first_
             {"arch_id": "c", "seed": 0, "epochs": 15, "train_s": 600.0},
             {"arch_id": "b", "seed": 1, "epochs": 15, "train_s": 10.0}]  # d unfinished; seed 1 rows ignored
     assert [r["arch_id"] for r in reseeded(pool, rows, 2)] == ["b", "c"]
+
+
+def test_a_rung_recipe_other_than_the_search_s_is_its_own_ladder():
+    assert mf_tag(RUNGS) == "0.1x3-1.3ep" and mf_tag(RUNGS, 16, "final") == "0.1x3-1.3ep-16px-final"
+    runs = [row(f"a{i}", 0, 0.1 * i, 10.0) for i in range(6)]  # the proxy recipe's rungs only
+    methods, missing = multifidelity_scores(POOL, runs, RUNGS, recipe="final")
+    assert methods == {} and missing == {(f"a{i}", 0) for i in range(6)}
+
+
+def test_the_recall_ceiling_is_perfect_for_a_spread_pool_and_chance_for_a_flat_one():
+    spread = {f"a{i}": 0.3 + 0.03 * i for i in range(20)}  # 3 points apart, splits of 100,000 images
+    assert recall_ceiling(spread, 100_000, 100_000, 0.0, draws=200)["top5_recall_mean"] == 5.0
+    flat = {f"a{i}": 0.6 for i in range(20)}  # nothing to rank: a random 5 of 20 finds 5 x 5/20 on average
+    ceiling = recall_ceiling(flat, 2000, 5000, 0.0, draws=2000)
+    assert 1.1 < ceiling["top5_recall_mean"] < 1.4 and ceiling["n_val"] == 2000
