@@ -232,31 +232,32 @@ def calibrated_model(args, shape: tuple[int, int, int], space) -> str:
     return str(path)
 
 
+def progress_text(p, cfg) -> str:
+    """The search's live line: counts, rungs, best accuracy, front size and ETA, then the last event."""
+    eta = ""
+    if p.mean_train_s:
+        left = max(p.total - p.done, 0)
+        eta = f", ETA ~{left * p.mean_train_s / max(cfg.workers, 1) / 60:.1f} min"
+    best = f"{p.best_acc:.4f}" if p.best_acc is not None else "-"
+    rungs = "/".join(map(str, p.at_rung))
+    return (f"{p.done}/{p.total} done, {p.running} training, {p.failed} failed, {p.infeasible} infeasible, "
+            f"{p.duplicates} duplicates | at rungs 0..: {rungs} | best top-rung acc under {cfg.target_ms:g} ms: "
+            f"{best} | front {p.front_size}{eta}\n  {escape(p.last)}")
+
+
 def watch_search(cfg, inputs) -> list[dict]:
-    """Run the search under a live line: counts, rungs, best accuracy, front size and ETA."""
+    """Run the search under a live line (`progress_text`)."""
     from rich.live import Live
 
     from nas.search import run_search
 
-    state = {"text": "starting Ray workers"}
-
-    def view():
-        return f"[bold]{cfg.name}[/] {state['text']}"
-
-    with Live(view(), console=console, refresh_per_second=4) as live:
-        def on_progress(p):
-            eta = ""
-            if p.mean_train_s:
-                left = max(p.total - p.done, 0)
-                eta = f", ETA ~{left * p.mean_train_s / max(cfg.workers, 1) / 60:.1f} min"
-            best = f"{p.best_acc:.4f}" if p.best_acc is not None else "-"
-            rungs = "/".join(map(str, p.at_rung))
-            state["text"] = (f"{p.done}/{p.total} done, {p.running} training, {p.failed} failed, "
-                             f"{p.infeasible} infeasible, {p.duplicates} duplicates | at rungs 0..: {rungs} | "
-                             f"best top-rung acc under {cfg.target_ms:g} ms: {best} | front {p.front_size}{eta}\n"
-                             f"  {escape(p.last)}")
-            live.update(view())
-        return run_search(cfg, on_progress, inputs)
+    title = f"[bold]{cfg.name}[/] "
+    try:
+        with Live(title + "starting Ray workers", console=console, refresh_per_second=4) as live:
+            return run_search(cfg, lambda p: live.update(title + progress_text(p, cfg)), inputs)
+    finally:
+        if not console.is_terminal:  # rich ends the live line on a terminal only; in a log the next output
+            console.line()           # would run on from it
 
 
 def print_front(run_dir: Path, as_json: bool) -> None:
@@ -572,24 +573,33 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
     console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+# The errors that report bad input, by module: looked up only in modules a command imported, since
+# only those can have raised them (importing them all would cost every command torch and timm).
+INPUT_ERRORS = {"search_space.spec": "SpecError", "latency_models.table": "TableError",
+                "latency_models.predictor": "ModelFileError", "evaluators.data": "DataError",
+                "nas": "SearchError", "evaluators.train": "TrainingFailed"}
+
+
+def is_input_error(e: Exception) -> bool:
+    return isinstance(e, UserError) or any(
+        isinstance(e, getattr(sys.modules[module], name)) for module, name in INPUT_ERRORS.items()
+        if module in sys.modules)
+
+
 def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = show_warning
     args = build_parser().parse_args(argv)
-    from evaluators.data import DataError
-    from evaluators.train import TrainingFailed
-    from latency_models import ModelFileError, TableError
-    from nas import SearchError
-    from search_space import SpecError
-
     try:
         args.fn(args)
-    except (UserError, SpecError, TableError, ModelFileError, DataError, SearchError, TrainingFailed) as e:
-        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
     except OSError as e:  # an output path that is a file, a directory, or not writable
         where = f"{e.filename}: " if e.filename else ""
         console.print(f"[red]error:[/] {escape(f'{where}{e.strerror or e}')}; choose another path", highlight=False,
                       soft_wrap=True)
+        sys.exit(2)
+    except Exception as e:
+        if not is_input_error(e):
+            raise
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: what was already saved is kept; re-run the same command to resume")

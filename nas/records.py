@@ -11,7 +11,6 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-from scipy.stats import kendalltau
 
 TRIAL_COLUMNS = ["number", "state", "rung", "rung_acc", "val_acc", "arch_id", "short", "pred_ms", "flops", "params",
                  "train_s", "failure", "preset", "cached_from", "rung_accs", "history", "spec"]
@@ -49,6 +48,8 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict:
 def rung_agreement(rows: list[dict]) -> list[dict]:
     """How far the run's own ranking moved between rungs: Kendall tau between the accuracies at rung
     k and at rung k+1, over the trials (duplicates aside) that were trained at both."""
+    from scipy.stats import kendalltau  # here, not at the top: scipy.stats takes most of a second to import
+
     accs = [json.loads(r["rung_accs"]) for r in rows if isinstance(r.get("rung_accs"), str)
             and r["state"] != "DUPLICATE"]
     out = []
