@@ -150,14 +150,15 @@ def dataset(path: str) -> dict:
     return _DATA
 
 
-def train_long(row: dict, seed: int, data_path: str, work: str, device: str, epochs: float) -> dict:
+def train_long(row: dict, seed: int, data_path: str, work: str, device: str, epochs: float, threads: int = 1) -> dict:
+    """The long recipe on one member (threads change its speed, not its result)."""
     import torch
 
     from evaluators.train import Normalizer
 
     d = dataset(data_path)
     spec = ArchSpec.from_dict(row["spec"])
-    cfg = TrainConfig(**{**RECIPE, "epochs": epochs}, seed=seed, threads=1, device=device)
+    cfg = TrainConfig(**{**RECIPE, "epochs": epochs}, seed=seed, threads=threads, device=device)
     ckpt = Path(work) / f"{row['arch_id']}-s{seed}.pt"
     res = train(spec, d["x"], d["y"], d["x_val"], d["y_val"], cfg, d["mean"], d["std"], checkpoint=ckpt)
     test = accuracy(res.model, d["x_test"], d["y_test"], Normalizer(d["mean"], d["std"], spec.img_size))
@@ -166,7 +167,7 @@ def train_long(row: dict, seed: int, data_path: str, work: str, device: str, epo
             "seed": seed, "epochs": epochs, "recipe": dataclasses.asdict(cfg), "test_acc": round(test, 4),
             "val_curve": [round(v, 4) for v in res.history], "pred_ms": row["pred_ms"],
             "params": count_params(build_model(spec)), "flops": total_flops(spec), "train_s": round(res.train_s, 1),
-            "device": device if device != "cpu" else f"cpu ({cpu_model()}), 1 thread",
+            "device": device if device != "cpu" else f"cpu ({cpu_model()}), {threads} thread{'s' * (threads > 1)}",
             "torch": torch.__version__}
 
 
