@@ -285,10 +285,8 @@ def write_fidelity(out: Path, pool: list[dict], data_path: str) -> dict:
             "note": f"the long recipe's validation accuracy after epoch {e} (its LR schedule is the 15-epoch one); "
                     f"compute: that share of the training's wall time"}
     mf_runs = read_jsonl(out / "multifidelity_runs.jsonl")
-    ladders = {(r["first"], r["eta"], r["top_epochs"], r.get("resolution") or 0, r.get("recipe", "proxy"))
-               for r in mf_runs}
-    for first, eta, top, resolution, recipe in sorted(ladders):
-        methods.update(multifidelity_scores(pool, mf_runs, Rungs(first, top, eta), resolution or None, recipe)[0])
+    for setting in sorted({RungSetting.of_row(r) for r in mf_runs}, key=lambda s: s.tag):
+        methods.update(multifidelity_scores(pool, mf_runs, setting)[0])
     for m in methods.values():
         m["compute_s"] = round(m["compute_s"], 1)
     d = dataset(data_path)
@@ -300,22 +298,60 @@ def write_fidelity(out: Path, pool: list[dict], data_path: str) -> dict:
     return fidelity
 
 
-def train_rung(row: dict, rung: int, rungs: Rungs, resolution: int | None, recipe: str, data_path: str,
-               work: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class RungSetting:
+    """How the pool's rungs train: their budgets, the proxy's input side where reduced, the recipe's
+    batch size and learning rate (a RUNG_RECIPES name) and the seed. Rows record only what differs
+    from the search's own."""
+
+    rungs: Rungs
+    resolution: int | None = None
+    recipe: str = "proxy"
+    seed: int = 0
+
+    @classmethod
+    def of_row(cls, r: dict) -> RungSetting:
+        return cls(Rungs(r["first"], r["top_epochs"], r["eta"]), r.get("resolution"), r.get("recipe", "proxy"),
+                   r.get("seed", 0))
+
+    def differences(self) -> dict:
+        """The fields in which these trainings differ from the search's own rung trainings."""
+        return {k: v for k, v in (("resolution", self.resolution), ("recipe", self.recipe), ("seed", self.seed))
+                if v not in (None, "proxy", 0)}
+
+    @property
+    def tag(self) -> str:
+        """The ladder's name: first rung x eta - top rung, then whatever differs from the search's."""
+        suffix = {"resolution": "-{}px", "recipe": "-{}", "seed": "-s{}"}
+        return (f"{self.rungs.first:.4g}x{self.rungs.eta}-{self.rungs.top_epochs:g}ep"
+                + "".join(suffix[k].format(v) for k, v in self.differences().items()))
+
+    def fields(self) -> dict:
+        r = self.rungs
+        return {"rungs": self.tag, "first": r.first, "eta": r.eta, "top_epochs": r.top_epochs, **self.differences()}
+
+    def described(self) -> str:
+        phrase = {"resolution": " at {0}x{0} input", "recipe": ", batch and learning rate of the {} recipe",
+                  "seed": ", seed {}"}
+        return (f"rungs at {', '.join(f'{b:.3g}' for b in self.rungs.budgets)} epochs of the training part"
+                + "".join(phrase[k].format(v) for k, v in self.differences().items()))
+
+    def train_config(self) -> TrainConfig:
+        """The search's rung schedule with this setting's recipe, input side and seed."""
+        batch_lr = {k: RUNG_RECIPES[self.recipe][k] for k in ("batch_size", "lr")}
+        return rung_train_config(self.rungs, seed=self.seed, threads=1, resolution=self.resolution, **batch_lr)
+
+
+def train_rung(row: dict, rung: int, setting: RungSetting, data_path: str, work: str) -> dict:
     """Train one pool member up to a rung, continuing its previous rung's checkpoint."""
     d = dataset(data_path)
-    batch_lr = {k: RUNG_RECIPES[recipe][k] for k in ("batch_size", "lr")}
-    cfg = rung_train_config(rungs, seed=0, threads=1, resolution=resolution, **batch_lr)  # the search's rung schedule
-    tag = mf_tag(rungs, resolution, recipe)
-    ckpt = Path(work) / f"{row['arch_id']}-{tag}.pt"
+    ckpt = Path(work) / f"{row['arch_id']}-{setting.tag}.pt"
     cpu_start = time.process_time()
-    res = train(ArchSpec.from_dict(row["spec"]), d["x"], d["y"], d["x_val"], d["y_val"], cfg, d["mean"], d["std"],
-                checkpoint=ckpt, until_epochs=rungs.budgets[rung])
-    return {"arch_id": row["arch_id"], "rungs": tag, "first": rungs.first, "eta": rungs.eta,
-            "top_epochs": rungs.top_epochs, **({"resolution": resolution} if resolution else {}),
-            **({"recipe": recipe} if recipe != "proxy" else {}), "rung": rung, "epochs": round(rungs.budgets[rung], 4),
-            "val_acc": round(res.val_acc, 4), "train_s": round(res.train_s, 1), "steps": res.steps,
-            "cpu_s": round(time.process_time() - cpu_start, 1)}
+    res = train(ArchSpec.from_dict(row["spec"]), d["x"], d["y"], d["x_val"], d["y_val"], setting.train_config(),
+                d["mean"], d["std"], checkpoint=ckpt, until_epochs=setting.rungs.budgets[rung])
+    return {"arch_id": row["arch_id"], **setting.fields(), "rung": rung,
+            "epochs": round(setting.rungs.budgets[rung], 4), "val_acc": round(res.val_acc, 4),
+            "train_s": round(res.train_s, 1), "steps": res.steps, "cpu_s": round(time.process_time() - cpu_start, 1)}
 
 
 def proxy_method(runs: list[dict]) -> dict:
@@ -336,18 +372,10 @@ def compute_charged(trainings: list[list[dict]]) -> dict:
     return {"compute_s": sum(candidate[-1]["train_s"] for candidate in trainings), "compute_of": "train_s"}
 
 
-def mf_tag(rungs: Rungs, resolution: int | None = None, recipe: str = "proxy") -> str:
-    """The ladder's name: first rung x eta - top rung, the proxy's input side where reduced, and the
-    recipe where it is not the search's."""
-    return (f"{rungs.first:.4g}x{rungs.eta}-{rungs.top_epochs:g}ep" + (f"-{resolution}px" if resolution else "")
-            + (f"-{recipe}" if recipe != "proxy" else ""))
-
-
-def multifidelity_scores(pool: list[dict], runs: list[dict], rungs: Rungs, resolution: int | None = None,
-                         recipe: str = "proxy") -> tuple[dict, set]:
+def multifidelity_scores(pool: list[dict], runs: list[dict], setting: RungSetting) -> tuple[dict, set]:
     """Every promotion rule's successive halving over the pool, read from finished rung trainings:
     ({method: {compute_s, scores}}, the (arch_id, rung) trainings still missing, lowest rung only)."""
-    tag = mf_tag(rungs, resolution, recipe)
+    rungs, tag = setting.rungs, setting.tag
     done = {(r["arch_id"], r["rung"]): r for r in runs if r["rungs"] == tag}
     latency = {r["arch_id"]: r["pred_ms"] for r in pool}
     methods, missing = {}, set()
@@ -369,27 +397,24 @@ def multifidelity_scores(pool: list[dict], runs: list[dict], rungs: Rungs, resol
             **compute_charged([[done[(a, k)] for k in range(len(accs))] for a, accs in reached.items()]),
             "scores": {a: round(rung_score(accs), 4) for a, accs in reached.items()},
             "rungs_reached": {a: len(accs) - 1 for a, accs in reached.items()},
-            "note": f"successive halving, promotion by {rule}, eta {rungs.eta}, rungs at "
-                    f"{', '.join(f'{b:.3g}' for b in rungs.budgets)} epochs of the training part"
-                    + (f" at {resolution}x{resolution} input" if resolution else "")
-                    + (f", batch and learning rate of the {recipe} recipe" if recipe != "proxy" else "")
-                    + "; score: highest rung + validation accuracy there"}
+            "note": f"successive halving, promotion by {rule}, eta {rungs.eta}, {setting.described()}; "
+                    "score: highest rung + validation accuracy there"}
     return methods, missing
 
 
 def cmd_multifidelity(args) -> None:
     pool = read_jsonl(args.out / "pool.jsonl")
-    rungs = Rungs(args.base_epochs, args.top_epochs, args.eta)
+    setting = RungSetting(Rungs(args.base_epochs, args.top_epochs, args.eta), args.resolution, args.recipe, args.seed)
     runs_path = args.out / "multifidelity_runs.jsonl"
     rows = {r["arch_id"]: r for r in pool}
     args.work.mkdir(parents=True, exist_ok=True)
-    print(f"rungs at {', '.join(f'{b:.3g}' for b in rungs.budgets)} epochs", file=sys.stderr)
+    print(setting.described(), file=sys.stderr)
     while True:
-        _, missing = multifidelity_scores(pool, read_jsonl(runs_path), rungs, args.resolution, args.recipe)
+        _, missing = multifidelity_scores(pool, read_jsonl(runs_path), setting)
         if not missing:
             break
         # one rung at a time, every rule's needs at once: a rule's next rung depends on this one
-        jobs = [(rows[a], k, rungs, args.resolution, args.recipe, args.data, str(args.work))
+        jobs = [(rows[a], k, setting, args.data, str(args.work))
                 for a, k in sorted(missing, key=lambda m: m[0])]
         run_jobs(jobs, train_rung, args.jobs, runs_path,
                  lambda r: f"rung {r['rung']} {r['arch_id']}: val {r['val_acc']:.4f} ({r['train_s']:.0f} s in all)")
@@ -464,6 +489,7 @@ def main() -> None:
                    help="proxy input side (default: the data's); members it does not fit train at theirs")
     m.add_argument("--recipe", choices=sorted(RUNG_RECIPES), default="proxy",
                    help="batch size and learning rate of the rung trainings (default: the search's proxy)")
+    m.add_argument("--seed", type=int, default=0, help="the rung trainings' seed")
     m.add_argument("--work", type=Path, default=ROOT / "runs" / "reference-mf", help="checkpoints (not committed)")
     sub.add_parser("report", help="print the figures")
     args = ap.parse_args()

@@ -1,14 +1,15 @@
 """The reference benchmark's multi-fidelity scoring: it asks only for the trainings some promotion
 rule needs, one rung at a time, and charges each rule for exactly what it trained."""
-from benchmarks.reference import compute_charged, mf_tag, multifidelity_scores, proxy_method, recall_ceiling, reseeded
+from benchmarks.reference import (RungSetting, compute_charged, multifidelity_scores, proxy_method, recall_ceiling,
+                                  reseeded)
 from nas.rungs import Rungs
 
-RUNGS = Rungs(0.1, 1.3, 3)  # rungs at 0.1, 0.4 and 1.3 epochs
+RUNGS = RungSetting(Rungs(0.1, 1.3, 3))  # rungs at 0.1, 0.4 and 1.3 epochs, the search's recipe
 POOL = [{"arch_id": f"a{i}", "pred_ms": float(i + 1)} for i in range(6)]
 
 
 def row(arch, rung, acc, train_s, **cpu_s):
-    return {"arch_id": arch, "rungs": mf_tag(RUNGS), "rung": rung, "val_acc": acc, "train_s": train_s, **cpu_s}
+    return {"arch_id": arch, "rungs": RUNGS.tag, "rung": rung, "val_acc": acc, "train_s": train_s, **cpu_s}
 
 
 def test_the_first_rung_is_asked_for_everyone_then_only_the_promoted():
@@ -26,8 +27,8 @@ def test_each_rule_is_charged_for_what_it_trained_and_scored_by_rung_first():
     runs += [row(f"a{i}", 2, 0.6, 130.0) for i in range(6)]
     methods, missing = multifidelity_scores(POOL, runs, RUNGS)
     assert not missing
-    assert set(methods) == {f"multifidelity-{r}-{mf_tag(RUNGS)}" for r in ("pareto", "bands", "accuracy")}
-    acc = methods[f"multifidelity-accuracy-{mf_tag(RUNGS)}"]
+    assert set(methods) == {f"multifidelity-{r}-{RUNGS.tag}" for r in ("pareto", "bands", "accuracy")}
+    acc = methods[f"multifidelity-accuracy-{RUNGS.tag}"]
     assert acc["rungs_reached"] == {"a0": 0, "a1": 0, "a2": 0, "a3": 0, "a4": 2, "a5": 1}
     # without CPU times: each one's wall time at its highest rung, which is cumulative
     assert (acc["compute_s"], acc["compute_of"]) == (4 * 10.0 + 40.0 + 130.0, "train_s")
@@ -38,7 +39,7 @@ def test_cpu_seconds_are_summed_over_each_candidates_rungs():
     runs = [row(f"a{i}", 0, 0.1 * i, 10.0, cpu_s=8.0) for i in range(6)]
     runs += [row(f"a{i}", 1, 0.5 - 0.05 * i, 40.0, cpu_s=25.0) for i in range(6)]
     runs += [row(f"a{i}", 2, 0.6, 130.0, cpu_s=70.0) for i in range(6)]
-    acc = multifidelity_scores(POOL, runs, RUNGS)[0][f"multifidelity-accuracy-{mf_tag(RUNGS)}"]
+    acc = multifidelity_scores(POOL, runs, RUNGS)[0][f"multifidelity-accuracy-{RUNGS.tag}"]
     # six first rungs, a4 and a5 at the second, a4 at the third: each process's own CPU time
     assert (acc["compute_s"], acc["compute_of"]) == (6 * 8.0 + 2 * 25.0 + 70.0, "cpu_s")
 
@@ -66,10 +67,15 @@ def test_second_seeds_go_to_the_architectures_quickest_per_epoch_of_their_first_
     assert [r["arch_id"] for r in reseeded(pool, rows, 2)] == ["b", "c"]
 
 
-def test_a_rung_recipe_other_than_the_search_s_is_its_own_ladder():
-    assert mf_tag(RUNGS) == "0.1x3-1.3ep" and mf_tag(RUNGS, 16, "final") == "0.1x3-1.3ep-16px-final"
-    runs = [row(f"a{i}", 0, 0.1 * i, 10.0) for i in range(6)]  # the proxy recipe's rungs only
-    methods, missing = multifidelity_scores(POOL, runs, RUNGS, recipe="final")
+def test_a_setting_other_than_the_search_s_is_its_own_ladder_and_round_trips_through_its_rows():
+    other = RungSetting(RUNGS.rungs, resolution=16, recipe="final", seed=1)
+    assert RUNGS.tag == "0.1x3-1.3ep" and other.tag == "0.1x3-1.3ep-16px-final-s1"
+    assert RungSetting.of_row(other.fields()) == other and RungSetting.of_row(RUNGS.fields()) == RUNGS
+    assert set(RUNGS.fields()) == {"rungs", "first", "eta", "top_epochs"}  # the search's own: nothing more
+    cfg = other.train_config()
+    assert (cfg.batch_size, cfg.lr, cfg.seed, cfg.resolution) == (128, 1e-3, 1, 16)
+    runs = [row(f"a{i}", 0, 0.1 * i, 10.0) for i in range(6)]  # the search's setting's rungs only
+    methods, missing = multifidelity_scores(POOL, runs, other)
     assert methods == {} and missing == {(f"a{i}", 0) for i in range(6)}
 
 
