@@ -226,9 +226,10 @@ def calibrated_model(args, shape: tuple[int, int, int], space) -> str:
                                  on_row=lambda r: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms"))
     if report:
         console.print(f"latency model {path}: held-out within ±10% {report['within_10']:.0%}, "
-                      f"Kendall tau {report['kendall_tau']:.2f} ({report['n_test']} held out)", markup=False)
+                      f"Kendall tau {report['kendall_tau']:.2f} ({report['n_test']} held out)", markup=False,
+                      soft_wrap=True)  # one line in a log, like the path it names
     else:
-        console.print(f"reusing latency model {path}", markup=False)
+        console.print(f"reusing latency model {path}", markup=False, soft_wrap=True)
     return str(path)
 
 
