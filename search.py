@@ -583,7 +583,7 @@ INPUT_ERRORS = {"search_space.spec": "SpecError", "latency_models.table": "Table
 
 def is_input_error(e: Exception) -> bool:
     return isinstance(e, UserError) or any(
-        isinstance(e, getattr(sys.modules[module], name)) for module, name in INPUT_ERRORS.items()
+        isinstance(e, getattr(sys.modules[module], name, ())) for module, name in INPUT_ERRORS.items()
         if module in sys.modules)
 
 

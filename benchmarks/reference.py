@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.jobs import read_jsonl, run_jobs  # noqa: E402
-from evaluators.data import load_dataset  # noqa: E402
+from evaluators.data import DataError, load_dataset  # noqa: E402
 from evaluators.recipes import FINAL_RECIPE, PROXY_RECIPE  # noqa: E402
 from evaluators.train import TrainConfig, accuracy, train  # noqa: E402
 from latency_models import LatencyModel, read_table  # noqa: E402
@@ -68,7 +68,7 @@ PROXIES = {  # name -> (epochs, share of the training part): today's proxy first
     "proxy-2ep-25pct": (2, 0.25),
     "proxy-4ep-50pct": (4, 0.5),
 }
-CURVE_EPOCHS = (1, 3, 5, 15)  # the long training's validation accuracy read at these epochs (15: its end)
+CURVE_EPOCHS = (1, 3, 5, RECIPE["epochs"])  # the long training's validation accuracy read at these epochs
 RUNG_RECIPES = {"proxy": PROXY_RECIPE, "final": FINAL_RECIPE}  # batch size and learning rate of rung trainings
 DEFAULT_TABLE = ROOT / "benchmarks" / "results" / "latency_cpu_xeon" / "xeon-torch.csv"
 OUT = ROOT / "benchmarks" / "results" / "reference"
@@ -151,7 +151,7 @@ def dataset(path: str) -> dict:
 
 
 def train_long(row: dict, seed: int, data_path: str, work: str, device: str, epochs: float, threads: int = 1) -> dict:
-    """The long recipe on one member (threads change its speed, not its result)."""
+    """The long recipe on one member; `threads` changes its speed, not its recipe."""
     import torch
 
     from evaluators.train import Normalizer
@@ -298,6 +298,11 @@ def write_fidelity(out: Path, pool: list[dict], data_path: str) -> dict:
     return fidelity
 
 
+# how a setting's field shows where it differs from the search's: in the ladder's tag, in its note
+SHOWN = {"resolution": ("-{}px", " at {0}x{0} input"), "recipe": ("-{}", ", batch and learning rate of the {} recipe"),
+         "seed": ("-s{}", ", seed {}")}
+
+
 @dataclasses.dataclass(frozen=True)
 class RungSetting:
     """How the pool's rungs train: their budgets, the proxy's input side where reduced, the recipe's
@@ -315,26 +320,24 @@ class RungSetting:
                    r.get("seed", 0))
 
     def differences(self) -> dict:
-        """The fields in which these trainings differ from the search's own rung trainings."""
-        return {k: v for k, v in (("resolution", self.resolution), ("recipe", self.recipe), ("seed", self.seed))
-                if v not in (None, "proxy", 0)}
+        """The fields, rungs aside, in which these trainings differ from the search's own."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "rungs" and getattr(self, f.name) != f.default}
 
     @property
     def tag(self) -> str:
         """The ladder's name: first rung x eta - top rung, then whatever differs from the search's."""
-        suffix = {"resolution": "-{}px", "recipe": "-{}", "seed": "-s{}"}
         return (f"{self.rungs.first:.4g}x{self.rungs.eta}-{self.rungs.top_epochs:g}ep"
-                + "".join(suffix[k].format(v) for k, v in self.differences().items()))
+                + "".join(SHOWN[k][0].format(v) for k, v in self.differences().items()))
 
-    def fields(self) -> dict:
+    def record(self) -> dict:
+        """The setting's fields of a rung training's row (`of_row` reads them back)."""
         r = self.rungs
         return {"rungs": self.tag, "first": r.first, "eta": r.eta, "top_epochs": r.top_epochs, **self.differences()}
 
     def described(self) -> str:
-        phrase = {"resolution": " at {0}x{0} input", "recipe": ", batch and learning rate of the {} recipe",
-                  "seed": ", seed {}"}
         return (f"rungs at {', '.join(f'{b:.3g}' for b in self.rungs.budgets)} epochs of the training part"
-                + "".join(phrase[k].format(v) for k, v in self.differences().items()))
+                + "".join(SHOWN[k][1].format(v) for k, v in self.differences().items()))
 
     def train_config(self) -> TrainConfig:
         """The search's rung schedule with this setting's recipe, input side and seed."""
@@ -349,7 +352,7 @@ def train_rung(row: dict, rung: int, setting: RungSetting, data_path: str, work:
     cpu_start = time.process_time()
     res = train(ArchSpec.from_dict(row["spec"]), d["x"], d["y"], d["x_val"], d["y_val"], setting.train_config(),
                 d["mean"], d["std"], checkpoint=ckpt, until_epochs=setting.rungs.budgets[rung])
-    return {"arch_id": row["arch_id"], **setting.fields(), "rung": rung,
+    return {"arch_id": row["arch_id"], **setting.record(), "rung": rung,
             "epochs": round(setting.rungs.budgets[rung], 4), "val_acc": round(res.val_acc, 4),
             "train_s": round(res.train_s, 1), "steps": res.steps, "cpu_s": round(time.process_time() - cpu_start, 1)}
 
@@ -493,8 +496,12 @@ def main() -> None:
     m.add_argument("--work", type=Path, default=ROOT / "runs" / "reference-mf", help="checkpoints (not committed)")
     sub.add_parser("report", help="print the figures")
     args = ap.parse_args()
-    {"pool": cmd_pool, "train": cmd_train, "fidelity": cmd_fidelity, "multifidelity": cmd_multifidelity,
-     "report": cmd_report}[args.cmd](args)
+    try:
+        {"pool": cmd_pool, "train": cmd_train, "fidelity": cmd_fidelity, "multifidelity": cmd_multifidelity,
+         "report": cmd_report}[args.cmd](args)
+    except DataError as e:  # every command but `pool` reads --data (`report` for its splits' sizes)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,10 @@ def synthetic_model(path: Path, img_size: int = 8, in_chans: int = 1, n: int = 8
     return path
 
 
-def run_cli(*args, check=True, timeout=600):
-    res = subprocess.run([sys.executable, str(ROOT / "search.py"), *map(str, args)], capture_output=True, text=True,
-                         cwd=ROOT, timeout=timeout)
+def run_cli(*args, check=True, timeout=600, one_log=False):
+    """`etnas ARGS` in a process of its own; one_log: stderr joins stdout, as `> log 2>&1` writes them."""
+    res = subprocess.run([sys.executable, str(ROOT / "search.py"), *map(str, args)], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT if one_log else subprocess.PIPE, text=True, cwd=ROOT, timeout=timeout)
     if check:
-        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.returncode == 0, (res.stderr or res.stdout)[-3000:]
     return res

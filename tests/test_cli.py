@@ -155,3 +155,21 @@ def test_a_bad_run_directory_is_one_line_on_stderr_only(tmp_path):
     res = run_cli("front", tmp_path / "nope", check=False)
     assert res.returncode == 2 and res.stdout == "" and res.stderr.startswith("error:") and "no run at" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_only_input_errors_become_one_line_and_exit_2(monkeypatch, capsys):
+    import search
+    from nas import SearchError
+
+    def failing(error):
+        def cmd_front(args):
+            raise error
+        monkeypatch.setattr(search, "cmd_front", cmd_front)  # main's parser binds it when built
+
+    failing(SearchError("the run is broken; start again"))
+    with pytest.raises(SystemExit) as exit_:
+        search.main(["front", "nowhere"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.strip() == "error: the run is broken; start again"
+    failing(RuntimeError("a bug"))  # not bad input: the traceback is the report
+    with pytest.raises(RuntimeError, match="a bug"):
+        search.main(["front", "nowhere"])

@@ -70,8 +70,8 @@ def test_second_seeds_go_to_the_architectures_quickest_per_epoch_of_their_first_
 def test_a_setting_other_than_the_search_s_is_its_own_ladder_and_round_trips_through_its_rows():
     other = RungSetting(RUNGS.rungs, resolution=16, recipe="final", seed=1)
     assert RUNGS.tag == "0.1x3-1.3ep" and other.tag == "0.1x3-1.3ep-16px-final-s1"
-    assert RungSetting.of_row(other.fields()) == other and RungSetting.of_row(RUNGS.fields()) == RUNGS
-    assert set(RUNGS.fields()) == {"rungs", "first", "eta", "top_epochs"}  # the search's own: nothing more
+    assert RungSetting.of_row(other.record()) == other and RungSetting.of_row(RUNGS.record()) == RUNGS
+    assert set(RUNGS.record()) == {"rungs", "first", "eta", "top_epochs"}  # the search's own: nothing more
     cfg = other.train_config()
     assert (cfg.batch_size, cfg.lr, cfg.seed, cfg.resolution) == (128, 1e-3, 1, 16)
     runs = [row(f"a{i}", 0, 0.1 * i, 10.0) for i in range(6)]  # the search's setting's rungs only

@@ -65,10 +65,8 @@ def check_run(run_dir, trials_asked):
 
 
 def test_tiny_search_completes(tmp_path, latency_model):
-    log = subprocess.run([sys.executable, str(ROOT / "search.py"), "run", "--name", "tiny", "--target-ms", TARGET,
-                          "--trials", "12", "--latency-model", str(latency_model), "--runs-dir", str(tmp_path),
-                          *TINY], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=True,
-                         timeout=600).stdout  # one log, as `etnas run ... > log 2>&1` writes it
+    log = run_cli("run", "--name", "tiny", "--target-ms", TARGET, "--trials", 12, "--latency-model", latency_model,
+                  "--runs-dir", tmp_path, *TINY, one_log=True).stdout
     trials = check_run(tmp_path / "tiny", 12)
     assert (trials["state"] == "INFEASIBLE").any()  # the constraint was exercised
     assert "\nPareto front" in log  # on a line of its own, after the progress line
