@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -89,25 +90,28 @@ def test_a_total_training_budget_stops_new_candidates(tmp_path, latency_model):
 
 
 def promoted_in_training(run_dir):
-    """A trial training at a rung above the first (it finished rung 0 and was promoted)."""
-    if not (run_dir / "study.db").exists():
-        return False
+    """A trial training at a rung above the first (it finished rung 0 and was promoted). Read with
+    sqlite in read-only mode: Optuna's storage would create its tables if they are not there yet,
+    racing the run that is creating them."""
     try:
-        return any(t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("rung_accs")
-                   for t in study_trials(run_dir))
-    except Exception:  # the study is still being created
+        with sqlite3.connect(f"file:{run_dir / 'study.db'}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT count(*) FROM trials JOIN trial_user_attributes USING (trial_id) "
+                              "WHERE state = 'RUNNING' AND key = 'rung_accs'").fetchone()[0] > 0
+    except sqlite3.OperationalError:  # no database or no tables yet
         return False
 
 
 def test_killed_run_resumes_without_loss_or_retraining(tmp_path, latency_model):
     args = [sys.executable, str(ROOT / "search.py"), "run", "--name", "kill", "--target-ms", TARGET,
             "--trials", "14", "--latency-model", str(latency_model), "--runs-dir", str(tmp_path), *TINY]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    log = tmp_path / "run.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     run_dir = tmp_path / "kill"
     deadline = time.time() + 400
-    while time.time() < deadline and not promoted_in_training(run_dir):
+    while time.time() < deadline and proc.poll() is None and not promoted_in_training(run_dir):
         time.sleep(0.2)
+    assert proc.poll() is None, f"the run ended before a promoted trial trained: {log.read_text()[-2000:]}"
     before = {t.number: (t.state.name, t.values) for t in study_trials(run_dir) if t.state.is_finished()}
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray workers, mid-rung above the first
     proc.wait()
