@@ -247,11 +247,11 @@ def recall_ceiling(test_acc: dict[str, float], n_val: int, n_test: int, seed_sd:
             "seed_sd": round(seed_sd, 4), "n_val": n_val, "n_test": n_test}
 
 
-def ceilings(rows: list[dict], n_val: int, n_test: int) -> dict:
-    """recall_ceiling with split noise alone, and with the seed noise of the pairs (the median
-    absolute difference, robust to the one pair far apart, as a normal's spread per training)."""
-    acc = {a: r["test_acc"] for a, r in first_seed(rows).items()}
-    seed_sd = seed_noise(rows).get("median_abs_diff", 0.0) / 0.6745 / np.sqrt(2)
+def ceilings(long: dict[str, dict], noise: dict, n_val: int, n_test: int) -> dict:
+    """recall_ceiling with split noise alone, and with the seed noise of the pairs (`seed_noise`'s
+    median absolute difference, robust to the one pair far apart, as a normal's spread per training)."""
+    acc = {a: r["test_acc"] for a, r in long.items()}
+    seed_sd = noise.get("median_abs_diff", 0.0) / 0.6745 / np.sqrt(2)
     return {"splits_only": recall_ceiling(acc, n_val, n_test, 0.0),
             "splits_and_seeds": recall_ceiling(acc, n_val, n_test, float(seed_sd)),
             "note": "expected top-5 recall of a perfect ranker seen through a validation split of n_val images "
@@ -289,9 +289,9 @@ def write_fidelity(out: Path, pool: list[dict], data_path: str) -> dict:
         methods.update(multifidelity_scores(pool, mf_runs, setting)[0])
     for m in methods.values():
         m["compute_s"] = round(m["compute_s"], 1)
-    d = dataset(data_path)
-    fidelity = {"methods": methods, "seed_noise": seed_noise(rows),
-                "recall_ceiling": ceilings(rows, len(d["y_val"]), len(d["y_test"])),
+    d, noise = dataset(data_path), seed_noise(rows)
+    fidelity = {"methods": methods, "seed_noise": noise,
+                "recall_ceiling": ceilings(long, noise, len(d["y_val"]), len(d["y_test"])),
                 "compute_of": "cpu_s: CPU seconds of the training processes (one thread each); train_s: their "
                               "wall seconds, longer where other jobs shared the cores"}
     (out / "fidelity.json").write_text(json.dumps(fidelity, indent=1))

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 
 import optuna
 import pandas as pd
@@ -94,7 +95,7 @@ def promoted_in_training(run_dir):
     sqlite in read-only mode: Optuna's storage would create its tables if they are not there yet,
     racing the run that is creating them."""
     try:
-        with sqlite3.connect(f"file:{run_dir / 'study.db'}?mode=ro", uri=True, timeout=5) as db:
+        with closing(sqlite3.connect(f"file:{run_dir / 'study.db'}?mode=ro", uri=True, timeout=5)) as db:
             return db.execute("SELECT count(*) FROM trials JOIN trial_user_attributes USING (trial_id) "
                               "WHERE state = 'RUNNING' AND key = 'rung_accs'").fetchone()[0] > 0
     except sqlite3.OperationalError:  # no database or no tables yet
