@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from evaluators.recipes import FINAL_RECIPE
+from nas.config import RUNTIMES
 
 # Results: tables, reports, paths written (a long path stays one line). Piped into a file or a pager,
 # tables are laid out 200 columns wide instead of rich's 80, so architectures are not cut.
@@ -186,6 +187,7 @@ def prepare_search(args):
     from evaluators.data import load_dataset
     from latency_models import LatencyModel
     from latency_models.calibrate import fingerprint_mismatch
+    from nas.config import target_name
     from nas.search import SearchConfig, SearchInputs, resolve_target, search_space_for, space_latencies
 
     if args.gpus_per_trial and not args.ray_address:
@@ -209,6 +211,7 @@ def prepare_search(args):
     if mismatch and not args.force:
         raise UserError(f"latency model {cfg.latency_model} was measured elsewhere ({'; '.join(mismatch)}); "
                         f"pass --force to search for that device anyway")
+    console.print(f"deployment target: {target_name(model.fingerprint)}", markup=False, soft_wrap=True)
     latencies = space_latencies(model, space, shape, args.seed)
     cfg = dataclasses.replace(cfg, target_ms=resolve_target(args.target_ms, latencies))
     if args.target_ms.startswith("p"):
@@ -222,7 +225,7 @@ def calibrated_model(args, shape: tuple[int, int, int], space) -> str:
 
     with progress_bar() as bar:
         task = bar.add_task("calibrating latency model", total=None, info="")
-        path, report = calibrate(*shape, Path(args.runs_dir) / "latency", space, n=args.calibrate_n,
+        path, report = calibrate(*shape, Path(args.runs_dir) / "latency", space, runtime=args.runtime, n=args.calibrate_n,
                                  on_row=lambda r: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms"))
     if report:
         console.print(f"latency model {path}: held-out within ±10% {report['within_10']:.0%}, "
@@ -264,7 +267,7 @@ def watch_search(cfg, inputs) -> list[dict]:
 def print_front(run_dir: Path, as_json: bool) -> None:
     import pandas as pd
 
-    from nas.front import load_view, write_html
+    from nas.front import load_view, run_target, write_html
 
     trials, front, target, finals = load_view(Path(run_dir))
     html = write_html(Path(run_dir), trials, front, target, finals)
@@ -272,7 +275,7 @@ def print_front(run_dir: Path, as_json: bool) -> None:
         print(json.dumps(front))
         return
     table = Table("trial", "rung", "val acc", "pred ms", "measured ms", "MFLOPs", "params", architecture_column(),
-                  title=f"Pareto front of {run_dir} (target {target:g} ms; top-rung trials)")
+                  title=f"Pareto front of {run_dir} (target {target:g} ms on {run_target(run_dir)}; top-rung trials)")
     for f in front:
         measured = f"{f['measured_ms']:.3f}" if f.get("measured_ms") else "-"
         name = f" [green](preset {f['preset']})" if f.get("preset") else ""
@@ -332,7 +335,7 @@ def cmd_train(args) -> None:
         v = report[k]
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else escape(str(v)))
     out.print(table)
-    from nas.front import load_view, write_html
+    from nas.front import load_view, run_target, write_html
 
     out.print(f"plot: {write_html(Path(args.run), *load_view(Path(args.run)))}", markup=False)  # now with this training
 
@@ -449,7 +452,7 @@ def _latency_parsers(sub) -> None:
     m = sub.add_parser("measure", help="time deployed architectures on this device into a CSV",
                        formatter_class=HelpFormatter)
     m.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to time on")
-    m.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch", help="runtime to time")
+    m.add_argument("--runtime", choices=RUNTIMES, default="torch", help="runtime to time")
     m.add_argument("--threads", type=integer(1), default=1, help="intra-op threads")
     m.add_argument("--batch", type=integer(1), default=1, help="batch size of the timed calls")
     m.add_argument("--n", type=integer(0), default=400, help="sampled architectures (the presets are always added)")
@@ -515,6 +518,8 @@ def _run_parser(sub) -> None:
                    help="GPU share each proxy training asks Ray for (0.25: four share a GPU; 0: CPU workers); "
                         "latency stays predicted for the target device")
     r.add_argument("--calibrate-n", type=integer(8), default=150, help="architectures timed when calibrating")
+    r.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="runtime the calibration times (onnxruntime: the runtime of the file `export` ships)")
     r.add_argument("--force", action="store_true", help="use a latency model measured on another device")
     r.add_argument("--runs-dir", default=d.runs_dir, help="directory holding the runs")
     r.set_defaults(fn=cmd_run)

@@ -2,6 +2,9 @@
 runs/latency/ keyed by the device fingerprint, so later runs reuse it."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,27 +18,37 @@ from .predictor import FORMAT_VERSION, LatencyModel
 from .table import read_table
 from .validate import fit_and_report
 
+def cache_stem(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, space: SearchSpace, *,
+               runtime: str, n: int, seed: int) -> Path:
+    """The calibration's cache path without suffix, keyed on everything that decides what is
+    measured: the model format, the device fingerprint (runtime included), the input shape, the
+    space and the sample."""
+    fp = fingerprint("cpu", runtime, 1, 1, img_size)
+    sampled = json.dumps([dataclasses.asdict(space), num_classes, n, seed], sort_keys=True)
+    sampled = hashlib.sha1(sampled.encode()).hexdigest()[:8]
+    return Path(cache_dir) / f"auto-v{FORMAT_VERSION}-{fingerprint_id(fp)}-{in_chans}x{img_size}-{sampled}"
 
-def calibrate(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, space: SearchSpace,
-              n: int = 150, seed: int = 0, on_row: Callable[[dict], None] | None = None) -> tuple[Path, dict | None]:
+
+def calibrate(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, space: SearchSpace, *,
+              runtime: str = "torch", n: int = 150, seed: int = 0,
+              on_row: Callable[[dict], None] | None = None) -> tuple[Path, dict | None]:
     """Return (model path, fit report or None when the cached model was reused)."""
-    fp = fingerprint("cpu", "torch", 1, 1, img_size)
-    # the model format's version in the name: a cache from an older protocol is measured anew, not reused
-    stem = Path(cache_dir) / f"auto-v{FORMAT_VERSION}-{fingerprint_id(fp)}-{in_chans}x{img_size}"
+    stem = cache_stem(img_size, in_chans, num_classes, cache_dir, space, runtime=runtime, n=n, seed=seed)
     model_path, csv_path = stem.with_suffix(".model"), stem.with_suffix(".csv")
     if model_path.exists():
         return model_path, None
     rng = np.random.default_rng(seed)
     specs = [sample(rng, space, img_size, in_chans, num_classes) for _ in range(n)]
     specs += presets(img_size, in_chans, num_classes, SEARCH_SCALE, SEARCH_SCALE).values()
-    measure_all(specs, csv_path, "torch", "cpu", 1, 1, remeasure=0.1, on_row=on_row)
+    measure_all(specs, csv_path, runtime, "cpu", 1, 1, remeasure=0.1, on_row=on_row)
     model, report = fit_and_report(read_table(csv_path), seed=seed)
     model.save(model_path)
     return model_path, report
 
 
 def fingerprint_mismatch(model: LatencyModel, img_size: int) -> list[str]:
-    """Where the model's device fingerprint differs from this machine's (torch, CPU, 1 thread)."""
+    """Where the model's device fingerprint differs from this machine's in the model's own runtime,
+    threads and batch."""
     here = fingerprint(model.fingerprint.get("device", "cpu"), model.fingerprint.get("runtime", "torch"),
                        model.fingerprint.get("threads", 1), model.fingerprint.get("batch", 1), img_size)
     return [f"{k} {model.fingerprint.get(k)!r} vs here {v!r}" for k, v in here.items()

@@ -9,6 +9,17 @@ from evaluators.recipes import PROXY_RECIPE
 from .rungs import Rungs
 
 
+RUNTIMES = ("torch", "onnxruntime")  # what `measure` and the calibration can time
+
+
+def target_name(fp: dict) -> str:
+    """The deployment target a fingerprint stands for, in words: device, runtime, precision,
+    threads, batch (every model is timed in float32 so far)."""
+    runtime = f"onnxruntime {fp['onnxruntime']}" if fp.get("runtime") == "onnxruntime" else f"torch {fp.get('torch')} eager"
+    device = (fp.get("gpu") or fp.get("cpu")) if fp.get("device") == "cuda" else f"{fp.get('cpu')} CPU"
+    return f"{runtime} fp32 on {device}, {fp.get('threads')} thread(s), batch {fp.get('batch')}"
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     name: str

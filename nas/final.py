@@ -16,8 +16,8 @@ import torch
 from evaluators.data import load_dataset
 from evaluators.recipes import FINAL_RECIPE
 from evaluators.train import Normalizer, TrainConfig, accuracy, train, training_curve
-from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, fingerprint_id, time_at_reference,
-                                     torch_runner)
+from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, fingerprint_id, onnx_runner,
+                                     time_at_reference, time_interleaved, torch_runner)
 from search_space import ArchSpec, build_model, count_params, deploy
 
 from .records import atomic_write, trial_state
@@ -63,12 +63,46 @@ def final_dir(run_dir: Path, number: int) -> Path:
     return Path(run_dir) / "final" / str(number)
 
 
-def predictor_reference_ms(cfg: dict, img_size: int) -> float | None:
+def target_runtime(cfg: dict) -> str:
+    """The runtime of a run's latency target: its latency model's (torch for runs from before the
+    target was recorded)."""
+    return (cfg.get("latency_target") or {}).get("runtime", "torch")
+
+
+def predictor_reference_ms(cfg: dict, img_size: int, runtime: str | None = None) -> float | None:
     """The reference speed of the run's predicted latencies, where its latency model was measured
-    on this device (CPU, torch, 1 thread, batch 1); None where it was not (a timing here is then at
-    this session's speed, which no prediction is on)."""
-    here = fingerprint_id(fingerprint("cpu", "torch", 1, 1, img_size))
+    on this device in `runtime` (default: the run's; CPU, 1 thread, batch 1); None where it was not
+    (a timing here is then at this session's speed, which no prediction is on)."""
+    here = fingerprint_id(fingerprint("cpu", runtime or target_runtime(cfg), 1, 1, img_size))
     return cfg.get("latency_reference_ms") if cfg.get("latency_fingerprint") == here else None
+
+
+def time_on_target(deployed: torch.nn.Module, cfg: dict, runtime: str | None = None, exported: Path | None = None,
+                   sweeps: int = 200) -> dict:
+    """Time a deployed model on this CPU, 1 thread, batch 1, in `runtime` (default: the run's
+    target's; for onnxruntime, its `exported` file, or the graph `export` writes): median, p10
+    and p90 ms and the fingerprint timed. Where the run's predictor was measured here in that
+    runtime, beside the anchor and on the predictor's scale (the anchor and reference used are
+    returned); elsewhere alone, at this session's speed."""
+    spec = deployed.spec
+    runtime = runtime or target_runtime(cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.randn(1, spec.in_chans, spec.img_size, spec.img_size)
+        model = torch_runner(deployed, x) if runtime == "torch" else onnx_runner(deployed, x, 1, "cpu", exported)
+        reference = predictor_reference_ms(cfg, spec.img_size, runtime)
+        if reference is None:  # no scale to put it on: the model alone, at this session's speed
+            timing, anchor_ms, used = time_interleaved({"model": model}, sweeps)["model"], None, None
+        else:
+            anchor = deployed_runner(anchor_spec(spec), runtime)[0]
+            timings, anchor_ms, used = time_at_reference({"model": model}, anchor, reference, sweeps=sweeps)
+            timing = timings["model"]
+    finally:
+        torch.set_num_threads(threads)
+    return {"measured_ms": timing["median_ms"], "p10_ms": timing["p10_ms"], "p90_ms": timing["p90_ms"],
+            "raw_median_ms": timing["raw_median_ms"], "anchor_ms": anchor_ms, "reference_ms": used,
+            "on_predictor_scale": reference is not None, "device": fingerprint("cpu", runtime, 1, 1, spec.img_size)}
 
 
 def train_final(run_dir: Path, number: int, epochs: float | None = None, device: str = "cpu",
@@ -76,8 +110,8 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     """Train trial `number` from scratch with the full budget (on `device`) and FINAL_RECIPE, any
     TrainConfig field overridden by `recipe`; resumes from its checkpoint. With `holdout`, train on
     the search's training part only and record the held-out validation accuracy after every epoch
-    (the long-training reference's protocol). The latency is measured on this machine's CPU, where
-    the predictor was fitted, against the anchor and on the scale of the run's latency model."""
+    (the long-training reference's protocol). The latency is measured in the run's target runtime
+    on this machine's CPU (`time_on_target`)."""
     cfg = run_config(run_dir)
     trial = load_trial(run_dir, number)
     spec = ArchSpec.from_json(trial.user_attrs["spec"])
@@ -98,28 +132,17 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     torch.save({"spec": spec.to_json(), "state_dict": model.state_dict(), "mean": mean, "std": std},
                out / "model.pt")
     deployed = deploy(model)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    runner = torch_runner(deployed, torch.randn(1, spec.in_chans, spec.img_size, spec.img_size))
-    predictor_reference = predictor_reference_ms(cfg, spec.img_size)
-    timings, anchor_ms, reference = time_at_reference({"model": runner}, deployed_runner(anchor_spec(spec))[0],
-                                                      predictor_reference, sweeps=200)
-    timing = timings["model"]
-    torch.set_num_threads(threads)
+    timing = time_on_target(deployed, cfg)
     pred = trial.user_attrs["pred_ms"]
     report = {"trial": trial.number, "arch_id": spec.arch_id, "short": spec.short(), "test_acc": test_acc,
               "val_acc_proxy": (trial.user_attrs.get("rung_accs") or [trial.user_attrs.get("val_acc")])[-1],
               "proxy_rung": len(trial.user_attrs.get("rung_accs") or [None]) - 1, "pred_ms": pred,
-              "measured_ms": timing["median_ms"],
-              "p10_ms": timing["p10_ms"], "p90_ms": timing["p90_ms"], "raw_median_ms": timing["raw_median_ms"],
-              "anchor_ms": anchor_ms, "reference_ms": reference, "on_predictor_scale": predictor_reference is not None,
-              "pred_rel_err": (pred - timing["median_ms"]) / timing["median_ms"], "epochs": epochs,
+              **timing, "pred_rel_err": (pred - timing["measured_ms"]) / timing["measured_ms"], "epochs": epochs,
               "recipe": {k: getattr(tcfg, k) for k in ("batch_size", "lr", "weight_decay", "mixup", "cutmix",
                                                        "randaugment")},
               "holdout": holdout, "trained_examples": len(y), "val_curve": res.history if holdout else None,
               "train_s": res.train_s, "wall_s": time.perf_counter() - t0, "flops": trial.user_attrs.get("flops"),
-              "params": count_params(deployed), "dataset": cfg["dataset"], "trained_on": device,
-              "device": fingerprint("cpu", "torch", 1, 1, spec.img_size)}
+              "params": count_params(deployed), "dataset": cfg["dataset"], "trained_on": device}
     (out / "final.json").write_text(json.dumps(report, indent=1))
     return report
 

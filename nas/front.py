@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import target_name
 from .records import atomic_write
 from .rundir import final_report, run_config, run_records
 from . import SearchError
@@ -122,10 +123,16 @@ def front_figure(trials: pd.DataFrame, front: list[dict], target_ms: float, fina
     return fig
 
 
+def run_target(run_dir: Path) -> str:
+    """The deployment target a run's latencies are predicted for, in words."""
+    target = run_config(run_dir).get("latency_target")
+    return target_name(target) if target else "the device of its latency model (a run from before targets were named)"
+
+
 def write_html(run_dir: Path, trials: pd.DataFrame, front: list[dict], target_ms: float,
                finals: dict[int, dict]) -> Path:
     fig = front_figure(trials, front, target_ms, finals)
-    fig.update_layout(title=f"{Path(run_dir).name}: accuracy vs predicted latency")
+    fig.update_layout(title=f"{Path(run_dir).name}: accuracy vs predicted latency<br><sup>{run_target(run_dir)}</sup>")
     out = Path(run_dir) / "front.html"
     atomic_write(out, fig.to_html(include_plotlyjs=True))  # two final trainings may redraw it at once
     return out

@@ -11,8 +11,9 @@ import torch
 from search_space import count_params, deploy
 from search_space.export import export_onnx, export_pt2
 
-from .final import load_trained
-from .rundir import final_report
+from .config import target_name
+from .final import load_trained, target_runtime, time_on_target
+from .rundir import final_report, run_config
 from . import SearchError
 
 FORMATS = ("onnx", "pt2")
@@ -57,13 +58,36 @@ def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...]
                               f"(> {TOLERANCE}); please report this architecture: {spec.short()}")
     (out / "arch.json").write_text(json.dumps({**json.loads(spec.to_json()), "short": spec.short(),
                                                "arch_id": spec.arch_id, "normalize": normalize}, indent=1))
-    (out / "MODEL_CARD.md").write_text(model_card(spec, final, count_params(deployed), diffs, normalize))
-    return {"out": str(out), "max_abs_diff": diffs, "files": sorted(p.name for p in out.iterdir())}
+    cfg, shipped = run_config(run_dir), None
+    if "onnx" in formats:  # the file users ship, timed in its runtime
+        shipped = time_on_target(deployed, cfg, "onnxruntime", exported=out / "model.onnx")
+        (out / "latency.json").write_text(json.dumps(shipped, indent=1))
+    card = model_card(spec, final, count_params(deployed), diffs, normalize, shipped, cfg)
+    (out / "MODEL_CARD.md").write_text(card)
+    return {"out": str(out), "max_abs_diff": diffs, "shipped_ms": shipped and shipped["measured_ms"],
+            "files": sorted(p.name for p in out.iterdir())}
 
 
-def model_card(spec, final: dict, params: int, diffs: dict, normalize: dict) -> str:
+def latency_rows(final: dict, shipped: dict | None, cfg: dict) -> str:
+    """The card's latency rows: the shipped file timed in onnxruntime, the final training's timing in
+    the run's target runtime, and the search's prediction beside the one in its runtime."""
+    rows = [f"| search target | {target_name(cfg.get('latency_target') or final['device'])} |"]
+    if shipped:
+        on = "on the predictor's scale" if shipped["on_predictor_scale"] else "at this session's speed"
+        rows.append(f"| model.onnx latency | {shipped['measured_ms']:.3f} ms median (p10-p90 {shipped['p10_ms']:.3f}-"
+                    f"{shipped['p90_ms']:.3f}), timed here: {target_name(shipped['device'])}, {on} |")
+    pred = f"{final['pred_ms']:.3f} ms"
+    if shipped and target_runtime(cfg) == "onnxruntime":
+        pred += f" ({(final['pred_ms'] - shipped['measured_ms']) / shipped['measured_ms']:+.1%} vs model.onnx)"
+    rows += [f"| predicted latency | {pred} |",
+             f"| measured after training | {final['measured_ms']:.3f} ms median (p10 {final['p10_ms']:.3f}, p90 "
+             f"{final['p90_ms']:.3f}; {final['pred_rel_err']:+.1%} predicted vs this), "
+             f"{target_name(final['device'])} |"]
+    return "\n".join(rows)
+
+
+def model_card(spec, final: dict, params: int, diffs: dict, normalize: dict, shipped: dict | None, cfg: dict) -> str:
     c, h = spec.in_chans, spec.img_size
-    dev = final["device"]
     return f"""# {spec.short()}
 
 Architecture `{spec.arch_id}` found by etnas (hardware-aware NAS for efficient vision transformers).
@@ -71,9 +95,7 @@ Architecture `{spec.arch_id}` found by etnas (hardware-aware NAS for efficient v
 | figure | value |
 |---|---|
 | test accuracy | {final['test_acc']:.4f} ({final['dataset']}, {final['epochs']:g} epochs) |
-| measured latency | {final['measured_ms']:.3f} ms median (p10 {final['p10_ms']:.3f}, p90 {final['p90_ms']:.3f}) |
-| predicted latency | {final['pred_ms']:.3f} ms ({final['pred_rel_err']:+.1%} vs measured) |
-| device | {dev['cpu']}, {dev['threads']} thread(s), batch {dev['batch']}, {dev['runtime']} {dev['torch']} |
+{latency_rows(final, shipped, cfg)}
 | FLOPs (multiply-adds) | {final['flops']:,} |
 | parameters (deployed) | {params:,} |
 | export check | max abs diff vs PyTorch: {', '.join(f'{k} {v:.1e}' for k, v in diffs.items())} |

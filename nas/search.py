@@ -61,7 +61,7 @@ def open_study(cfg: SearchConfig, latency_model: LatencyModel) -> optuna.Study:
                               f"re-run with the original settings to resume, or choose a new --name")
         return _study(cfg, before)
     saved = {**cfg.identity(), "latency_fingerprint": latency_model.fingerprint.get("id"),
-             "latency_reference_ms": latency_model.reference_ms}
+             "latency_reference_ms": latency_model.reference_ms, "latency_target": latency_model.fingerprint}
     write_config(cfg.run_dir, saved)
     return _study(cfg, saved)
 

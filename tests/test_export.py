@@ -56,6 +56,10 @@ def test_demo_path_trains_and_exports_the_best(demo_run, tmp_path):
     assert {p.name for p in (tmp_path / "export").iterdir()} >= {"model.onnx", "model.pt2", "arch.json", "MODEL_CARD.md"}
     card = (tmp_path / "export" / "MODEL_CARD.md").read_text()
     assert f"{final['test_acc']:.4f}" in card and "onnxruntime" in card
+    shipped = json.loads((tmp_path / "export" / "latency.json").read_text())  # the shipped file, timed
+    assert shipped["device"]["runtime"] == "onnxruntime" and shipped["measured_ms"] > 0
+    assert f"| model.onnx latency | {shipped['measured_ms']:.3f} ms median (p10-p90 {shipped['p10_ms']:.3f}" in card
+    assert "| search target | torch " in card and "fp32 on" in card  # the demo's calibration: torch eager
     front = json.loads(run_cli("front", demo_run, "--json").stdout)
     assert next(f for f in front if f["trial"] == best["trial"])["measured_ms"] == final["measured_ms"]
 

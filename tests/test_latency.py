@@ -360,3 +360,58 @@ def test_measuring_needs_only_torch_and_the_project(tmp_path):
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(read_table(out)) == 2 + 2 * len(presets(8, 1, 10))  # the specs and the presets at 2 scales
+
+
+def test_train_measures_on_the_predictors_scale_in_the_runs_target_runtime():
+    from nas.final import predictor_reference_ms, target_runtime
+
+    ort_here = fingerprint("cpu", "onnxruntime", 1, 1, 8)
+    cfg = {"latency_fingerprint": fingerprint_id(ort_here), "latency_reference_ms": 1.5, "latency_target": ort_here}
+    assert target_runtime(cfg) == "onnxruntime" and predictor_reference_ms(cfg, 8) == 1.5
+    assert predictor_reference_ms(cfg, 8, runtime="torch") is None  # an ONNX run's scale is not torch's
+    assert target_runtime({"target_ms": 3.0}) == "torch"  # a run from before targets were recorded
+
+
+def test_time_on_target_times_the_shipped_onnx_file_on_the_runs_scale(tmp_path):
+    from nas.final import time_on_target
+    from search_space.export import export_onnx
+
+    deployed = deploy(build_model(tiny_specs(1)[0]))
+    export_onnx(deployed, tmp_path / "model.onnx")
+    ort_here = fingerprint("cpu", "onnxruntime", 1, 1, 8)
+    cfg = {"latency_fingerprint": fingerprint_id(ort_here), "latency_reference_ms": 0.5, "latency_target": ort_here}
+    timing = time_on_target(deployed, cfg, exported=tmp_path / "model.onnx", sweeps=20)
+    assert timing["device"]["runtime"] == "onnxruntime" and timing["on_predictor_scale"]
+    assert timing["reference_ms"] == 0.5 and 0 < timing["p10_ms"] <= timing["measured_ms"] <= timing["p90_ms"]
+    torch_timing = time_on_target(deployed, cfg, runtime="torch", sweeps=20)
+    assert torch_timing["device"]["runtime"] == "torch" and not torch_timing["on_predictor_scale"]
+
+
+def test_calibration_cache_is_keyed_on_runtime_space_and_sample(tmp_path):
+    from latency_models.calibrate import cache_stem
+
+    def stem(space=TINY_SPACE, **kw):
+        return cache_stem(8, 1, 10, tmp_path, space, **{"runtime": "torch", "n": 150, "seed": 0, **kw})
+
+    others = [stem(runtime="onnxruntime"), stem(space=SearchSpace()), stem(n=151), stem(seed=1)]
+    assert stem() == stem() and len({stem(), *others}) == 5
+
+
+def test_onnxruntime_calibration_measures_that_runtime_and_is_reused(tmp_path, monkeypatch):
+    """The plumbing from `calibrate` to the table and model (timing an exported graph is
+    `test_onnxruntime_tables_export_in_worker_processes`)."""
+    import latency_models.calibrate as calibration
+
+    def measure_synthetic(specs, out, runtime, device, threads, batch, **_):
+        fp = fingerprint(device, runtime, threads, batch, 8)
+        for row in synthetic_rows(specs):
+            append_row(out, {**row, "fingerprint": fingerprint_id(fp), "fingerprint_json": json.dumps(fp)})
+
+    monkeypatch.setattr(calibration, "measure_all", measure_synthetic)
+    path, report = calibration.calibrate(8, 1, 10, tmp_path, TINY_SPACE, runtime="onnxruntime", n=20)
+    assert report["fingerprint"]["runtime"] == "onnxruntime" and report["fingerprint"]["onnxruntime"]
+    assert LatencyModel.load(path).fingerprint["runtime"] == "onnxruntime"
+    assert len(read_table(path.with_suffix(".csv"))) == len({s.arch_id for s in tiny_specs(20)}) + 6  # + presets
+    assert calibration.calibrate(8, 1, 10, tmp_path, TINY_SPACE, runtime="onnxruntime", n=20) == (path, None)
+    torch_path, _ = calibration.calibrate(8, 1, 10, tmp_path, TINY_SPACE, runtime="torch", n=20)
+    assert torch_path != path and LatencyModel.load(torch_path).fingerprint["runtime"] == "torch"
