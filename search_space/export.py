@@ -9,7 +9,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import onnx
 import torch
 
 OPSET = 18
@@ -52,21 +51,14 @@ def _onnx_registry():
     return _registration.ONNXRegistry.from_torchlib(opset_version=OPSET)
 
 
-def onnx_proto(module: torch.nn.Module, args: tuple[torch.Tensor, ...], input_names: list[str],
-               output_names: list[str]) -> onnx.ModelProto:
-    """`module` through the torch.export-based ONNX exporter (opset 18, optimized, the first
-    dimension of every input dynamic): what `torch.onnx.export(..., dynamo=True)` writes, with the
-    translation table built once per process (the private entry point that call wraps)."""
+def export_onnx(model: torch.nn.Module, path: str | Path) -> Path:
+    """ONNX (opset 18) through the torch.export-based exporter (TorchScript export is deprecated):
+    what `torch.onnx.export(..., dynamo=True)` writes, through the private entry point that call
+    wraps, so that the translation table is built once per process."""
     from torch.onnx._internal.exporter import _core
 
     with _quiet():
-        program = _core.export(module.eval(), args, registry=_onnx_registry(), opset_version=OPSET,
-                               dynamic_shapes=tuple({0: _batch_dim()} for _ in args),
-                               input_names=input_names, output_names=output_names)
-    return program.model_proto
-
-
-def export_onnx(model: torch.nn.Module, path: str | Path) -> Path:
-    """ONNX (opset 18) through the torch.export-based exporter (TorchScript export is deprecated)."""
-    onnx.save(onnx_proto(model, (_example(model),), ["images"], ["logits"]), str(path))
+        program = _core.export(model.eval(), (_example(model),), registry=_onnx_registry(), opset_version=OPSET,
+                               dynamic_shapes=({0: _batch_dim()},), input_names=["images"], output_names=["logits"])
+        program.save(str(path))
     return Path(path)
