@@ -5,6 +5,7 @@ fold the norm before it) and writes back through `proj` (so Pre-RMSNorm can re-c
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import torch
@@ -12,6 +13,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .fold import affine_into_linear
+
+
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """float32, without a cast op where it already is, so that a traced graph holds none."""
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def _without_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast off where it is on; elsewhere no context, so that a traced graph holds none."""
+    enabled = torch.is_autocast_enabled(device_type)
+    return torch.autocast(device_type=device_type, enabled=False) if enabled else contextlib.nullcontext()
 
 
 def to_grid(x: torch.Tensor, grid: int) -> torch.Tensor:
@@ -75,8 +87,8 @@ class SimplifiedLinearAttention(_QKVAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.split_heads(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            q, k, v = F.relu(q.float()), F.relu(k.float() + self.pos), v.float()
+        with _without_autocast(x.device.type):
+            q, k, v = F.relu(_fp32(q)), F.relu(_fp32(k) + self.pos), _fp32(v)
             z = torch.reciprocal(q @ k.sum(2, keepdim=True).transpose(-1, -2) + 1e-6)   # [B, h, N, 1]
             N, dk, dv = q.shape[2], q.shape[3], v.shape[3]
             if N * N * (dk + dv) < 2 * N * dk * dv:  # (Q K^T) V is cheaper for few tokens
@@ -86,7 +98,7 @@ class SimplifiedLinearAttention(_QKVAttention):
         B, h, N, d = v.shape
         v_map = v.reshape(B * h, N, d).transpose(1, 2).reshape(B * h, d, self.grid, self.grid)
         o = o + to_tokens(self.dwc(v_map)).reshape(B, h, N, d)
-        return self.merge_heads(o.to(x.dtype))
+        return self.merge_heads(o if o.dtype == x.dtype else o.to(x.dtype))
 
 
 def window_for(grid: int, largest: int = 8) -> int:

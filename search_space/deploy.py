@@ -20,6 +20,8 @@ def deploy(model: NASViT) -> NASViT:
     for m in list(model.modules()):
         if hasattr(m, "fuse"):
             m.fuse()
+        if isinstance(m, nn.ReLU):  # out of place, so that the exported graph needs no functionalization
+            m.inplace = False
     for i in range(len(model.stages)):
         if deployed_norm(model.spec, i) == "rms":
             _to_pre_rmsnorm(model, i)

@@ -2,6 +2,7 @@
 import json
 
 import onnx
+import onnxruntime
 import pandas as pd
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from nas.package import verify_onnx, verify_pt2
 from search_space import build_model, deploy, presets
 from search_space.check import randomize_norms
-from search_space.export import export_onnx, export_pt2
+from search_space.export import OPSET, _onnx_program, _untranslated_ops, export_onnx, export_program, export_pt2
 
 from .helpers import run_cli
 
@@ -28,6 +29,36 @@ def test_preset_exports_match_pytorch(tmp_path, name):
     assert verify_pt2(tmp_path / "m.pt2", deployed, x) <= 1e-4
     ops = {n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node}
     assert not ops & {"BatchNormalization", "LayerNormalization"} or PRESETS[name].stages[0].skip
+
+
+@pytest.mark.parametrize("name", ["deit-tiny", "slab-deit", "efficientvit-m0", "pre-rmsnorm"])
+def test_onnx_graph_is_the_exporters_own_without_its_retrace(tmp_path, name):
+    """Every deployed op has a translation (so the decomposition pass is skipped), and the graph
+    is the one `torch.onnx.export` writes through that pass: the same ops, the same outputs."""
+    deployed = deploy(build_model(PRESETS[name]).eval())
+    assert _untranslated_ops(export_program(deployed)) == set()
+    export_onnx(deployed, tmp_path / "fast.onnx")
+    torch.onnx.export(deployed, (torch.randn(2, 1, 8, 8),), dynamo=True, opset_version=OPSET,
+                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                      input_names=["images"], output_names=["logits"]).save(str(tmp_path / "reference.onnx"))
+    fast, reference = (onnx.load(tmp_path / f).graph for f in ("fast.onnx", "reference.onnx"))
+    assert [n.op_type for n in fast.node] == [n.op_type for n in reference.node]
+    assert [i.name for i in fast.input] == ["images"] and [o.name for o in fast.output] == ["logits"]
+    x = torch.randn(3, 1, 8, 8)
+    assert verify_onnx(tmp_path / "fast.onnx", deployed, x) <= 1e-4
+
+
+def test_onnx_export_decomposes_ops_without_a_translation(tmp_path):
+    class InPlace(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu_(x * 2)
+
+    x = torch.randn(2, 3)
+    program = torch.export.export(InPlace(), (x,))
+    assert _untranslated_ops(program) == {torch.ops.aten.relu_.default}
+    _onnx_program(program).save(str(tmp_path / "m.onnx"))
+    (out,) = onnxruntime.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"images": x.numpy()})
+    assert torch.equal(torch.from_numpy(out), torch.relu(x * 2))
 
 
 @pytest.fixture(scope="module")
