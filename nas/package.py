@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from search_space import count_params, deploy
-from search_space.export import export_onnx, export_pt2
+from search_space.export import export_onnx, export_pt2, verify_onnx
 
 from .config import target_name
 from .final import load_trained, target_runtime, time_on_target
@@ -18,15 +18,6 @@ from . import SearchError
 
 FORMATS = ("onnx", "pt2")
 TOLERANCE = 1e-4
-
-
-def verify_onnx(path: Path, reference: torch.nn.Module, x: torch.Tensor) -> float:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    with torch.no_grad():
-        return float(np.abs(out - reference(x).numpy()).max())
 
 
 def verify_pt2(path: Path, reference: torch.nn.Module, x: torch.Tensor) -> float:

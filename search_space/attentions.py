@@ -155,7 +155,7 @@ class CascadedGroupAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
         xw = self.to_windows(x)                                 # [B', n, C]
-        chunks = xw.chunk(self.heads, dim=-1)
+        chunks = xw.chunk(self.heads, dim=-1) if self.heads > 1 else (xw,)  # the ONNX chunk of 1 is no list
         bias = self.attention_bias()
         w, kd = self.window, self.key_dim
         outs, prev = [], None

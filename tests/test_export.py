@@ -1,5 +1,7 @@
 """Export round-trips for every preset, and the main job end to end (run, front, train, export)."""
+import dataclasses
 import json
+import types
 
 import onnx
 import onnxruntime
@@ -7,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from nas.package import verify_onnx, verify_pt2
-from search_space import build_model, deploy, presets
+from nas.package import verify_pt2
+from search_space import ArchSpec, build_model, deploy, presets
 from search_space.check import randomize_norms
-from search_space.export import OPSET, _onnx_program, _untranslated_ops, export_onnx, export_program, export_pt2
+from search_space.export import OPSET, _exporters_onnx_program, _untranslated_ops, export_onnx, export_program, export_pt2, verify_onnx
 
 from .helpers import run_cli
 
@@ -31,11 +33,16 @@ def test_preset_exports_match_pytorch(tmp_path, name):
     assert not ops & {"BatchNormalization", "LayerNormalization"} or PRESETS[name].stages[0].skip
 
 
-@pytest.mark.parametrize("name", ["deit-tiny", "slab-deit", "efficientvit-m0", "pre-rmsnorm"])
+def one_head_cga() -> ArchSpec:
+    spec = PRESETS["efficientvit-m0"]
+    return dataclasses.replace(spec, stages=(dataclasses.replace(spec.stages[0], heads=1), *spec.stages[1:]))
+
+
+@pytest.mark.parametrize("name", ["deit-tiny", "slab-deit", "efficientvit-m0", "pre-rmsnorm", "one-head-cga"])
 def test_onnx_graph_is_the_exporters_own_without_its_retrace(tmp_path, name):
     """Every deployed op has a translation (so the decomposition pass is skipped), and the graph
     is the one `torch.onnx.export` writes through that pass: the same ops, the same outputs."""
-    deployed = deploy(build_model(PRESETS[name]).eval())
+    deployed = deploy(build_model(one_head_cga() if name == "one-head-cga" else PRESETS[name]).eval())
     assert _untranslated_ops(export_program(deployed)) == set()
     export_onnx(deployed, tmp_path / "fast.onnx")
     torch.onnx.export(deployed, (torch.randn(2, 1, 8, 8),), dynamo=True, opset_version=OPSET,
@@ -56,9 +63,22 @@ def test_onnx_export_decomposes_ops_without_a_translation(tmp_path):
     x = torch.randn(2, 3)
     program = torch.export.export(InPlace(), (x,))
     assert _untranslated_ops(program) == {torch.ops.aten.relu_.default}
-    _onnx_program(program).save(str(tmp_path / "m.onnx"))
+    _exporters_onnx_program(program).save(str(tmp_path / "m.onnx"))
     (out,) = onnxruntime.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"images": x.numpy()})
     assert torch.equal(torch.from_numpy(out), torch.relu(x * 2))
+
+
+def test_onnx_export_falls_back_to_the_decomposition_where_the_direct_graph_is_wrong(tmp_path):
+    class OneChunk(torch.nn.Module):  # the exporter's chunk of 1 translates to no list
+        spec = types.SimpleNamespace(in_chans=1, img_size=4)
+
+        def forward(self, x):
+            return x.chunk(1, dim=-1)[0] * 2
+
+    model = OneChunk()
+    assert _untranslated_ops(export_program(model)) == set()
+    export_onnx(model, tmp_path / "m.onnx")
+    assert verify_onnx(tmp_path / "m.onnx", model, torch.randn(3, 1, 4, 4)) == 0
 
 
 @pytest.fixture(scope="module")
