@@ -234,6 +234,15 @@ def time_at_reference(runners: dict, anchor: Callable[[], None], reference_ms: f
             anchor_ms, reference_ms)
 
 
+def exported_files(exporter: ProcessPoolExecutor, part: list[ArchSpec], folder: Path) -> dict[str, str]:
+    """arch_id: ONNX file of each spec, exported in the worker processes unless already in `folder`
+    (an architecture timed twice is exported once)."""
+    paths = {s.arch_id: folder / f"{s.arch_id}.onnx" for s in part}
+    todo = [s for s in part if not paths[s.arch_id].exists()]
+    list(exporter.map(export_deployed, [s.to_json() for s in todo], [str(paths[s.arch_id]) for s in todo]))
+    return {a: str(p) for a, p in paths.items()}
+
+
 def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str, threads: int,
                 batch: int, remeasure: float = 0.1, sweeps: int = 50, chunk: int = 16,
                 reference_ms: float | None = None, on_row: Callable[[dict], None] | None = None) -> int:
@@ -261,14 +270,12 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str,
         if runtime == "onnxruntime":
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             exporter = stack.enter_context(ProcessPoolExecutor(os.cpu_count(), mp_context=mp.get_context("spawn")))
-        for todo in timings_to_take(specs, out, fid, remeasure):
+        passes = timings_to_take(specs, out, fid, remeasure)
+        timed_again = {s.arch_id for s in passes[1]}
+        for todo in passes:
             n = -(-len(todo) // chunk)  # chunks of equal size, so the last is not left with one architecture
             for part in (todo[i * len(todo) // n:(i + 1) * len(todo) // n] for i in range(n)):
-                files = {}
-                if exporter:
-                    paths = [str(tmp / f"{s.arch_id}.onnx") for s in part]
-                    files = dict(zip((s.arch_id for s in part),
-                                     exporter.map(export_deployed, [s.to_json() for s in part], paths)))
+                files = exported_files(exporter, part, tmp) if exporter else {}
                 anchor = anchor or deployed_runner(anchor_spec(part[0]), runtime, device, threads, batch)[0]
                 built = {s.arch_id: deployed_runner(s, runtime, device, threads, batch, exported=files.get(s.arch_id))
                          for s in part}
@@ -286,7 +293,8 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str,
                     written += 1
                     if on_row:
                         on_row(row)
-                del built
-                for f in files.values():  # the sessions hold the models
-                    Path(f).unlink()
+                del built  # the sessions hold the models
+                for arch_id, f in files.items():
+                    if arch_id not in timed_again or todo is passes[1]:
+                        Path(f).unlink()
     return written

@@ -4,6 +4,7 @@ import sys
 import time
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 import torch
@@ -12,7 +13,7 @@ from latency_models import LatencyModel, ModelFileError, TableError, read_table
 from latency_models.table import append_row
 from latency_models.calibrate import fingerprint_mismatch
 from latency_models.features import FEATURE_NAMES, KINDS, feature_matrix, tally, total_flops
-from latency_models.measure import (call_times, fingerprint, fingerprint_id, measure_all,
+from latency_models.measure import (call_times, exported_files, fingerprint, fingerprint_id, measure_all,
                                      remove_common_slowdown, time_interleaved)
 from latency_models.validate import fit_and_report, metrics
 from search_space import ArchSpec, SearchSpace, StageSpec, build_model, count_flops, deploy, presets, sample
@@ -339,6 +340,21 @@ def test_onnxruntime_tables_export_in_worker_processes(tmp_path):
     row = read_table(out).iloc[0]
     assert row["arch_id"] == spec.arch_id and row["median_ms"] > 0 and row["repeats"] == 5
     assert json.loads(row["fingerprint_json"])["runtime"] == "onnxruntime"
+
+
+def test_an_architecture_timed_twice_is_exported_once(tmp_path):
+    class Exporter:  # the worker pool, in this process
+        exported = []
+
+        def map(self, fn, spec_jsons, paths):
+            self.exported += list(paths)
+            return map(fn, spec_jsons, paths)
+
+    specs, exporter = tiny_specs(2, seed=4), Exporter()
+    first = exported_files(exporter, specs, tmp_path)
+    again = exported_files(exporter, specs[:1], tmp_path)
+    assert len(exporter.exported) == 2 and again == {specs[0].arch_id: first[specs[0].arch_id]}
+    assert all(onnx.load(f).graph.node for f in first.values())
 
 
 MEASURE_ALONE = """
