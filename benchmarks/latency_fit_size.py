@@ -26,15 +26,17 @@ def main() -> None:
     args = ap.parse_args()
     results = []
     for table in args.tables:
-        archs = per_architecture(read_table(Path(table)))
+        rows = read_table(Path(table))
+        fp = json.loads(rows["fingerprint_json"].iloc[0])
+        archs = per_architecture(rows)
         specs = [ArchSpec.from_json(s) for s in archs["spec_json"]]
-        y, x = archs["median_ms"].to_numpy(float), feature_matrix(specs)
+        y, x = archs["median_ms"].to_numpy(float), feature_matrix(specs, fp["runtime"])
         for size in args.sizes:
             within = []
             for seed in range(args.seeds):
                 order = np.random.default_rng(seed).permutation(len(y))
                 train, test = order[:size], order[size:]
-                model = LatencyModel().fit([specs[i] for i in train], y[train], seed=seed)
+                model = LatencyModel(fingerprint=fp).fit([specs[i] for i in train], y[train], seed=seed)
                 within.append(metrics(model.predict_features(x[test]), y[test])["within_10"])
             results.append({"table": table, "architectures": len(y), "fitted_on": size, "within_10": within})
             print(f"{table}: fitted on {size} of {len(y)}: within ±10% on the rest "

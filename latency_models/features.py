@@ -1,6 +1,11 @@
 """The deployed model as the runtime executes it, computed from the spec alone (no model built):
 a list of kernels (kind, FLOPs, bytes moved), aggregated into a fixed feature vector.
 
+Per runtime: torch eager runs the modules' kernels; onnxruntime runs the exported graph, where
+(read from its optimized graphs) a Linear is MatMul plus a bias Add, GELU five elementwise nodes,
+RMSNorm six or seven, attention always the unfused path with its head transposes as copies, and
+every conv is wrapped in NCHWc reorders.
+
 FLOPs follow the conventions of `search_space.costs` (fvcore, one multiply-add = one FLOP; one
 per element for elementwise ops), so the total equals `count_flops(deploy(build_model(spec)))`.
 Computing this takes microseconds, which is what lets the predictor score 10k+ specs a second.
@@ -28,9 +33,10 @@ class KernelTally:
     typical launch, which the learned correction picks up from this count (without it, 3-stage
     patch-8 models were over-predicted by 7% on a Xeon)."""
 
-    __slots__ = ("calls", "flops", "bytes", "module_calls", "few_token_calls")
+    __slots__ = ("calls", "flops", "bytes", "module_calls", "few_token_calls", "onnx")
 
-    def __init__(self):
+    def __init__(self, runtime: str = "torch"):
+        self.onnx = runtime == "onnxruntime"
         self.calls = [0] * len(KINDS)
         self.flops = [0.0] * len(KINDS)
         self.bytes = [0.0] * len(KINDS)
@@ -55,6 +61,8 @@ class KernelTally:
 def linear(t: KernelTally, m: int, k: int, n: int, calls: int = 1) -> None:
     t.add("linear", calls * m * k * n, calls * F32 * (m * k + k * n + m * n + n), calls)
     t.module_calls += calls
+    if t.onnx:  # the bias Add
+        elementwise(t, m * n, calls, flops=False)
 
 
 def conv(t: KernelTally, out_pixels: int, cin: int, cout: int, k: int, groups: int = 1, calls: int = 1) -> None:
@@ -62,6 +70,9 @@ def conv(t: KernelTally, out_pixels: int, cin: int, cout: int, k: int, groups: i
     flops = out_pixels * cout * (cin // groups) * k * k
     t.add(kind, calls * flops, calls * F32 * (out_pixels * (cin + cout) + cout * (cin // groups) * k * k), calls)
     t.module_calls += calls
+    if t.onnx:  # reorders to and from the NCHWc layout
+        copy(t, out_pixels * cin, calls)
+        copy(t, out_pixels * cout, calls)
 
 
 def elementwise(t: KernelTally, numel: int, calls: int = 1, flops: bool = True) -> None:
@@ -72,16 +83,30 @@ def copy(t: KernelTally, numel: int, calls: int = 1) -> None:
     t.add("copy", 0, calls * 2 * F32 * numel, calls)
 
 
-def norm(t: KernelTally, kind: str | None, numel: int) -> None:
-    if kind is not None:
-        t.add("norm", numel * (4 if kind == "rms" else 5), 2 * F32 * numel)
-        t.module_calls += 1
+def gelu(t: KernelTally, numel: int, calls: int = 1) -> None:
+    elementwise(t, numel, calls)
+    if t.onnx:  # Div, Erf, Add, Mul, Mul
+        elementwise(t, numel, 4 * calls, flops=False)
+
+
+def norm(t: KernelTally, kind: str | None, numel: int, tokens: int = 0) -> None:
+    """`tokens`: the rows normalised (for onnxruntime's per-token RMSNorm nodes)."""
+    if kind is None:
+        return
+    t.module_calls += 1
+    if t.onnx and kind != "layernorm":  # Pow, ReduceMean, Add, Sqrt, Reciprocal, Mul (, Mul by the weight)
+        t.add("elementwise", numel * (4 if kind == "rms" else 5), 2 * F32 * numel)
+        t.add("reduce", 0, F32 * numel)
+        elementwise(t, tokens, calls=3, flops=False)
+        elementwise(t, numel, calls=1 if kind == "rms" else 2, flops=False)
+        return
+    t.add("norm", numel * (4 if kind == "rms" else 5), 2 * F32 * numel)
 
 
 def ffn(t: KernelTally, s: StageSpec, n: int) -> None:
     c, hidden = s.width, int(s.width * s.mlp_ratio)
     linear(t, n, c, hidden)
-    elementwise(t, n * hidden)  # GELU
+    gelu(t, n * hidden)
     t.module_calls += 2
     if s.dwconv:
         copy(t, n * hidden)
@@ -95,7 +120,14 @@ def mhsa(t: KernelTally, s: StageSpec, n: int) -> None:
     dim; otherwise its unfused math path, about twice as slow here (`benchmarks/sdpa_paths.py`)."""
     h, kd, dv = s.heads, s.key_dim, s.value_ratio * s.width // s.heads
     linear(t, n, s.width, h * (2 * kd + dv))
-    if kd == dv:
+    if t.onnx:  # heads transposed (copies), shape arithmetic, scaled QK^T, softmax, AV
+        copy(t, h * n * (2 * kd + dv), calls=3)
+        t.add("elementwise", 0, 0, calls=7)
+        t.add("matmul", h * n * n * kd, F32 * h * (2 * n * kd + n * n))
+        t.add("softmax", h * n * n, 2 * F32 * h * n * n)
+        copy(t, h * n * dv)
+        t.add("matmul", h * n * n * dv, F32 * h * (n * n + 2 * n * dv))
+    elif kd == dv:
         t.add("sdpa", h * n * n * (kd + dv + 1), F32 * h * (n * (2 * kd + 2 * dv) + n * n))
     else:  # scale q and k, QK^T, softmax, AV
         elementwise(t, h * n * kd, calls=2, flops=False)
@@ -151,7 +183,7 @@ def cga(t: KernelTally, s: StageSpec, n: int, grid: int, folded: bool) -> None:
 def skip_phi(t: KernelTally, s: StageSpec, n: int) -> None:
     c, hidden = s.width, 2 * s.width
     linear(t, n, c, hidden)
-    elementwise(t, n * hidden, calls=2)  # GELUs
+    gelu(t, n * hidden, calls=2)
     copy(t, n * hidden, calls=2)
     conv(t, n, hidden, hidden, 5, groups=hidden)
     linear(t, n, hidden, c)
@@ -175,7 +207,7 @@ def stem(t: KernelTally, spec: ArchSpec, grid: int) -> None:
             side = side // 2 if spec.patch > 1 else side
             conv(t, side * side, widths[i], widths[i + 1], 3)
             if i < len(widths) - 2:
-                elementwise(t, side * side * widths[i + 1])
+                gelu(t, side * side * widths[i + 1])
     copy(t, grid * grid * c0)  # to a contiguous token stream
     elementwise(t, grid * grid * c0)  # + pos_embed
 
@@ -184,7 +216,7 @@ def downsample(t: KernelTally, spec: ArchSpec, i: int, grid_in: int, grid_out: i
     prev, c_out = spec.stages[i - 1].width, spec.stages[i].width
     n_in, n_out = grid_in * grid_in, grid_out * grid_out
     if spec.downsample == "conv2x2":
-        norm(t, deployed_norm(spec, i - 1), n_in * prev)
+        norm(t, deployed_norm(spec, i - 1), n_in * prev, n_in)
         conv(t, n_out, prev, c_out, 2)
         return
     hidden = 4 * prev
@@ -219,25 +251,25 @@ def squeeze_excite(t: KernelTally, n: int, c: int, reduced: int) -> None:
     elementwise(t, n * c)  # gate
 
 
-def tally(spec: ArchSpec) -> KernelTally:
-    """Every kernel the deployed model of `spec` launches for one batch-1 forward."""
-    t = KernelTally()
+def tally(spec: ArchSpec, runtime: str = "torch") -> KernelTally:
+    """Every kernel the deployed model of `spec` launches in `runtime` for one batch-1 forward."""
+    t = KernelTally(runtime)
     grids = spec.grids()
     stem(t, spec, grids[0])
     for i, (s, g) in enumerate(zip(spec.stages, grids)):
         n, nk = g * g, deployed_norm(spec, i)
         if i:
             downsample(t, spec, i, grids[i - 1], g)
-        attention_block, skip_block = KernelTally(), KernelTally()
+        attention_block, skip_block = KernelTally(runtime), KernelTally(runtime)
         for block, is_skip in ((attention_block, False), (skip_block, True)):
             for _ in range(s.ffns):
-                norm(block, nk, n * s.width)
+                norm(block, nk, n * s.width, n)
                 ffn(block, s, n)
                 elementwise(block, n * s.width)  # residual add
             if is_skip:
                 skip_phi(block, s, n)
             else:
-                norm(block, nk, n * s.width)
+                norm(block, nk, n * s.width, n)
                 if s.attention == "cga":
                     cga(block, s, n, g, folded=nk in (None, "rms"))
                 else:
@@ -249,7 +281,7 @@ def tally(spec: ArchSpec) -> KernelTally:
             if n <= FEW_TOKENS:
                 t.few_token_calls += times * sum(block.calls)
     last = spec.stages[-1]
-    norm(t, deployed_norm(spec, len(spec.stages) - 1), grids[-1] ** 2 * last.width)
+    norm(t, deployed_norm(spec, len(spec.stages) - 1), grids[-1] ** 2 * last.width, grids[-1] ** 2)
     t.add("reduce", grids[-1] ** 2 * last.width, F32 * grids[-1] ** 2 * last.width)
     linear(t, 1, last.width, spec.num_classes)
     return t
@@ -259,9 +291,9 @@ FEATURE_NAMES = ([f"{k}_{q}" for k in KINDS for q in ("calls", "flops", "bytes")
                  + ["module_calls", "flops", "tokens", "blocks", "few_token_calls"])
 
 
-def features(spec: ArchSpec) -> np.ndarray:
-    """Fixed-length feature vector (FEATURE_NAMES) of one spec."""
-    t = tally(spec)
+def features(spec: ArchSpec, runtime: str = "torch") -> np.ndarray:
+    """Fixed-length feature vector (FEATURE_NAMES) of one spec in `runtime`."""
+    t = tally(spec, runtime)
     row = [v for i in range(len(KINDS)) for v in (t.calls[i], t.flops[i], t.bytes[i])]
     total = sum(t.flops)
     tokens = sum(g * g * s.depth for s, g in zip(spec.stages, spec.grids()))
@@ -269,8 +301,8 @@ def features(spec: ArchSpec) -> np.ndarray:
                     dtype=np.float64)
 
 
-def feature_matrix(specs: list[ArchSpec]) -> np.ndarray:
-    return np.stack([features(s) for s in specs]) if specs else np.zeros((0, len(FEATURE_NAMES)))
+def feature_matrix(specs: list[ArchSpec], runtime: str = "torch") -> np.ndarray:
+    return np.stack([features(s, runtime) for s in specs]) if specs else np.zeros((0, len(FEATURE_NAMES)))
 
 
 def total_flops(spec: ArchSpec) -> int:

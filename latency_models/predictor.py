@@ -22,7 +22,8 @@ from search_space import ArchSpec
 from .features import FEATURE_NAMES, feature_matrix
 from .trees import TreeEnsemble
 
-FORMAT_VERSION = 4  # 2: reference speed, MHSA's two SDPA paths; 3: few-token calls; 4: arrays, no pickle
+FORMAT_VERSION = 5  # 2: reference speed, MHSA's two SDPA paths; 3: few-token calls; 4: arrays, no pickle;
+#                     5: onnxruntime's own kernel tally
 PICKLE_MAGIC = b"\x80"
 RANGE_FEATURES = ("flops", "tokens", "blocks")
 
@@ -46,18 +47,23 @@ class LatencyModel:
     ranges: dict = field(default_factory=dict)
     n_train: int = 0
 
+    @property
+    def runtime(self) -> str:
+        """The runtime whose kernels the features tally: the fingerprint's."""
+        return self.fingerprint.get("runtime", "torch")
+
     # --- fitting ------------------------------------------------------------------------------
     @staticmethod
     def _design(x: np.ndarray) -> np.ndarray:
         return np.hstack([x, np.ones((len(x), 1))])
 
     def fit(self, specs: list[ArchSpec], ms: np.ndarray, residual: bool = True, seed: int = 0) -> LatencyModel:
-        x = feature_matrix(specs)
+        x = feature_matrix(specs, self.runtime)
         y = np.asarray(ms, dtype=float)
         self.residual, self.residual_check = None, {}
         if residual and len(y) >= 40:
             inner = np.random.default_rng(seed).permutation(len(y)) < len(y) // 5
-            probe = LatencyModel()._fit_stages(x[~inner], y[~inner], seed)
+            probe = LatencyModel(fingerprint=self.fingerprint)._fit_stages(x[~inner], y[~inner], seed)
             with_trees = probe.predict_features(x[inner])
             probe.residual = None
             self.residual_check = {"mape_stage1": _mape(probe.predict_features(x[inner]), y[inner]),
@@ -103,7 +109,7 @@ class LatencyModel:
 
     def predict(self, specs: list[ArchSpec]) -> np.ndarray:
         """Predicted latency in milliseconds of each spec's deployed model."""
-        x = feature_matrix(list(specs))
+        x = feature_matrix(list(specs), self.runtime)
         out = self.out_of_range(x)
         if out:
             warnings.warn(f"{out} of {len(x)} specs lie outside the measured range "
@@ -121,7 +127,7 @@ class LatencyModel:
 
     def terms(self, spec: ArchSpec) -> dict[str, float]:
         """Stage-1 milliseconds per feature for one spec: where the time goes."""
-        x = self._design(feature_matrix([spec]))[0]
+        x = self._design(feature_matrix([spec], self.runtime))[0]
         return {n: float(v) for n, v in zip([*FEATURE_NAMES, "constant"], x * self.coef) if v > 0}
 
     # --- persistence --------------------------------------------------------------------------

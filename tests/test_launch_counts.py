@@ -64,3 +64,31 @@ def test_feature_call_counts_equal_the_profiled_launches(name):
     t = tally(spec)
     predicted = {k: t.calls[KINDS.index(k)] for k in COUNTED}
     assert predicted == {k: seen.get(k, 0) for k in COUNTED}, spec.short()
+
+
+ORT_KIND_OF = {"MatMul": "matmul", "FusedMatMul": "matmul", "Gemm": "matmul", "Softmax": "softmax",
+               "Conv": "conv", "LayerNormalization": "norm"}
+
+
+@pytest.mark.parametrize("name", ["deit-tiny", "slab-deit", "efficientvit-m0", "pre-rmsnorm", "sample3"])
+def test_onnxruntime_tally_counts_the_nodes_onnxruntime_runs(tmp_path, name):
+    """Matrix products, softmaxes, convs and LayerNorms of onnxruntime's own optimized graph,
+    against the onnxruntime tally (torch's differs: fused SDPA where key and value dims agree)."""
+    import onnx
+    import onnxruntime as ort
+
+    from latency_models.features import KIND_INDEX
+    from search_space.export import export_onnx
+
+    spec = SPECS[name]
+    export_onnx(deploy(build_model(spec).eval()), tmp_path / "m.onnx")
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "m.onnx"), opts, providers=["CPUExecutionProvider"])
+    ran = collections.Counter(ORT_KIND_OF.get(n.op_type) for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+    t = tally(spec, "onnxruntime")
+    calls = {k: t.calls[KIND_INDEX[k]] for k in KINDS}
+    assert ran["matmul"] == calls["linear"] + calls["matmul"] and calls["sdpa"] == 0
+    assert ran["softmax"] == calls["softmax"]
+    assert ran["conv"] == calls["conv"] + calls["dwconv"]
+    assert ran["norm"] == calls["norm"]
