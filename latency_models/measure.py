@@ -25,7 +25,7 @@ import torch
 from search_space import ArchSpec, build_model, count_params, deploy, preset
 from search_space.presets import SEARCH_SCALE
 
-from .features import total_flops
+from .features import tally, total_flops
 from .table import append_row, measured_counts, table_reference
 
 
@@ -73,7 +73,7 @@ def deployed_model(spec: ArchSpec, seed: int = 0) -> torch.nn.Module:
 
 def export_deployed(spec_json: str, path: str, seed: int = 0) -> str:
     """Export one spec's deployed model to ONNX, as `export` ships it (run in worker processes:
-    the exporter takes 3-50 s an architecture here, the timing well under one)."""
+    an export takes 1-10 s an architecture here, the timing well under one)."""
     from search_space.export import export_onnx
 
     torch.set_num_threads(1)
@@ -236,9 +236,11 @@ def time_at_reference(runners: dict, anchor: Callable[[], None], reference_ms: f
 
 def exported_files(exporter: ProcessPoolExecutor, part: list[ArchSpec], folder: Path) -> dict[str, str]:
     """arch_id: ONNX file of each spec, exported in the worker processes unless already in `folder`
-    (an architecture timed twice is exported once)."""
+    (an architecture timed twice is exported once). The largest graphs go first, so that no
+    worker is left with a long export while the others wait."""
     paths = {s.arch_id: folder / f"{s.arch_id}.onnx" for s in part}
-    todo = [s for s in part if not paths[s.arch_id].exists()]
+    todo = sorted((s for s in part if not paths[s.arch_id].exists()),
+                  key=lambda s: sum(tally(s, "onnxruntime").calls), reverse=True)
     list(exporter.map(export_deployed, [s.to_json() for s in todo], [str(paths[s.arch_id]) for s in todo]))
     return {a: str(p) for a, p in paths.items()}
 
