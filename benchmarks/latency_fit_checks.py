@@ -34,14 +34,16 @@ def splits(df: pd.DataFrame, seeds: range) -> list[dict]:
 
 
 def groups(df: pd.DataFrame, folds: int = 5) -> dict:
-    archs = per_architecture(select_fingerprint(df, None)[0])
+    rows, fp = select_fingerprint(df, None)
+    archs = per_architecture(rows)
     specs = [ArchSpec.from_json(s) for s in archs["spec_json"]]
     y = archs["median_ms"].to_numpy(float)
-    x = features.feature_matrix(specs)
+    x = features.feature_matrix(specs, LatencyModel(fingerprint=fp).runtime)
     fold = np.random.default_rng(0).permutation(len(y)) % folds
     pred = np.zeros(len(y))
     for f in range(folds):
-        model = LatencyModel().fit([s for s, k in zip(specs, fold) if k != f], y[fold != f], residual=False)
+        model = LatencyModel(fingerprint=fp).fit([s for s, k in zip(specs, fold) if k != f], y[fold != f],
+                                                 residual=False)
         pred[fold == f] = model.predict_features(x[fold == f])
     err = pd.Series(pred / y - 1)
     props = pd.DataFrame([{"patch": s.patch, "stages": len(s.stages), "attention": s.stages[0].attention,

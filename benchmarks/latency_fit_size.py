@@ -13,7 +13,7 @@ import numpy as np
 
 from latency_models import LatencyModel, read_table
 from latency_models.features import feature_matrix
-from latency_models.validate import metrics, per_architecture
+from latency_models.validate import metrics, per_architecture, select_fingerprint
 from search_space import ArchSpec
 
 
@@ -26,11 +26,10 @@ def main() -> None:
     args = ap.parse_args()
     results = []
     for table in args.tables:
-        rows = read_table(Path(table))
-        fp = json.loads(rows["fingerprint_json"].iloc[0])
+        rows, fp = select_fingerprint(read_table(Path(table)), None)
         archs = per_architecture(rows)
         specs = [ArchSpec.from_json(s) for s in archs["spec_json"]]
-        y, x = archs["median_ms"].to_numpy(float), feature_matrix(specs, fp["runtime"])
+        y, x = archs["median_ms"].to_numpy(float), feature_matrix(specs, LatencyModel(fingerprint=fp).runtime)
         for size in args.sizes:
             within = []
             for seed in range(args.seeds):

@@ -94,13 +94,14 @@ def norm(t: KernelTally, kind: str | None, numel: int, tokens: int = 0) -> None:
     if kind is None:
         return
     t.module_calls += 1
+    flops = numel * (4 if kind == "rms" else 5)
     if t.onnx and kind != "layernorm":  # Pow, ReduceMean, Add, Sqrt, Reciprocal, Mul (, Mul by the weight)
-        t.add("elementwise", numel * (4 if kind == "rms" else 5), 2 * F32 * numel)
+        t.add("elementwise", flops, 2 * F32 * numel)
         t.add("reduce", 0, F32 * numel)
         elementwise(t, tokens, calls=3, flops=False)
         elementwise(t, numel, calls=1 if kind == "rms" else 2, flops=False)
-        return
-    t.add("norm", numel * (4 if kind == "rms" else 5), 2 * F32 * numel)
+    else:
+        t.add("norm", flops, 2 * F32 * numel)
 
 
 def ffn(t: KernelTally, s: StageSpec, n: int) -> None:
