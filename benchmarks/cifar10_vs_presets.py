@@ -8,16 +8,19 @@
 3. `etnas train --holdout` with one identical recipe (the long-training reference's: FINAL_EPOCHS on
    the search's training part, one thread, seed 0) for every preset and the best 3 searched
    (non-preset) front trials, --jobs at a time; a preset the reference pool (--reference) already
-   trained with that recipe is read from it instead of trained again. Then every deployed model is
-   timed on this CPU, in turn with the anchor (shuffled every sweep) and on the latency model's
-   scale (`time_at_reference`), so that the machine's drift cannot favour one of them and measured
-   and predicted latencies compare like for like (a latency does not depend on the weights, so a
-   preset read from the reference is timed untrained);
+   trained with that recipe is read from it instead of trained again; so are timm's models a user
+   would pick instead (`benchmarks/timm_baselines.py`). Then every model is timed on this CPU in
+   the latency model's runtime (onnxruntime: the file `export` ships; the baselines as
+   `torch.onnx.export` writes them), in turn with the anchor (shuffled every sweep) and on the
+   latency model's scale (`time_at_reference`), so that the machine's drift cannot favour one of
+   them and measured and predicted latencies compare like for like (a latency does not depend on
+   the weights, so a preset read from the reference is timed untrained);
 4. DIR/results.json, a markdown table and DIR/cifar10_front.png (test accuracy vs measured latency).
 
     .venv/bin/python benchmarks/cifar10_vs_presets.py [--data ../shared/data/cifar10.npz] [--out DIR]
-        [--latency-model runs/latency/cpu-torch.model] [--reference benchmarks/results/reference] [--quick]
-        [--trials N] [--top-epochs E] [--reuse DIR/runs/search] [--force] [--jobs J]
+        [--latency-model runs/latency/cpu-ort.model | --runtime onnxruntime|torch] [--baselines NAME ...]
+        [--reference benchmarks/results/reference] [--quick] [--trials N] [--top-epochs E]
+        [--reuse DIR/runs/search] [--force] [--jobs J]
 
 `--data digits` runs on the embedded digits set; `--quick` uses tiny budgets (the test runs that).
 """
@@ -41,11 +44,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.jobs import read_jsonl  # noqa: E402
+from benchmarks.timm_baselines import BASELINES, baseline_runner, input_size, trained_baseline  # noqa: E402
 from evaluators.data import load_dataset  # noqa: E402
 from latency_models import LatencyModel  # noqa: E402
 from latency_models.calibrate import calibrate  # noqa: E402
-from latency_models.measure import anchor_spec, deployed_runner, time_at_reference, torch_runner  # noqa: E402
-from nas.final import load_trained, predictor_reference_ms  # noqa: E402
+from latency_models.measure import (anchor_spec, deployed_runner, onnx_runner, time_at_reference,  # noqa: E402
+                                    torch_runner)
+from nas.final import load_trained, predictor_reference_ms, target_runtime  # noqa: E402
 from nas.rundir import run_config  # noqa: E402
 from search_space import ArchSpec, SearchSpace, build_model, deploy, presets  # noqa: E402
 from search_space.presets import SEARCH_SCALE  # noqa: E402
@@ -60,12 +65,13 @@ BUDGETS = {"full": {"trials": 120, "base_epochs": 0.5, "epochs": 6.5, "eta": 3, 
                      "sampler": "tpe", "final_epochs": 0.3, "sweeps": 20}}
 
 
-def cli(*args: str, threads: int | None = None) -> None:
-    """Run an etnas command; if it fails, stop with one line (the command has said why above)."""
+def cli(*args: str, threads: int | None = None, script: Path = ROOT / "search.py") -> None:
+    """Run an etnas command (or another script); if it fails, stop with one line (the command has
+    said why above)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
-    done = subprocess.run([sys.executable, str(ROOT / "search.py"), *map(str, args)], cwd=ROOT, env=env)
+    done = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=ROOT, env=env)
     if done.returncode:
-        sys.exit(f"error: `etnas {args[0]}` exited with status {done.returncode}; see its message above")
+        sys.exit(f"error: `{script.name} {args[0]}` exited with status {done.returncode}; see its message above")
 
 
 def pick_target(model: LatencyModel, dataset) -> float:
@@ -111,40 +117,53 @@ def reference_trainings(reference: Path | None, epochs: float) -> dict[str, dict
     return {r["arch_id"]: r for r in rows if r["seed"] == 0 and training_curve(r["recipe"]) == ours}
 
 
-def train_finals(run: Path, numbers: list[int], epochs: float, jobs: int) -> None:
-    """`etnas train --holdout` for each trial, `jobs` at a time with one thread each (as the reference
-    trains); a finished one is only evaluated and timed again. The first failure cancels the
-    trainings not yet started and stops the script once those under way end."""
+def train_finals(run: Path, numbers: list[int], baselines: list[str], epochs: float, jobs: int, out: Path) -> None:
+    """`etnas train --holdout` for each trial and `timm_baselines.py` for each baseline, `jobs` at a
+    time with one thread each (as the reference trains); a finished one is only evaluated and timed
+    again. The first failure cancels the trainings not yet started and stops the script once those
+    under way end."""
     def one(number: int) -> None:
         cli("train", run, "--trial", number, "--epochs", epochs, "--holdout", threads=1)
 
+    def baseline(name: str) -> None:
+        cli(run, name, "--epochs", epochs, "--out", out, threads=1, script=ROOT / "benchmarks" / "timm_baselines.py")
+
     with ThreadPoolExecutor(jobs) as pool:
-        for done in as_completed([pool.submit(one, number) for number in numbers]):
+        started = [pool.submit(baseline, name) for name in baselines] + [pool.submit(one, n) for n in numbers]
+        for done in as_completed(started):
             if done.exception() is not None:
                 pool.shutdown(cancel_futures=True)
                 raise done.exception()
 
 
-def measure_interleaved(run: Path, models: dict[int, torch.nn.Module], sweeps: int) -> dict[int, dict]:
-    """Deployed latency of each model, batch 1, 1 thread, all timed in turn with the anchor, on the
-    scale of the run's latency model (as `train` measures)."""
+def measure_interleaved(run: Path, models: dict[int, torch.nn.Module], baselines: dict[str, torch.nn.Module],
+                        sweeps: int) -> dict[object, dict]:
+    """Latency of each deployed model and baseline, batch 1, 1 thread, in the run's target runtime,
+    all timed in turn with the anchor, on the scale of the run's latency model (as `train`
+    measures)."""
     torch.set_num_threads(1)
+    cfg = run_config(run)
+    runtime = target_runtime(cfg)
     runners = {}
     for n, model in models.items():
         spec = model.spec
-        runners[n] = torch_runner(deploy(model), torch.randn(1, spec.in_chans, spec.img_size, spec.img_size))
-    reference = predictor_reference_ms(run_config(run), spec.img_size)
-    return time_at_reference(runners, deployed_runner(anchor_spec(spec))[0], reference, sweeps)[0]
+        x = torch.randn(1, spec.in_chans, spec.img_size, spec.img_size)
+        runners[n] = torch_runner(deploy(model), x) if runtime == "torch" else onnx_runner(deploy(model), x, 1, "cpu")
+    for name, model in baselines.items():
+        side = input_size(name)
+        runners[name] = baseline_runner(model, torch.randn(1, spec.in_chans, side, side), runtime)
+    reference = predictor_reference_ms(cfg, spec.img_size)
+    return time_at_reference(runners, deployed_runner(anchor_spec(spec), runtime)[0], reference, sweeps)[0]
 
 
-def plot(rows: list[dict], target: float, path: Path) -> None:
+def plot(rows: list[dict], target: float, runtime: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for kind, marker, color in (("preset", "D", "#2ca02c"), ("searched", "o", "#9467bd")):
+    for kind, marker, color in (("preset", "D", "#2ca02c"), ("searched", "o", "#9467bd"), ("timm", "s", "#ff7f0e")):
         part = [r for r in rows if r["kind"] == kind]
         ms = [r["measured_ms"] for r in part]
         spread = [[m - r["p10_ms"] for m, r in zip(ms, part)], [r["p90_ms"] - m for m, r in zip(ms, part)]]
@@ -159,7 +178,7 @@ def plot(rows: list[dict], target: float, path: Path) -> None:
                     xytext=(6, 4 - 11 * near), fontsize=7)
         placed.append(r)
     ax.axvline(target, linestyle="--", color="gray", label=f"target {target:g} ms")
-    ax.set_xlabel("measured latency after deploy (ms, batch 1, 1 thread; bars: p10-p90)")
+    ax.set_xlabel(f"measured latency in {runtime} after deploy (ms, batch 1, 1 thread; bars: p10-p90)")
     ax.set_ylabel("test accuracy")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -172,8 +191,13 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(default_data), help="an npz in the shared format, or 'digits'")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cifar10"))
-    ap.add_argument("--latency-model", help="predictor for this CPU (default: calibrate this machine as `etnas run` "
-                                            "does, cached)")
+    ap.add_argument("--latency-model", help="predictor for this CPU, whose runtime the search and the timing use "
+                                            "(default: calibrate this machine in --runtime as `etnas run` does, "
+                                            "cached)")
+    ap.add_argument("--runtime", choices=("onnxruntime", "torch"), default="onnxruntime",
+                    help="the runtime calibrated when no --latency-model is given")
+    ap.add_argument("--baselines", nargs="*", choices=sorted(BASELINES), default=sorted(BASELINES),
+                    help="timm models trained and timed beside the others (default: all)")
     ap.add_argument("--reference", help="the long-training reference's results directory, whose preset trainings "
                                         "with this recipe are reused (default: benchmarks/results/reference "
                                         "with the default data, which it was trained on; none otherwise)")
@@ -200,7 +224,7 @@ def search(args, budget: dict, out: Path) -> tuple[Path, str, float]:
     if args.latency_model is None:
         print("calibrating this CPU (measure + fit, cached under runs/latency/) ...", file=sys.stderr, flush=True)
         args.latency_model = str(calibrate(dataset.img_size, dataset.in_chans, dataset.num_classes,
-                                           ROOT / "runs" / "latency", SearchSpace())[0])
+                                           ROOT / "runs" / "latency", SearchSpace(), runtime=args.runtime)[0])
     target = pick_target(LatencyModel.load(args.latency_model), dataset)
     cli("run", "--name", "search", "--runs-dir", out / "runs", "--dataset", dataset_arg, "--target-ms", target,
         "--latency-model", args.latency_model, *(["--force"] if args.force else []),
@@ -209,35 +233,43 @@ def search(args, budget: dict, out: Path) -> tuple[Path, str, float]:
     return out / "runs" / "search", dataset_arg, target
 
 
-def result_row(name: str, kind: str, trial: pd.Series, final: dict, timing: dict, source: str) -> dict:
+def result_row(name: str, kind: str, trial: pd.Series | None, final: dict, timing: dict, source: str) -> dict:
     """One model's figures: prediction, size and cost from the run's records (one source for every
-    row), accuracy and training from its final training, latency from the common timing."""
+    row; a baseline outside the space has no prediction), accuracy and training from its final
+    training, latency from the common timing."""
     ms = timing["median_ms"]
-    return {"name": name, "kind": kind, "trial": int(trial.name), "short": final["short"],
-            "test_acc": final["test_acc"], "measured_ms": ms, "pred_ms": float(trial["pred_ms"]),
-            "pred_err": (trial["pred_ms"] - ms) / ms, "params": int(trial["params"]), "flops": int(trial["flops"]),
+    pred = None if trial is None else float(trial["pred_ms"])
+    return {"name": name, "kind": kind, "trial": None if trial is None else int(trial.name), "short": final["short"],
+            "test_acc": final["test_acc"], "measured_ms": ms, "pred_ms": pred,
+            "pred_err": None if pred is None else (pred - ms) / ms,
+            "params": int(final["params"] if trial is None else trial["params"]),
+            "flops": None if trial is None else int(trial["flops"]),
             "p10_ms": timing["p10_ms"], "p90_ms": timing["p90_ms"], "train_min": final["train_s"] / 60,
             "val_curve": final.get("val_curve"), "source": source}
 
 
-def final_rows(run: Path, presets_by_trial: dict[int, str], searched: list[int], reference: dict[str, dict],
-               budget: dict, jobs: int) -> list[dict]:
-    """Train what the reference lacks, time every deployed model together, one row each."""
+def final_rows(run: Path, presets_by_trial: dict[int, str], searched: list[int], baselines: list[str],
+               reference: dict[str, dict], budget: dict, jobs: int, out: Path) -> list[dict]:
+    """Train what the reference lacks, time every model together, one row each."""
     trials = pd.read_csv(run / "trials.csv").set_index("number")
     numbers = [*presets_by_trial, *searched]
     from_reference = {n: reference[trials.at[n, "arch_id"]] for n in presets_by_trial
                       if trials.at[n, "arch_id"] in reference}
     trained = [n for n in numbers if n not in from_reference]
-    train_finals(run, trained, budget["final_epochs"], jobs)
+    train_finals(run, trained, baselines, budget["final_epochs"], jobs, out)
     models = {n: load_trained(run, n)[0] for n in trained}
     models.update({n: build_model(ArchSpec.from_dict(r["spec"])) for n, r in from_reference.items()})
-    timings = measure_interleaved(run, models, budget["sweeps"])
+    spec = next(iter(models.values())).spec
+    timm_models = {name: trained_baseline(out, name, spec.num_classes, spec.in_chans) for name in baselines}
+    timings = measure_interleaved(run, models, {name: m for name, (m, _) in timm_models.items()}, budget["sweeps"])
     rows = []
     for n in numbers:
         kind, name = ("preset", presets_by_trial[n]) if n in presets_by_trial else ("searched", f"trial-{n}")
         final, source = ((from_reference[n], "reference") if n in from_reference else
                          (json.loads((run / "final" / str(n) / "final.json").read_text()), "trained"))
         rows.append(result_row(name, kind, trials.loc[n], final, timings[n], source))
+    rows += [result_row(name, "timm", None, report, timings[name], "trained") for name, (_, report) in
+             timm_models.items()]
     return rows
 
 
@@ -255,21 +287,23 @@ def main() -> None:
     for number in [*presets_by_trial, *searched] if args.reuse else []:
         reuse_final(Path(args.reuse), run, number, trials.at[number, "arch_id"], float(budget["final_epochs"]),
                     dataset_arg)
-    rows = final_rows(run, presets_by_trial, searched, reference_trainings(args.reference, budget["final_epochs"]),
-                      budget, args.jobs)
+    rows = final_rows(run, presets_by_trial, searched, args.baselines,
+                      reference_trainings(args.reference, budget["final_epochs"]), budget, args.jobs, out)
     target = round(float(pd.Series([r["measured_ms"] for r in rows if r["kind"] == "preset"]).median()), 4)
+    runtime = target_runtime(run_config(run))
     results = {"target_ms": target, "target_rule": "median measured latency of the six presets, timed with all models",
+               "runtime": runtime, "latency_model": args.latency_model,
                "search_target_ms": search_target, "search_target_rule": "median predicted latency of the six presets",
                "data": dataset_arg, "budget": budget, "reference": args.reference,
                "search_training_min": float(trials["train_s"].sum()) / 60,
                "invocation_min": {"search": search_min, "total": (time.time() - start) / 60}, "rows": rows}
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot(rows, target, out / "cifar10_front.png")
+    plot(rows, target, runtime, out / "cifar10_front.png")
     print_table(results)
 
 
 def print_table(results: dict) -> None:
-    print(f"target {results['target_ms']} ms (median measured latency of the presets; the search used their "
+    print(f"target {results['target_ms']} ms in {results['runtime']} (median measured latency of the presets; the search used their "
           f"median predicted latency, {results['search_target_ms']} ms); the search's trainings took "
           f"{results['search_training_min']:.1f} min (summed over workers and resumes); this invocation "
           f"{results['invocation_min']['total']:.1f} min")
@@ -277,9 +311,10 @@ def print_table(results: dict) -> None:
           "| trained |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results["rows"]:
+        pred = "-" if r["pred_ms"] is None else f"{r['pred_ms']:.3f} ({r['pred_err']:+.1%})"
+        flops = "-" if r["flops"] is None else f"{r['flops'] / 1e6:.1f}"
         print(f"| {r['name']} | {r['kind']} | `{r['short']}` | {r['test_acc']:.4f} | {r['measured_ms']:.3f} | "
-              f"{r['pred_ms']:.3f} ({r['pred_err']:+.1%}) | {r['params']:,} | {r['flops'] / 1e6:.1f} | "
-              f"{r['train_min']:.1f} | {r['source']} |")
+              f"{pred} | {r['params']:,} | {flops} | {r['train_min']:.1f} | {r['source']} |")
 
 
 if __name__ == "__main__":

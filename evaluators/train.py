@@ -226,12 +226,28 @@ class Batches:
 
 
 def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor | None,
-          y_val: torch.Tensor | None,
-          cfg: TrainConfig, mean: list[float], std: list[float],
-          on_epoch: Callable[[int, float], bool] | None = None, checkpoint: Path | None = None,
-          on_step: Callable[[int, int, float], None] | None = None,
-          until_epochs: float | None = None) -> TrainResult:
-    """Train `spec` from scratch and report validation accuracy after each epoch.
+          y_val: torch.Tensor | None, cfg: TrainConfig, mean: list[float], std: list[float], **hooks) -> TrainResult:
+    """Train `spec` from scratch and report validation accuracy after each epoch (see
+    `train_model`; the spec at the proxy's resolution where `cfg.resolution` is set)."""
+    spec = proxy_spec(spec, cfg.resolution)
+
+    def make() -> nn.Module:
+        try:
+            return build_model(spec)
+        except SpecError as e:
+            raise TrainingFailed(f"spec cannot be built: {e}") from None
+
+    return train_model(make, spec.img_size, spec.num_classes, x_train, y_train, x_val, y_val, cfg, mean, std, **hooks)
+
+
+def train_model(make_model: Callable[[], nn.Module], img_size: int, num_classes: int, x_train: torch.Tensor,
+                y_train: torch.Tensor, x_val: torch.Tensor | None, y_val: torch.Tensor | None,
+                cfg: TrainConfig, mean: list[float], std: list[float],
+                on_epoch: Callable[[int, float], bool] | None = None, checkpoint: Path | None = None,
+                on_step: Callable[[int, int, float], None] | None = None,
+                until_epochs: float | None = None) -> TrainResult:
+    """Train the model `make_model` builds (after seeding, so its initial weights are the seed's)
+    on images resized to `img_size`, and report validation accuracy after each epoch.
 
     Without validation data (final training) nothing is evaluated during training.
     `on_epoch(epoch, val_acc)` may return True to stop early (pruning). With `checkpoint`, state is
@@ -244,18 +260,14 @@ def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)  # timm's Mixup draws from numpy
     gen = torch.Generator().manual_seed(cfg.seed)
-    try:
-        spec = proxy_spec(spec, cfg.resolution)
-        model = build_model(spec)
-    except SpecError as e:
-        raise TrainingFailed(f"spec cannot be built: {e}") from None
+    model = make_model()
     if cfg.subset and cfg.subset < 1:
         keep = torch.randperm(len(x_train), generator=gen)[: max(cfg.batch_size, int(cfg.subset * len(x_train)))]
         x_train, y_train = x_train[keep], y_train[keep]
     device = torch.device(cfg.device)
     model.to(device)
-    norm = Normalizer(mean, std, spec.img_size)
-    batches = Batches(cfg, x_train.to(device), y_train.to(device), spec.num_classes, norm, gen)
+    norm = Normalizer(mean, std, img_size)
+    batches = Batches(cfg, x_train.to(device), y_train.to(device), num_classes, norm, gen)
     per_epoch = steps_per_epoch(len(x_train), cfg.batch_size)
     total = planned_steps(cfg, per_epoch, cfg.epochs)
     stop = total if until_epochs is None else min(total, planned_steps(cfg, per_epoch, until_epochs))

@@ -13,19 +13,21 @@ def test_cifar10_vs_presets_quick_on_digits(tmp_path):
     model = synthetic_model(tmp_path / "digits.model")
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cifar10_vs_presets.py"), "--quick", "--data", "digits",
                     "--out", str(tmp_path / "out"), "--latency-model", str(model),
-                    "--trials", "9", "--top-epochs", "0.4"],
+                    "--trials", "9", "--top-epochs", "0.4", "--baselines", "deit-pico"],
                    check=True, cwd=ROOT,
                    capture_output=True, timeout=900)
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["target_ms"] > 0
     kinds = [r["kind"] for r in res["rows"]]
-    assert kinds.count("preset") == 6 and 1 <= kinds.count("searched") <= 3
+    assert kinds.count("preset") == 6 and 1 <= kinds.count("searched") <= 3 and kinds.count("timm") == 1
+    assert res["runtime"] == "torch"  # the latency model's, which both the search and the timing use
     assert res["budget"]["base_epochs"] < res["budget"]["epochs"] == 0.4  # the multi-fidelity search
     assert res["budget"]["trials"] == 9 and res["search_training_min"] > 0
     assert res["invocation_min"]["total"] >= res["invocation_min"]["search"] > 0
     assert all(r["source"] == "trained" and len(r["val_curve"]) == 1 for r in res["rows"])  # --holdout, no reference
     for r in res["rows"]:
         assert {"name", "kind", "short", "test_acc", "measured_ms", "pred_ms", "params", "flops", "train_min"} <= set(r)
+        assert (r["pred_ms"] is None) == (r["kind"] == "timm")  # a baseline outside the space has no prediction
         assert 0 <= r["test_acc"] <= 1 and r["measured_ms"] > 0
     presets_ms = [r["measured_ms"] for r in res["rows"] if r["kind"] == "preset"]
     assert sum(ms <= res["target_ms"] for ms in presets_ms) == 3  # the measured median of six
