@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from evaluators.recipes import FINAL_RECIPE
-from nas.config import RUNTIMES
+from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, RUNTIMES
 
 # Results: tables, reports, paths written (a long path stays one line). Piped into a file or a pager,
 # tables are laid out 200 columns wide instead of rich's 80, so architectures are not cut.
@@ -452,7 +452,8 @@ def _latency_parsers(sub) -> None:
     m = sub.add_parser("measure", help="time deployed architectures on this device into a CSV",
                        formatter_class=HelpFormatter)
     m.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to time on")
-    m.add_argument("--runtime", choices=RUNTIMES, default="torch", help="runtime to time")
+    m.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME,
+                   help="runtime to time (onnxruntime: each architecture exported as `export` ships it)")
     m.add_argument("--threads", type=integer(1), default=1, help="intra-op threads")
     m.add_argument("--batch", type=integer(1), default=1, help="batch size of the timed calls")
     m.add_argument("--n", type=integer(0), default=400, help="sampled architectures (the presets are always added)")
@@ -517,9 +518,11 @@ def _run_parser(sub) -> None:
     r.add_argument("--gpus-per-trial", type=gpu_share, default=d.gpus_per_trial,
                    help="GPU share each proxy training asks Ray for (0.25: four share a GPU; 0: CPU workers); "
                         "latency stays predicted for the target device")
-    r.add_argument("--calibrate-n", type=integer(8), default=150, help="architectures timed when calibrating")
-    r.add_argument("--runtime", choices=RUNTIMES, default="torch",
-                   help="runtime the calibration times (onnxruntime: the runtime of the file `export` ships)")
+    r.add_argument("--calibrate-n", type=integer(8), default=CALIBRATION_ARCHS,
+                   help="architectures timed when calibrating (the presets are added)")
+    r.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME,
+                   help="runtime the calibration times (onnxruntime: the runtime of the file `export` ships; "
+                        "torch: eager PyTorch)")
     r.add_argument("--force", action="store_true", help="use a latency model measured on another device")
     r.add_argument("--runs-dir", default=d.runs_dir, help="directory holding the runs")
     r.set_defaults(fn=cmd_run)

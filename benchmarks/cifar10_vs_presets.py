@@ -50,6 +50,7 @@ from latency_models import LatencyModel  # noqa: E402
 from latency_models.calibrate import calibrate  # noqa: E402
 from latency_models.measure import (anchor_spec, deployed_runner, onnx_runner, time_at_reference,  # noqa: E402
                                     torch_runner)
+from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, RUNTIMES  # noqa: E402
 from nas.final import load_trained, predictor_reference_ms, target_runtime  # noqa: E402
 from nas.rundir import run_config  # noqa: E402
 from search_space import ArchSpec, SearchSpace, build_model, deploy, presets  # noqa: E402
@@ -194,7 +195,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--latency-model", help="predictor for this CPU, whose runtime the search and the timing use "
                                             "(default: calibrate this machine in --runtime as `etnas run` does, "
                                             "cached)")
-    ap.add_argument("--runtime", choices=("onnxruntime", "torch"), default="onnxruntime",
+    ap.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME,
                     help="the runtime calibrated when no --latency-model is given")
     ap.add_argument("--baselines", nargs="*", choices=sorted(BASELINES), default=sorted(BASELINES),
                     help="timm models trained and timed beside the others (default: all)")
@@ -224,7 +225,8 @@ def search(args, budget: dict, out: Path) -> tuple[Path, str, float]:
     if args.latency_model is None:
         print("calibrating this CPU (measure + fit, cached under runs/latency/) ...", file=sys.stderr, flush=True)
         args.latency_model = str(calibrate(dataset.img_size, dataset.in_chans, dataset.num_classes,
-                                           ROOT / "runs" / "latency", SearchSpace(), runtime=args.runtime)[0])
+                                           ROOT / "runs" / "latency", SearchSpace(), runtime=args.runtime,
+                                           n=CALIBRATION_ARCHS)[0])
     target = pick_target(LatencyModel.load(args.latency_model), dataset)
     cli("run", "--name", "search", "--runs-dir", out / "runs", "--dataset", dataset_arg, "--target-ms", target,
         "--latency-model", args.latency_model, *(["--force"] if args.force else []),

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from latency_models.calibrate import calibrate
 from latency_models.measure import cpu_model
+from nas.config import CALIBRATION_ARCHS
 from search_space import SearchSpace
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=150)
+    ap.add_argument("--n", type=int, default=CALIBRATION_ARCHS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/ort_calibration"))
     args = ap.parse_args()

@@ -30,7 +30,7 @@ def cache_stem(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, 
 
 
 def calibrate(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, space: SearchSpace, *,
-              runtime: str = "torch", n: int = 150, seed: int = 0,
+              runtime: str, n: int, seed: int = 0,
               on_row: Callable[[dict], None] | None = None) -> tuple[Path, dict | None]:
     """Return (model path, fit report or None when the cached model was reused)."""
     stem = cache_stem(img_size, in_chans, num_classes, cache_dir, space, runtime=runtime, n=n, seed=seed)

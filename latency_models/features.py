@@ -3,8 +3,9 @@ a list of kernels (kind, FLOPs, bytes moved), aggregated into a fixed feature ve
 
 Per runtime: torch eager runs the modules' kernels; onnxruntime runs the exported graph, where
 (read from its optimized graphs) a Linear is MatMul plus a bias Add, GELU five elementwise nodes,
-RMSNorm six or seven, attention always the unfused path with its head transposes as copies, and
-every conv is wrapped in NCHWc reorders.
+RMSNorm six or seven, attention always the unfused path with its head transposes as copies,
+every conv is wrapped in NCHWc reorders, and each view (tokens to a map, heads apart) is a
+Reshape node.
 
 FLOPs follow the conventions of `search_space.costs` (fvcore, one multiply-add = one FLOP; one
 per element for elementwise ops), so the total equals `count_flops(deploy(build_model(spec)))`.
@@ -19,7 +20,7 @@ from search_space.blocks import conv_stem_widths
 from search_space.deploy import deployed_norm
 from search_space.spec import ArchSpec, StageSpec
 
-KINDS = ("linear", "conv", "dwconv", "matmul", "sdpa", "softmax", "norm", "elementwise", "reduce", "copy")
+KINDS = ("linear", "conv", "dwconv", "matmul", "sdpa", "softmax", "norm", "elementwise", "reduce", "copy", "reshape")
 F32 = 4
 FEW_TOKENS = 4  # a stage this small is launch-bound (see `KernelTally.few_token_calls`)
 
@@ -83,6 +84,13 @@ def copy(t: KernelTally, numel: int, calls: int = 1) -> None:
     t.add("copy", 0, calls * 2 * F32 * numel, calls)
 
 
+def reshape(t: KernelTally, calls: int = 1) -> None:
+    """onnxruntime's Reshape nodes: a view of their input, a node to run all the same (torch's
+    views launch nothing)."""
+    if t.onnx:
+        t.add("reshape", 0, 0, calls)
+
+
 def gelu(t: KernelTally, numel: int, calls: int = 1) -> None:
     elementwise(t, numel, calls)
     if t.onnx:  # Div, Erf, Add, Mul, Mul
@@ -109,8 +117,9 @@ def ffn(t: KernelTally, s: StageSpec, n: int) -> None:
     linear(t, n, c, hidden)
     gelu(t, n * hidden)
     t.module_calls += 2
-    if s.dwconv:
-        copy(t, n * hidden)
+    if s.dwconv:  # tokens to a map and back
+        copy(t, n * hidden, calls=2 if t.onnx else 1)
+        reshape(t, 2)
         conv(t, n, hidden, hidden, 3, groups=hidden)
         elementwise(t, n * hidden)
     linear(t, n, hidden, c)
@@ -121,8 +130,9 @@ def mhsa(t: KernelTally, s: StageSpec, n: int) -> None:
     dim; otherwise its unfused math path, about twice as slow here (`benchmarks/sdpa_paths.py`)."""
     h, kd, dv = s.heads, s.key_dim, s.value_ratio * s.width // s.heads
     linear(t, n, s.width, h * (2 * kd + dv))
-    if t.onnx:  # heads transposed (copies), shape arithmetic, scaled QK^T, softmax, AV
-        copy(t, h * n * (2 * kd + dv), calls=3)
+    if t.onnx:  # q, k, v split and their heads transposed (copies), shape arithmetic, scaled QK^T, softmax, AV
+        copy(t, h * n * (2 * kd + dv), calls=4)
+        reshape(t, 6)
         t.add("elementwise", 0, 0, calls=7)
         t.add("matmul", h * n * n * kd, F32 * h * (2 * n * kd + n * n))
         t.add("softmax", h * n * n, 2 * F32 * h * n * n)
@@ -142,6 +152,9 @@ def mhsa(t: KernelTally, s: StageSpec, n: int) -> None:
 def sla(t: KernelTally, s: StageSpec, n: int) -> None:
     h, kd, dv = s.heads, s.key_dim, s.value_ratio * s.width // s.heads
     linear(t, n, s.width, h * (2 * kd + dv))
+    if t.onnx:  # q, k, v split and their heads transposed
+        copy(t, h * n * (2 * kd + dv), calls=5)
+        reshape(t, 8)
     elementwise(t, h * n * kd)  # k + pos
     elementwise(t, h * n * kd, calls=2, flops=False)  # ReLUs (fvcore: free)
     t.add("reduce", h * n * kd, F32 * h * n * kd)  # sum_j k_j
@@ -177,6 +190,7 @@ def cga(t: KernelTally, s: StageSpec, n: int, grid: int, folded: bool) -> None:
     elementwise(t, n * nw, calls=2 * h)  # * scale, + bias
     t.add("softmax", h * n * nw, 2 * F32 * h * n * nw, calls=h)
     copy(t, n * c, calls=2)  # concat, back from windows
+    reshape(t, 4 + 2 * h)
     elementwise(t, n * c, flops=False)  # ReLU
     linear(t, n, c, c)
 
@@ -185,7 +199,8 @@ def skip_phi(t: KernelTally, s: StageSpec, n: int) -> None:
     c, hidden = s.width, 2 * s.width
     linear(t, n, c, hidden)
     gelu(t, n * hidden, calls=2)
-    copy(t, n * hidden, calls=2)
+    copy(t, n * hidden, calls=2)  # tokens to a map and back
+    reshape(t, 2)
     conv(t, n, hidden, hidden, 5, groups=hidden)
     linear(t, n, hidden, c)
     t.add("reduce", n * c, F32 * n * c)
@@ -210,6 +225,7 @@ def stem(t: KernelTally, spec: ArchSpec, grid: int) -> None:
             if i < len(widths) - 2:
                 gelu(t, side * side * widths[i + 1])
     copy(t, grid * grid * c0)  # to a contiguous token stream
+    reshape(t)
     elementwise(t, grid * grid * c0)  # + pos_embed
 
 
@@ -218,10 +234,12 @@ def downsample(t: KernelTally, spec: ArchSpec, i: int, grid_in: int, grid_out: i
     n_in, n_out = grid_in * grid_in, grid_out * grid_out
     if spec.downsample == "conv2x2":
         norm(t, deployed_norm(spec, i - 1), n_in * prev, n_in)
+        reshape(t, 2)  # tokens to a map and back
         conv(t, n_out, prev, c_out, 2)
         return
     hidden = 4 * prev
     copy(t, n_in * prev)  # tokens to a map
+    reshape(t, 2)  # and back, below
     conv_residuals(t, n_in, prev)
     conv(t, n_in, prev, hidden, 1)
     elementwise(t, n_in * hidden, flops=False)  # ReLU

@@ -22,8 +22,8 @@ from search_space import ArchSpec
 from .features import FEATURE_NAMES, feature_matrix
 from .trees import TreeEnsemble
 
-FORMAT_VERSION = 5  # 2: reference speed, MHSA's two SDPA paths; 3: few-token calls; 4: arrays, no pickle;
-#                     5: onnxruntime's own kernel tally
+FORMAT_VERSION = 6  # 2: reference speed, MHSA's two SDPA paths; 3: few-token calls; 4: arrays, no pickle;
+#                     5: onnxruntime's own kernel tally; 6: its Reshape nodes
 PICKLE_MAGIC = b"\x80"
 RANGE_FEATURES = ("flops", "tokens", "blocks")
 

@@ -10,6 +10,8 @@ from .rungs import Rungs
 
 
 RUNTIMES = ("torch", "onnxruntime")  # what `measure` and the calibration can time
+DEFAULT_RUNTIME = "onnxruntime"  # the runtime of the file `export` ships, so the target a search optimises
+CALIBRATION_ARCHS = 150  # sampled architectures a calibration times (the presets are added)
 
 
 def target_name(fp: dict) -> str:

@@ -110,7 +110,7 @@ def test_demo_path_trains_and_exports_the_best(demo_run, tmp_path):
     shipped = json.loads((tmp_path / "export" / "latency.json").read_text())  # the shipped file, timed
     assert shipped["device"]["runtime"] == "onnxruntime" and shipped["measured_ms"] > 0
     assert f"| model.onnx latency | {shipped['measured_ms']:.3f} ms median (p10-p90 {shipped['p10_ms']:.3f}" in card
-    assert "| search target | torch " in card and "fp32 on" in card  # the demo's calibration: torch eager
+    assert "| search target | onnxruntime " in card and "fp32 on" in card  # the default calibration's runtime
     front = json.loads(run_cli("front", demo_run, "--json").stdout)
     assert next(f for f in front if f["trial"] == best["trial"])["measured_ms"] == final["measured_ms"]
 

@@ -148,7 +148,8 @@ def test_measure_refuses_a_reference_it_cannot_use(tmp_path, model_kwargs, messa
     fp = {**fp, **model_kwargs, "id": fingerprint_id({**fp, **model_kwargs})}
     reference = 3.0 if model_kwargs else None
     LatencyModel(fingerprint=fp, reference_ms=reference).save(tmp_path / "ref.model")
-    res = run_cli("measure", "--n", "0", "--img-size", "8", "--in-chans", "1", "--reference", tmp_path / "ref.model",
+    res = run_cli("measure", "--runtime", "torch", "--n", "0", "--img-size", "8", "--in-chans", "1",
+                  "--reference", tmp_path / "ref.model",
                   "--out", tmp_path / "t.csv", check=False)
     assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "t.csv").exists()  # refused before measuring anything
@@ -373,7 +374,7 @@ def test_measuring_needs_only_torch_and_the_project(tmp_path):
     specs = tmp_path / "s.jsonl"
     specs.write_text("".join(s.to_json() + "\n" for s in tiny_specs(2)))
     out = tmp_path / "t.csv"
-    res = subprocess.run([sys.executable, "-c", MEASURE_ALONE, "measure", "--specs", specs, "--n", "0",
+    res = subprocess.run([sys.executable, "-c", MEASURE_ALONE, "measure", "--runtime", "torch", "--specs", specs, "--n", "0",
                           "--img-size", "8", "--in-chans", "1", "--remeasure", "0", "--out", out],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -67,12 +67,12 @@ def test_feature_call_counts_equal_the_profiled_launches(name):
 
 
 ORT_KIND_OF = {"MatMul": "matmul", "FusedMatMul": "matmul", "Gemm": "matmul", "Softmax": "softmax",
-               "Conv": "conv", "LayerNormalization": "norm"}
+               "Conv": "conv", "LayerNormalization": "norm", "Reshape": "reshape"}
 
 
 @pytest.mark.parametrize("name", ["deit-tiny", "slab-deit", "efficientvit-m0", "pre-rmsnorm", "sample3"])
 def test_onnxruntime_tally_counts_the_nodes_onnxruntime_runs(tmp_path, name):
-    """Matrix products, softmaxes, convs and LayerNorms of onnxruntime's own optimized graph,
+    """Matrix products, softmaxes, convs, LayerNorms and reshapes of onnxruntime's own optimized graph,
     against the onnxruntime tally (torch's differs: fused SDPA where key and value dims agree)."""
     import onnx
     import onnxruntime as ort
@@ -92,3 +92,4 @@ def test_onnxruntime_tally_counts_the_nodes_onnxruntime_runs(tmp_path, name):
     assert ran["softmax"] == calls["softmax"]
     assert ran["conv"] == calls["conv"] + calls["dwconv"]
     assert ran["norm"] == calls["norm"]
+    assert ran["reshape"] == calls["reshape"]
