@@ -47,8 +47,15 @@ def _batch_dim() -> torch.export.Dim:
 
 
 def export_program(model: torch.nn.Module) -> torch.export.ExportedProgram:
+    """The traced model with a dynamic batch. Where the trace guards the batch (a model of one
+    token with SkipAt's conv on a 1x1 map asks for a batch other than 1), the batch's range is
+    left for torch.export to infer instead of being declared."""
     with _quiet():
-        return torch.export.export(model.eval(), (_example(model),), dynamic_shapes=({0: _batch_dim()},))
+        try:
+            return torch.export.export(model.eval(), (_example(model),), dynamic_shapes=({0: _batch_dim()},))
+        except torch._dynamo.exc.UserError:
+            return torch.export.export(model.eval(), (_example(model),),
+                                       dynamic_shapes=({0: torch.export.Dim.AUTO},))
 
 
 def export_pt2(model: torch.nn.Module, path: str | Path) -> Path:

@@ -89,5 +89,5 @@ def test_a_failing_final_training_cancels_the_ones_not_started(monkeypatch):
 
     monkeypatch.setattr(proof, "cli", train)
     with pytest.raises(SystemExit, match="status 2"):
-        proof.train_finals(Path("run"), [1, 2, 3, 4], epochs=1.0, jobs=1)
+        proof.train_finals(Path("run"), [1, 2, 3, 4], [], epochs=1.0, jobs=1, out=Path("out"))
     assert started == [1]

@@ -81,6 +81,19 @@ def test_onnx_export_falls_back_to_the_decomposition_where_the_direct_graph_is_w
     assert verify_onnx(tmp_path / "m.onnx", model, torch.randn(3, 1, 4, 4)) == 0
 
 
+def test_a_one_token_model_with_skipat_exports_with_a_dynamic_batch(tmp_path):
+    """Its trace guards the batch (SkipAt's conv on a 1x1 map); the file still runs any batch."""
+    from search_space.spec import StageSpec
+
+    spec = ArchSpec(stages=(StageSpec(width=64, depth=2, norm="batchnorm", heads=2, key_dim=8, skip=(1,)),),
+                    img_size=8, in_chans=1, patch=8, stem="patch")
+    torch.manual_seed(0)
+    model = deploy(build_model(spec).eval())
+    export_onnx(model, tmp_path / "m.onnx")
+    for batch in (1, 5):
+        assert verify_onnx(tmp_path / "m.onnx", model, torch.randn(batch, 1, 8, 8)) < 1e-5
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """The demo path at a tiny budget, calibration included."""
