@@ -22,8 +22,8 @@ from latency_models.validate import per_architecture  # noqa: E402
 
 
 def transfer(a: Path, b: Path) -> dict:
-    shared = per_architecture(read_table(a)).join(per_architecture(read_table(b))["median_ms"], rsuffix="_b",
-                                                  how="inner")
+    shared = per_architecture(read_table(a)).merge(per_architecture(read_table(b))["median_ms"], left_index=True,
+                                                   right_index=True, suffixes=("", "_b"))
     ratio = (shared["median_ms"] / shared["median_ms_b"]).to_numpy()
     common = float(np.median(ratio))
     off = np.abs(ratio / common - 1)
