@@ -48,8 +48,7 @@ from benchmarks.timm_baselines import BASELINES, baseline_runner, input_size, tr
 from evaluators.data import load_dataset  # noqa: E402
 from latency_models import LatencyModel  # noqa: E402
 from latency_models.calibrate import calibrate  # noqa: E402
-from latency_models.measure import (anchor_spec, deployed_runner, onnx_runner, time_at_reference,  # noqa: E402
-                                    torch_runner)
+from latency_models.measure import anchor_spec, deployed_runner, runtime_runner, time_at_reference  # noqa: E402
 from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, RUNTIMES  # noqa: E402
 from nas.final import load_trained, predictor_reference_ms, target_runtime  # noqa: E402
 from nas.rundir import run_config  # noqa: E402
@@ -149,7 +148,7 @@ def measure_interleaved(run: Path, models: dict[int, torch.nn.Module], baselines
     for n, model in models.items():
         spec = model.spec
         x = torch.randn(1, spec.in_chans, spec.img_size, spec.img_size)
-        runners[n] = torch_runner(deploy(model), x) if runtime == "torch" else onnx_runner(deploy(model), x, 1, "cpu")
+        runners[n] = runtime_runner(deploy(model), x, runtime)
     for name, model in baselines.items():
         side = input_size(name)
         runners[name] = baseline_runner(model, torch.randn(1, spec.in_chans, side, side), runtime)

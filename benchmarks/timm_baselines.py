@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from evaluators.data import load_dataset  # noqa: E402
 from evaluators.recipes import FINAL_RECIPE  # noqa: E402
 from evaluators.train import Normalizer, TrainConfig, accuracy, train_model  # noqa: E402
-from latency_models.measure import torch_runner  # noqa: E402
+from latency_models.measure import runtime_runner  # noqa: E402
 from nas.rundir import run_config  # noqa: E402
 from search_space import count_params  # noqa: E402
 
@@ -90,17 +90,11 @@ def baseline_runner(model: torch.nn.Module, x: torch.Tensor, runtime: str) -> Ca
     """One batch-1 call of a baseline in `runtime`: eager in eval, or the file
     `torch.onnx.export` writes, in onnxruntime on one thread."""
     if runtime == "torch":
-        return torch_runner(model, x)
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+        return runtime_runner(model, x, runtime)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18, verbose=False)
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    return lambda: session.run(None, feed)
+        return runtime_runner(model, x, runtime, exported=path)
 
 
 def main() -> None:

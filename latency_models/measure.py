@@ -101,6 +101,13 @@ def onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int, device: s
     return lambda: session.run(None, feed)
 
 
+def runtime_runner(model: torch.nn.Module, x: torch.Tensor, runtime: str, threads: int = 1, device: str = "cpu",
+                   exported: Path | None = None) -> Callable[[], None]:
+    """One call of `model` on `x` in `runtime` (for onnxruntime: its `exported` file, or the graph
+    `export` writes)."""
+    return torch_runner(model, x) if runtime == "torch" else onnx_runner(model, x, threads, device, exported)
+
+
 def call_times(runners: dict, sweeps: int, device: str = "cpu", warmup_calls: int = 5,
                warmup_sweeps: int = 2, seed: int = 0, shuffle: bool = True) -> tuple[list, np.ndarray]:
     """Call the runners in turn, each once per sweep, for `sweeps` sweeps after a warm-up (each
@@ -194,8 +201,7 @@ def deployed_runner(spec: ArchSpec, runtime: str = "torch", device: str = "cpu",
     parameters. For onnxruntime, `exported` is its ONNX file if already exported."""
     model = deployed_model(spec, seed).to(device)
     x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size, device=device)
-    run = torch_runner(model, x) if runtime == "torch" else onnx_runner(model, x, threads, device, exported)
-    return run, count_params(model)
+    return runtime_runner(model, x, runtime, threads, device, exported), count_params(model)
 
 
 def remeasured(arch_id: str, fraction: float) -> bool:

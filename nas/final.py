@@ -16,8 +16,8 @@ import torch
 from evaluators.data import load_dataset
 from evaluators.recipes import FINAL_RECIPE
 from evaluators.train import Normalizer, TrainConfig, accuracy, train, training_curve
-from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, fingerprint_id, onnx_runner,
-                                     time_at_reference, time_interleaved, torch_runner)
+from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, fingerprint_id, runtime_runner,
+                                     time_at_reference, time_interleaved)
 from search_space import ArchSpec, build_model, count_params, deploy
 
 from .records import atomic_write, trial_state
@@ -90,7 +90,7 @@ def time_on_target(deployed: torch.nn.Module, cfg: dict, runtime: str | None = N
     torch.set_num_threads(1)
     try:
         x = torch.randn(1, spec.in_chans, spec.img_size, spec.img_size)
-        model = torch_runner(deployed, x) if runtime == "torch" else onnx_runner(deployed, x, 1, "cpu", exported)
+        model = runtime_runner(deployed, x, runtime, exported=exported)
         reference = predictor_reference_ms(cfg, spec.img_size, runtime)
         if reference is None:  # no scale to put it on: the model alone, at this session's speed
             timing, anchor_ms, used = time_interleaved({"model": model}, sweeps)["model"], None, None
