@@ -18,7 +18,7 @@ test: setup
 demo: setup
 	$(PY) search.py run --name demo --dataset digits --target-ms p50 --trials 16 --epochs 3 --workers 2
 	$(PY) search.py train runs/demo --trial best --epochs 12
-	$(PY) search.py export runs/demo --trial best --out runs/demo/export
+	$(PY) search.py export runs/demo --trial best --out runs/demo/export --force
 
 clean:
 	rm -rf .venv

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -182,58 +183,37 @@ def cmd_run(args) -> None:
 
 
 def prepare_search(args):
-    """The run's settings and everything it reads, loaded once: the data, the space, the latency
-    model (calibrated here unless given) and the target resolved on the space's latencies."""
-    from evaluators.data import load_dataset
-    from latency_models import LatencyModel
-    from latency_models.calibrate import fingerprint_mismatch
-    from nas.config import target_name
-    from nas.search import SearchConfig, SearchInputs, resolve_target, search_space_for, space_latencies
+    """The run's settings (SearchConfig's fields by name from the options) and its inputs, loaded
+    once; a calibration shows its progress."""
+    from nas.config import SearchConfig
+    from nas.inputs import prepare_search
 
     if args.gpus_per_trial and not args.ray_address:
         require_device("cuda", option="--gpus-per-trial", instead="0 (CPU workers), or --ray-address of a cluster with GPUs")
-    if Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
-        raise UserError(f"--runs-dir {args.runs_dir} is a file, not a directory; choose another path")
-    data = load_dataset(args.dataset)
-    shape = (data.img_size, data.in_chans, data.num_classes)
-    cfg = SearchConfig(name=args.name, target_ms=0.0, latency_model=args.latency_model or "",
-                       dataset=args.dataset, trials=args.trials, budget_epochs=args.budget_epochs,
-                       workers=args.workers, epochs=args.epochs,
-                       base_epochs=min(args.base_epochs, args.epochs), eta=args.eta, promotion=args.promotion,
-                       subset=args.subset, resolution=args.resolution, batch_size=args.batch_size, lr=args.lr,
-                       sampler=args.sampler, seed=args.seed, space=args.space,
-                       ray_address=args.ray_address, gpus_per_trial=args.gpus_per_trial, runs_dir=args.runs_dir)
-    space, preset_params = search_space_for(cfg, shape)
-    if not args.latency_model:
-        cfg = dataclasses.replace(cfg, latency_model=calibrated_model(args, shape, space))
-    model = LatencyModel.load(cfg.latency_model)
-    mismatch = fingerprint_mismatch(model, data.img_size)
-    if mismatch and not args.force:
-        raise UserError(f"latency model {cfg.latency_model} was measured elsewhere ({'; '.join(mismatch)}); "
-                        f"pass --force to search for that device anyway")
-    console.print(f"deployment target: {target_name(model.fingerprint)}", markup=False, soft_wrap=True)
-    latencies = space_latencies(model, space, shape, args.seed)
-    cfg = dataclasses.replace(cfg, target_ms=resolve_target(args.target_ms, latencies))
-    if args.target_ms.startswith("p"):
-        console.print(f"target {args.target_ms} of the space's predicted latencies: {cfg.target_ms:g} ms")
-    return cfg, SearchInputs(data, space, preset_params, model, latencies)
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig) if f.name != "target_ms"}
+    cfg = SearchConfig(**{**settings, "target_ms": 0.0, "latency_model": args.latency_model or ""})
+    with lazy_progress("calibrating latency model") as update:  # no bar where a cached model is reused
+        return prepare_search(cfg, args.target_ms, runtime=args.runtime, calibrate_n=args.calibrate_n, force=args.force,
+                              on_calibration_row=lambda row: update(advance=1, info=f"{row['median_ms']:.2f} ms"),
+                              on_note=lambda note: console.print(note, markup=False, soft_wrap=True))
 
 
-def calibrated_model(args, shape: tuple[int, int, int], space) -> str:
-    """This machine's latency model for the data's shape: measured and fitted once, then cached."""
-    from latency_models.calibrate import calibrate
+@contextlib.contextmanager
+def lazy_progress(description: str):
+    """A bar drawn from its first update (`update(**Progress.update's fields)`), so that what fails
+    or has nothing to do before it prints no bar above its message."""
+    bar, task = progress_bar(), None
 
-    with progress_bar() as bar:
-        task = bar.add_task("calibrating latency model", total=None, info="")
-        path, report = calibrate(*shape, Path(args.runs_dir) / "latency", space, runtime=args.runtime, n=args.calibrate_n,
-                                 on_row=lambda r: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms"))
-    if report:
-        console.print(f"latency model {path}: held-out within ±10% {report['within_10']:.0%}, "
-                      f"Kendall tau {report['kendall_tau']:.2f} ({report['n_test']} held out)", markup=False,
-                      soft_wrap=True)  # one line in a log, like the path it names
-    else:
-        console.print(f"reusing latency model {path}", markup=False, soft_wrap=True)
-    return str(path)
+    def update(**fields) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task(description, total=None, info="")
+        bar.update(task, **fields)
+    try:
+        yield update
+    finally:
+        bar.stop()
 
 
 def progress_text(p, cfg) -> str:
@@ -345,7 +325,10 @@ def cmd_export(args) -> None:
     from nas.package import export_trial
 
     number = resolve_trial(Path(args.run), args.trial)
-    res = export_trial(Path(args.run), number, Path(args.out), tuple(f for f in args.format.split(",") if f))
+    with lazy_progress(f"exporting trial {number}") as update:
+        res = export_trial(Path(args.run), number, Path(args.out), tuple(f for f in args.format.split(",") if f),
+                           force=args.force, on_stage=lambda what, done, total: update(completed=done, total=total,
+                                                                                      info=what))
     out.print(f"exported to {res['out']}: {', '.join(res['files'])}; max abs diff vs PyTorch "
               f"{', '.join(f'{k} {v:.1e}' for k, v in res['max_abs_diff'].items())}", markup=False)
 
@@ -562,7 +545,9 @@ def _run_dir_parsers(sub) -> None:
     e.add_argument("run", help="run directory (runs/NAME)")
     e.add_argument("--trial", required=True, help="trial number, or 'best': the most accurate front point")
     e.add_argument("--out", required=True, help="directory to write the model files to")
-    e.add_argument("--format", default="onnx,pt2", help="comma-separated formats: onnx, pt2")
+    e.add_argument("--format", default="onnx,pt2", help="comma-separated formats: onnx, pt2 (the fine-tunable "
+                                                           "model.safetensors and config.json are always written)")
+    e.add_argument("--force", action="store_true", help="replace the model files of a non-empty --out")
     e.set_defaults(fn=cmd_export)
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# How `imagefolder:` brings an image to the model's input: squashed to size x size (aspect ratio
+# not kept, nothing cropped) with Pillow's bicubic filter; timm's names, written into exports.
+IMAGE_RESIZE = {"interpolation": "bicubic", "crop_mode": "squash", "crop_pct": 1.0}
 VAL_FRACTION = 0.1  # of each class, held out of the search's training to rank candidates on
 
 
@@ -188,7 +191,7 @@ def _read_image(path: Path, size: int) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB").resize((size, size)))
+            return np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"image {path} cannot be read ({type(e).__name__}); remove or replace it") from None
 

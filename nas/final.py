@@ -129,8 +129,8 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     norm = Normalizer(mean, std, spec.img_size)
     test_acc = accuracy(res.model, data.x_test, data.y_test, norm)
     model = res.model.cpu()
-    torch.save({"spec": spec.to_json(), "state_dict": model.state_dict(), "mean": mean, "std": std},
-               out / "model.pt")
+    torch.save({"spec": spec.to_json(), "state_dict": model.state_dict(), "mean": mean, "std": std,
+                "label_names": data.classes}, out / "model.pt")
     deployed = deploy(model)
     timing = time_on_target(deployed, cfg)
     pred = trial.user_attrs["pred_ms"]
@@ -182,7 +182,8 @@ def checkpoint_recipe(out: Path, asked: dict) -> dict | None:
 
 
 def load_trained(run_dir: Path, number: int) -> tuple[torch.nn.Module, dict]:
-    """The fully trained model of a trial (after `train_final`) and its input normalisation."""
+    """The fully trained model of a trial (after `train_final`) and what its inputs and outputs
+    mean: mean, std and label_names (class indices, for a model saved before names were kept)."""
     trial = load_trial(run_dir, number)
     path = final_dir(run_dir, trial.number) / "model.pt"
     if not path.exists():
@@ -195,4 +196,5 @@ def load_trained(run_dir: Path, number: int) -> tuple[torch.nn.Module, dict]:
     except Exception as e:
         raise SearchError(f"model file {path} is unreadable ({type(e).__name__}); re-train it with "
                           f"`etnas train {run_dir} --trial {number}` after deleting it") from None
-    return model.eval(), {"mean": blob["mean"], "std": blob["std"]}
+    names = blob.get("label_names") or [str(c) for c in range(model.spec.num_classes)]
+    return model.eval(), {"mean": blob["mean"], "std": blob["std"], "label_names": list(names)}

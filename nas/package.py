@@ -3,13 +3,16 @@ running it against PyTorch, plus arch.json and a model card."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from evaluators.data import IMAGE_RESIZE
 from search_space import count_params, deploy
-from search_space.export import export_onnx, export_pt2, verify_onnx
+from search_space.export import export_onnx, export_pt2, set_onnx_metadata, verify_onnx
+from search_space.pretrained import CONFIG_FILE, WEIGHTS_FILE, save_pretrained
 
 from .config import target_name
 from .final import load_trained, target_runtime, time_on_target
@@ -18,6 +21,8 @@ from . import SearchError
 
 FORMATS = ("onnx", "pt2")
 TOLERANCE = 1e-4
+EXPORTERS = {"onnx": (export_onnx, "model.onnx"), "pt2": (export_pt2, "model.pt2")}
+WRITTEN = ("model.onnx", "model.pt2", WEIGHTS_FILE, CONFIG_FILE, "arch.json", "latency.json", "MODEL_CARD.md")
 
 
 def verify_pt2(path: Path, reference: torch.nn.Module, x: torch.Tensor) -> float:
@@ -26,37 +31,94 @@ def verify_pt2(path: Path, reference: torch.nn.Module, x: torch.Tensor) -> float
         return float((program(x) - reference(x)).abs().max())
 
 
-def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...] = FORMATS) -> dict:
-    """Deploy the trained model of a trial, export it, verify each file, write the card."""
+VERIFIERS = {"onnx": verify_onnx, "pt2": verify_pt2}
+
+
+def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...] = FORMATS, *, force: bool = False,
+                 on_stage: Callable[[str, int, int], None] | None = None) -> dict:
+    """Deploy the trained model of a trial, export it, verify each file, write the fine-tunable
+    weights, arch.json and the card; `on_stage(what, done, total)` before each step."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise SearchError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
-    model, normalize = load_trained(run_dir, number)
-    final = final_report(run_dir, number)
+    out = prepare_out(Path(out), force)
+    stages = ["loading the trained model", *(f"exporting and verifying {EXPORTERS[f][1]}" for f in formats),
+              "writing fine-tunable weights and card", *(["timing model.onnx in onnxruntime"] * ("onnx" in formats)),
+              "done"]
+    report = stage_reporter(stages, on_stage)
+    report()
+    model, meta = load_trained(run_dir, number)
+    final, cfg = final_report(run_dir, number), run_config(run_dir)
     deployed = deploy(model)
     spec = model.spec
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     x = torch.randn(3, spec.in_chans, spec.img_size, spec.img_size, generator=torch.Generator().manual_seed(0))
-    exporters = {"onnx": (export_onnx, verify_onnx, "model.onnx"), "pt2": (export_pt2, verify_pt2, "model.pt2")}
+    preprocessing = pretrained_cfg(spec, meta)
     diffs = {}
     for fmt in formats:
-        export, verify, name = exporters[fmt]
+        report()
+        export, name = EXPORTERS[fmt]
         export(deployed, out / name)
-        diffs[fmt] = verify(out / name, deployed, x)
+        if fmt == "onnx":
+            set_onnx_metadata(out / name, onnx_metadata(spec, preprocessing, meta["label_names"]))
+        diffs[fmt] = VERIFIERS[fmt](out / name, deployed, x)
         if diffs[fmt] > TOLERANCE:
             raise SearchError(f"exported {name} differs from the PyTorch model by {diffs[fmt]:.2e} "
                               f"(> {TOLERANCE}); please report this architecture: {spec.short()}")
-    (out / "arch.json").write_text(json.dumps({**json.loads(spec.to_json()), "short": spec.short(),
-                                               "arch_id": spec.arch_id, "normalize": normalize}, indent=1))
-    cfg, shipped = run_config(run_dir), None
+    report()
+    save_pretrained(model, out, pretrained_cfg=preprocessing, label_names=meta["label_names"])
+    (out / "arch.json").write_text(json.dumps({**spec.to_dict(), "short": spec.short(), "arch_id": spec.arch_id,
+                                               "normalize": {k: meta[k] for k in ("mean", "std")},
+                                               "label_names": meta["label_names"], "pretrained_cfg": preprocessing},
+                                              indent=1))
+    shipped = None
     if "onnx" in formats:  # the file users ship, timed in its runtime
+        report()
         shipped = time_on_target(deployed, cfg, "onnxruntime", exported=out / "model.onnx")
         (out / "latency.json").write_text(json.dumps(shipped, indent=1))
-    card = model_card(spec, final, count_params(deployed), diffs, normalize, shipped, cfg)
+    card = model_card(spec, final, count_params(deployed), diffs, preprocessing, meta["label_names"], shipped, cfg)
     (out / "MODEL_CARD.md").write_text(card)
+    report()
     return {"out": str(out), "max_abs_diff": diffs, "shipped_ms": shipped and shipped["measured_ms"],
             "files": sorted(p.name for p in out.iterdir())}
+
+
+def stage_reporter(stages: list[str], on_stage: Callable[[str, int, int], None] | None) -> Callable[[], None]:
+    """A call that announces the next of `stages` to `on_stage` as (what, stages done, stages in
+    all); the last stage is the end."""
+    steps = iter(enumerate(stages))
+
+    def next_stage() -> None:
+        done, what = next(steps)
+        if on_stage is not None:
+            on_stage(what, done, len(stages) - 1)
+    return next_stage
+
+
+def prepare_out(out: Path, force: bool) -> Path:
+    """The export folder, created; a folder holding anything is refused unless `force`, which
+    replaces the files an export writes (and nothing else)."""
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise SearchError(f"--out {out} is not empty; pass --force to replace the model files in it, or "
+                              f"choose a new folder")
+        for name in WRITTEN:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def pretrained_cfg(spec, meta: dict) -> dict:
+    """How images become the model's input, in timm's pretrained_cfg keys: squashed to the input
+    size as `imagefolder:` loads them, pixels scaled to [0, 1], then (x - mean) / std per channel."""
+    return {"input_size": [spec.in_chans, spec.img_size, spec.img_size], **IMAGE_RESIZE,
+            "mean": [float(m) for m in meta["mean"]], "std": [float(s) for s in meta["std"]],
+            "num_classes": spec.num_classes}
+
+
+def onnx_metadata(spec, preprocessing: dict, label_names: list[str]) -> dict[str, str]:
+    """What a user of model.onnx alone needs: class names, preprocessing and the architecture."""
+    return {"label_names": json.dumps(label_names), "pretrained_cfg": json.dumps(preprocessing),
+            "etnas.spec": spec.to_json(), "etnas.arch_id": spec.arch_id}
 
 
 def latency_rows(final: dict, shipped: dict | None, cfg: dict) -> str:
@@ -77,8 +139,10 @@ def latency_rows(final: dict, shipped: dict | None, cfg: dict) -> str:
     return "\n".join(rows)
 
 
-def model_card(spec, final: dict, params: int, diffs: dict, normalize: dict, shipped: dict | None, cfg: dict) -> str:
+def model_card(spec, final: dict, params: int, diffs: dict, preprocessing: dict, label_names: list[str],
+               shipped: dict | None, cfg: dict) -> str:
     c, h = spec.in_chans, spec.img_size
+    mean, std = ([round(v, 4) for v in preprocessing[k]] for k in ("mean", "std"))
     return f"""# {spec.short()}
 
 Architecture `{spec.arch_id}` found by etnas (hardware-aware NAS for efficient vision transformers).
@@ -91,21 +155,41 @@ Architecture `{spec.arch_id}` found by etnas (hardware-aware NAS for efficient v
 | parameters (deployed) | {params:,} |
 | export check | max abs diff vs PyTorch: {', '.join(f'{k} {v:.1e}' for k, v in diffs.items())} |
 
-Input: float32 `[batch, {c}, {h}, {h}]`: pixels scaled to [0, 1], then per channel
-`(x - mean) / std` with mean {[round(m, 4) for m in normalize['mean']]} and std
-{[round(s, 4) for s in normalize['std']]}. Output: logits `[batch, {spec.num_classes}]`. Norms are folded into the adjacent layers
-(deploy-time re-parameterization), so the files hold inference-only graphs. The full spec is in
-`arch.json`.
+Input: float32 `[batch, {c}, {h}, {h}]`: each image resized to {h}x{h} ({preprocessing['crop_mode']}: aspect ratio
+not kept, nothing cropped; {preprocessing['interpolation']}, as etnas's `imagefolder:` loader does), pixels scaled to
+[0, 1], then per channel `(x - mean) / std` with mean {mean} and std {std}. Output: logits `[batch,
+{spec.num_classes}]` for the classes {label_names_text(label_names)}. Norms are folded into the adjacent layers
+(deploy-time re-parameterization), so model.onnx and model.pt2 hold inference-only graphs; model.onnx
+carries the class names and preprocessing in its metadata (`label_names`, `pretrained_cfg`). The
+full spec is in `arch.json`.
 
 ## Load it (no etnas needed)
 
 ```python
-import onnxruntime as ort, numpy as np
+import json, onnxruntime as ort, numpy as np
 session = ort.InferenceSession("model.onnx")
 logits = session.run(None, {{"images": np.zeros((1, {c}, {h}, {h}), np.float32)}})[0]
+label_names = json.loads(session.get_modelmeta().custom_metadata_map["label_names"])
 
 import torch
 program = torch.export.load("model.pt2").module()
 logits = program(torch.zeros(1, {c}, {h}, {h}))
 ```
+
+## Fine-tune it
+
+`{WEIGHTS_FILE}` holds the trainable weights (norms not folded) and `{CONFIG_FILE}` the spec,
+preprocessing (`pretrained_cfg`, timm's keys) and class names:
+
+```python
+import etnas
+model = etnas.create_model("this folder")                 # trained weights, train mode
+model = etnas.create_model("this folder", num_classes=5)  # a new classifier for 5 classes
+model.pretrained_cfg, model.label_names                   # preprocessing, class names
+```
 """
+
+
+def label_names_text(names: list[str], shown: int = 20) -> str:
+    listed = ", ".join(f"`{n}`" for n in names[:shown])
+    return listed + (f" and {len(names) - shown} more (all in config.json)" if len(names) > shown else "")

@@ -12,15 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import optuna
 
-from evaluators.data import Dataset, load_dataset
 from latency_models import LatencyModel
-from search_space import SearchSpace, presets, sample
-from search_space.presets import SEARCH_SCALE
-from search_space.sampling import FixedSuggester, params_of
+from search_space import sample
+from search_space.sampling import FixedSuggester
 
 from . import SearchError
-from .config import SearchConfig, parse_target
+from .config import SearchConfig
 from .dispatch import Dispatcher, rung_train_config
+from .inputs import SearchInputs, check_target, load_inputs
 from .ladder import Ladder
 from .records import trial_state, write_records
 from .screening import DUPLICATE, INFEASIBLE, RESUME, WAIT, Screening
@@ -119,45 +118,6 @@ class SearchProgress:
     last: str = ""
 
 
-def search_space_for(cfg: SearchConfig, shape: tuple[int, int, int]) -> tuple[SearchSpace, dict]:
-    """The run's space (defaults or the user's file) widened to express every seed preset, and the
-    presets' trial parameters by name."""
-    space = SearchSpace.load(cfg.space)
-    refs = presets(*shape, width_mult=SEARCH_SCALE, depth_mult=SEARCH_SCALE)
-    params = {name: params_of(spec, space) for name, spec in refs.items()}
-    for p in params.values():
-        space = space.including(p)
-    return space, params
-
-
-def space_latencies(model: LatencyModel, space: SearchSpace, shape: tuple[int, int, int], seed: int = 0,
-                    n: int = 2000) -> np.ndarray:
-    """Predicted latency of n architectures sampled from the space: where the space sits on the device."""
-    rng = np.random.default_rng(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return model.predict([sample(rng, space, *shape) for _ in range(n)])
-
-
-def resolve_target(target: str, latencies: np.ndarray) -> float:
-    """`--target-ms` is milliseconds, or `pN`: the N-th percentile of the space's predicted latencies
-    (so `p50` is a target that half the space meets, on whatever machine the model was fitted)."""
-    try:
-        kind, value = parse_target(target)
-    except ValueError as e:
-        raise SearchError(f"--target-ms {e}") from None
-    return round(float(np.percentile(latencies, value)), 4) if kind == "percentile" else value
-
-
-def check_target(target_ms: float, latencies: np.ndarray) -> None:
-    """Refuse a target no architecture of the space can meet, and say what would work."""
-    fastest, q10, median = np.min(latencies), np.quantile(latencies, 0.1), np.median(latencies)
-    if target_ms < fastest:
-        raise SearchError(f"target {target_ms:g} ms is below the fastest architecture of the space "
-                          f"({fastest:.3f} ms predicted, of {len(latencies)} sampled); try --target-ms {median:.2f} "
-                          f"(half the space meets it) or at least {q10:.2f} (a tenth does)")
-
-
 @dataclass
 class SearchRun:
     """A search's moving parts, set up once: the study, the screening of proposals, the rung ladder,
@@ -209,31 +169,6 @@ class SearchRun:
             best_acc=max((f["val_acc"] for f in self.front), default=None), front_size=len(self.front),
             at_rung=self.ladder.at_rung(), mean_train_s=float(np.mean(trained)) if trained else None,
             total=self.cfg.trials, last=last))
-
-
-@dataclass
-class SearchInputs:
-    """What a search reads before its first trial, loaded once (by the command line, which needs
-    them to calibrate and resolve the target, or by `run_search`): the data, the space widened to
-    the presets, the presets' trial parameters, the latency model and the space's latencies."""
-
-    data: Dataset
-    space: SearchSpace
-    preset_params: dict
-    model: LatencyModel
-    latencies: np.ndarray
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.data.img_size, self.data.in_chans, self.data.num_classes
-
-
-def load_inputs(cfg: SearchConfig) -> SearchInputs:
-    data = load_dataset(cfg.dataset)
-    shape = (data.img_size, data.in_chans, data.num_classes)
-    space, preset_params = search_space_for(cfg, shape)
-    model = LatencyModel.load(cfg.latency_model)
-    return SearchInputs(data, space, preset_params, model, space_latencies(model, space, shape, cfg.seed))
 
 
 def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] | None = None,

@@ -205,3 +205,14 @@ def export_onnx(model: torch.nn.Module, path: str | Path) -> Path:
                 program = export_program(model)
         _exporters_onnx_program(program).save(str(path))
     return path
+
+
+def set_onnx_metadata(path: str | Path, metadata: dict[str, str]) -> None:
+    """Write `metadata` into the file's metadata_props (onnxruntime's custom_metadata_map)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))

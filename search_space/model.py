@@ -1,13 +1,15 @@
 """The model every spec builds: conv stem, stages of sandwich blocks, final norm, mean-pooled head."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
 from .blocks import STEMS, ClassifierHead, EfficientViTDownsample, PatchMerging, PreNorm, Stage
 from .norms import NORMS
-from .spec import ArchSpec, StageSpec
+from .spec import ArchSpec, SpecError, StageSpec
 
 
 class NASViT(nn.Module):
@@ -36,6 +38,17 @@ class NASViT(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameters that are positions or biases tables, not weights (timm's convention)."""
         return {n for n, _ in self.named_parameters() if n == "pos_embed" or n.endswith((".pos", "attention_biases"))}
+
+    def get_classifier(self) -> nn.Linear:
+        return self.head.fn.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A freshly initialised classifier for `num_classes` (timm's convention, for fine-tuning)."""
+        if num_classes < 1:
+            raise SpecError(f"num_classes {num_classes}: a classifier needs at least one class")
+        self.spec = dataclasses.replace(self.spec, num_classes=num_classes)
+        self.head.fn.fc = nn.Linear(self.head.fn.fc.in_features, num_classes)
+        _init_linear(self.head.fn.fc)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x) + self.pos_embed

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+import etnas
 from nas.package import verify_pt2
 from search_space import ArchSpec, build_model, deploy, presets
 from search_space.check import randomize_norms
@@ -117,8 +118,10 @@ def test_demo_path_trains_and_exports_the_best(demo_run, tmp_path):
     assert "test_acc" in res.stdout and f"plot: {demo_run / 'front.html'}" in res.stdout
     assert "final training (test acc, measured ms)" in (demo_run / "front.html").read_text()  # redrawn with it
     run_cli("export", demo_run, "--trial", "best", "--out", tmp_path / "export")
-    assert {p.name for p in (tmp_path / "export").iterdir()} >= {"model.onnx", "model.pt2", "arch.json", "MODEL_CARD.md"}
+    assert {p.name for p in (tmp_path / "export").iterdir()} >= {"model.onnx", "model.pt2", "arch.json", "MODEL_CARD.md",
+                                                                 "model.safetensors", "config.json"}
     card = (tmp_path / "export" / "MODEL_CARD.md").read_text()
+    check_take_away_files(tmp_path / "export", card)
     assert f"{final['test_acc']:.4f}" in card and "onnxruntime" in card
     shipped = json.loads((tmp_path / "export" / "latency.json").read_text())  # the shipped file, timed
     assert shipped["device"]["runtime"] == "onnxruntime" and shipped["measured_ms"] > 0
@@ -126,6 +129,39 @@ def test_demo_path_trains_and_exports_the_best(demo_run, tmp_path):
     assert "| search target | onnxruntime " in card and "fp32 on" in card  # the default calibration's runtime
     front = json.loads(run_cli("front", demo_run, "--json").stdout)
     assert next(f for f in front if f["trial"] == best["trial"])["measured_ms"] == final["measured_ms"]
+
+
+def check_take_away_files(exported, card):
+    """The fine-tunable files alone rebuild the model model.onnx ships, with its class names and
+    preprocessing in config.json, the card and the ONNX metadata."""
+    model = etnas.create_model(exported).eval()
+    session = onnxruntime.InferenceSession(str(exported / "model.onnx"))
+    x = torch.randn(4, *model.pretrained_cfg["input_size"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert abs(session.run(None, {"images": x.numpy()})[0] - model(x).numpy()).max() < 1e-4
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["label_names"]) == model.label_names == [str(d) for d in range(10)]  # digits' classes
+    assert json.loads(meta["pretrained_cfg"]) == model.pretrained_cfg
+    assert ArchSpec.from_json(meta["etnas.spec"]) == model.spec
+    assert "for the classes `0`, `1`, `2`" in card and "squash" in card and "etnas.create_model" in card
+    arch = json.loads((exported / "arch.json").read_text())
+    assert arch["label_names"] == model.label_names and arch["pretrained_cfg"]["interpolation"] == "bicubic"
+
+
+def test_export_refuses_a_non_empty_folder_unless_forced(demo_run, tmp_path):
+    best = max(json.loads((demo_run / "front.json").read_text()), key=lambda f: f["val_acc"])["trial"]
+    if not (demo_run / "final" / str(best) / "model.pt").exists():
+        run_cli("train", demo_run, "--trial", best, "--epochs", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    _one_line_error(run_cli("export", demo_run, "--trial", best, "--out", out, check=False),
+                    f"--out {out} is not empty; pass --force")
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    (out / "model.pt2").write_text("stale")
+    res = run_cli("export", demo_run, "--trial", best, "--out", out, "--format", "onnx", "--force")
+    assert not (out / "model.pt2").exists() and (out / "notes.txt").read_text() == "mine"  # only its own files
+    assert (out / "model.onnx").exists() and "exported to" in res.stdout
 
 
 def _one_line_error(res, text):

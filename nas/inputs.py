@@ -1,0 +1,120 @@
+"""What a search reads before its first trial, loaded once: the data, the space widened to the seed
+presets, the latency model (this machine's, calibrated and cached, when none is given), the space's
+predicted latencies and the target resolved on them."""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from evaluators.data import Dataset, load_dataset
+from latency_models import LatencyModel
+from latency_models.calibrate import calibrate, fingerprint_mismatch
+from search_space import SearchSpace, presets, sample
+from search_space.presets import SEARCH_SCALE
+from search_space.sampling import params_of
+
+from . import SearchError
+from .config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, SearchConfig, parse_target, target_name
+
+
+def search_space_for(cfg: SearchConfig, shape: tuple[int, int, int]) -> tuple[SearchSpace, dict]:
+    """The run's space (defaults or the user's file) widened to express every seed preset, and the
+    presets' trial parameters by name."""
+    space = SearchSpace.load(cfg.space)
+    refs = presets(*shape, width_mult=SEARCH_SCALE, depth_mult=SEARCH_SCALE)
+    params = {name: params_of(spec, space) for name, spec in refs.items()}
+    for p in params.values():
+        space = space.including(p)
+    return space, params
+
+
+def space_latencies(model: LatencyModel, space: SearchSpace, shape: tuple[int, int, int], seed: int = 0,
+                    n: int = 2000) -> np.ndarray:
+    """Predicted latency of n architectures sampled from the space: where the space sits on the device."""
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.predict([sample(rng, space, *shape) for _ in range(n)])
+
+
+def resolve_target(target: str, latencies: np.ndarray) -> float:
+    """`--target-ms` is milliseconds, or `pN`: the N-th percentile of the space's predicted latencies
+    (so `p50` is a target that half the space meets, on whatever machine the model was fitted)."""
+    try:
+        kind, value = parse_target(target)
+    except ValueError as e:
+        raise SearchError(f"--target-ms {e}") from None
+    return round(float(np.percentile(latencies, value)), 4) if kind == "percentile" else value
+
+
+def check_target(target_ms: float, latencies: np.ndarray) -> None:
+    """Refuse a target no architecture of the space can meet, and say what would work."""
+    fastest, q10, median = np.min(latencies), np.quantile(latencies, 0.1), np.median(latencies)
+    if target_ms < fastest:
+        raise SearchError(f"target {target_ms:g} ms is below the fastest architecture of the space "
+                          f"({fastest:.3f} ms predicted, of {len(latencies)} sampled); try --target-ms {median:.2f} "
+                          f"(half the space meets it) or at least {q10:.2f} (a tenth does)")
+
+
+@dataclass
+class SearchInputs:
+    """The data, the space widened to the presets, the presets' trial parameters, the latency
+    model and the space's predicted latencies."""
+
+    data: Dataset
+    space: SearchSpace
+    preset_params: dict
+    model: LatencyModel
+    latencies: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.data.img_size, self.data.in_chans, self.data.num_classes
+
+
+def load_inputs(cfg: SearchConfig) -> SearchInputs:
+    """The inputs of a run whose latency model and target are settled (a resumed run's)."""
+    data = load_dataset(cfg.dataset)
+    shape = (data.img_size, data.in_chans, data.num_classes)
+    space, preset_params = search_space_for(cfg, shape)
+    model = LatencyModel.load(cfg.latency_model)
+    return SearchInputs(data, space, preset_params, model, space_latencies(model, space, shape, cfg.seed))
+
+
+def prepare_search(cfg: SearchConfig, target: str | float, *, runtime: str = DEFAULT_RUNTIME,
+                   calibrate_n: int = CALIBRATION_ARCHS, force: bool = False,
+                   on_calibration_row: Callable[[dict], None] | None = None,
+                   on_note: Callable[[str], None] = lambda note: None) -> tuple[SearchConfig, SearchInputs]:
+    """The run's settings completed (latency model, target in ms) and its inputs: without
+    `cfg.latency_model`, this machine is calibrated in `runtime` (cached under RUNS_DIR/latency);
+    `target` is milliseconds or `pN`, the N-th percentile of the space's predicted latencies. A
+    latency model measured on another device needs `force`. `on_note` hears what a user should read."""
+    if Path(cfg.runs_dir).exists() and not Path(cfg.runs_dir).is_dir():
+        raise SearchError(f"--runs-dir {cfg.runs_dir} is a file, not a directory; choose another path")
+    data = load_dataset(cfg.dataset)
+    shape = (data.img_size, data.in_chans, data.num_classes)
+    cfg = dataclasses.replace(cfg, base_epochs=min(cfg.base_epochs, cfg.epochs))
+    space, preset_params = search_space_for(cfg, shape)
+    if not cfg.latency_model:
+        path, report = calibrate(*shape, Path(cfg.runs_dir) / "latency", space, runtime=runtime, n=calibrate_n,
+                                 on_row=on_calibration_row)
+        on_note(f"latency model {path}: held-out within ±10% {report['within_10']:.0%}, Kendall tau "
+                f"{report['kendall_tau']:.2f} ({report['n_test']} held out)" if report else
+                f"reusing latency model {path}")
+        cfg = dataclasses.replace(cfg, latency_model=str(path))
+    model = LatencyModel.load(cfg.latency_model)
+    mismatch = fingerprint_mismatch(model, data.img_size)
+    if mismatch and not force:
+        raise SearchError(f"latency model {cfg.latency_model} was measured elsewhere ({'; '.join(mismatch)}); "
+                          f"pass --force to search for that device anyway")
+    on_note(f"deployment target: {target_name(model.fingerprint)}")
+    latencies = space_latencies(model, space, shape, cfg.seed)
+    cfg = dataclasses.replace(cfg, target_ms=resolve_target(str(target), latencies))
+    if str(target).startswith("p"):
+        on_note(f"target {target} of the space's predicted latencies: {cfg.target_ms:g} ms")
+    return cfg, SearchInputs(data, space, preset_params, model, latencies)

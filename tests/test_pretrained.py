@@ -1,0 +1,121 @@
+"""The fine-tunable export files: safetensors weights and config.json back to the trainable model,
+a fresh classifier for new classes, clear errors on unusable files, and the Python API."""
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from search_space import build_model, presets
+from search_space.check import randomize_norms
+from search_space.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedError, create_model, save_pretrained
+
+from .helpers import ROOT, synthetic_model
+
+PRESETS = presets(8, 1, 4, width_mult=0.25, depth_mult=0.25)
+PREPROCESSING = {"input_size": [1, 8, 8], "interpolation": "bicubic", "crop_mode": "squash", "crop_pct": 1.0,
+                 "mean": [0.3], "std": [0.2]}
+NAMES = ["cat", "dog", "owl", "eel"]
+
+
+def trained_like(name: str) -> torch.nn.Module:
+    """A preset with every norm's statistics and affine moved off their initial values."""
+    model = build_model(PRESETS[name])
+    randomize_norms(model, torch.Generator().manual_seed(0))
+    return model
+
+
+@pytest.mark.parametrize("name", ["slab-deit", "efficientvit-m0", "unified-norm"])
+def test_exported_files_rebuild_the_trained_model(tmp_path, name):
+    model = trained_like(name).eval()
+    save_pretrained(model, tmp_path, pretrained_cfg=PREPROCESSING, label_names=NAMES)
+    loaded = create_model(tmp_path)
+    assert loaded.training  # ready to fine-tune, as timm's create_model returns it
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), model(x))  # norm statistics included: bit-identical
+    assert loaded.label_names == NAMES and loaded.pretrained_cfg == {**PREPROCESSING, "num_classes": 4}
+    assert json.loads((tmp_path / CONFIG_FILE).read_text())["spec"] == json.loads(model.spec.to_json())
+    assert loaded.spec == model.spec
+
+
+def test_a_new_class_count_gets_a_fresh_classifier_that_trains(tmp_path):
+    model = trained_like("deit-tiny")
+    save_pretrained(model, tmp_path, pretrained_cfg=PREPROCESSING, label_names=NAMES)
+    tuned = create_model(tmp_path, num_classes=3)
+    assert tuned.spec.num_classes == 3 and tuned.get_classifier().out_features == 3
+    body = {k: v for k, v in model.state_dict().items() if not k.startswith("head.fn.fc")}
+    assert all(torch.equal(tuned.state_dict()[k], v) for k, v in body.items())  # only the classifier is new
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+    opt = torch.optim.AdamW(tuned.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = F.cross_entropy(tuned(x), y)
+        opt.zero_grad()
+        loss.backward()
+        if not losses:  # every weight of the rebuilt model learns, not only the new classifier
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tuned.parameters())
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]
+    assert len(tuned.label_names) == 3 and tuned.pretrained_cfg["num_classes"] == 3
+
+
+def test_untrained_weights_need_no_weights_file(tmp_path):
+    save_pretrained(trained_like("deit-tiny"), tmp_path, pretrained_cfg=PREPROCESSING, label_names=NAMES)
+    (tmp_path / WEIGHTS_FILE).unlink()
+    assert create_model(tmp_path, pretrained=False).spec == PRESETS["deit-tiny"]
+    with pytest.raises(PretrainedError, match="not found; pass pretrained=False"):
+        create_model(tmp_path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / CONFIG_FILE).unlink(), "config.json not found: give a folder written by `etnas export`"),
+    (lambda d: (d / CONFIG_FILE).write_text("{oops"), "config.json is not JSON"),
+    (lambda d: (d / CONFIG_FILE).write_text('{"architecture": "resnet50"}'), "is not an etnas model config"),
+    (lambda d: (d / WEIGHTS_FILE).write_bytes(b"garbage"), "model.safetensors is not a readable safetensors file"),
+    (lambda d: save_file(build_model(PRESETS["slab-deit"]).state_dict(), str(d / WEIGHTS_FILE)),
+     "does not fit the config's architecture"),
+    (lambda d: (d / CONFIG_FILE).write_text(json.dumps({"architecture": "etnas-nasvit", "spec": {"stages": [
+        {"width": 7, "depth": 1}]}})), "its spec does not build"),
+])
+def test_unusable_model_files_say_what_is_wrong(tmp_path, damage, message):
+    save_pretrained(trained_like("deit-tiny"), tmp_path, pretrained_cfg=PREPROCESSING, label_names=NAMES)
+    damage(tmp_path)
+    with pytest.raises(PretrainedError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        create_model(tmp_path)
+
+
+def test_label_names_must_match_the_class_count(tmp_path):
+    with pytest.raises(ValueError, match="3 label names for a 4-class model"):
+        save_pretrained(trained_like("deit-tiny"), tmp_path, pretrained_cfg=PREPROCESSING, label_names=NAMES[:3])
+
+
+API_SEARCH = """
+import json, sys
+import etnas
+assert "torch" not in sys.modules  # importing the API costs nothing until a call
+front = etnas.search("digits", "p50", name="api", runs_dir=sys.argv[1], latency_model=sys.argv[2], trials=12,
+                     epochs=2, base_epochs=0.25, eta=2, subset=0.3, workers=2, seed=1)
+print(json.dumps(front))
+"""
+
+
+def test_python_api_runs_the_search_the_command_line_runs(tmp_path):
+    model = synthetic_model(tmp_path / "digits.model")
+    res = subprocess.run([sys.executable, "-c", API_SEARCH, str(tmp_path / "runs"), str(model)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    front = json.loads(res.stdout.strip().splitlines()[-1])
+    run = tmp_path / "runs" / "api"
+    assert front and front == json.loads((run / "front.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    assert (config["seed"], config["base_epochs"], config["subset"]) == (1, 0.25, 0.3)
+    assert f"target p50 of the space's predicted latencies: {config['target_ms']:g} ms" in res.stdout
+    assert len(pd.read_csv(run / "trials.csv")) >= 12
+    assert "deployment target: torch" in res.stdout
