@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME
+from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS
 
 __all__ = ["search", "train", "export", "create_model"]
 
@@ -32,17 +32,18 @@ def search(dataset: str = "digits", target: str | float = "p50", *, name: str = 
 def train(run_dir: str | Path, trial: int | str = "best", *, epochs: float | None = None, device: str = "cpu",
           **recipe: Any) -> dict:
     """Train a trial of a run from scratch with the final recipe (`etnas train`); returns its report."""
-    from nas.final import resolve_trial, train_final
+    from nas.final import train_final
+    from nas.rundir import resolve_trial
 
     return train_final(Path(run_dir), resolve_trial(Path(run_dir), str(trial)), epochs, device, **recipe)
 
 
-def export(run_dir: str | Path, out: str | Path, trial: int | str = "best", *, formats: tuple[str, ...] = ("onnx", "pt2"),
+def export(run_dir: str | Path, out: str | Path, trial: int | str = "best", *, formats: tuple[str, ...] = EXPORT_FORMATS,
            force: bool = False) -> dict:
     """Export a trained trial (`etnas export`): verified model.onnx / model.pt2, the fine-tunable
     model.safetensors and config.json, arch.json and MODEL_CARD.md."""
-    from nas.final import resolve_trial
     from nas.package import export_trial
+    from nas.rundir import resolve_trial
 
     return export_trial(Path(run_dir), resolve_trial(Path(run_dir), str(trial)), Path(out), formats, force=force)
 

@@ -16,7 +16,9 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from evaluators.recipes import FINAL_RECIPE
-from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, RUNTIMES
+from evaluators.sources import KINDS, DataError, check_dataset_name
+from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, RUNTIMES
+from search_space.presets import PRESETS
 
 # Results: tables, reports, paths written (a long path stays one line). Piped into a file or a pager,
 # tables are laid out 200 columns wide instead of rich's 80, so architectures are not cut.
@@ -178,7 +180,7 @@ def cmd_run(args) -> None:
     cfg, inputs = prepare_search(args)
     front = watch_search(cfg, inputs)
     print_front(cfg.run_dir, as_json=False)
-    out.print(f"{len(front)} architectures on the front; browse: python search.py front {cfg.run_dir}",
+    out.print(f"{len(front)} architectures on the front; browse: etnas front {cfg.run_dir}",
               markup=False)
 
 
@@ -247,13 +249,13 @@ def watch_search(cfg, inputs) -> list[dict]:
 def print_front(run_dir: Path, as_json: bool) -> None:
     import pandas as pd
 
-    from nas.front import load_view, run_target, write_html
+    from nas.front import front_summary, load_view, run_target, write_html
 
+    if as_json:  # data only: nothing is written
+        print(json.dumps(front_summary(Path(run_dir))))
+        return
     trials, front, target, finals = load_view(Path(run_dir))
     html = write_html(Path(run_dir), trials, front, target, finals)
-    if as_json:
-        print(json.dumps(front))
-        return
     table = Table("trial", "rung", "val acc", "pred ms", "measured ms", "MFLOPs", "params", architecture_column(),
                   title=f"Pareto front of {run_dir} (target {target:g} ms on {run_target(run_dir)}; top-rung trials)")
     for f in front:
@@ -282,26 +284,31 @@ def rung_text(rung) -> str:
 
 
 def cmd_front(args) -> None:
+    from nas.rundir import run_config
+
+    run_config(Path(args.run))  # a bad run directory is one line before pandas and plotly load
     print_front(Path(args.run), args.json)
 
 
 def cmd_dashboard(args) -> None:
-    from optuna_dashboard import run_server
-
     db = Path(args.run) / "study.db"
     if not db.is_file():
         raise UserError(f"{db} not found: give the directory of a run made by `etnas run`")
+    from optuna_dashboard import run_server
+
     console.print(f"optuna-dashboard for {args.run} at http://127.0.0.1:{args.port} (this machine only; Ctrl-C "
                   f"stops it)", markup=False)
     run_server(f"sqlite:///{db}", host="127.0.0.1", port=args.port)
 
 
 def cmd_train(args) -> None:
-    from nas.final import load_trial, resolve_trial, train_final
+    from nas.rundir import load_trial, resolve_trial
+
+    number = resolve_trial(Path(args.run), args.trial)
+    load_trial(Path(args.run), number)  # a bad run or trial is reported before torch is imported
+    from nas.final import train_final
 
     require_device(args.device)
-    number = resolve_trial(Path(args.run), args.trial)
-    load_trial(Path(args.run), number)  # a bad trial is reported before any progress is drawn
     with progress_bar() as bar:
         task = bar.add_task(f"training trial {number}", total=None, info="")
         recipe = {k: getattr(args, k) for k in ("batch_size", "lr", "mixup", "cutmix", "randaugment", "holdout")}
@@ -321,14 +328,15 @@ def cmd_train(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from nas.final import resolve_trial
-    from nas.package import export_trial
+    from nas.rundir import load_trial, resolve_trial
 
     number = resolve_trial(Path(args.run), args.trial)
+    load_trial(Path(args.run), number)  # a bad run or trial is reported before torch is imported
+    from nas.package import export_trial
+
     with lazy_progress(f"exporting trial {number}") as update:
-        res = export_trial(Path(args.run), number, Path(args.out), tuple(f for f in args.format.split(",") if f),
-                           force=args.force, on_stage=lambda what, done, total: update(completed=done, total=total,
-                                                                                      info=what))
+        res = export_trial(Path(args.run), number, Path(args.out), args.format, force=args.force,
+                           on_stage=lambda what, done, total: update(completed=done, total=total, info=what))
     out.print(f"exported to {res['out']}: {', '.join(res['files'])}; max abs diff vs PyTorch "
               f"{', '.join(f'{k} {v:.1e}' for k, v in res['max_abs_diff'].items())}", markup=False)
 
@@ -378,9 +386,23 @@ def number(low: float, high: float = float("inf"), low_open: bool = True) -> Cal
 
 
 def trial_count(text: str) -> int:
-    from search_space.presets import PRESETS
-
     return integer(len(PRESETS) + 1)(text)  # the presets come first, then at least one searched trial
+
+
+def dataset_name(text: str) -> str:
+    try:
+        check_dataset_name(text)
+    except DataError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def export_formats(text: str) -> tuple[str, ...]:
+    formats = tuple(f for f in text.split(",") if f)
+    unknown = sorted(set(formats) - set(EXPORT_FORMATS))
+    if unknown or not formats:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose a comma-separated list of {', '.join(EXPORT_FORMATS)}")
+    return formats
 
 
 def gpu_share(text: str) -> float:
@@ -474,8 +496,9 @@ def _run_parser(sub) -> None:
     r.add_argument("--target-ms", required=True, type=latency_target, help="latency target in ms, or pN: the N-th percentile of the "
                                                       "space's predicted latencies (p50: half the space meets it)")
     r.add_argument("--latency-model", help="fitted predictor (default: calibrate this machine, cached in runs/latency)")
-    r.add_argument("--dataset", default=d.dataset, help="digits, npz:PATH, imagefolder:PATH or cifar10:ROOT")
-    r.add_argument("--trials", type=trial_count, default=d.trials, help="trials in all, the 6 seed presets included")
+    r.add_argument("--dataset", type=dataset_name, default=d.dataset, help=KINDS)
+    r.add_argument("--trials", type=trial_count, default=d.trials,
+                   help=f"trials in all, the {len(PRESETS)} seed presets included (at least {len(PRESETS) + 1})")
     r.add_argument("--budget-epochs", type=number(0), default=d.budget_epochs,
                    help="a total training budget: epochs over all candidates' rungs; once the trainings done and "
                         "under way reach it, no new candidate starts (promotions earned still train; "
@@ -514,7 +537,8 @@ def _run_parser(sub) -> None:
 def _run_dir_parsers(sub) -> None:
     fr = sub.add_parser("front", help="show a run's Pareto front and write front.html", formatter_class=HelpFormatter)
     fr.add_argument("run", help="run directory (runs/NAME)")
-    fr.add_argument("--json", action="store_true", help="print the front as JSON")
+    fr.add_argument("--json", action="store_true", help="print the front, the presets, the target and the rungs' "
+                                                        "epochs as JSON (writes nothing)")
     fr.set_defaults(fn=cmd_front)
 
     d = sub.add_parser("dashboard", help="open a run's study in optuna-dashboard, on localhost",
@@ -545,14 +569,15 @@ def _run_dir_parsers(sub) -> None:
     e.add_argument("run", help="run directory (runs/NAME)")
     e.add_argument("--trial", required=True, help="trial number, or 'best': the most accurate front point")
     e.add_argument("--out", required=True, help="directory to write the model files to")
-    e.add_argument("--format", default="onnx,pt2", help="comma-separated formats: onnx, pt2 (the fine-tunable "
-                                                           "model.safetensors and config.json are always written)")
+    e.add_argument("--format", type=export_formats, default=",".join(EXPORT_FORMATS),
+                   help="comma-separated deployed formats (the fine-tunable model.safetensors and config.json are "
+                        "always written)")
     e.add_argument("--force", action="store_true", help="replace the model files of a non-empty --out")
     e.set_defaults(fn=cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(description=__doc__, formatter_class=HelpFormatter)
+    p = Parser(prog="etnas", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--version", action="version", version=f"etnas {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     _space_parsers(sub)
@@ -570,7 +595,7 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 # The errors that report bad input, by module: looked up only in modules a command imported, since
 # only those can have raised them (importing them all would cost every command torch and timm).
 INPUT_ERRORS = {"search_space.spec": "SpecError", "latency_models.table": "TableError",
-                "latency_models.predictor": "ModelFileError", "evaluators.data": "DataError",
+                "latency_models.predictor": "ModelFileError", "evaluators.sources": "DataError",
                 "nas": "SearchError", "evaluators.train": "TrainingFailed"}
 
 

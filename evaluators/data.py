@@ -13,14 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .sources import DataError, check_dataset_name
+
 # How `imagefolder:` brings an image to the model's input: squashed to size x size (aspect ratio
 # not kept, nothing cropped) with Pillow's bicubic filter; timm's names, written into exports.
 IMAGE_RESIZE = {"interpolation": "bicubic", "crop_mode": "squash", "crop_pct": 1.0}
 VAL_FRACTION = 0.1  # of each class, held out of the search's training to rank candidates on
-
-
-class DataError(ValueError):
-    """A dataset that cannot be loaded; the message names it and what to do."""
 
 
 @dataclass
@@ -141,9 +139,6 @@ def load_digits() -> Dataset:
 
 def load_npz(path: str) -> Dataset:
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"dataset file {p} does not exist; "
-                        f"give npz:PATH to an .npz with x_train, y_train, x_test, y_test")
     keys = ("x_train", "y_train", "x_test", "y_test")
     try:
         with np.load(p, allow_pickle=False) as z:
@@ -166,9 +161,7 @@ def load_npz(path: str) -> Dataset:
 
 def load_imagefolder(path: str, size: int = 32) -> Dataset:
     root = Path(path)
-    splits = {s: root / s for s in ("train", "test") if (root / s).is_dir()}
-    if len(splits) < 2:
-        raise DataError(f"image folder {root} needs train/ and test/ subfolders, each with one folder per class")
+    splits = {s: root / s for s in ("train", "test")}
     classes = sorted(d.name for d in splits["train"].iterdir() if d.is_dir())
     if not classes:
         raise DataError(f"image folder {root / 'train'} has no class folders")
@@ -210,10 +203,7 @@ def load_cifar10(root: str) -> Dataset:
 
 def load_dataset(name: str) -> Dataset:
     """Load a dataset by its command-line name."""
-    kind, _, arg = name.partition(":")
-    if kind == "digits" and not arg:
-        return load_digits()
-    loaders = {"npz": load_npz, "imagefolder": load_imagefolder, "cifar10": load_cifar10}
-    if kind not in loaders or not arg:
-        raise DataError(f"unknown dataset '{name}'; use digits, npz:PATH, imagefolder:PATH or cifar10:ROOT")
+    kind, arg = check_dataset_name(name)
+    loaders = {"digits": lambda _: load_digits(), "npz": load_npz, "imagefolder": load_imagefolder,
+               "cifar10": load_cifar10}
     return loaders[kind](arg)

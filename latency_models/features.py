@@ -17,7 +17,7 @@ import numpy as np
 
 from search_space.attentions import window_for
 from search_space.blocks import conv_stem_widths
-from search_space.deploy import deployed_norm
+from search_space.deployment import deployed_norm
 from search_space.spec import ArchSpec, StageSpec
 
 KINDS = ("linear", "conv", "dwconv", "matmul", "sdpa", "softmax", "norm", "elementwise", "reduce", "copy", "reshape")

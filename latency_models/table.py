@@ -38,7 +38,7 @@ def read_table(path: Path) -> pd.DataFrame:
     """Load and check a timing table."""
     path = Path(path)
     if not path.exists():
-        raise TableError(f"timing table {path} does not exist; measure one with `search.py measure --out {path}`")
+        raise TableError(f"timing table {path} does not exist; measure one with `etnas measure --out {path}`")
     try:
         df = pd.read_csv(path, dtype={"arch_id": str, "fingerprint": str})
     except pd.errors.EmptyDataError:
@@ -48,7 +48,7 @@ def read_table(path: Path) -> pd.DataFrame:
                          f"delete it or re-measure") from None
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise TableError(f"timing table {path} lacks columns {missing}; was it written by `search.py measure`?")
+        raise TableError(f"timing table {path} lacks columns {missing}; was it written by `etnas measure`?")
     if df.empty:
         raise TableError(f"timing table {path} has no rows; measure some architectures first")
     bad = pd.to_numeric(df["median_ms"], errors="coerce")

@@ -12,6 +12,7 @@ from .rungs import Rungs
 RUNTIMES = ("torch", "onnxruntime")  # what `measure` and the calibration can time
 DEFAULT_RUNTIME = "onnxruntime"  # the runtime of the file `export` ships, so the target a search optimises
 CALIBRATION_ARCHS = 150  # sampled architectures a calibration times (the presets are added)
+EXPORT_FORMATS = ("onnx", "pt2")  # the deployed graphs `export` can write
 
 
 def target_name(fp: dict) -> str:

@@ -10,7 +10,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import optuna
 import torch
 
 from evaluators.data import load_dataset
@@ -20,43 +19,9 @@ from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, f
                                      time_at_reference, time_interleaved)
 from search_space import ArchSpec, build_model, count_params, deploy
 
-from .records import atomic_write, trial_state
-from .rundir import load_run_study, run_config, run_records
+from .records import atomic_write, write_records
+from .rundir import load_run_study, load_trial, run_config
 from . import SearchError
-
-
-def load_trial(run_dir: Path, number: int) -> optuna.trial.FrozenTrial:
-    """A trained trial of the run, or a SearchError saying why it cannot be used."""
-    run_dir = Path(run_dir)
-    run_config(run_dir)
-    trials = load_run_study(run_dir).get_trials(deepcopy=False)
-    if not 0 <= number < len(trials):
-        raise SearchError(f"run {run_dir} has no trial {number} (it has trials 0..{len(trials) - 1}); "
-                          f"see `search.py front {run_dir}`")
-    t = trials[number]
-    state = trial_state(t)
-    if state == "DUPLICATE":
-        return load_trial(run_dir, t.user_attrs["cached_from"])
-    if state != "COMPLETE":
-        why = t.user_attrs.get("failure", "")
-        raise SearchError(f"trial {number} of {run_dir} is {state}{': ' + why if why else ''}; pick a trained "
-                          f"trial from `search.py front {run_dir}`")
-    return t
-
-
-def resolve_trial(run_dir: Path, trial: str) -> int:
-    """A trial number from the command line: an integer, or `best` (the front's most accurate)."""
-    run_config(run_dir)
-    if trial == "best":
-        _, front = run_records(run_dir)
-        if not front:
-            raise SearchError(f"run {run_dir} has no feasible trained trial yet, so no 'best'; "
-                              f"give a trial number or let the search finish")
-        return max(front, key=lambda f: (f["val_acc"], -f["pred_ms"]))["trial"]
-    try:
-        return int(trial)
-    except ValueError:
-        raise SearchError(f"--trial {trial!r} is neither a trial number nor 'best'") from None
 
 
 def final_dir(run_dir: Path, number: int) -> Path:
@@ -144,6 +109,7 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
               "train_s": res.train_s, "wall_s": time.perf_counter() - t0, "flops": trial.user_attrs.get("flops"),
               "params": count_params(deployed), "dataset": cfg["dataset"], "trained_on": device}
     (out / "final.json").write_text(json.dumps(report, indent=1))
+    write_records(load_run_study(run_dir), run_dir, float(cfg["target_ms"]))  # front.json with this training
     return report
 
 
@@ -188,7 +154,7 @@ def load_trained(run_dir: Path, number: int) -> tuple[torch.nn.Module, dict]:
     path = final_dir(run_dir, trial.number) / "model.pt"
     if not path.exists():
         raise SearchError(f"trial {number} of {run_dir} has no final training yet; run "
-                          f"`search.py train {run_dir} --trial {number}` first")
+                          f"`etnas train {run_dir} --trial {number}` first")
     try:
         blob = torch.load(path, weights_only=True)
         model = build_model(ArchSpec.from_json(blob["spec"]))

@@ -4,36 +4,43 @@ it works while the search is still running."""
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from .config import target_name
-from .records import atomic_write
-from .rundir import final_report, run_config, run_records
+from .records import FINAL_FIGURES, atomic_write, with_finals
+from .rundir import final_reports, run_config, run_records
+from .rungs import Rungs
 from . import SearchError
 
 
 def load_view(run_dir: Path) -> tuple[pd.DataFrame, list[dict], float, dict[int, dict]]:
-    """(all trials, the front with measured ms where known, target ms, final reports by trial)."""
+    """(all trials, the front with its final trainings' figures, target ms, final reports by trial)."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     rows, front = run_records(run_dir)
     if not rows:
         raise SearchError(f"run {run_dir} has no trials yet; wait for the search to finish its first trial")
-    finals = {}
-    for folder in sorted((run_dir / "final").glob("*")) if (run_dir / "final").is_dir() else []:
-        try:
-            report = final_report(run_dir, int(folder.name)) if folder.name.isdigit() else None
-        except SearchError as e:  # one unreadable final training does not hide the rest
-            warnings.warn(str(e), stacklevel=2)
-            report = None
-        if report:
-            finals[int(folder.name)] = report
-    for f in front:
-        f["measured_ms"] = finals[f["trial"]]["measured_ms"] if f["trial"] in finals else None
-    return pd.DataFrame(rows), front, float(cfg["target_ms"]), finals
+    finals = final_reports(run_dir)
+    return pd.DataFrame(rows), with_finals(front, finals), float(cfg["target_ms"]), finals
+
+
+def front_summary(run_dir: Path) -> dict:
+    """Everything `front` shows, as data: the target (milliseconds and device), the rungs' epochs,
+    the front and the seed presets, each with its final training's figures where one exists."""
+    trials, front, target_ms, finals = load_view(run_dir)
+    cfg = run_config(run_dir)
+    rungs = Rungs(min(cfg["base_epochs"], cfg["epochs"]), cfg["epochs"], cfg["eta"]) if "eta" in cfg else None
+    presets = trials[trials["preset"].notna() & (trials["state"] != "INTERRUPTED")]  # re-run after a kill
+    preset_rows = [{"preset": r["preset"], "trial": int(r["number"]), "state": r["state"],
+                    "rung": None if pd.isna(r["rung"]) else int(r["rung"]),
+                    "rung_acc": None if pd.isna(r["rung_acc"]) else float(r["rung_acc"]), "pred_ms": float(r["pred_ms"]),
+                    **{k: finals[r["number"]][k] if r["number"] in finals else None for k in FINAL_FIGURES}}
+                   for _, r in presets.iterrows()]
+    return {"run": str(run_dir), "target_ms": target_ms, "target": cfg.get("latency_target"),
+            "target_name": run_target(run_dir), "rung_epochs": rungs.budgets if rungs else None,
+            "front": front, "presets": preset_rows}
 
 
 def last_accuracy(row: pd.Series) -> float | None:

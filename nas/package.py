@@ -14,12 +14,11 @@ from search_space import count_params, deploy
 from search_space.export import export_onnx, export_pt2, set_onnx_metadata, verify_onnx
 from search_space.pretrained import CONFIG_FILE, WEIGHTS_FILE, save_pretrained
 
-from .config import target_name
+from .config import EXPORT_FORMATS, target_name
 from .final import load_trained, target_runtime, time_on_target
 from .rundir import final_report, run_config
 from . import SearchError
 
-FORMATS = ("onnx", "pt2")
 TOLERANCE = 1e-4
 EXPORTERS = {"onnx": (export_onnx, "model.onnx"), "pt2": (export_pt2, "model.pt2")}
 WRITTEN = ("model.onnx", "model.pt2", WEIGHTS_FILE, CONFIG_FILE, "arch.json", "latency.json", "MODEL_CARD.md")
@@ -34,13 +33,13 @@ def verify_pt2(path: Path, reference: torch.nn.Module, x: torch.Tensor) -> float
 VERIFIERS = {"onnx": verify_onnx, "pt2": verify_pt2}
 
 
-def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...] = FORMATS, *, force: bool = False,
+def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...] = EXPORT_FORMATS, *, force: bool = False,
                  on_stage: Callable[[str, int, int], None] | None = None) -> dict:
     """Deploy the trained model of a trial, export it, verify each file, write the fine-tunable
     weights, arch.json and the card; `on_stage(what, done, total)` before each step."""
-    unknown = set(formats) - set(FORMATS)
+    unknown = set(formats) - set(EXPORT_FORMATS)
     if unknown:
-        raise SearchError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
+        raise SearchError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(EXPORT_FORMATS)}")
     out = prepare_out(Path(out), force)
     stages = ["loading the trained model", *(f"exporting and verifying {EXPORTERS[f][1]}" for f in formats),
               "writing fine-tunable weights and card", *(["timing model.onnx in onnxruntime"] * ("onnx" in formats)),

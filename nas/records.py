@@ -77,8 +77,17 @@ def front_entry(r: dict, agreement: list[dict]) -> dict:
     """A front point; front.json stays a list of points, so the run-level rung agreement rides along."""
     return {"trial": r["number"], "arch_id": r["arch_id"], "short": r["short"], "spec": json.loads(r["spec"]),
             "val_acc": r["val_acc"], "rung": r["rung"], "pred_ms": r["pred_ms"], "flops": r["flops"],
-            "params": r["params"], "preset": r["preset"], "rung_tau": agreement,
-            "measured_ms": None}  # filled by `front` once a final training measured it
+            "params": r["params"], "preset": r["preset"], "rung_tau": agreement}
+
+
+def with_finals(front: list[dict], finals: dict[int, dict]) -> list[dict]:
+    """Front points with their final training's test accuracy and measured latency (None until
+    `train` made them)."""
+    return [{**f, **{k: finals[f["trial"]][k] if f["trial"] in finals else None for k in FINAL_FIGURES}}
+            for f in front]
+
+
+FINAL_FIGURES = ("test_acc", "measured_ms")
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -89,10 +98,13 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def write_records(study: optuna.Study, run_dir: Path, target_ms: float) -> list[dict]:
-    """Write trials.csv and front.json for the study's current state; return the front."""
+    """Write trials.csv and front.json for the study's current state and the final trainings done;
+    return the front."""
+    from .rundir import final_reports
+
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
     agreement = rung_agreement(rows)
-    front = [front_entry(r, agreement) for r in pareto_front(rows, target_ms)]
+    front = with_finals([front_entry(r, agreement) for r in pareto_front(rows, target_ms)], final_reports(run_dir))
     atomic_write(run_dir / "trials.csv", pd.DataFrame(rows, columns=TRIAL_COLUMNS).to_csv(index=False))
     atomic_write(run_dir / "front.json", json.dumps(front, indent=1))
     return front

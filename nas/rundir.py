@@ -93,3 +93,55 @@ def final_report(run_dir: Path, number: int) -> dict | None:
         raise SearchError(f"{path} is corrupt; re-run `etnas train {run_dir} --trial {number}` (it resumes or "
                           f"re-measures) to rewrite it")
     return report
+
+
+def final_reports(run_dir: Path) -> dict[int, dict]:
+    """Every finished final training of the run by trial; an unreadable one is a warning, not a
+    reason to hide the rest."""
+    folder = Path(run_dir) / "final"
+    reports = {}
+    for sub in sorted(folder.glob("*")) if folder.is_dir() else []:
+        try:
+            report = final_report(run_dir, int(sub.name)) if sub.name.isdigit() else None
+        except SearchError as e:
+            warnings.warn(str(e), stacklevel=2)
+            report = None
+        if report:
+            reports[int(sub.name)] = report
+    return reports
+
+
+def load_trial(run_dir: Path, number: int) -> optuna.trial.FrozenTrial:
+    """A trained trial of the run, or a SearchError saying why it cannot be used."""
+    from .records import trial_state
+
+    run_dir = Path(run_dir)
+    run_config(run_dir)
+    trials = load_run_study(run_dir).get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise SearchError(f"run {run_dir} has no trial {number} (it has trials 0..{len(trials) - 1}); "
+                          f"see `etnas front {run_dir}`")
+    t = trials[number]
+    state = trial_state(t)
+    if state == "DUPLICATE":
+        return load_trial(run_dir, t.user_attrs["cached_from"])
+    if state != "COMPLETE":
+        why = t.user_attrs.get("failure", "")
+        raise SearchError(f"trial {number} of {run_dir} is {state}{': ' + why if why else ''}; pick a trained "
+                          f"trial from `etnas front {run_dir}`")
+    return t
+
+
+def resolve_trial(run_dir: Path, trial: str) -> int:
+    """A trial number from the command line: an integer, or `best` (the front's most accurate)."""
+    run_config(run_dir)
+    if trial == "best":
+        _, front = run_records(run_dir)
+        if not front:
+            raise SearchError(f"run {run_dir} has no feasible trained trial yet, so no 'best'; "
+                              f"give a trial number or let the search finish")
+        return max(front, key=lambda f: (f["val_acc"], -f["pred_ms"]))["trial"]
+    try:
+        return int(trial)
+    except ValueError:
+        raise SearchError(f"--trial {trial!r} is neither a trial number nor 'best'") from None

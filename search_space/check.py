@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from .costs import count_flops, count_params
-from .deploy import deploy
+from .deployment import deploy
 from .model import build_model
 from .norms import BN_FAMILY, PRepBN
 from .spec import ArchSpec

@@ -225,7 +225,7 @@ def load_specs(path) -> list[ArchSpec]:
 
     path = Path(path)
     if not path.exists():
-        raise SpecError(f"spec file {path} does not exist; write one with `search.py space sample --out {path}`")
+        raise SpecError(f"spec file {path} does not exist; write one with `etnas space sample --out {path}`")
     specs = []
     for i, line in enumerate(path.read_text().splitlines(), start=1):
         if line.strip():

@@ -92,6 +92,9 @@ BAD_OPTIONS = [
     (["train", "runs/x", "--trial", "best", "--epochs", "0"], "--epochs: 0 is outside (0, inf]"),
     (["train", "runs/x", "--trial", "best", "--mixup", "-0.5"], "--mixup: -0.5 is outside [0, inf]"),
     (["fit-latency", "t.csv", "--out", "m", "--test-fraction", "1"], "--test-fraction: 1 is outside (0, 0.9]"),
+    (["run", "--name", "x", "--target-ms", "5", "--dataset", "npz:none.npz"], "dataset file none.npz does not exist"),
+    (["run", "--name", "x", "--target-ms", "5", "--dataset", "cifar"], "unknown dataset 'cifar'; use digits"),
+    (["export", "runs/x", "--trial", "0", "--out", "o", "--format", "tflite"], "'tflite': choose a comma-separated"),
     (["nonsense"], "invalid choice: 'nonsense'"),
 ]
 

@@ -73,8 +73,14 @@ def test_tiny_search_completes(tmp_path, latency_model):
     assert (trials["state"] == "INFEASIBLE").any()  # the constraint was exercised
     assert "\nPareto front" in log  # on a line of its own, after the progress line
     assert "Token authentication" not in log  # Ray's notice about its default: asked for by name, not printed
-    front = run_cli("front", tmp_path / "tiny", "--json")
-    assert json.loads(front.stdout) == json.loads((tmp_path / "tiny" / "front.json").read_text())
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "tiny").iterdir()}
+    shown = json.loads(run_cli("front", tmp_path / "tiny", "--json").stdout)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "tiny").iterdir()} == before  # writes nothing
+    assert shown["front"] == json.loads((tmp_path / "tiny" / "front.json").read_text())
+    config = json.loads((tmp_path / "tiny" / "config.json").read_text())
+    assert shown["target_ms"] == config["target_ms"] and shown["target"] == config["latency_target"]
+    assert shown["rung_epochs"] == pytest.approx(Rungs(0.25, 2, 2).budgets)  # TINY's rungs
+    assert sorted(p["preset"] for p in shown["presets"]) == sorted(trials[trials["preset"].notna()]["preset"])
     assert (tmp_path / "tiny" / "front.html").stat().st_size > 10_000
 
 
