@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 
 from .rungs import RungResult, Rungs, promoted
+from .study_view import report_rungs
 
 
 class Ladder:
@@ -28,6 +29,7 @@ class Ladder:
         for k, v in (("rung_accs", accs), ("trained_steps", trained), ("steps", res["steps"]),
                      ("history", res["history"]), ("train_s", res["train_s"])):
             trial.set_user_attr(k, v)
+        report_rungs(trial, trained, accs)
         self.note(trial.user_attrs["arch_id"], trial.user_attrs["pred_ms"], accs)
         return accs
 

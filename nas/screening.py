@@ -11,6 +11,8 @@ from latency_models import LatencyModel
 from latency_models.features import total_flops
 from search_space import ArchSpec, SearchSpace, build_model, count_params, sample
 
+from .study_view import set_latency_constraint
+
 INFEASIBLE, DUPLICATE, WAIT, RESUME, TRAIN = "infeasible", "duplicate", "wait", "resume", "train"
 
 
@@ -34,7 +36,7 @@ class Screening:
             attrs["preset"] = self.preset_of[spec.arch_id]
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        trial.set_constraint("latency_over_target_ms", pred - self.target_ms)
+        set_latency_constraint(trial, pred - self.target_ms)
         return spec
 
     def verdict(self, trial: optuna.trial.Trial, spec: ArchSpec, finished: set[str], in_training: set[str]) -> str:

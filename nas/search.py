@@ -17,13 +17,14 @@ from search_space import sample
 from search_space.sampling import FixedSuggester
 
 from . import SearchError
-from .config import SearchConfig
+from .config import SearchConfig, target_name
 from .dispatch import Dispatcher, rung_train_config
 from .inputs import SearchInputs, check_target, load_inputs
 from .ladder import Ladder
 from .records import trial_state, write_records
 from .screening import DUPLICATE, INFEASIBLE, RESUME, WAIT, Screening
 from .rundir import CONFIG_ATTR, load_run_study, run_config, study_storage, write_config
+from .study_view import describe_study
 
 
 MAX_REPEATS = 200  # proposals of known architectures in a row before the space counts as exhausted
@@ -76,6 +77,9 @@ def _study(cfg: SearchConfig, saved: dict) -> optuna.Study:
                                 load_if_exists=True)
     if CONFIG_ATTR not in study.user_attrs:
         study.set_user_attr(CONFIG_ATTR, saved)
+    fingerprint = saved.get("latency_target")
+    describe_study(study, target_ms=cfg.target_ms, top_epochs=cfg.epochs,
+                   target=target_name(fingerprint) if fingerprint else "the latency model's device")
     return study
 
 

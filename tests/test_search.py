@@ -66,11 +66,44 @@ def check_run(run_dir, trials_asked):
     return trials
 
 
+def check_dashboard_view(run_dir, trials):
+    """What optuna-dashboard shows agrees with etnas: named objectives, infeasible trials marked
+    by their constraint, rung accuracies as learning curves, and Optuna's best trials differing
+    from the front only by what the study's note says (lower-rung trials and duplicates)."""
+    from optuna_dashboard import get_note, wsgi
+
+    from .test_cli import get_json
+
+    storage = f"sqlite:///{run_dir}/study.db"
+    (name,) = optuna.study.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert study.metric_names == ["val_acc", "pred_ms"]
+    infeasible = [t for t in study.trials if t.user_attrs.get("infeasible")]
+    assert infeasible and all(max(t.constraints.values()) > 0 for t in infeasible)
+    trained = [t for t in study.trials if t.user_attrs.get("rung_accs") and t.user_attrs.get("cached_from") is None]
+    assert trained and all(list(t.intermediate_values.values()) == t.user_attrs["rung_accs"] for t in trained)
+    top = trials["rung"].max()
+    front = {f["trial"] for f in json.loads((run_dir / "front.json").read_text())}
+    by_number = trials.set_index("number")
+    for n in {t.number for t in study.best_trials} - front:
+        assert by_number.at[n, "rung"] < top or by_number.at[n, "state"] == "DUPLICATE", n
+    assert "Optuna's best trials also count trials stopped at a lower rung" in get_note(study)
+    app = wsgi(storage)  # and the dashboard's own API reads the same
+    (summary,) = get_json(app, "/api/studies")["study_summaries"]
+    detail = get_json(app, f"/api/studies/{summary['study_id']}")
+    shown = {t["number"]: t for t in detail["trials"]}
+    assert all(shown[t.number]["constraints"] == [t.constraints["0"]] for t in infeasible)
+    assert {len(shown[t.number]["intermediate_values"]) for t in trained} == {len(t.intermediate_values)
+                                                                              for t in trained}
+    assert detail["objective_names"] == ["val_acc", "pred_ms"] and "etnas search" in detail["note"]["body"]
+
+
 def test_tiny_search_completes(tmp_path, latency_model):
     log = run_cli("run", "--name", "tiny", "--target-ms", TARGET, "--trials", 12, "--latency-model", latency_model,
                   "--runs-dir", tmp_path, *TINY, one_log=True).stdout
     trials = check_run(tmp_path / "tiny", 12)
     assert (trials["state"] == "INFEASIBLE").any()  # the constraint was exercised
+    check_dashboard_view(tmp_path / "tiny", trials)
     assert "\nPareto front" in log  # on a line of its own, after the progress line
     assert "Token authentication" not in log  # Ray's notice about its default: asked for by name, not printed
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "tiny").iterdir()}
