@@ -19,6 +19,7 @@ from evaluators.recipes import FINAL_RECIPE
 from evaluators.sources import KINDS, DataError, check_dataset_name
 from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, RUNTIMES
 from search_space.presets import PRESETS
+from search_space.quantize import PRECISIONS
 
 # Results: tables, reports, paths written (a long path stays one line). Piped into a file or a pager,
 # tables are laid out 200 columns wide instead of rich's 80, so architectures are not cut.
@@ -124,6 +125,7 @@ def cmd_measure(args) -> None:
     from search_space.presets import SEARCH_SCALE
 
     require_device(args.device)
+    require_runtime_for(args.precision, args.runtime)
     shape = (args.img_size, args.in_chans, args.num_classes)
     specs = load_specs(args.specs) if args.specs else []
     space = SearchSpace.load(args.space)
@@ -132,7 +134,8 @@ def cmd_measure(args) -> None:
     for scale in (1.0, SEARCH_SCALE):
         specs += presets(*shape, width_mult=scale, depth_mult=scale).values()
     unique = {s.arch_id: s for s in specs}
-    fid = fingerprint_id(fingerprint(args.device, args.runtime, args.threads, args.batch, args.img_size))
+    fid = fingerprint_id(fingerprint(args.device, args.runtime, args.threads, args.batch, args.img_size,
+                                     args.precision))
     reference = reference_from(Path(args.reference), fid, args.force) if args.reference else None
     first, second = timings_to_take(unique.values(), Path(args.out), fid, args.remeasure)
     total = len(first) + len(second)
@@ -141,9 +144,14 @@ def cmd_measure(args) -> None:
     with progress_bar() as bar:
         task = bar.add_task("measuring", total=total, info="")
         measure_all(unique.values(), Path(args.out), args.runtime, args.device, args.threads, args.batch,
-                    args.remeasure, args.sweeps, reference_ms=reference,
+                    args.remeasure, args.sweeps, reference_ms=reference, precision=args.precision,
                     on_row=lambda r: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms {r['short'][:40]}"))
     out.print(f"timings in {args.out}", markup=False)
+
+
+def require_runtime_for(precision: str, runtime: str) -> None:
+    if precision != "fp32" and runtime != "onnxruntime":
+        raise UserError(f"--precision {precision} is timed in onnxruntime only; add --runtime onnxruntime")
 
 
 def cmd_fit_latency(args) -> None:
@@ -192,10 +200,12 @@ def prepare_search(args):
 
     if args.gpus_per_trial and not args.ray_address:
         require_device("cuda", option="--gpus-per-trial", instead="0 (CPU workers), or --ray-address of a cluster with GPUs")
+    require_runtime_for(args.precision, args.runtime)
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig) if f.name != "target_ms"}
     cfg = SearchConfig(**{**settings, "target_ms": 0.0, "latency_model": args.latency_model or ""})
     with lazy_progress("calibrating latency model") as update:  # no bar where a cached model is reused
-        return prepare_search(cfg, args.target_ms, runtime=args.runtime, calibrate_n=args.calibrate_n, force=args.force,
+        return prepare_search(cfg, args.target_ms, runtime=args.runtime, precision=args.precision,
+                              calibrate_n=args.calibrate_n, force=args.force,
                               on_calibration_row=lambda row: update(advance=1, info=f"{row['median_ms']:.2f} ms"),
                               on_note=lambda note: console.print(note, markup=False, soft_wrap=True))
 
@@ -318,7 +328,10 @@ def cmd_train(args) -> None:
         if bar.tasks[0].total is None:  # resumed from a finished checkpoint: nothing left to step
             bar.update(task, total=1, completed=1, info="already trained")
     table = Table("figure", "value", title=f"final training of trial {report['trial']}")
-    for k in ("short", "test_acc", "pred_ms", "measured_ms", "pred_rel_err", "epochs", "train_s", "params"):
+    for k in ("short", "test_acc", "test_acc_int8", "int8_top1_agreement", "pred_ms", "measured_ms", "pred_rel_err",
+              "epochs", "train_s", "params"):
+        if k not in report:  # int8 figures of a model onnxruntime could not quantize
+            continue
         v = report[k]
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else escape(str(v)))
     out.print(table)
@@ -335,7 +348,7 @@ def cmd_export(args) -> None:
     from nas.package import export_trial
 
     with lazy_progress(f"exporting trial {number}") as update:
-        res = export_trial(Path(args.run), number, Path(args.out), args.format, force=args.force,
+        res = export_trial(Path(args.run), number, Path(args.out), args.format, force=args.force, int8=args.int8,
                            on_stage=lambda what, done, total: update(completed=done, total=total, info=what))
     out.print(f"exported to {res['out']}: {', '.join(res['files'])}; max abs diff vs PyTorch "
               f"{', '.join(f'{k} {v:.1e}' for k, v in res['max_abs_diff'].items())}", markup=False)
@@ -459,6 +472,9 @@ def _latency_parsers(sub) -> None:
     m.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device to time on")
     m.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME,
                    help="runtime to time (onnxruntime: each architecture exported as `export` ships it)")
+    m.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
+                   help="int8: each exported model statically quantized (QDQ, per-channel weights) as "
+                        "`export --int8` does; onnxruntime only")
     m.add_argument("--threads", type=integer(1), default=1, help="intra-op threads")
     m.add_argument("--batch", type=integer(1), default=1, help="batch size of the timed calls")
     m.add_argument("--n", type=integer(0), default=400, help="sampled architectures (the presets are always added)")
@@ -529,6 +545,9 @@ def _run_parser(sub) -> None:
     r.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME,
                    help="runtime the calibration times (onnxruntime: the runtime of the file `export` ships; "
                         "torch: eager PyTorch)")
+    r.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
+                   help="precision the calibration times (int8: quantized as `export --int8` ships it; "
+                        "onnxruntime only)")
     r.add_argument("--force", action="store_true", help="use a latency model measured on another device")
     r.add_argument("--runs-dir", default=d.runs_dir, help="directory holding the runs")
     r.set_defaults(fn=cmd_run)
@@ -573,6 +592,9 @@ def _run_dir_parsers(sub) -> None:
                    help="comma-separated deployed formats (the fine-tunable model.safetensors and config.json are "
                         "always written)")
     e.add_argument("--force", action="store_true", help="replace the model files of a non-empty --out")
+    e.add_argument("--int8", action="store_true", help="also model.int8.onnx: onnxruntime static quantization "
+                                                       "(QDQ, per-channel weights) calibrated on training images, "
+                                                       "verified on the test images and timed")
     e.set_defaults(fn=cmd_export)
 
 

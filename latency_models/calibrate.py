@@ -19,28 +19,29 @@ from .table import read_table
 from .validate import fit_and_report
 
 def cache_stem(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, space: SearchSpace, *,
-               runtime: str, n: int, seed: int) -> Path:
+               runtime: str, n: int, seed: int, precision: str = "fp32") -> Path:
     """The calibration's cache path without suffix, keyed on everything that decides what is
-    measured: the model format, the device fingerprint (runtime included), the input shape, the
+    measured: the model format, the device fingerprint (runtime and precision included), the input shape, the
     space and the sample."""
-    fp = fingerprint("cpu", runtime, 1, 1, img_size)
+    fp = fingerprint("cpu", runtime, 1, 1, img_size, precision)
     sampled = json.dumps([dataclasses.asdict(space), num_classes, n, seed], sort_keys=True)
     sampled = hashlib.sha1(sampled.encode()).hexdigest()[:8]
     return Path(cache_dir) / f"auto-v{FORMAT_VERSION}-{fingerprint_id(fp)}-{in_chans}x{img_size}-{sampled}"
 
 
 def calibrate(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, space: SearchSpace, *,
-              runtime: str, n: int, seed: int = 0,
+              runtime: str, n: int, seed: int = 0, precision: str = "fp32",
               on_row: Callable[[dict], None] | None = None) -> tuple[Path, dict | None]:
     """Return (model path, fit report or None when the cached model was reused)."""
-    stem = cache_stem(img_size, in_chans, num_classes, cache_dir, space, runtime=runtime, n=n, seed=seed)
+    stem = cache_stem(img_size, in_chans, num_classes, cache_dir, space, runtime=runtime, n=n, seed=seed,
+                      precision=precision)
     model_path, csv_path = stem.with_suffix(".model"), stem.with_suffix(".csv")
     if model_path.exists():
         return model_path, None
     rng = np.random.default_rng(seed)
     specs = [sample(rng, space, img_size, in_chans, num_classes) for _ in range(n)]
     specs += presets(img_size, in_chans, num_classes, SEARCH_SCALE, SEARCH_SCALE).values()
-    measure_all(specs, csv_path, runtime, "cpu", 1, 1, remeasure=0.1, on_row=on_row)
+    measure_all(specs, csv_path, runtime, "cpu", 1, 1, remeasure=0.1, on_row=on_row, precision=precision)
     model, report = fit_and_report(read_table(csv_path), seed=seed)
     model.save(model_path)
     return model_path, report
@@ -50,6 +51,7 @@ def fingerprint_mismatch(model: LatencyModel, img_size: int) -> list[str]:
     """Where the model's device fingerprint differs from this machine's in the model's own runtime,
     threads and batch."""
     here = fingerprint(model.fingerprint.get("device", "cpu"), model.fingerprint.get("runtime", "torch"),
-                       model.fingerprint.get("threads", 1), model.fingerprint.get("batch", 1), img_size)
+                       model.fingerprint.get("threads", 1), model.fingerprint.get("batch", 1), img_size,
+                       model.fingerprint.get("precision", "fp32"))
     return [f"{k} {model.fingerprint.get(k)!r} vs here {v!r}" for k, v in here.items()
             if model.fingerprint.get(k) != v]

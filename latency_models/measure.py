@@ -39,8 +39,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def fingerprint(device: str, runtime: str, threads: int, batch: int, img_size: int) -> dict:
-    """What a timing depends on. Tables and predictors refuse to mix fingerprints."""
+def fingerprint(device: str, runtime: str, threads: int, batch: int, img_size: int, precision: str = "fp32") -> dict:
+    """What a timing depends on. Tables and predictors refuse to mix fingerprints. The precision is
+    named only where it is not fp32, so fp32 fingerprints keep the ids they had before int8."""
     try:
         import onnxruntime
         ort_version = onnxruntime.__version__
@@ -51,6 +52,7 @@ def fingerprint(device: str, runtime: str, threads: int, batch: int, img_size: i
         "torch": torch.__version__.split("+")[0], "onnxruntime": ort_version if runtime == "onnxruntime" else None,
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
         "device": device, "runtime": runtime, "batch": batch, "img_size": img_size,
+        **({"precision": precision} if precision != "fp32" else {}),
     }
 
 
@@ -71,30 +73,43 @@ def deployed_model(spec: ArchSpec, seed: int = 0) -> torch.nn.Module:
     return deploy(build_model(spec))
 
 
-def export_deployed(spec_json: str, path: str, seed: int = 0) -> str:
+def export_deployed(spec_json: str, path: str, seed: int = 0, precision: str = "fp32") -> str:
     """Export one spec's deployed model to ONNX, as `export` ships it (run in worker processes:
     an export takes 1-10 s an architecture here, the timing well under one)."""
-    from search_space.export import export_onnx
-
     torch.set_num_threads(1)
-    export_onnx(deployed_model(ArchSpec.from_json(spec_json), seed), path)
+    export_timed(deployed_model(ArchSpec.from_json(spec_json), seed), Path(path), precision)
+    return path
+
+
+def export_timed(model: torch.nn.Module, path: Path, precision: str) -> Path:
+    """The ONNX file a latency of `model` is timed on: as `export` writes it, and for int8
+    quantized as `export --int8` does, calibrated on seeded noise (a latency depends on the graph,
+    not on the values)."""
+    from search_space.export import export_onnx
+    from search_space.quantize import quantize_int8
+
+    if precision == "fp32":
+        return export_onnx(model, path)
+    fp32 = export_onnx(model, path.with_suffix(".fp32.onnx"))
+    spec = model.spec
+    noise = np.random.default_rng(0).standard_normal((8, spec.in_chans, spec.img_size, spec.img_size))
+    quantize_int8(fp32, path, noise.astype(np.float32))
+    fp32.unlink()
     return path
 
 
 def onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int, device: str,
-                exported: Path | None = None) -> Callable[[], None]:
+                exported: Path | None = None, precision: str = "fp32") -> Callable[[], None]:
     """An onnxruntime session of `model`, from its `exported` file or exported here."""
     import onnxruntime as ort
-
-    from search_space.export import export_onnx
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     if exported is None:
         with tempfile.TemporaryDirectory() as tmp:
-            session = ort.InferenceSession(str(export_onnx(model.cpu(), Path(tmp) / "model.onnx")), opts,
-                                           providers=providers)
+            path = export_timed(model.cpu(), Path(tmp) / "model.onnx", precision)
+            session = ort.InferenceSession(str(path), opts, providers=providers)
     else:
         session = ort.InferenceSession(str(exported), opts, providers=providers)
     feed = {session.get_inputs()[0].name: x.cpu().numpy()}
@@ -102,10 +117,12 @@ def onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int, device: s
 
 
 def runtime_runner(model: torch.nn.Module, x: torch.Tensor, runtime: str, threads: int = 1, device: str = "cpu",
-                   exported: Path | None = None) -> Callable[[], None]:
+                   exported: Path | None = None, precision: str = "fp32") -> Callable[[], None]:
     """One call of `model` on `x` in `runtime` (for onnxruntime: its `exported` file, or the graph
-    `export` writes)."""
-    return torch_runner(model, x) if runtime == "torch" else onnx_runner(model, x, threads, device, exported)
+    `export` writes, in `precision`)."""
+    if runtime == "torch":
+        return torch_runner(model, x)
+    return onnx_runner(model, x, threads, device, exported, precision)
 
 
 def call_times(runners: dict, sweeps: int, device: str = "cpu", warmup_calls: int = 5,
@@ -196,12 +213,13 @@ def time_interleaved(runners: dict, sweeps: int = 50, device: str = "cpu") -> di
 
 
 def deployed_runner(spec: ArchSpec, runtime: str = "torch", device: str = "cpu", threads: int = 1,
-                    batch: int = 1, seed: int = 0, exported: Path | None = None) -> tuple[Callable[[], None], int]:
+                    batch: int = 1, seed: int = 0, exported: Path | None = None,
+                    precision: str = "fp32") -> tuple[Callable[[], None], int]:
     """Build and deploy one architecture: a callable running one batch, and the deployed
     parameters. For onnxruntime, `exported` is its ONNX file if already exported."""
     model = deployed_model(spec, seed).to(device)
     x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size, device=device)
-    return runtime_runner(model, x, runtime, threads, device, exported), count_params(model)
+    return runtime_runner(model, x, runtime, threads, device, exported, precision), count_params(model)
 
 
 def remeasured(arch_id: str, fraction: float) -> bool:
@@ -240,20 +258,23 @@ def time_at_reference(runners: dict, anchor: Callable[[], None], reference_ms: f
             anchor_ms, reference_ms)
 
 
-def exported_files(exporter: ProcessPoolExecutor, part: list[ArchSpec], folder: Path) -> dict[str, str]:
+def exported_files(exporter: ProcessPoolExecutor, part: list[ArchSpec], folder: Path,
+                   precision: str) -> dict[str, str]:
     """arch_id: ONNX file of each spec, exported in the worker processes unless already in `folder`
     (an architecture timed twice is exported once). The largest graphs go first, so that no
     worker is left with a long export while the others wait."""
     paths = {s.arch_id: folder / f"{s.arch_id}.onnx" for s in part}
     todo = sorted((s for s in part if not paths[s.arch_id].exists()),
                   key=lambda s: sum(tally(s, "onnxruntime").calls), reverse=True)
-    list(exporter.map(export_deployed, [s.to_json() for s in todo], [str(paths[s.arch_id]) for s in todo]))
+    list(exporter.map(export_deployed, [s.to_json() for s in todo], [str(paths[s.arch_id]) for s in todo],
+                      [0] * len(todo), [precision] * len(todo)))
     return {a: str(p) for a, p in paths.items()}
 
 
 def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str, threads: int,
                 batch: int, remeasure: float = 0.1, sweeps: int = 50, chunk: int = 16,
-                reference_ms: float | None = None, on_row: Callable[[dict], None] | None = None) -> int:
+                reference_ms: float | None = None, on_row: Callable[[dict], None] | None = None,
+                precision: str = "fp32") -> int:
     """Measure every spec not yet in `out` for this fingerprint, appending a row per architecture.
 
     Architectures are timed up to `chunk` at a time with the anchor architecture, called in turn
@@ -262,13 +283,15 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str,
     chunk), or `reference_ms` (another table's or model's, so that both are on one scale). So every
     row of a table is at one machine speed, however the machine's speed drifts; `raw_median_ms`
     and `anchor_ms` keep the timings as taken. For onnxruntime, a chunk's ONNX exports run first,
-    in worker processes on every core. Each chunk's rows are written as soon as it ends (an
+    in worker processes on every core (int8: quantized there too). Each chunk's rows are written as soon as it ends (an
     interruption loses at most the chunk in progress). Returns the rows written."""
     specs = list(specs)
     if not specs:
         return 0
     torch.set_num_threads(threads)
-    fp = fingerprint(device, runtime, threads, batch, specs[0].img_size)
+    if precision != "fp32" and runtime != "onnxruntime":
+        raise ValueError(f"precision {precision} is timed in onnxruntime only, not {runtime}")
+    fp = fingerprint(device, runtime, threads, batch, specs[0].img_size, precision)
     fid = fingerprint_id(fp)
     reference_ms = table_reference(out, fid, reference_ms)
     anchor = None
@@ -283,10 +306,11 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str,
         for todo in passes:
             n = -(-len(todo) // chunk)  # chunks of equal size, so the last is not left with one architecture
             for part in (todo[i * len(todo) // n:(i + 1) * len(todo) // n] for i in range(n)):
-                files = exported_files(exporter, part, tmp) if exporter else {}
-                anchor = anchor or deployed_runner(anchor_spec(part[0]), runtime, device, threads, batch)[0]
-                built = {s.arch_id: deployed_runner(s, runtime, device, threads, batch, exported=files.get(s.arch_id))
-                         for s in part}
+                files = exported_files(exporter, part, tmp, precision) if exporter else {}
+                anchor = anchor or deployed_runner(anchor_spec(part[0]), runtime, device, threads, batch,
+                                                   precision=precision)[0]
+                built = {s.arch_id: deployed_runner(s, runtime, device, threads, batch, exported=files.get(s.arch_id),
+                                                    precision=precision) for s in part}
                 stats, anchor_ms, reference_ms = time_at_reference({a: run for a, (run, _) in built.items()}, anchor,
                                                                    reference_ms, sweeps, device)
                 for spec in part:

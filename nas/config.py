@@ -17,10 +17,10 @@ EXPORT_FORMATS = ("onnx", "pt2")  # the deployed graphs `export` can write
 
 def target_name(fp: dict) -> str:
     """The deployment target a fingerprint stands for, in words: device, runtime, precision,
-    threads, batch (every model is timed in float32 so far)."""
+    threads, batch."""
     runtime = f"onnxruntime {fp['onnxruntime']}" if fp.get("runtime") == "onnxruntime" else f"torch {fp.get('torch')} eager"
     device = (fp.get("gpu") or fp.get("cpu")) if fp.get("device") == "cuda" else f"{fp.get('cpu')} CPU"
-    return f"{runtime} fp32 on {device}, {fp.get('threads')} thread(s), batch {fp.get('batch')}"
+    return f"{runtime} {fp.get('precision', 'fp32')} on {device}, {fp.get('threads')} thread(s), batch {fp.get('batch')}"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, f
                                      time_at_reference, time_interleaved)
 from search_space import ArchSpec, build_model, count_params, deploy
 
+from .int8 import evaluate_int8
 from .records import atomic_write, write_records
 from .rundir import load_run_study, load_trial, run_config
 from . import SearchError
@@ -34,19 +35,26 @@ def target_runtime(cfg: dict) -> str:
     return (cfg.get("latency_target") or {}).get("runtime", "torch")
 
 
-def predictor_reference_ms(cfg: dict, img_size: int, runtime: str | None = None) -> float | None:
+def target_precision(cfg: dict) -> str:
+    """The precision of a run's latency target (fp32 for runs from before int8)."""
+    return (cfg.get("latency_target") or {}).get("precision", "fp32")
+
+
+def predictor_reference_ms(cfg: dict, img_size: int, runtime: str | None = None,
+                           precision: str | None = None) -> float | None:
     """The reference speed of the run's predicted latencies, where its latency model was measured
-    on this device in `runtime` (default: the run's; CPU, 1 thread, batch 1); None where it was not
-    (a timing here is then at this session's speed, which no prediction is on)."""
-    here = fingerprint_id(fingerprint("cpu", runtime or target_runtime(cfg), 1, 1, img_size))
+    on this device in `runtime` and `precision` (default: the run's; CPU, 1 thread, batch 1); None
+    where it was not (a timing here is then at this session's speed, which no prediction is on)."""
+    runtime, precision = runtime or target_runtime(cfg), precision or target_precision(cfg)
+    here = fingerprint_id(fingerprint("cpu", runtime, 1, 1, img_size, precision))
     return cfg.get("latency_reference_ms") if cfg.get("latency_fingerprint") == here else None
 
 
 def time_on_target(deployed: torch.nn.Module, cfg: dict, runtime: str | None = None, exported: Path | None = None,
-                   sweeps: int = 200) -> dict:
+                   sweeps: int = 200, precision: str = "fp32") -> dict:
     """Time a deployed model on this CPU, 1 thread, batch 1, in `runtime` (default: the run's
-    target's; for onnxruntime, its `exported` file, or the graph `export` writes): median, p10
-    and p90 ms and the fingerprint timed. Where the run's predictor was measured here in that
+    target's; for onnxruntime, its `exported` file in `precision`, or the graph `export` writes):
+    median, p10 and p90 ms and the fingerprint timed. Where the run's predictor was measured here in that
     runtime, beside the anchor and on the predictor's scale (the anchor and reference used are
     returned); elsewhere alone, at this session's speed."""
     spec = deployed.spec
@@ -55,19 +63,20 @@ def time_on_target(deployed: torch.nn.Module, cfg: dict, runtime: str | None = N
     torch.set_num_threads(1)
     try:
         x = torch.randn(1, spec.in_chans, spec.img_size, spec.img_size)
-        model = runtime_runner(deployed, x, runtime, exported=exported)
-        reference = predictor_reference_ms(cfg, spec.img_size, runtime)
+        model = runtime_runner(deployed, x, runtime, exported=exported, precision=precision)
+        reference = predictor_reference_ms(cfg, spec.img_size, runtime, precision)
         if reference is None:  # no scale to put it on: the model alone, at this session's speed
             timing, anchor_ms, used = time_interleaved({"model": model}, sweeps)["model"], None, None
         else:
-            anchor = deployed_runner(anchor_spec(spec), runtime)[0]
+            anchor = deployed_runner(anchor_spec(spec), runtime, precision=precision)[0]
             timings, anchor_ms, used = time_at_reference({"model": model}, anchor, reference, sweeps=sweeps)
             timing = timings["model"]
     finally:
         torch.set_num_threads(threads)
     return {"measured_ms": timing["median_ms"], "p10_ms": timing["p10_ms"], "p90_ms": timing["p90_ms"],
             "raw_median_ms": timing["raw_median_ms"], "anchor_ms": anchor_ms, "reference_ms": used,
-            "on_predictor_scale": reference is not None, "device": fingerprint("cpu", runtime, 1, 1, spec.img_size)}
+            "on_predictor_scale": reference is not None,
+            "device": fingerprint("cpu", runtime, 1, 1, spec.img_size, precision)}
 
 
 def train_final(run_dir: Path, number: int, epochs: float | None = None, device: str = "cpu",
@@ -97,9 +106,12 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     torch.save({"spec": spec.to_json(), "state_dict": model.state_dict(), "mean": mean, "std": std,
                 "label_names": data.classes}, out / "model.pt")
     deployed = deploy(model)
-    timing = time_on_target(deployed, cfg)
+    int8 = evaluate_int8(deployed, data, norm, out / "model.int8.onnx")
+    int8_target = target_precision(cfg) == "int8" and "int8_failure" not in int8
+    timing = time_on_target(deployed, cfg, exported=out / "model.int8.onnx" if int8_target else None,
+                            precision="int8" if int8_target else "fp32")
     pred = trial.user_attrs["pred_ms"]
-    report = {"trial": trial.number, "arch_id": spec.arch_id, "short": spec.short(), "test_acc": test_acc,
+    report = {"trial": trial.number, "arch_id": spec.arch_id, "short": spec.short(), "test_acc": test_acc, **int8,
               "val_acc_proxy": (trial.user_attrs.get("rung_accs") or [trial.user_attrs.get("val_acc")])[-1],
               "proxy_rung": len(trial.user_attrs.get("rung_accs") or [None]) - 1, "pred_ms": pred,
               **timing, "pred_rel_err": (pred - timing["measured_ms"]) / timing["measured_ms"], "epochs": epochs,

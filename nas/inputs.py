@@ -87,11 +87,11 @@ def load_inputs(cfg: SearchConfig) -> SearchInputs:
 
 
 def prepare_search(cfg: SearchConfig, target: str | float, *, runtime: str = DEFAULT_RUNTIME,
-                   calibrate_n: int = CALIBRATION_ARCHS, force: bool = False,
+                   precision: str = "fp32", calibrate_n: int = CALIBRATION_ARCHS, force: bool = False,
                    on_calibration_row: Callable[[dict], None] | None = None,
                    on_note: Callable[[str], None] = lambda note: None) -> tuple[SearchConfig, SearchInputs]:
     """The run's settings completed (latency model, target in ms) and its inputs: without
-    `cfg.latency_model`, this machine is calibrated in `runtime` (cached under RUNS_DIR/latency);
+    `cfg.latency_model`, this machine is calibrated in `runtime` and `precision` (cached under RUNS_DIR/latency);
     `target` is milliseconds or `pN`, the N-th percentile of the space's predicted latencies. A
     latency model measured on another device needs `force`. `on_note` hears what a user should read."""
     if Path(cfg.runs_dir).exists() and not Path(cfg.runs_dir).is_dir():
@@ -102,7 +102,7 @@ def prepare_search(cfg: SearchConfig, target: str | float, *, runtime: str = DEF
     space, preset_params = search_space_for(cfg, shape)
     if not cfg.latency_model:
         path, report = calibrate(*shape, Path(cfg.runs_dir) / "latency", space, runtime=runtime, n=calibrate_n,
-                                 on_row=on_calibration_row)
+                                 precision=precision, on_row=on_calibration_row)
         on_note(f"latency model {path}: held-out within ±10% {report['within_10']:.0%}, Kendall tau "
                 f"{report['kendall_tau']:.2f} ({report['n_test']} held out)" if report else
                 f"reusing latency model {path}")

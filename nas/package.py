@@ -9,19 +9,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluators.data import IMAGE_RESIZE
+from evaluators.data import IMAGE_RESIZE, load_dataset
+from evaluators.train import Normalizer
 from search_space import count_params, deploy
 from search_space.export import export_onnx, export_pt2, set_onnx_metadata, verify_onnx
+from search_space.quantize import QuantizationError
 from search_space.pretrained import CONFIG_FILE, WEIGHTS_FILE, save_pretrained
 
 from .config import EXPORT_FORMATS, target_name
-from .final import load_trained, target_runtime, time_on_target
+from .final import load_trained, target_precision, target_runtime, time_on_target
+from .int8 import CALIBRATION_IMAGES, calibration_batch, int8_figures, quantize_deployed
 from .rundir import final_report, run_config
 from . import SearchError
 
 TOLERANCE = 1e-4
 EXPORTERS = {"onnx": (export_onnx, "model.onnx"), "pt2": (export_pt2, "model.pt2")}
-WRITTEN = ("model.onnx", "model.pt2", WEIGHTS_FILE, CONFIG_FILE, "arch.json", "latency.json", "MODEL_CARD.md")
+INT8_FILE = "model.int8.onnx"
+WRITTEN = ("model.onnx", INT8_FILE, "model.int8.json", "model.pt2", WEIGHTS_FILE, CONFIG_FILE, "arch.json", "latency.json", "MODEL_CARD.md")
 
 
 def verify_pt2(path: Path, reference: torch.nn.Module, x: torch.Tensor) -> float:
@@ -34,35 +38,29 @@ VERIFIERS = {"onnx": verify_onnx, "pt2": verify_pt2}
 
 
 def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...] = EXPORT_FORMATS, *, force: bool = False,
-                 on_stage: Callable[[str, int, int], None] | None = None) -> dict:
-    """Deploy the trained model of a trial, export it, verify each file, write the fine-tunable
-    weights, arch.json and the card; `on_stage(what, done, total)` before each step."""
+                 int8: bool = False, on_stage: Callable[[str, int, int], None] | None = None) -> dict:
+    """Deploy the trained model of a trial, export it, verify each file (with `int8`, also its
+    quantization, model.int8.onnx), write the fine-tunable weights, arch.json and the card;
+    `on_stage(what, done, total)` before each step."""
     unknown = set(formats) - set(EXPORT_FORMATS)
     if unknown:
         raise SearchError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(EXPORT_FORMATS)}")
     out = prepare_out(Path(out), force)
     stages = ["loading the trained model", *(f"exporting and verifying {EXPORTERS[f][1]}" for f in formats),
-              "writing fine-tunable weights and card", *(["timing model.onnx in onnxruntime"] * ("onnx" in formats)),
-              "done"]
+              *(["quantizing, verifying and timing model.int8.onnx"] * int8), "writing fine-tunable weights and card",
+              *(["timing model.onnx in onnxruntime"] * ("onnx" in formats)), "done"]
     report = stage_reporter(stages, on_stage)
     report()
     model, meta = load_trained(run_dir, number)
     final, cfg = final_report(run_dir, number), run_config(run_dir)
     deployed = deploy(model)
     spec = model.spec
-    x = torch.randn(3, spec.in_chans, spec.img_size, spec.img_size, generator=torch.Generator().manual_seed(0))
     preprocessing = pretrained_cfg(spec, meta)
-    diffs = {}
-    for fmt in formats:
+    diffs = write_deployed(deployed, out, formats, onnx_metadata(spec, preprocessing, meta["label_names"]), report)
+    quantized = None
+    if int8:
         report()
-        export, name = EXPORTERS[fmt]
-        export(deployed, out / name)
-        if fmt == "onnx":
-            set_onnx_metadata(out / name, onnx_metadata(spec, preprocessing, meta["label_names"]))
-        diffs[fmt] = VERIFIERS[fmt](out / name, deployed, x)
-        if diffs[fmt] > TOLERANCE:
-            raise SearchError(f"exported {name} differs from the PyTorch model by {diffs[fmt]:.2e} "
-                              f"(> {TOLERANCE}); please report this architecture: {spec.short()}")
+        quantized = write_int8(deployed, out / INT8_FILE, cfg, meta)
     report()
     save_pretrained(model, out, pretrained_cfg=preprocessing, label_names=meta["label_names"])
     (out / "arch.json").write_text(json.dumps({**spec.to_dict(), "short": spec.short(), "arch_id": spec.arch_id,
@@ -74,11 +72,48 @@ def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...]
         report()
         shipped = time_on_target(deployed, cfg, "onnxruntime", exported=out / "model.onnx")
         (out / "latency.json").write_text(json.dumps(shipped, indent=1))
-    card = model_card(spec, final, count_params(deployed), diffs, preprocessing, meta["label_names"], shipped, cfg)
+    if quantized:
+        (out / "model.int8.json").write_text(json.dumps(quantized, indent=1))
+    card = model_card(spec, final, count_params(deployed), diffs, preprocessing, meta["label_names"], shipped, cfg,
+                      quantized)
     (out / "MODEL_CARD.md").write_text(card)
     report()
     return {"out": str(out), "max_abs_diff": diffs, "shipped_ms": shipped and shipped["measured_ms"],
-            "files": sorted(p.name for p in out.iterdir())}
+            "int8": quantized, "files": sorted(p.name for p in out.iterdir())}
+
+
+def write_deployed(deployed: torch.nn.Module, out: Path, formats: tuple[str, ...], metadata: dict[str, str],
+                   report: Callable[[], None]) -> dict[str, float]:
+    """Export each format, the ONNX file with `metadata`, and verify it against PyTorch: the max
+    abs difference of each on a seeded batch of 3."""
+    spec = deployed.spec
+    x = torch.randn(3, spec.in_chans, spec.img_size, spec.img_size, generator=torch.Generator().manual_seed(0))
+    diffs = {}
+    for fmt in formats:
+        report()
+        export, name = EXPORTERS[fmt]
+        export(deployed, out / name)
+        if fmt == "onnx":
+            set_onnx_metadata(out / name, metadata)
+        diffs[fmt] = VERIFIERS[fmt](out / name, deployed, x)
+        if diffs[fmt] > TOLERANCE:
+            raise SearchError(f"exported {name} differs from the PyTorch model by {diffs[fmt]:.2e} "
+                              f"(> {TOLERANCE}); please report this architecture: {spec.short()}")
+    return diffs
+
+
+def write_int8(deployed: torch.nn.Module, path: Path, cfg: dict, meta: dict) -> dict:
+    """model.int8.onnx, calibrated on the run's training images, verified on its test images (accuracy,
+    top-1 agreement with fp32) and timed in onnxruntime."""
+    data = load_dataset(cfg["dataset"])
+    norm = Normalizer(meta["mean"], meta["std"], deployed.spec.img_size)
+    try:
+        quantize_deployed(deployed, path, calibration_batch(data.x_train, norm))
+    except QuantizationError as e:
+        raise SearchError(f"{e}; export without --int8") from None
+    figures = int8_figures(path, deployed, data.x_test, data.y_test, norm)
+    timing = time_on_target(deployed, cfg, "onnxruntime", exported=path, precision="int8")
+    return {**figures, "latency": timing}
 
 
 def stage_reporter(stages: list[str], on_stage: Callable[[str, int, int], None] | None) -> Callable[[], None]:
@@ -120,17 +155,26 @@ def onnx_metadata(spec, preprocessing: dict, label_names: list[str]) -> dict[str
             "etnas.spec": spec.to_json(), "etnas.arch_id": spec.arch_id}
 
 
-def latency_rows(final: dict, shipped: dict | None, cfg: dict) -> str:
-    """The card's latency rows: the shipped file timed in onnxruntime, the final training's timing in
-    the run's target runtime, and the search's prediction beside the one in its runtime."""
+def latency_rows(final: dict, shipped: dict | None, cfg: dict, quantized: dict | None = None) -> str:
+    """The card's latency rows: the shipped files timed in onnxruntime, the final training's timing
+    in the run's target runtime, and the search's prediction beside the file of its target."""
     rows = [f"| search target | {target_name(cfg.get('latency_target') or final['device'])} |"]
-    if shipped:
-        on = "on the predictor's scale" if shipped["on_predictor_scale"] else "at this session's speed"
-        rows.append(f"| model.onnx latency | {shipped['measured_ms']:.3f} ms median (p10-p90 {shipped['p10_ms']:.3f}-"
-                    f"{shipped['p90_ms']:.3f}), timed here: {target_name(shipped['device'])}, {on} |")
+    timed = {"model.onnx": shipped, INT8_FILE: quantized and quantized["latency"]}
+    for name, timing in timed.items():
+        if timing:
+            on = "on the predictor's scale" if timing["on_predictor_scale"] else "at this session's speed"
+            rows.append(f"| {name} latency | {timing['measured_ms']:.3f} ms median (p10-p90 {timing['p10_ms']:.3f}-"
+                        f"{timing['p90_ms']:.3f}), timed here: {target_name(timing['device'])}, {on} |")
+    if quantized:
+        rows.append(f"| {INT8_FILE} accuracy | {quantized['test_acc_int8']:.4f} test "
+                    f"({100 * (quantized['test_acc_int8'] - final['test_acc']):+.2f} points vs fp32), top-1 "
+                    f"agreement with fp32 {quantized['int8_top1_agreement']:.1%} (calibrated on "
+                    f"{CALIBRATION_IMAGES} training images) |")
     pred = f"{final['pred_ms']:.3f} ms"
-    if shipped and target_runtime(cfg) == "onnxruntime":
-        pred += f" ({(final['pred_ms'] - shipped['measured_ms']) / shipped['measured_ms']:+.1%} vs model.onnx)"
+    target_file = INT8_FILE if target_precision(cfg) == "int8" else "model.onnx"
+    if timed[target_file] and target_runtime(cfg) == "onnxruntime":
+        ms = timed[target_file]["measured_ms"]
+        pred += f" ({(final['pred_ms'] - ms) / ms:+.1%} vs {target_file})"
     rows += [f"| predicted latency | {pred} |",
              f"| measured after training | {final['measured_ms']:.3f} ms median (p10 {final['p10_ms']:.3f}, p90 "
              f"{final['p90_ms']:.3f}; {final['pred_rel_err']:+.1%} predicted vs this), "
@@ -139,7 +183,7 @@ def latency_rows(final: dict, shipped: dict | None, cfg: dict) -> str:
 
 
 def model_card(spec, final: dict, params: int, diffs: dict, preprocessing: dict, label_names: list[str],
-               shipped: dict | None, cfg: dict) -> str:
+               shipped: dict | None, cfg: dict, quantized: dict | None = None) -> str:
     c, h = spec.in_chans, spec.img_size
     mean, std = ([round(v, 4) for v in preprocessing[k]] for k in ("mean", "std"))
     return f"""# {spec.short()}
@@ -149,7 +193,7 @@ Architecture `{spec.arch_id}` found by etnas (hardware-aware NAS for efficient v
 | figure | value |
 |---|---|
 | test accuracy | {final['test_acc']:.4f} ({final['dataset']}, {final['epochs']:g} epochs) |
-{latency_rows(final, shipped, cfg)}
+{latency_rows(final, shipped, cfg, quantized)}
 | FLOPs (multiply-adds) | {final['flops']:,} |
 | parameters (deployed) | {params:,} |
 | export check | max abs diff vs PyTorch: {', '.join(f'{k} {v:.1e}' for k, v in diffs.items())} |

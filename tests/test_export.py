@@ -112,6 +112,8 @@ def test_demo_path_trains_and_exports_the_best(demo_run, tmp_path):
     for key in ("trial", "arch_id", "test_acc", "pred_ms", "measured_ms", "epochs", "train_s"):
         assert key in final
     assert final["trial"] == best["trial"] and 0 <= final["test_acc"] <= 1 and final["measured_ms"] > 0
+    assert 0 <= final["test_acc_int8"] <= 1 and 0 <= final["int8_top1_agreement"] <= 1  # beside fp32
+    assert "test_acc_int8" in res.stdout
     # calibrated on this machine, so the final latency is measured on the predictor's scale
     assert final["on_predictor_scale"] and final["reference_ms"] == json.loads((demo_run / "config.json").read_text())[
         "latency_reference_ms"]
@@ -162,9 +164,16 @@ def test_export_refuses_a_non_empty_folder_unless_forced(demo_run, tmp_path):
                     f"--out {out} is not empty; pass --force")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     (out / "model.pt2").write_text("stale")
-    res = run_cli("export", demo_run, "--trial", best, "--out", out, "--format", "onnx", "--force")
+    res = run_cli("export", demo_run, "--trial", best, "--out", out, "--format", "onnx", "--force", "--int8")
     assert not (out / "model.pt2").exists() and (out / "notes.txt").read_text() == "mine"  # only its own files
     assert (out / "model.onnx").exists() and "exported to" in res.stdout
+    int8 = json.loads((out / "model.int8.json").read_text())
+    final = json.loads((demo_run / "final" / str(best) / "final.json").read_text())
+    assert int8["test_acc_int8"] == pytest.approx(final["test_acc_int8"])  # the same quantization as train's
+    assert int8["latency"]["device"]["precision"] == "int8" and int8["latency"]["measured_ms"] > 0
+    card = (out / "MODEL_CARD.md").read_text()
+    assert f"| model.int8.onnx accuracy | {int8['test_acc_int8']:.4f} test" in card
+    assert "| model.int8.onnx latency | " in card
 
 
 def _one_line_error(res, text):

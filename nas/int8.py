@@ -1,0 +1,60 @@
+"""The int8 version of a trained model: its deployed graph quantized by onnxruntime (QDQ, per-channel
+weights), calibrated on training images only, and what quantizing cost: test accuracy and top-1
+agreement with the fp32 model on the test set."""
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evaluators.train import Normalizer
+from search_space.export import export_onnx
+from search_space.quantize import QuantizationError, quantize_int8
+
+CALIBRATION_IMAGES = 256  # training images that set the activation ranges
+
+
+def calibration_batch(x_train: torch.Tensor, norm: Normalizer, n: int = CALIBRATION_IMAGES,
+                      seed: int = 0) -> np.ndarray:
+    """A seeded sample of training images, normalised as the model reads them."""
+    pick = np.random.default_rng(seed).permutation(len(x_train))[:n]
+    return norm(x_train[torch.from_numpy(pick)]).numpy()
+
+
+def quantize_deployed(deployed: torch.nn.Module, out: Path, calibration: np.ndarray) -> Path:
+    """Export `deployed` (fp32, as `export` writes it) and write its int8 quantization to `out`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return quantize_int8(export_onnx(deployed, Path(tmp) / "model.onnx"), out, calibration)
+
+
+@torch.no_grad()
+def int8_figures(int8_path: Path, deployed: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalizer,
+                 batch: int = 256) -> dict:
+    """The int8 file's accuracy on (x, y) and how often its top-1 class is the fp32 model's."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    deployed.eval()
+    correct = agree = 0
+    for i in range(0, len(x), batch):
+        inputs = norm(x[i:i + batch])
+        int8_top1 = session.run(None, {name: inputs.numpy()})[0].argmax(1)
+        agree += int((int8_top1 == deployed(inputs).argmax(1).numpy()).sum())
+        correct += int((int8_top1 == y[i:i + batch].numpy()).sum())
+    n = max(len(x), 1)
+    return {"test_acc_int8": correct / n, "int8_top1_agreement": agree / n}
+
+
+def evaluate_int8(deployed: torch.nn.Module, data, norm: Normalizer, out: Path) -> dict:
+    """Quantize `deployed` on `data`'s training images into `out` and measure it on the test set;
+    a model onnxruntime cannot quantize gives its reason (and a warning), not a crash."""
+    try:
+        quantize_deployed(deployed, out, calibration_batch(data.x_train, norm))
+    except QuantizationError as e:
+        warnings.warn(f"{e}; the int8 figures are left out", stacklevel=2)
+        return {"int8_failure": str(e)}
+    return int8_figures(out, deployed, data.x_test, data.y_test, norm)
