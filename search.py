@@ -201,13 +201,29 @@ def prepare_search(args):
     if args.gpus_per_trial and not args.ray_address:
         require_device("cuda", option="--gpus-per-trial", instead="0 (CPU workers), or --ray-address of a cluster with GPUs")
     require_runtime_for(args.precision, args.runtime)
-    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig) if f.name != "target_ms"}
-    cfg = SearchConfig(**{**settings, "target_ms": 0.0, "latency_model": args.latency_model or ""})
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig)
+                if f.name not in ("target_ms", "latency_model", "other_latency_models")}
+    constraint, others = constraint_and_others(args.latency_model or [], args.constraint)
+    cfg = SearchConfig(**settings, target_ms=0.0, latency_model=constraint, other_latency_models=others)
     with lazy_progress("calibrating latency model") as update:  # no bar where a cached model is reused
         return prepare_search(cfg, args.target_ms, runtime=args.runtime, precision=args.precision,
                               calibrate_n=args.calibrate_n, force=args.force,
                               on_calibration_row=lambda row: update(advance=1, info=f"{row['median_ms']:.2f} ms"),
                               on_note=lambda note: console.print(note, markup=False, soft_wrap=True))
+
+
+def constraint_and_others(models: list[str], constraint: str | None) -> tuple[str, tuple[str, ...]]:
+    """The constraint's latency model ('' to calibrate one) and the other targets' models: the first
+    given unless --constraint names another by its file stem."""
+    from nas.targets import target_label
+
+    if constraint is None:
+        return (models[0], tuple(models[1:])) if models else ("", ())
+    chosen = [m for m in models if target_label(m) == constraint]
+    if not chosen:
+        raise UserError(f"--constraint {constraint} names none of the --latency-model files "
+                        f"({', '.join(target_label(m) for m in models) or 'none given'}); give its file stem")
+    return chosen[0], tuple(m for m in models if m != chosen[0])
 
 
 @contextlib.contextmanager
@@ -297,7 +313,29 @@ def cmd_front(args) -> None:
     from nas.rundir import run_config
 
     run_config(Path(args.run))  # a bad run directory is one line before pandas and plotly load
-    print_front(Path(args.run), args.json)
+    if args.target_ms is not None and args.target is None:
+        raise UserError("--target-ms goes with --target (the run's own target is the one it searched under)")
+    if args.target:
+        print_front_on_target(Path(args.run), args.target, args.target_ms, args.json)
+    else:
+        print_front(Path(args.run), args.json)
+
+
+def print_front_on_target(run_dir: Path, target: str, target_ms: float | None, as_json: bool) -> None:
+    from nas.rundir import run_records
+    from nas.targets import front_on_target
+
+    front, source = front_on_target(run_records(run_dir)[0], target, target_ms)
+    if as_json:
+        print(json.dumps({"target": source, "target_ms": target_ms, "front": front}))
+        return
+    within = f", within {target_ms:g} ms" if target_ms is not None else ""
+    table = Table("trial", "val acc", "pred ms", "MFLOPs", architecture_column(),
+                  title=f"Pareto front of {run_dir} on {source}{within} (top-rung trials)")
+    for f in front:
+        table.add_row(str(f["trial"]), f"{f['val_acc']:.4f}", f"{f['pred_ms']:.3f}", f"{f['flops'] / 1e6:.1f}",
+                      escape(str(f["short"])))
+    out.print(table)
 
 
 def cmd_dashboard(args) -> None:
@@ -511,7 +549,12 @@ def _run_parser(sub) -> None:
     r.add_argument("--name", required=True, help="run name: results go to RUNS_DIR/NAME")
     r.add_argument("--target-ms", required=True, type=latency_target, help="latency target in ms, or pN: the N-th percentile of the "
                                                       "space's predicted latencies (p50: half the space meets it)")
-    r.add_argument("--latency-model", help="fitted predictor (default: calibrate this machine, cached in runs/latency)")
+    r.add_argument("--latency-model", action="append",
+                   help="fitted predictor of the deployment target (default: calibrate this machine, cached in "
+                        "runs/latency); repeat it for more targets: each trial's latency is recorded on every one "
+                        "(`front --target`), the first is the constraint")
+    r.add_argument("--constraint", help="the target whose latency model sets the constraint, by its file stem "
+                                        "(default: the first --latency-model)")
     r.add_argument("--dataset", type=dataset_name, default=d.dataset, help=KINDS)
     r.add_argument("--trials", type=trial_count, default=d.trials,
                    help=f"trials in all, the {len(PRESETS)} seed presets included (at least {len(PRESETS) + 1})")
@@ -558,6 +601,10 @@ def _run_dir_parsers(sub) -> None:
     fr.add_argument("run", help="run directory (runs/NAME)")
     fr.add_argument("--json", action="store_true", help="print the front, the presets, the target and the rungs' "
                                                         "epochs as JSON (writes nothing)")
+    fr.add_argument("--target", help="the front on another target: one the run recorded (a --latency-model's "
+                                     "file stem) or any latency model file, even one fitted after the search "
+                                     "(trained trials only; writes nothing)")
+    fr.add_argument("--target-ms", type=number(0), help="with --target: its latency target in ms (default: none)")
     fr.set_defaults(fn=cmd_front)
 
     d = sub.add_parser("dashboard", help="open a run's study in optuna-dashboard, on localhost",

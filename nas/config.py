@@ -27,7 +27,7 @@ def target_name(fp: dict) -> str:
 class SearchConfig:
     name: str
     target_ms: float
-    latency_model: str
+    latency_model: str  # the constraint's target
     dataset: str = "digits"
     trials: int = 30
     budget_epochs: float | None = None  # training epochs over all candidates; None: --trials alone stops
@@ -46,6 +46,7 @@ class SearchConfig:
     ray_address: str | None = None
     gpus_per_trial: float = 0.0  # 0: CPU workers; a share like 0.25 lets four proxies share a GPU
     runs_dir: str = "runs"
+    other_latency_models: tuple[str, ...] = ()  # more targets: every trial's latency recorded on each
 
     @property
     def rungs(self) -> Rungs:

@@ -20,6 +20,7 @@ from search_space.sampling import params_of
 
 from . import SearchError
 from .config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, SearchConfig, parse_target, target_name
+from .targets import load_targets
 
 
 def search_space_for(cfg: SearchConfig, shape: tuple[int, int, int]) -> tuple[SearchSpace, dict]:
@@ -71,6 +72,7 @@ class SearchInputs:
     preset_params: dict
     model: LatencyModel
     latencies: np.ndarray
+    others: dict[str, LatencyModel] = dataclasses.field(default_factory=dict)  # more targets, by label
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -83,7 +85,8 @@ def load_inputs(cfg: SearchConfig) -> SearchInputs:
     shape = (data.img_size, data.in_chans, data.num_classes)
     space, preset_params = search_space_for(cfg, shape)
     model = LatencyModel.load(cfg.latency_model)
-    return SearchInputs(data, space, preset_params, model, space_latencies(model, space, shape, cfg.seed))
+    return SearchInputs(data, space, preset_params, model, space_latencies(model, space, shape, cfg.seed),
+                        load_targets(cfg.other_latency_models))
 
 
 def prepare_search(cfg: SearchConfig, target: str | float, *, runtime: str = DEFAULT_RUNTIME,
@@ -117,4 +120,7 @@ def prepare_search(cfg: SearchConfig, target: str | float, *, runtime: str = DEF
     cfg = dataclasses.replace(cfg, target_ms=resolve_target(str(target), latencies))
     if str(target).startswith("p"):
         on_note(f"target {target} of the space's predicted latencies: {cfg.target_ms:g} ms")
-    return cfg, SearchInputs(data, space, preset_params, model, latencies)
+    others = load_targets(cfg.other_latency_models)
+    for label, other in others.items():
+        on_note(f"also recorded: latency on {label} ({target_name(other.fingerprint)})")
+    return cfg, SearchInputs(data, space, preset_params, model, latencies, others)

@@ -13,7 +13,7 @@ import optuna
 import pandas as pd
 
 TRIAL_COLUMNS = ["number", "state", "rung", "rung_acc", "val_acc", "arch_id", "short", "pred_ms", "flops", "params",
-                 "train_s", "failure", "preset", "cached_from", "rung_accs", "history", "spec"]
+                 "train_s", "failure", "preset", "cached_from", "rung_accs", "history", "spec", "pred_ms_targets"]
 
 
 def trial_state(t: optuna.trial.FrozenTrial) -> str:
@@ -42,7 +42,8 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict:
             "flops": a.get("flops"), "params": a.get("params"), "train_s": a.get("train_s"),
             "failure": a.get("failure"), "preset": a.get("preset"), "cached_from": a.get("cached_from"),
             "rung_accs": json.dumps(accs) if accs else None,
-            "history": json.dumps(a["history"]) if "history" in a else None, "spec": a.get("spec")}
+            "history": json.dumps(a["history"]) if "history" in a else None, "spec": a.get("spec"),
+            "pred_ms_targets": json.dumps(a["pred_ms_targets"]) if a.get("pred_ms_targets") else None}
 
 
 def rung_agreement(rows: list[dict]) -> list[dict]:

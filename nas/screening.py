@@ -3,7 +3,7 @@ meets the target, and whether its architecture was trained before or is in train
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 
@@ -12,6 +12,7 @@ from latency_models.features import total_flops
 from search_space import ArchSpec, SearchSpace, build_model, count_params, sample
 
 from .study_view import set_latency_constraint
+from .targets import predictions
 
 INFEASIBLE, DUPLICATE, WAIT, RESUME, TRAIN = "infeasible", "duplicate", "wait", "resume", "train"
 
@@ -23,6 +24,7 @@ class Screening:
     model: LatencyModel
     target_ms: float
     preset_of: dict[str, str]  # arch_id -> preset name
+    others: dict[str, LatencyModel] = field(default_factory=dict)  # more targets, by label
 
     def describe(self, trial: optuna.trial.Trial) -> ArchSpec:
         """Sample the trial's spec and record it, its predicted latency, cost and latency constraint."""
@@ -34,6 +36,8 @@ class Screening:
                  "flops": total_flops(spec), "params": count_params(build_model(spec))}
         if spec.arch_id in self.preset_of:
             attrs["preset"] = self.preset_of[spec.arch_id]
+        if self.others:
+            attrs["pred_ms_targets"] = predictions(self.others, spec)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         set_latency_constraint(trial, pred - self.target_ms)

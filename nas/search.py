@@ -217,7 +217,8 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
     band_edges = list(np.quantile(feasible, [1 / 3, 2 / 3])) if len(feasible) else []
     preset_of = {sample(FixedSuggester(p), inputs.space, *inputs.shape).arch_id: name
                  for name, p in inputs.preset_params.items()}
-    return SearchRun(cfg, study, Screening(inputs.space, inputs.shape, inputs.model, cfg.target_ms, preset_of),
+    screening = Screening(inputs.space, inputs.shape, inputs.model, cfg.target_ms, preset_of, inputs.others)
+    return SearchRun(cfg, study, screening,
                      Ladder(study, cfg.rungs, cfg.promotion, band_edges),
                      Dispatcher(cfg.workers, data_ref, train_cfg, cfg.rungs, cfg.run_dir / "checkpoints",
                                 cfg.gpus_per_trial),

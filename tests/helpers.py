@@ -18,11 +18,16 @@ def synthetic_ms(spec) -> float:
     return 0.3 + total_flops(spec) / 1e7
 
 
-def synthetic_model(path: Path, img_size: int = 8, in_chans: int = 1, n: int = 80) -> Path:
+def other_device_ms(spec) -> float:
+    """A second known 'device', slower per FLOP and with less fixed cost: it ranks differently."""
+    return 0.05 + total_flops(spec) / 2e6
+
+
+def synthetic_model(path: Path, img_size: int = 8, in_chans: int = 1, n: int = 80, device_ms=synthetic_ms) -> Path:
     rng = np.random.default_rng(0)
     specs = [sample(rng, SearchSpace(), img_size, in_chans, 10) for _ in range(n)]
     model = LatencyModel(fingerprint=fingerprint("cpu", "torch", 1, 1, img_size))
-    model.fit(specs, np.array([synthetic_ms(s) for s in specs]), residual=False)
+    model.fit(specs, np.array([device_ms(s) for s in specs]), residual=False)
     model.save(path)
     return path
 

@@ -16,7 +16,7 @@ import torch
 from nas.records import pareto_front
 from nas.rungs import Rungs
 
-from .helpers import ROOT, run_cli, synthetic_model
+from .helpers import ROOT, other_device_ms, run_cli, synthetic_model
 
 TARGET = "p50"  # a target half the space meets, so the constraint bites
 # rungs at 2, 6 and 14 steps (8 steps an epoch): every feasible trial trains 2, a promoted share goes on
@@ -98,12 +98,44 @@ def check_dashboard_view(run_dir, trials):
     assert detail["objective_names"] == ["val_acc", "pred_ms"] and "etnas search" in detail["note"]["body"]
 
 
+def check_other_target(run_dir, trials, latency_model, other):
+    """The second latency model's predictions are recorded on every trial, and the front on it is
+    the same from the record as from the model file; the run's own model re-specializes to its front."""
+    from latency_models import LatencyModel
+    from search_space import ArchSpec
+
+    described = trials[trials["spec"].notna()]
+    model = LatencyModel.load(other)
+    recorded = [json.loads(r)["other-device"] for r in described["pred_ms_targets"]]
+    assert recorded == pytest.approx(list(model.predict([ArchSpec.from_json(s) for s in described["spec"]])))
+    from_record = json.loads(run_cli("front", run_dir, "--target", "other-device", "--json").stdout)
+    from_file = json.loads(run_cli("front", run_dir, "--target", other, "--json").stdout)
+    assert from_record["front"] == from_file["front"] and from_record["front"]
+    points = [(f["val_acc"], f["pred_ms"]) for f in from_record["front"]]
+    top = described[described["val_acc"].notna()]
+    for acc, ms in zip(top["val_acc"], recorded_of(top, "other-device")):  # nothing beats a point of it
+        assert not any(acc >= a and ms <= m and (acc > a or ms < m) for a, m in points)
+    target = json.loads((run_dir / "config.json").read_text())["target_ms"]
+    same = json.loads(run_cli("front", run_dir, "--target", latency_model, "--target-ms", target, "--json").stdout)
+    assert [f["trial"] for f in same["front"]] == [f["trial"] for f in json.loads((run_dir / "front.json").read_text())]
+    assert "Pareto front of" in run_cli("front", run_dir, "--target", "other-device").stdout
+    res = run_cli("front", run_dir, "--target", "phone", check=False)
+    assert res.returncode == 2 and "neither a target of this run (other-device)" in res.stderr
+
+
+def recorded_of(rows, label):
+    return [json.loads(r)[label] for r in rows["pred_ms_targets"]]
+
+
 def test_tiny_search_completes(tmp_path, latency_model):
+    other = synthetic_model(tmp_path / "other-device.model", device_ms=other_device_ms)
     log = run_cli("run", "--name", "tiny", "--target-ms", TARGET, "--trials", 12, "--latency-model", latency_model,
-                  "--runs-dir", tmp_path, *TINY, one_log=True).stdout
+                  "--latency-model", other, "--runs-dir", tmp_path, *TINY, one_log=True).stdout
     trials = check_run(tmp_path / "tiny", 12)
     assert (trials["state"] == "INFEASIBLE").any()  # the constraint was exercised
     check_dashboard_view(tmp_path / "tiny", trials)
+    check_other_target(tmp_path / "tiny", trials, latency_model, other)
+    assert "also recorded: latency on other-device" in log
     assert "\nPareto front" in log  # on a line of its own, after the progress line
     assert "Token authentication" not in log  # Ray's notice about its default: asked for by name, not printed
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "tiny").iterdir()}

@@ -1,0 +1,74 @@
+"""Latency targets besides the search's constraint: each trial's predicted latency on every device
+the run was given a latency model of, and the front re-specialized to any target, one recorded
+during the search or a latency model fitted after it. Accuracy does not depend on the device, so
+no target needs a training of its own."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+from latency_models import LatencyModel
+from search_space import ArchSpec
+
+from . import SearchError
+from .records import pareto_front
+
+
+def target_label(path: str | Path) -> str:
+    """A target's name: its latency model's file stem (runs/latency/cpu-int8.model: cpu-int8)."""
+    return Path(path).stem
+
+
+def load_targets(paths: tuple[str, ...]) -> dict[str, LatencyModel]:
+    """The latency models by label; two files of one stem would be indistinguishable."""
+    labels = [target_label(p) for p in paths]
+    if len(set(labels)) < len(labels):
+        raise SearchError(f"latency models {', '.join(paths)} share a file name; give each target a file name "
+                          f"of its own (it names the target)")
+    return {label: LatencyModel.load(p) for label, p in zip(labels, paths)}
+
+
+def predictions(models: dict[str, LatencyModel], spec: ArchSpec) -> dict[str, float]:
+    """One spec's predicted latency on each target, as a trial records it."""
+    return {label: predictions_of(model, [spec])[0] for label, model in models.items()}
+
+
+def predictions_of(model: LatencyModel, specs: list[ArchSpec]) -> list[float]:
+    with warnings.catch_warnings():  # a spec outside a model's measured range is still predicted
+        warnings.simplefilter("ignore")
+        return [float(v) for v in model.predict(specs)] if specs else []
+
+
+def recorded(row: dict) -> dict[str, float]:
+    """A trials.csv row's latencies on the other targets (none for a trial recorded without them)."""
+    return json.loads(row["pred_ms_targets"]) if isinstance(row.get("pred_ms_targets"), str) else {}
+
+
+def recorded_targets(rows: list[dict]) -> set[str]:
+    return {label for r in rows for label in recorded(r)}
+
+
+def front_on_target(rows: list[dict], target: str, target_ms: float | None = None) -> tuple[list[dict], str]:
+    """The top-rung Pareto front with every trial's latency on `target`: a label recorded during the
+    search, or a latency model file (its predictions made now). Returns (front, what the latency is)."""
+    trained = [{**r, "val_acc": float(r["val_acc"])} for r in rows
+               if r["state"] == "COMPLETE" and isinstance(r["spec"], str) and r["val_acc"] == r["val_acc"]
+               and r["val_acc"] is not None]  # top-rung trials (NaN: absent, in a trials.csv read back)
+    if target in recorded_targets(rows):
+        latency = [recorded(r).get(target) for r in trained]
+        source = f"{target}, recorded during the search"
+    elif Path(target).is_file():
+        latency = predictions_of(LatencyModel.load(target), [ArchSpec.from_json(r["spec"]) for r in trained])
+        source = f"{target_label(target)}, predicted now"
+    else:
+        known = ", ".join(sorted(recorded_targets(rows))) or "none recorded"
+        raise SearchError(f"--target {target} is neither a target of this run ({known}) nor a latency model file")
+    moved = [{**r, "pred_ms": ms} for r, ms in zip(trained, latency) if ms is not None]
+    front = pareto_front(moved, math.inf if target_ms is None else target_ms)
+    return [{"trial": int(r["number"]), **{k: r[k] for k in POINT_FIELDS}, "preset": r["preset"] if isinstance(
+        r["preset"], str) else None} for r in front], source
+
+
+POINT_FIELDS = ("arch_id", "short", "val_acc", "pred_ms", "flops", "params")
