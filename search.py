@@ -17,7 +17,7 @@ from rich.table import Column, Table
 
 from evaluators.recipes import FINAL_RECIPE
 from evaluators.sources import KINDS, DataError, check_dataset_name
-from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, RUNTIMES
+from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, RUNTIMES, parse_target
 from search_space.presets import PRESETS
 from search_space.quantize import PRECISIONS
 
@@ -440,12 +440,15 @@ def trial_count(text: str) -> int:
     return integer(len(PRESETS) + 1)(text)  # the presets come first, then at least one searched trial
 
 
-def dataset_name(text: str) -> str:
-    try:
-        check_dataset_name(text)
-    except DataError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+def checked_by(check: Callable[[str], object], error: type[Exception]) -> Callable[[str], str]:
+    """An option type keeping the text that `check` accepts; what `check` raises is the option's error."""
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except error as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+    return parse
 
 
 def export_formats(text: str) -> tuple[str, ...]:
@@ -462,16 +465,6 @@ def gpu_share(text: str) -> float:
     if value > 1 and value != int(value):
         raise argparse.ArgumentTypeError(f"{value:g} GPUs: give a share in (0, 1] or a whole number")
     return value
-
-
-def latency_target(text: str) -> str:
-    from nas.config import parse_target
-
-    try:
-        parse_target(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -547,7 +540,7 @@ def _run_parser(sub) -> None:
     r = sub.add_parser("run", help="search for the best architectures under a latency target",
                        formatter_class=HelpFormatter)
     r.add_argument("--name", required=True, help="run name: results go to RUNS_DIR/NAME")
-    r.add_argument("--target-ms", required=True, type=latency_target, help="latency target in ms, or pN: the N-th percentile of the "
+    r.add_argument("--target-ms", required=True, type=checked_by(parse_target, ValueError), help="latency target in ms, or pN: the N-th percentile of the "
                                                       "space's predicted latencies (p50: half the space meets it)")
     r.add_argument("--latency-model", action="append",
                    help="fitted predictor of the deployment target (default: calibrate this machine, cached in "
@@ -555,7 +548,7 @@ def _run_parser(sub) -> None:
                         "(`front --target`), the first is the constraint")
     r.add_argument("--constraint", help="the target whose latency model sets the constraint, by its file stem "
                                         "(default: the first --latency-model)")
-    r.add_argument("--dataset", type=dataset_name, default=d.dataset, help=KINDS)
+    r.add_argument("--dataset", type=checked_by(check_dataset_name, DataError), default=d.dataset, help=KINDS)
     r.add_argument("--trials", type=trial_count, default=d.trials,
                    help=f"trials in all, the {len(PRESETS)} seed presets included (at least {len(PRESETS) + 1})")
     r.add_argument("--budget-epochs", type=number(0), default=d.budget_epochs,
