@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nas.config import SearchConfig
-from nas.search import search_space_for
+from nas.inputs import search_space_for
 from search_space import build_model, deploy, sample
 from search_space.presets import SEARCH_SCALE, preset, presets
 
