@@ -352,11 +352,11 @@ def cmd_dashboard(args) -> None:
 def cmd_train(args) -> None:
     from nas.rundir import load_trial, resolve_trial
 
+    require_device(args.device)  # imports torch only for cuda
     number = resolve_trial(Path(args.run), args.trial)
     load_trial(Path(args.run), number)  # a bad run or trial is reported before torch is imported
     from nas.final import train_final
 
-    require_device(args.device)
     with progress_bar() as bar:
         task = bar.add_task(f"training trial {number}", total=None, info="")
         recipe = {k: getattr(args, k) for k in ("batch_size", "lr", "mixup", "cutmix", "randaugment", "holdout")}

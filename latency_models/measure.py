@@ -7,6 +7,7 @@ or a GPU server as well as here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import multiprocessing as mp
@@ -259,15 +260,15 @@ def time_at_reference(runners: dict, anchor: Callable[[], None], reference_ms: f
 
 
 def exported_files(exporter: ProcessPoolExecutor, part: list[ArchSpec], folder: Path,
-                   precision: str) -> dict[str, str]:
+                   precision: str = "fp32") -> dict[str, str]:
     """arch_id: ONNX file of each spec, exported in the worker processes unless already in `folder`
     (an architecture timed twice is exported once). The largest graphs go first, so that no
     worker is left with a long export while the others wait."""
     paths = {s.arch_id: folder / f"{s.arch_id}.onnx" for s in part}
     todo = sorted((s for s in part if not paths[s.arch_id].exists()),
                   key=lambda s: sum(tally(s, "onnxruntime").calls), reverse=True)
-    list(exporter.map(export_deployed, [s.to_json() for s in todo], [str(paths[s.arch_id]) for s in todo],
-                      [0] * len(todo), [precision] * len(todo)))
+    export = functools.partial(export_deployed, precision=precision)
+    list(exporter.map(export, [s.to_json() for s in todo], [str(paths[s.arch_id]) for s in todo]))
     return {a: str(p) for a, p in paths.items()}
 
 

@@ -45,14 +45,14 @@ def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...]
     unknown = set(formats) - set(EXPORT_FORMATS)
     if unknown:
         raise SearchError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(EXPORT_FORMATS)}")
+    model, meta = load_trained(run_dir, number)  # what cannot be read is one line, before any progress
+    final, cfg = final_report(run_dir, number), run_config(run_dir)
     out = prepare_out(Path(out), force)
-    stages = ["loading the trained model", *(f"exporting and verifying {EXPORTERS[f][1]}" for f in formats),
+    stages = ["deploying the trained model", *(f"exporting and verifying {EXPORTERS[f][1]}" for f in formats),
               *(["quantizing, verifying and timing model.int8.onnx"] * int8), "writing fine-tunable weights and card",
               *(["timing model.onnx in onnxruntime"] * ("onnx" in formats)), "done"]
     report = stage_reporter(stages, on_stage)
     report()
-    model, meta = load_trained(run_dir, number)
-    final, cfg = final_report(run_dir, number), run_config(run_dir)
     deployed = deploy(model)
     spec = model.spec
     preprocessing = pretrained_cfg(spec, meta)
