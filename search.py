@@ -540,8 +540,9 @@ def _run_parser(sub) -> None:
     r = sub.add_parser("run", help="search for the best architectures under a latency target",
                        formatter_class=HelpFormatter)
     r.add_argument("--name", required=True, help="run name: results go to RUNS_DIR/NAME")
-    r.add_argument("--target-ms", required=True, type=checked_by(parse_target, ValueError), help="latency target in ms, or pN: the N-th percentile of the "
-                                                      "space's predicted latencies (p50: half the space meets it)")
+    r.add_argument("--target-ms", required=True, type=checked_by(parse_target, ValueError),
+                   help="latency target in ms, or pN: the N-th percentile of the space's predicted latencies "
+                        "(p50: half the space meets it)")
     r.add_argument("--latency-model", action="append",
                    help="fitted predictor of the deployment target (default: calibrate this machine, cached in "
                         "runs/latency); repeat it for more targets: each trial's latency is recorded on every one "
