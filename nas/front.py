@@ -35,7 +35,8 @@ def front_summary(run_dir: Path) -> dict:
     presets = trials[trials["preset"].notna() & (trials["state"] != "INTERRUPTED")]  # re-run after a kill
     preset_rows = [{"preset": r["preset"], "trial": int(r["number"]), "state": r["state"],
                     "rung": None if pd.isna(r["rung"]) else int(r["rung"]),
-                    "rung_acc": None if pd.isna(r["rung_acc"]) else float(r["rung_acc"]), "pred_ms": float(r["pred_ms"]),
+                    "rung_acc": None if pd.isna(r["rung_acc"]) else float(r["rung_acc"]),
+                    "pred_ms": float(r["pred_ms"]),
                     **{k: finals[r["number"]][k] if r["number"] in finals else None for k in FINAL_FIGURES}}
                    for _, r in presets.iterrows()]
     return {"run": str(run_dir), "target_ms": target_ms, "target": cfg.get("latency_target"),

@@ -25,7 +25,8 @@ from . import SearchError
 TOLERANCE = 1e-4
 EXPORTERS = {"onnx": (export_onnx, "model.onnx"), "pt2": (export_pt2, "model.pt2")}
 INT8_FILE = "model.int8.onnx"
-WRITTEN = ("model.onnx", INT8_FILE, "model.int8.json", "model.pt2", WEIGHTS_FILE, CONFIG_FILE, "arch.json", "latency.json", "MODEL_CARD.md")
+WRITTEN = ("model.onnx", INT8_FILE, "model.int8.json", "model.pt2", WEIGHTS_FILE, CONFIG_FILE, "arch.json",
+           "latency.json", "MODEL_CARD.md")  # what `export` writes, and so what --force replaces
 
 
 def verify_pt2(path: Path, reference: torch.nn.Module, x: torch.Tensor) -> float:
