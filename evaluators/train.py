@@ -151,7 +151,8 @@ def optimizer_and_schedule(model: nn.Module, cfg: TrainConfig, total_steps: int,
     With `cycle_epochs` the cosine restarts (timm's cycles, each `cycle_mul` times longer than the
     last, warm-up inside the first): every cycle ends annealed, so a training stopped at a cycle's
     end is evaluated as if its budget had been planned, and continuing it is the same run."""
-    groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=model.no_weight_decay())
+    skip = getattr(model, "no_weight_decay", set)()  # timm's models without position tables have none
+    groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=skip)
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.cycle_epochs:
         first = cycle_ends(cfg, steps_per_epoch, total_steps)[0]

@@ -47,6 +47,17 @@ def test_weight_decay_spares_positions_biases_and_norms_only():
     assert "stages.0.blocks.0.attn.fn.qkv.weight" not in names
 
 
+def test_a_model_without_no_weight_decay_trains_too():
+    """timm's ByobNet models (mobilevit_xxs, a proof baseline) have no `no_weight_decay()`."""
+    import timm
+
+    model = timm.create_model("mobilevit_xxs", pretrained=False, num_classes=3)
+    assert not hasattr(model, "no_weight_decay")
+    opt, _ = optimizer_and_schedule(model, TrainConfig(), total_steps=10)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert all((id(p) in decayed) == (p.ndim > 1) for p in model.parameters())  # biases and norms spared
+
+
 def test_schedule_warms_up_then_decays_to_zero():
     model = build_model(SPEC)
     cfg = TrainConfig(lr=1e-3, warmup_fraction=0.1)
