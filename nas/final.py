@@ -19,7 +19,7 @@ from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, f
                                      time_at_reference, time_interleaved)
 from search_space import ArchSpec, build_model, count_params, deploy
 
-from .int8 import evaluate_int8
+from .int8 import evaluate_int8, fp32_onnx
 from .records import atomic_write, write_records
 from .rundir import load_run_study, load_trial, run_config
 from . import SearchError
@@ -106,10 +106,11 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     torch.save({"spec": spec.to_json(), "state_dict": model.state_dict(), "mean": mean, "std": std,
                 "label_names": data.classes}, out / "model.pt")
     deployed = deploy(model)
-    int8 = evaluate_int8(deployed, data, norm, out / "model.int8.onnx")
-    int8_target = target_precision(cfg) == "int8" and "int8_failure" not in int8
-    timing = time_on_target(deployed, cfg, exported=out / "model.int8.onnx" if int8_target else None,
-                            precision="int8" if int8_target else "fp32")
+    with fp32_onnx(deployed) as fp32:  # quantized, and timed where the target is onnxruntime fp32
+        int8 = evaluate_int8(fp32, deployed, data, norm, out / "model.int8.onnx")
+        int8_target = target_precision(cfg) == "int8" and "int8_failure" not in int8
+        timing = time_on_target(deployed, cfg, exported=out / "model.int8.onnx" if int8_target else fp32,
+                                precision="int8" if int8_target else "fp32")
     pred = trial.user_attrs["pred_ms"]
     report = {"trial": trial.number, "arch_id": spec.arch_id, "short": spec.short(), "test_acc": test_acc, **int8,
               "val_acc_proxy": (trial.user_attrs.get("rung_accs") or [trial.user_attrs.get("val_acc")])[-1],

@@ -3,8 +3,10 @@ weights), calibrated on training images only, and what quantizing cost: test acc
 agreement with the fp32 model on the test set."""
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +26,16 @@ def calibration_batch(x_train: torch.Tensor, norm: Normalizer, n: int = CALIBRAT
     return norm(x_train[torch.from_numpy(pick)]).numpy()
 
 
-def quantize_deployed(deployed: torch.nn.Module, out: Path, calibration: np.ndarray) -> Path:
-    """Export `deployed` (fp32, as `export` writes it) and write its int8 quantization to `out`."""
+@contextlib.contextmanager
+def fp32_onnx(deployed: torch.nn.Module, exported: Path | None = None) -> Iterator[Path]:
+    """`deployed` as `export` writes it: `exported` where that file was just written, or else a
+    temporary export for as long as it is used (an export takes seconds: made once, it is both
+    quantized and timed)."""
+    if exported is not None:
+        yield exported
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        return quantize_int8(export_onnx(deployed, Path(tmp) / "model.onnx"), out, calibration)
+        yield export_onnx(deployed, Path(tmp) / "model.onnx")
 
 
 @torch.no_grad()
@@ -49,11 +57,12 @@ def int8_figures(int8_path: Path, deployed: torch.nn.Module, x: torch.Tensor, y:
     return {"test_acc_int8": correct / n, "int8_top1_agreement": agree / n}
 
 
-def evaluate_int8(deployed: torch.nn.Module, data, norm: Normalizer, out: Path) -> dict:
-    """Quantize `deployed` on `data`'s training images into `out` and measure it on the test set;
-    a model onnxruntime cannot quantize gives its reason (and a warning), not a crash."""
+def evaluate_int8(fp32: Path, deployed: torch.nn.Module, data, norm: Normalizer, out: Path) -> dict:
+    """Quantize `fp32` (the export of `deployed`) on `data`'s training images into `out` and measure
+    it on the test set; a model onnxruntime cannot quantize gives its reason (and a warning), not a
+    crash."""
     try:
-        quantize_deployed(deployed, out, calibration_batch(data.x_train, norm))
+        quantize_int8(fp32, out, calibration_batch(data.x_train, norm))
     except QuantizationError as e:
         warnings.warn(f"{e}; the int8 figures are left out", stacklevel=2)
         return {"int8_failure": str(e)}

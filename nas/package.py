@@ -13,12 +13,12 @@ from evaluators.data import IMAGE_RESIZE, load_dataset
 from evaluators.train import Normalizer
 from search_space import count_params, deploy
 from search_space.export import export_onnx, export_pt2, set_onnx_metadata, verify_onnx
-from search_space.quantize import QuantizationError
+from search_space.quantize import QuantizationError, quantize_int8
 from search_space.pretrained import CONFIG_FILE, WEIGHTS_FILE, save_pretrained
 
 from .config import EXPORT_FORMATS, target_name
 from .final import load_trained, target_precision, target_runtime, time_on_target
-from .int8 import CALIBRATION_IMAGES, calibration_batch, int8_figures, quantize_deployed
+from .int8 import CALIBRATION_IMAGES, calibration_batch, fp32_onnx, int8_figures
 from .rundir import final_report, run_config
 from . import SearchError
 
@@ -61,7 +61,8 @@ def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...]
     quantized = None
     if int8:
         report()
-        quantized = write_int8(deployed, out / INT8_FILE, cfg, meta)
+        with fp32_onnx(deployed, out / "model.onnx" if "onnx" in formats else None) as fp32:
+            quantized = write_int8(fp32, deployed, out / INT8_FILE, cfg, meta)
     report()
     save_pretrained(model, out, pretrained_cfg=preprocessing, label_names=meta["label_names"])
     (out / "arch.json").write_text(json.dumps({**spec.to_dict(), "short": spec.short(), "arch_id": spec.arch_id,
@@ -103,13 +104,14 @@ def write_deployed(deployed: torch.nn.Module, out: Path, formats: tuple[str, ...
     return diffs
 
 
-def write_int8(deployed: torch.nn.Module, path: Path, cfg: dict, meta: dict) -> dict:
-    """model.int8.onnx, calibrated on the run's training images, verified on its test images (accuracy,
-    top-1 agreement with fp32) and timed in onnxruntime."""
+def write_int8(fp32: Path, deployed: torch.nn.Module, path: Path, cfg: dict, meta: dict) -> dict:
+    """model.int8.onnx from `fp32` (the export of `deployed`), calibrated on the run's training
+    images, verified on its test images (accuracy, top-1 agreement with fp32) and timed in
+    onnxruntime."""
     data = load_dataset(cfg["dataset"])
     norm = Normalizer(meta["mean"], meta["std"], deployed.spec.img_size)
     try:
-        quantize_deployed(deployed, path, calibration_batch(data.x_train, norm))
+        quantize_int8(fp32, path, calibration_batch(data.x_train, norm))
     except QuantizationError as e:
         raise SearchError(f"{e}; export without --int8") from None
     figures = int8_figures(path, deployed, data.x_test, data.y_test, norm)
