@@ -657,9 +657,9 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 # The errors that report bad input, by module: looked up only in modules a command imported, since
 # only those can have raised them (importing them all would cost every command torch and timm).
-INPUT_ERRORS = {"search_space.spec": "SpecError", "latency_models.table": "TableError",
-                "latency_models.predictor": "ModelFileError", "evaluators.sources": "DataError",
-                "nas": "SearchError", "evaluators.train": "TrainingFailed"}
+INPUT_ERRORS = {"search_space.spec": "SpecError", "search_space.operators": "OperatorError",
+                "latency_models.table": "TableError", "latency_models.predictor": "ModelFileError",
+                "evaluators.sources": "DataError", "nas": "SearchError", "evaluators.train": "TrainingFailed"}
 
 
 def is_input_error(e: Exception) -> bool:

@@ -13,11 +13,16 @@ Computing this takes microseconds, which is what lets the predictor score 10k+ s
 """
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import numpy as np
 
-from search_space.attentions import window_for
-from search_space.blocks import conv_stem_widths
+from search_space.attentions import CGA_KERNEL, ECA_KERNEL, PHI_HIDDEN_RATIO, PHI_KERNEL, SLA_KERNEL, window_for
+from search_space.blocks import (CONV_FFN_RATIO, DOWNSAMPLE_DW_KERNEL, DOWNSAMPLE_EXPANSION, DW_RESIDUAL_KERNEL,
+                                 FFN_DW_KERNEL, STEM_KERNEL, conv_stem_widths)
 from search_space.deployment import deployed_norm
+from search_space.operators import ATTENTIONS, resolve
 from search_space.spec import ArchSpec, StageSpec
 
 KINDS = ("linear", "conv", "dwconv", "matmul", "sdpa", "softmax", "norm", "elementwise", "reduce", "copy", "reshape")
@@ -120,12 +125,12 @@ def ffn(t: KernelTally, s: StageSpec, n: int) -> None:
     if s.dwconv:  # tokens to a map and back
         copy(t, n * hidden, calls=2 if t.onnx else 1)
         reshape(t, 2)
-        conv(t, n, hidden, hidden, 3, groups=hidden)
+        conv(t, n, hidden, hidden, FFN_DW_KERNEL, groups=hidden)
         elementwise(t, n * hidden)
     linear(t, n, hidden, c)
 
 
-def mhsa(t: KernelTally, s: StageSpec, n: int) -> None:
+def mhsa(t: KernelTally, s: StageSpec, n: int, grid: int, folded: bool) -> None:
     """PyTorch's scaled_dot_product_attention runs a fused kernel when q, k and v have one head
     dim; otherwise its unfused math path, about twice as slow here (`benchmarks/sdpa_paths.py`)."""
     h, kd, dv = s.heads, s.key_dim, s.value_ratio * s.width // s.heads
@@ -149,7 +154,7 @@ def mhsa(t: KernelTally, s: StageSpec, n: int) -> None:
     linear(t, n, h * dv, s.width)
 
 
-def sla(t: KernelTally, s: StageSpec, n: int) -> None:
+def sla(t: KernelTally, s: StageSpec, n: int, grid: int, folded: bool) -> None:
     h, kd, dv = s.heads, s.key_dim, s.value_ratio * s.width // s.heads
     linear(t, n, s.width, h * (2 * kd + dv))
     if t.onnx:  # q, k, v split and their heads transposed
@@ -166,7 +171,7 @@ def sla(t: KernelTally, s: StageSpec, n: int) -> None:
         t.add("matmul", 2 * h * n * kd * dv, F32 * h * (2 * n * kd + 2 * kd * dv + 2 * n * dv), calls=2)
     elementwise(t, h * n * dv)  # * z
     copy(t, h * n * dv)  # V to a map
-    conv(t, h * n, dv, dv, 5, groups=dv)
+    conv(t, h * n, dv, dv, SLA_KERNEL, groups=dv)
     elementwise(t, h * n * dv)  # + DWC(V)
     copy(t, n * h * dv)
     linear(t, n, h * dv, s.width)
@@ -185,7 +190,7 @@ def cga(t: KernelTally, s: StageSpec, n: int, grid: int, folded: bool) -> None:
     else:
         elementwise(t, n * d, calls=h - 1)
     copy(t, n * kd, calls=2 * h)  # q to a map and back
-    conv(t, n, kd, kd, 5, groups=kd, calls=h)
+    conv(t, n, kd, kd, CGA_KERNEL, groups=kd, calls=h)
     t.add("matmul", h * n * nw * (kd + d), F32 * h * (n * (2 * kd + d) + 2 * n * nw), calls=2 * h)
     elementwise(t, n * nw, calls=2 * h)  # * scale, + bias
     t.add("softmax", h * n * nw, 2 * F32 * h * n * nw, calls=h)
@@ -196,20 +201,23 @@ def cga(t: KernelTally, s: StageSpec, n: int, grid: int, folded: bool) -> None:
 
 
 def skip_phi(t: KernelTally, s: StageSpec, n: int) -> None:
-    c, hidden = s.width, 2 * s.width
+    c, hidden = s.width, PHI_HIDDEN_RATIO * s.width
     linear(t, n, c, hidden)
     gelu(t, n * hidden, calls=2)
     copy(t, n * hidden, calls=2)  # tokens to a map and back
     reshape(t, 2)
-    conv(t, n, hidden, hidden, 5, groups=hidden)
+    conv(t, n, hidden, hidden, PHI_KERNEL, groups=hidden)
     linear(t, n, hidden, c)
     t.add("reduce", n * c, F32 * n * c)
-    t.add("conv", 3 * c, F32 * 2 * c)
+    t.add("conv", ECA_KERNEL * c, F32 * 2 * c)
     elementwise(t, c)  # sigmoid
     elementwise(t, n * c)  # gate
 
 
-ATTENTION_KERNELS = {"mhsa": mhsa, "sla": sla}
+@functools.cache
+def attention_tally(name: str) -> Callable[[KernelTally, StageSpec, int, int, bool], None]:
+    """The registered tally of an attention (`search_space.operators`)."""
+    return resolve(ATTENTIONS[name].tally)
 
 
 def stem(t: KernelTally, spec: ArchSpec, grid: int) -> None:
@@ -221,7 +229,7 @@ def stem(t: KernelTally, spec: ArchSpec, grid: int) -> None:
         side = spec.img_size
         for i in range(len(widths) - 1):
             side = side // 2 if spec.patch > 1 else side
-            conv(t, side * side, widths[i], widths[i + 1], 3)
+            conv(t, side * side, widths[i], widths[i + 1], STEM_KERNEL)
             if i < len(widths) - 2:
                 gelu(t, side * side * widths[i + 1])
     copy(t, grid * grid * c0)  # to a contiguous token stream
@@ -237,15 +245,15 @@ def downsample(t: KernelTally, spec: ArchSpec, i: int, grid_in: int, grid_out: i
         reshape(t, 2)  # tokens to a map and back
         conv(t, n_out, prev, c_out, 2)
         return
-    hidden = 4 * prev
+    hidden = DOWNSAMPLE_EXPANSION * prev
     copy(t, n_in * prev)  # tokens to a map
     reshape(t, 2)  # and back, below
     conv_residuals(t, n_in, prev)
     conv(t, n_in, prev, hidden, 1)
     elementwise(t, n_in * hidden, flops=False)  # ReLU
-    conv(t, n_out, hidden, hidden, 3, groups=hidden)
+    conv(t, n_out, hidden, hidden, DOWNSAMPLE_DW_KERNEL, groups=hidden)
     elementwise(t, n_out * hidden, flops=False)  # ReLU
-    squeeze_excite(t, n_out, hidden, prev)
+    squeeze_excite(t, n_out, hidden, hidden // DOWNSAMPLE_EXPANSION)
     conv(t, n_out, hidden, c_out, 1)
     conv_residuals(t, n_out, c_out)
     copy(t, n_out * c_out)  # back to a contiguous token stream
@@ -253,11 +261,11 @@ def downsample(t: KernelTally, spec: ArchSpec, i: int, grid_in: int, grid_out: i
 
 def conv_residuals(t: KernelTally, n: int, c: int) -> None:
     """EfficientViT's residual 3x3 DW conv, then its residual FFN (1x1 to 2C, ReLU, 1x1 back)."""
-    conv(t, n, c, c, 3, groups=c)
+    conv(t, n, c, c, DW_RESIDUAL_KERNEL, groups=c)
     elementwise(t, n * c)
-    conv(t, n, c, 2 * c, 1)
-    elementwise(t, n * 2 * c, flops=False)
-    conv(t, n, 2 * c, c, 1)
+    conv(t, n, c, CONV_FFN_RATIO * c, 1)
+    elementwise(t, n * CONV_FFN_RATIO * c, flops=False)
+    conv(t, n, CONV_FFN_RATIO * c, c, 1)
     elementwise(t, n * c)
 
 
@@ -289,10 +297,7 @@ def tally(spec: ArchSpec, runtime: str = "torch") -> KernelTally:
                 skip_phi(block, s, n)
             else:
                 norm(block, nk, n * s.width, n)
-                if s.attention == "cga":
-                    cga(block, s, n, g, folded=nk in (None, "rms"))
-                else:
-                    ATTENTION_KERNELS[s.attention](block, s, n)
+                attention_tally(s.attention)(block, s, n, g, nk in (None, "rms"))
             elementwise(block, n * s.width)  # residual add
             block.module_calls += 2 * s.ffns + 2
         for block, times in ((attention_block, s.depth - len(s.skip)), (skip_block, len(s.skip))):

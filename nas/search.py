@@ -14,6 +14,7 @@ import optuna
 
 from latency_models import LatencyModel
 from search_space import sample
+from search_space.operators import PLUGINS_VARIABLE
 from search_space.sampling import FixedSuggester
 
 from . import SearchError
@@ -238,8 +239,10 @@ def start_ray(cfg: SearchConfig):
     import ray
 
     if not ray.is_initialized():
+        plugins = os.environ.get(PLUGINS_VARIABLE)  # a cluster's workers do not inherit the driver's environment
         ray.init(address=cfg.ray_address, num_cpus=None if cfg.ray_address else cfg.workers,
-                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+                 include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": {PLUGINS_VARIABLE: plugins}} if plugins else None)
     node_ip = ray.util.get_node_ip_address()
     if not cfg.ray_address and node_ip not in ("127.0.0.1", "::1"):
         warnings.warn(f"the local Ray node took address {node_ip}, so its services listen beyond loopback "

@@ -14,6 +14,12 @@ import torch.nn.functional as F
 
 from .fold import affine_into_linear
 
+SLA_KERNEL = 5  # SLA's depthwise conv on V
+CGA_KERNEL = 5  # CGA's depthwise conv on each head's queries
+CGA_LARGEST_WINDOW = 8
+PHI_HIDDEN_RATIO, PHI_KERNEL = 2, 5  # SkipAt's LeFF: hidden width and depthwise kernel
+ECA_KERNEL = 3
+
 
 def _fp32(x: torch.Tensor) -> torch.Tensor:
     """float32, without a cast op where it already is, so that a traced graph holds none."""
@@ -78,7 +84,7 @@ class SimplifiedLinearAttention(_QKVAttention):
     in float32, plus a 5x5 depthwise conv on V shared by all heads (rank restoration)."""
 
     def __init__(self, dim: int, heads: int, key_dim: int, value_ratio: int = 1, grid: int = 0,
-                 kernel_size: int = 5):
+                 kernel_size: int = SLA_KERNEL):
         super().__init__(dim, heads, key_dim, value_ratio)
         self.grid = grid
         self.pos = nn.Parameter(torch.zeros(1, heads, grid * grid, key_dim))
@@ -101,7 +107,7 @@ class SimplifiedLinearAttention(_QKVAttention):
         return self.merge_heads(o if o.dtype == x.dtype else o.to(x.dtype))
 
 
-def window_for(grid: int, largest: int = 8) -> int:
+def window_for(grid: int, largest: int = CGA_LARGEST_WINDOW) -> int:
     """Window side for CGA: the whole grid when small, else its largest divisor <= `largest`,
     so windows tile the grid exactly (no padding, which would break exact norm folding)."""
     return grid if grid <= largest else max(w for w in range(1, largest + 1) if grid % w == 0)
@@ -116,7 +122,7 @@ class CascadedGroupAttention(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, key_dim: int, value_ratio: int = 1, grid: int = 0,
-                 kernels: int | tuple[int, ...] = 5):
+                 kernels: int | tuple[int, ...] = CGA_KERNEL):
         super().__init__()
         assert value_ratio == 1, "cga needs value_ratio 1"
         self.heads, self.key_dim, self.value_dim = heads, key_dim, dim // heads
@@ -193,14 +199,14 @@ class SkipAttention(nn.Module):
     """SkipAt's parametric function Phi: LeFF (Linear 2x, GELU, 5x5 depthwise conv, GELU, Linear)
     then an ECA channel gate. It maps an earlier block's attention output to this block's."""
 
-    def __init__(self, dim: int, grid: int, hidden_ratio: int = 2, kernel_size: int = 5):
+    def __init__(self, dim: int, grid: int, hidden_ratio: int = PHI_HIDDEN_RATIO, kernel_size: int = PHI_KERNEL):
         super().__init__()
         hidden = hidden_ratio * dim
         self.grid = grid
         self.fc1 = nn.Linear(dim, hidden)
         self.dw = nn.Conv2d(hidden, hidden, kernel_size, padding=kernel_size // 2, groups=hidden)
         self.fc2 = nn.Linear(hidden, dim)
-        self.eca = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+        self.eca = nn.Conv1d(1, 1, ECA_KERNEL, padding=ECA_KERNEL // 2, bias=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = F.gelu(self.fc1(z))
@@ -208,11 +214,4 @@ class SkipAttention(nn.Module):
         h = self.fc2(h)
         gate = torch.sigmoid(self.eca(h.mean(1, keepdim=True)))   # [B, 1, C]
         return h * gate
-
-
-ATTENTIONS = {
-    "mhsa": MultiHeadSelfAttention,
-    "sla": SimplifiedLinearAttention,
-    "cga": CascadedGroupAttention,
-}
 

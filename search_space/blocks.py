@@ -6,10 +6,17 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, Mlp, SEModule
 
-from .attentions import ATTENTIONS, SkipAttention, to_grid, to_tokens
+from .attentions import SkipAttention, to_grid, to_tokens
 from .fold import affine_after_conv, affine_into_conv, affine_into_linear, bn_affine
-from .norms import BN_FAMILY, NORMS
+from .operators import ATTENTIONS, NORMS
 from .spec import StageSpec
+
+FFN_DW_KERNEL = 3  # the depthwise conv in an FFN's hidden layer
+STEM_KERNEL = 3
+DOWNSAMPLE_EXPANSION = 4  # EfficientViT's PatchMerging: hidden width, and SE reduction
+DOWNSAMPLE_DW_KERNEL = 3
+CONV_FFN_RATIO = 2
+DW_RESIDUAL_KERNEL = 3
 
 
 class FFN(Mlp):
@@ -21,7 +28,8 @@ class FFN(Mlp):
         super().__init__(dim, int(dim * mlp_ratio))
         hidden = self.fc1.out_features
         self.grid = grid
-        self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden) if dwconv else None
+        self.dw = (nn.Conv2d(hidden, hidden, FFN_DW_KERNEL, padding=FFN_DW_KERNEL // 2, groups=hidden)
+                   if dwconv else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.fc1(x))
@@ -38,7 +46,8 @@ class FFN(Mlp):
 
 
 class PreNorm(nn.Module):
-    """fn(norm(x)); `fuse()` folds a BN-family norm into fn's input projection."""
+    """fn(norm(x)); `fuse()` folds a norm with an inference affine (the BN family's
+    `eval_affine()`) into fn's input projection."""
 
     def __init__(self, norm: nn.Module, fn: nn.Module):
         super().__init__()
@@ -48,7 +57,7 @@ class PreNorm(nn.Module):
         return self.fn(self.norm(x))
 
     def fuse(self) -> None:
-        if isinstance(self.norm, BN_FAMILY):
+        if hasattr(self.norm, "eval_affine"):
             self.fn.absorb_input_affine(*(t.detach() for t in self.norm.eval_affine()))
             self.norm = nn.Identity()
 
@@ -73,7 +82,7 @@ class SandwichBlock(nn.Module):
 
     def __init__(self, dim: int, grid: int, stage: StageSpec, skip: bool, drop_path: float = 0.0):
         super().__init__()
-        norm = NORMS[stage.norm]
+        norm = NORMS[stage.norm].build
         ffn_layers = [PreNormResidual(norm(dim), FFN(dim, stage.mlp_ratio, grid, stage.dwconv), drop_path)
                       for _ in range(stage.ffns)]
         self.before = nn.ModuleList(ffn_layers[: stage.ffns // 2])
@@ -83,7 +92,7 @@ class SandwichBlock(nn.Module):
             self.phi = SkipAttention(dim, grid)
             self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         else:
-            attn = ATTENTIONS[stage.attention](dim, stage.heads, stage.key_dim, stage.value_ratio, grid)
+            attn = ATTENTIONS[stage.attention].build(dim, stage.heads, stage.key_dim, stage.value_ratio, grid)
             self.attn = PreNormResidual(norm(dim), attn, drop_path)
 
     def forward(self, x: torch.Tensor, prev_attn: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,7 +162,7 @@ class ConvStem(Stem):
         stride = 2 if patch > 1 else 1
         layers: list[nn.Module] = []
         for i in range(len(widths) - 1):
-            layers.append(ConvNorm(widths[i], widths[i + 1], 3, stride, 1))
+            layers.append(ConvNorm(widths[i], widths[i + 1], STEM_KERNEL, stride, STEM_KERNEL // 2))
             if i < len(widths) - 2:
                 layers.append(nn.GELU())
         super().__init__(layers)
@@ -180,13 +189,14 @@ class ConvResidual(nn.Module):
         return x + self.fn(x)
 
 
-def conv_ffn(dim: int, ratio: int = 2) -> nn.Sequential:
+def conv_ffn(dim: int, ratio: int = CONV_FFN_RATIO) -> nn.Sequential:
     """EfficientViT's FFN on maps: 1x1 Conv_BN up, ReLU, 1x1 Conv_BN down (starting at zero)."""
     return nn.Sequential(ConvNorm(dim, ratio * dim), nn.ReLU(), ConvNorm(ratio * dim, dim, bn_weight_init=0.0))
 
 
 def dw_conv_residual(dim: int) -> ConvResidual:
-    return ConvResidual(ConvNorm(dim, dim, 3, 1, 1, groups=dim, bn_weight_init=0.0))
+    k = DW_RESIDUAL_KERNEL
+    return ConvResidual(ConvNorm(dim, dim, k, 1, k // 2, groups=dim, bn_weight_init=0.0))
 
 
 class EfficientViTDownsample(nn.Module):
@@ -195,13 +205,14 @@ class EfficientViTDownsample(nn.Module):
     then residual DW conv and FFN at the new width. Its norms are BNs after each conv, which
     fold into them exactly, so it reads and writes the stream without a pre-norm."""
 
-    def __init__(self, dim: int, out_dim: int, grid: int, expand: int = 4):
+    def __init__(self, dim: int, out_dim: int, grid: int, expand: int = DOWNSAMPLE_EXPANSION):
         super().__init__()
         hidden = expand * dim
         self.grid = grid
         self.before = nn.Sequential(dw_conv_residual(dim), ConvResidual(conv_ffn(dim)))
         self.merge = nn.Sequential(ConvNorm(dim, hidden), nn.ReLU(),
-                                   ConvNorm(hidden, hidden, 3, 2, 1, groups=hidden), nn.ReLU(),
+                                   ConvNorm(hidden, hidden, DOWNSAMPLE_DW_KERNEL, 2, DOWNSAMPLE_DW_KERNEL // 2,
+                                            groups=hidden), nn.ReLU(),
                                    SEModule(hidden, rd_channels=hidden // expand), ConvNorm(hidden, out_dim))
         self.after = nn.Sequential(dw_conv_residual(out_dim), ConvResidual(conv_ffn(out_dim)))
 

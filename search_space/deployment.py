@@ -10,6 +10,7 @@ import torch.nn as nn
 from .blocks import PreNorm
 from .fold import center_output
 from .model import NASViT
+from .operators import NORMS
 from .spec import ArchSpec
 
 
@@ -36,10 +37,11 @@ def deployed_norm(spec: ArchSpec, stage: int) -> str | None:
     SkipAt's Phi reads an attention output, or an EfficientViT downsampling block (residual
     convs, no norm) reads or writes the stream."""
     s = spec.stages[stage]
-    if s.norm == "layernorm":
+    kind = NORMS[s.norm].deploys_as
+    if kind == "layernorm":
         convertible = not s.skip and (spec.downsample == "conv2x2" or len(spec.stages) == 1)
         return "rms" if convertible else "layernorm"
-    return "rms_affine" if s.norm == "rmsnorm" else None
+    return "rms_affine" if kind == "rmsnorm" else None
 
 
 def _stream_readers(model: NASViT, i: int) -> list[PreNorm]:

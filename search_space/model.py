@@ -8,7 +8,7 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 
 from .blocks import STEMS, ClassifierHead, EfficientViTDownsample, PatchMerging, PreNorm, Stage
-from .norms import NORMS
+from .operators import NORMS
 from .spec import ArchSpec, SpecError, StageSpec
 
 
@@ -31,7 +31,7 @@ class NASViT(nn.Module):
             stages.append(Stage(s, g, down, rates[:s.depth]))
             rates, prev, prev_grid = rates[s.depth:], s, g
         self.stages = nn.ModuleList(stages)
-        self.head = PreNorm(NORMS[last.norm](last.width), ClassifierHead(last.width, spec.num_classes))
+        self.head = PreNorm(NORMS[last.norm].build(last.width), ClassifierHead(last.width, spec.num_classes))
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(_init_linear)
 
@@ -67,7 +67,7 @@ def _downsample(kind: str, prev: StageSpec, out_dim: int, grid: int) -> nn.Modul
     """Downsampling from stage `prev` (grid side `grid`) to `out_dim` channels."""
     if kind == "efficientvit":
         return EfficientViTDownsample(prev.width, out_dim, grid)
-    return PreNorm(NORMS[prev.norm](prev.width), PatchMerging(prev.width, out_dim, grid))
+    return PreNorm(NORMS[prev.norm].build(prev.width), PatchMerging(prev.width, out_dim, grid))
 
 
 def _init_linear(m: nn.Module) -> None:

@@ -177,11 +177,4 @@ def rmsnorm(dim: int) -> nn.Module:
     return nn.RMSNorm(dim, eps=1e-6)
 
 
-NORMS = {
-    "layernorm": layernorm,
-    "rmsnorm": rmsnorm,
-    "batchnorm": TokenBatchNorm,
-    "prepbn": PRepBN,
-    "unified": UnifiedNorm,
-}
 BN_FAMILY = (TokenBatchNorm, RepBN, PRepBN, UnifiedNorm)

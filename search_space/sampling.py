@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from .spec import (ATTENTION_NAMES, DOWNSAMPLE_NAMES, NORM_NAMES, STEM_NAMES, ArchSpec, SpecError, StageSpec,
-                   can_downsample, coarsest_patch, stage_grids)
+from .operators import ATTENTIONS, attention_names, norm_names
+from .spec import (DOWNSAMPLE_NAMES, PLUGIN_HINT, STEM_NAMES, ArchSpec, SpecError, StageSpec, can_downsample,
+                   coarsest_patch, stage_grids)
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Choices per axis. Override any of them with a JSON file (`SearchSpace.load`)."""
+    """Choices per axis. Override any of them with a JSON file (`SearchSpace.load`). The norms and
+    attentions default to every registered operator (`search_space.operators`)."""
 
     stages: tuple[int, ...] = (1, 2, 3)
     patch: tuple[int, ...] = (1, 2, 4, 8)
@@ -25,8 +27,8 @@ class SearchSpace:
     max_grid: int = 16  # patches giving a finer token grid than this are not offered
     widths: tuple[int, ...] = (32, 48, 64, 96, 128, 160, 192)
     depths: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
-    norms: tuple[str, ...] = NORM_NAMES
-    attentions: tuple[str, ...] = ATTENTION_NAMES
+    norms: tuple[str, ...] = field(default_factory=norm_names)
+    attentions: tuple[str, ...] = field(default_factory=attention_names)
     heads: tuple[int, ...] = (1, 2, 3, 4)
     key_dims: tuple[int, ...] = (8, 16, 32)
     value_ratios: tuple[int, ...] = (1, 2)
@@ -60,11 +62,11 @@ class SearchSpace:
         empty = [k for k, v in override.items() if k != "max_grid" and (not isinstance(v, list) or not v)]
         if empty:
             raise SpecError(f"{path}: axis {empty} must be a non-empty list of choices")
-        unknown_ops = (set(override.get("norms", ())) - set(NORM_NAMES) | set(override.get("attentions", ())) - set(ATTENTION_NAMES)
-                       | set(override.get("stems", ())) - set(STEM_NAMES)
-                       | set(override.get("downsamples", ())) - set(DOWNSAMPLE_NAMES))
+        offered = {"norms": norm_names(), "attentions": attention_names(), "stems": STEM_NAMES,
+                   "downsamples": DOWNSAMPLE_NAMES}
+        unknown_ops = set().union(*(set(override.get(axis, ())) - set(names) for axis, names in offered.items()))
         if unknown_ops:
-            raise SpecError(f"{path}: unknown operator(s) {sorted(unknown_ops)}")
+            raise SpecError(f"{path}: unknown operator(s) {sorted(unknown_ops)}{PLUGIN_HINT}")
         return cls(**{k: (v if k == "max_grid" else tuple(v)) for k, v in override.items()})
 
 
@@ -82,10 +84,12 @@ class RngSuggester:
         return choices[int(self.rng.integers(len(choices)))]
 
 
-def sample(trial_or_rng: Suggester | np.random.Generator | int, space: SearchSpace = SearchSpace(),
+def sample(trial_or_rng: Suggester | np.random.Generator | int, space: SearchSpace | None = None,
            img_size: int = 32, in_chans: int = 3, num_classes: int = 10) -> ArchSpec:
-    """Draw one valid spec. Parameters are conditional: stage i's are named `s{i}.*` and asked
-    only when the spec has that stage; `value_ratio` only for non-CGA stages (CGA needs 1)."""
+    """Draw one valid spec from `space` (None: the default space). Parameters are conditional:
+    stage i's are named `s{i}.*` and asked only when the spec has that stage; `value_ratio` only
+    for attentions that accept more than one (CGA needs 1)."""
+    space = space or SearchSpace()
     t = trial_or_rng
     if isinstance(t, (int, np.integer)):
         t = np.random.default_rng(int(t))
@@ -108,7 +112,8 @@ def sample(trial_or_rng: Suggester | np.random.Generator | int, space: SearchSpa
         heads = t.suggest_categorical(f"s{i}.heads", list(space.heads))
         heads = max((h for h in space.heads if h <= heads and width % h == 0), default=1)  # must divide width
         key_dim = t.suggest_categorical(f"s{i}.key_dim", list(space.key_dims))
-        value_ratio = 1 if attention == "cga" else t.suggest_categorical(f"s{i}.value_ratio", list(space.value_ratios))
+        value_ratio = (ATTENTIONS[attention].value_ratio
+                       or t.suggest_categorical(f"s{i}.value_ratio", list(space.value_ratios)))
         ffns = t.suggest_categorical(f"s{i}.ffns", list(space.ffns))
         mlp_ratio = t.suggest_categorical(f"s{i}.mlp_ratio", list(space.mlp_ratios))
         dwconv = t.suggest_categorical(f"s{i}.dwconv", list(space.dwconv))
@@ -135,7 +140,7 @@ def params_of(spec: ArchSpec, space: SearchSpace) -> dict[str, Any]:
         params.update({f"s{i}.width": s.width, f"s{i}.attention": s.attention, f"s{i}.depth": s.depth,
                        f"s{i}.heads": s.heads, f"s{i}.key_dim": s.key_dim, f"s{i}.ffns": s.ffns,
                        f"s{i}.mlp_ratio": s.mlp_ratio, f"s{i}.dwconv": s.dwconv})
-        if s.attention != "cga":
+        if ATTENTIONS[s.attention].value_ratio is None:
             params[f"s{i}.value_ratio"] = s.value_ratio
         if s.depth > 1:
             params[f"s{i}.skip_fraction"] = len(s.skip) / s.depth

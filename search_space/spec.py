@@ -6,12 +6,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-NORM_NAMES = ("layernorm", "rmsnorm", "batchnorm", "prepbn", "unified")
-ATTENTION_NAMES = ("mhsa", "sla", "cga")
-GRID_ATTENTIONS = ("sla", "cga")  # need the tokens to form a square grid
+from .operators import ATTENTIONS, PLUGINS_VARIABLE, attention_names, norm_names
+
 PATCH_SIZES = (1, 2, 4, 8, 16)
 STEM_NAMES = ("conv", "patch")  # overlapping 3x3 stride-2 conv stack (EfficientViT) | one patchify conv (ViT)
 DOWNSAMPLE_NAMES = ("conv2x2", "efficientvit")  # unpadded 2x2 conv | EfficientViT's subsample block
+
+
+PLUGIN_HINT = f" (or name the module that registers it in {PLUGINS_VARIABLE})"
 
 
 class SpecError(ValueError):
@@ -52,18 +54,18 @@ class StageSpec:
         out = []
         if self.width <= 0 or self.depth <= 0:
             out.append(f"{where}: width and depth must be positive (got {self.width}x{self.depth})")
-        if self.norm not in NORM_NAMES:
-            out.append(f"{where}: unknown norm '{self.norm}'; choose one of {', '.join(NORM_NAMES)}")
-        if self.attention not in ATTENTION_NAMES:
+        if self.norm not in norm_names():
+            out.append(f"{where}: unknown norm '{self.norm}'; choose one of {', '.join(norm_names())}{PLUGIN_HINT}")
+        attention = ATTENTIONS.get(self.attention) if self.attention in attention_names() else None
+        if attention is None:
             out.append(f"{where}: unknown attention '{self.attention}'; "
-                       f"choose one of {', '.join(ATTENTION_NAMES)}")
+                       f"choose one of {', '.join(attention_names())}{PLUGIN_HINT}")
         if self.heads <= 0 or self.width % max(self.heads, 1):
             out.append(f"{where}: {self.heads} heads do not divide width {self.width}")
         if self.key_dim <= 0 or self.value_ratio <= 0 or self.ffns <= 0 or self.mlp_ratio <= 0:
             out.append(f"{where}: key_dim, value_ratio, ffns and mlp_ratio must be positive")
-        if self.attention == "cga" and self.value_ratio != 1:
-            out.append(f"{where}: cga cascades each head's output into the next head's input "
-                       f"chunk, so value_ratio must be 1 (got {self.value_ratio})")
+        if attention is not None:
+            out.extend(attention.problems(where, self.value_ratio))
         for i in self.skip:
             if not 0 <= i < self.depth:
                 out.append(f"{where}: skip block {i} is outside 0..{self.depth - 1}")
@@ -71,7 +73,7 @@ class StageSpec:
                 out.append(f"{where}: SkipAt block 0 has no earlier attention in its stage to reuse")
         if tuple(sorted(set(self.skip))) != tuple(self.skip):
             out.append(f"{where}: skip indices must be sorted and unique (got {list(self.skip)})")
-        if (self.attention in GRID_ATTENTIONS or self.skip or self.dwconv) and grid < 1:
+        if (attention is not None and attention.needs_grid or self.skip or self.dwconv) and grid < 1:
             out.append(f"{where}: {self.attention} needs a square token grid, got none")
         return out
 

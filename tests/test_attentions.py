@@ -2,15 +2,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from search_space.attentions import (ATTENTIONS, CascadedGroupAttention, MultiHeadSelfAttention,
-                                     SimplifiedLinearAttention, SkipAttention, window_for)
+from search_space.attentions import (CascadedGroupAttention, MultiHeadSelfAttention, SimplifiedLinearAttention,
+                                     SkipAttention, window_for)
 from search_space.costs import flop_analysis
+from search_space.operators import ATTENTIONS
 
 
 @pytest.mark.parametrize("name", list(ATTENTIONS))
 @pytest.mark.parametrize("grid", [4, 16])
 def test_attention_shapes_and_gradients(name, grid):
-    attn = ATTENTIONS[name](32, 4, 8, 1, grid)
+    attn = ATTENTIONS[name].build(32, 4, 8, 1, grid)
     x = torch.randn(2, grid * grid, 32, requires_grad=True)
     y = attn(x)
     assert y.shape == x.shape

@@ -3,12 +3,13 @@ import math
 import pytest
 import torch
 
-from search_space.norms import NORMS, PRepBN, RepBN, TokenBatchNorm, UnifiedNorm
+from search_space.norms import PRepBN, RepBN, TokenBatchNorm, UnifiedNorm
+from search_space.operators import NORMS
 
 
 @pytest.mark.parametrize("name", list(NORMS))
 def test_norm_shapes_and_gradients(name):
-    norm = NORMS[name](16).train()
+    norm = NORMS[name].build(16).train()
     x = torch.randn(2, 9, 16, requires_grad=True)
     y = norm(x)
     assert y.shape == x.shape
