@@ -143,8 +143,9 @@ def cmd_measure(args) -> None:
                   f"({len(unique) - len(first)} already measured for fingerprint {fid})")
     with progress_bar() as bar:
         task = bar.add_task("measuring", total=total, info="")
-        measure_all(unique.values(), Path(args.out), args.runtime, args.device, args.threads, args.batch,
-                    args.remeasure, args.sweeps, reference_ms=reference, precision=args.precision,
+        measure_all(unique.values(), Path(args.out), runtime=args.runtime, device=args.device, threads=args.threads,
+                    batch=args.batch, remeasure=args.remeasure, sweeps=args.sweeps, reference_ms=reference,
+                    precision=args.precision,
                     on_row=lambda r: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms {r['short'][:40]}"))
     out.print(f"timings in {args.out}", markup=False)
 
@@ -275,7 +276,7 @@ def watch_search(cfg, inputs) -> list[dict]:
 def print_front(run_dir: Path, as_json: bool) -> None:
     import pandas as pd
 
-    from nas.front import front_summary, load_view, run_target, write_html
+    from nas.front import front_summary, load_view, preset_trials, run_target, write_html
 
     if as_json:  # data only: nothing is written
         print(json.dumps(front_summary(Path(run_dir))))
@@ -290,7 +291,7 @@ def print_front(run_dir: Path, as_json: bool) -> None:
         table.add_row(str(f["trial"]), rung_text(f.get("rung")), f"{f['val_acc']:.4f}", f"{f['pred_ms']:.3f}",
                       measured, f"{f['flops'] / 1e6:.1f}", f"{int(f['params']):,}", escape(f["short"]) + name)
     out.print(table)
-    refs = trials[trials["preset"].notna() & (trials["state"] != "INTERRUPTED")]  # re-run after a kill
+    refs = preset_trials(trials)
     if len(refs):
         ref = Table("preset", "trial", "rung", "acc at rung", "pred ms", "state", title="seed presets (reference points)")
         for _, r in refs.iterrows():
@@ -535,6 +536,7 @@ def _latency_parsers(sub) -> None:
 def _run_parser(sub) -> None:
     from nas.config import SearchConfig
     from nas.rungs import PROMOTION_RULES
+    from nas.samplers import SAMPLERS
 
     d = SearchConfig(name="", target_ms=0.0, latency_model="")
     r = sub.add_parser("run", help="search for the best architectures under a latency target",
@@ -570,7 +572,7 @@ def _run_parser(sub) -> None:
     r.add_argument("--resolution", type=integer(8), help="proxy input side (default: the data's)")
     r.add_argument("--batch-size", type=integer(1), default=d.batch_size, help="proxy batch size")
     r.add_argument("--lr", type=number(0), default=d.lr, help="proxy peak AdamW learning rate")
-    r.add_argument("--sampler", choices=["nsga2", "tpe", "random"], default=d.sampler, help="Optuna sampler")
+    r.add_argument("--sampler", choices=SAMPLERS, default=d.sampler, help="Optuna sampler")
     r.add_argument("--seed", type=integer(0), default=d.seed, help="seed of the sampler, the split and the trainings")
     r.add_argument("--space", help="JSON file overriding the search space's choices")
     r.add_argument("--ray-address", help="join an existing Ray cluster (default: local workers)")

@@ -52,6 +52,7 @@ from latency_models.measure import anchor_spec, deployed_runner, runtime_runner,
 from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, RUNTIMES  # noqa: E402
 from nas.final import load_trained, predictor_reference_ms, target_runtime  # noqa: E402
 from nas.rundir import run_config  # noqa: E402
+from nas.schema import TrialState  # noqa: E402
 from search_space import ArchSpec, SearchSpace, build_model, deploy, presets  # noqa: E402
 from search_space.presets import SEARCH_SCALE  # noqa: E402
 
@@ -85,7 +86,7 @@ def chosen_trials(run: Path, target: float) -> tuple[dict[int, str], list[int]]:
     """Preset trials by number, and the 3 most accurate searched front trials (topped up with the
     most accurate other feasible ones if the front holds fewer than 3 searched points)."""
     trials = pd.read_csv(run / "trials.csv")
-    done = trials[trials["state"] == "COMPLETE"]
+    done = trials[trials["state"] == TrialState.COMPLETE]
     preset_rows = done[done["preset"].notna()]
     front = {f["trial"] for f in json.loads((run / "front.json").read_text())}
     searched = done[done["preset"].isna() & (done["pred_ms"] <= target)].copy()

@@ -160,7 +160,7 @@ def train_long(row: dict, seed: int, data_path: str, work: str, device: str, epo
     spec = ArchSpec.from_dict(row["spec"])
     cfg = TrainConfig(**{**RECIPE, "epochs": epochs}, seed=seed, threads=threads, device=device)
     ckpt = Path(work) / f"{row['arch_id']}-s{seed}.pt"
-    res = train(spec, d["x"], d["y"], d["x_val"], d["y_val"], cfg, d["mean"], d["std"], checkpoint=ckpt)
+    res = train(spec, d["x"], d["y"], d["x_val"], d["y_val"], cfg, mean=d["mean"], std=d["std"], checkpoint=ckpt)
     test = accuracy(res.model, d["x_test"], d["y_test"], Normalizer(d["mean"], d["std"], spec.img_size))
     ckpt.unlink(missing_ok=True)
     return {"arch_id": row["arch_id"], "spec": row["spec"], "short": row["short"], "origin": row["origin"],
@@ -203,7 +203,8 @@ def train_proxy(row: dict, method: str, data_path: str) -> dict:
     epochs, subset = PROXIES[method]
     cfg = TrainConfig(epochs=epochs, subset=subset, seed=0, threads=1)  # the search's proxy defaults
     cpu_start = time.process_time()
-    res = train(ArchSpec.from_dict(row["spec"]), d["x"], d["y"], d["x_val"], d["y_val"], cfg, d["mean"], d["std"])
+    res = train(ArchSpec.from_dict(row["spec"]), d["x"], d["y"], d["x_val"], d["y_val"], cfg, mean=d["mean"],
+                std=d["std"])
     return {"arch_id": row["arch_id"], "method": method, "val_acc": round(res.val_acc, 4),
             "train_s": round(res.train_s, 1), "cpu_s": round(time.process_time() - cpu_start, 1)}
 
@@ -351,7 +352,7 @@ def train_rung(row: dict, rung: int, setting: RungSetting, data_path: str, work:
     ckpt = Path(work) / f"{row['arch_id']}-{setting.tag}.pt"
     cpu_start = time.process_time()
     res = train(ArchSpec.from_dict(row["spec"]), d["x"], d["y"], d["x_val"], d["y_val"], setting.train_config(),
-                d["mean"], d["std"], checkpoint=ckpt, until_epochs=setting.rungs.budgets[rung])
+                mean=d["mean"], std=d["std"], checkpoint=ckpt, until_epochs=setting.rungs.budgets[rung])
     return {"arch_id": row["arch_id"], **setting.record(), "rung": rung,
             "epochs": round(setting.rungs.budgets[rung], 4), "val_acc": round(res.val_acc, 4),
             "train_s": round(res.train_s, 1), "steps": res.steps, "cpu_s": round(time.process_time() - cpu_start, 1)}

@@ -29,6 +29,7 @@ from scipy.stats import kendalltau
 from evaluators.data import load_dataset
 from evaluators.proxy import evaluate_rung
 from evaluators.train import TrainConfig
+from nas.schema import TrialState
 from search_space import SearchSpace, presets, sample
 from search_space.presets import SEARCH_SCALE
 
@@ -150,13 +151,13 @@ def samplers(args, out: Path) -> dict:
             target = json.loads((out / "runs" / name / "config.json").read_text())["target_ms"]
             runs[name] = {"trials": trials, "target": target, "wall_s": wall}
             print(f"  {name}: {wall / 60:.1f} min, {int((trials.state == 'COMPLETE').sum())} trained", flush=True)
-    k = min(int((r["trials"].state == "COMPLETE").sum()) for r in runs.values())
+    k = min(int((r["trials"].state == TrialState.COMPLETE).sum()) for r in runs.values())
     table = {}
     for name, r in runs.items():
-        trained = r["trials"][r["trials"].state == "COMPLETE"].sort_values("number").head(k)
+        trained = r["trials"][r["trials"].state == TrialState.COMPLETE].sort_values("number").head(k)
         table[name] = {"hypervolume": hypervolume(list(zip(trained.pred_ms, trained.val_acc)), r["target"]),
                        "trained": k, "trials": len(r["trials"]), "wall_s": r["wall_s"],
-                       "infeasible": int((r["trials"].state == "INFEASIBLE").sum()), "target_ms": r["target"]}
+                       "infeasible": int((r["trials"].state == TrialState.INFEASIBLE).sum()), "target_ms": r["target"]}
     summary = {s: {"median_hv": float(np.median([v["hypervolume"] for n, v in table.items() if n.startswith(s)]))}
                for s in ("nsga2", "tpe", "random")}
     res = {"equal_trainings": k, "runs": table, "summary": summary, "reference_point": "(target ms, accuracy 0)"}

@@ -65,8 +65,9 @@ def train_baseline(run: Path, name: str, epochs: float, out: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     tcfg = TrainConfig(**FINAL_RECIPE, epochs=epochs, seed=cfg["seed"], threads=1)
     t0 = time.perf_counter()
-    res = train_model(lambda: make_baseline(name, data.num_classes, data.in_chans), side, data.num_classes,
-                      x, y, x_val, y_val, tcfg, mean, std, checkpoint=folder / "checkpoint.pt")
+    res = train_model(lambda: make_baseline(name, data.num_classes, data.in_chans), x, y, x_val, y_val, tcfg,
+                      img_size=side, num_classes=data.num_classes, mean=mean, std=std,
+                      checkpoint=folder / "checkpoint.pt")
     model = res.model.cpu().eval()
     torch.save(model.state_dict(), folder / "model.pt")
     report = {"name": name, "timm": BASELINES[name][0], "img_size": side, "short": f"timm {BASELINES[name][0]} "

@@ -18,7 +18,7 @@ def evaluate_rung(spec_json: str, data: tuple, cfg: TrainConfig, checkpoint: str
     x_tr, y_tr, x_val, y_val, mean, std = data
     spec = ArchSpec.from_json(spec_json)
     try:
-        res = train(spec, x_tr, y_tr, x_val, y_val, cfg, mean, std,
+        res = train(spec, x_tr, y_tr, x_val, y_val, cfg, mean=mean, std=std,
                     checkpoint=Path(checkpoint) if checkpoint else None, until_epochs=until_epochs)
     except TrainingFailed as e:
         return {"failure": str(e)}

@@ -227,7 +227,7 @@ class Batches:
 
 
 def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor | None,
-          y_val: torch.Tensor | None, cfg: TrainConfig, mean: list[float], std: list[float], **hooks) -> TrainResult:
+          y_val: torch.Tensor | None, cfg: TrainConfig, *, mean: list[float], std: list[float], **hooks) -> TrainResult:
     """Train `spec` from scratch and report validation accuracy after each epoch (see
     `train_model`; the spec at the proxy's resolution where `cfg.resolution` is set)."""
     spec = proxy_spec(spec, cfg.resolution)
@@ -238,12 +238,13 @@ def train(spec: ArchSpec, x_train: torch.Tensor, y_train: torch.Tensor, x_val: t
         except SpecError as e:
             raise TrainingFailed(f"spec cannot be built: {e}") from None
 
-    return train_model(make, spec.img_size, spec.num_classes, x_train, y_train, x_val, y_val, cfg, mean, std, **hooks)
+    return train_model(make, x_train, y_train, x_val, y_val, cfg, img_size=spec.img_size,
+                       num_classes=spec.num_classes, mean=mean, std=std, **hooks)
 
 
-def train_model(make_model: Callable[[], nn.Module], img_size: int, num_classes: int, x_train: torch.Tensor,
-                y_train: torch.Tensor, x_val: torch.Tensor | None, y_val: torch.Tensor | None,
-                cfg: TrainConfig, mean: list[float], std: list[float],
+def train_model(make_model: Callable[[], nn.Module], x_train: torch.Tensor, y_train: torch.Tensor,
+                x_val: torch.Tensor | None, y_val: torch.Tensor | None, cfg: TrainConfig, *, img_size: int,
+                num_classes: int, mean: list[float], std: list[float],
                 on_epoch: Callable[[int, float], bool] | None = None, checkpoint: Path | None = None,
                 on_step: Callable[[int, int, float], None] | None = None,
                 until_epochs: float | None = None) -> TrainResult:

@@ -41,7 +41,8 @@ def calibrate(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, s
     rng = np.random.default_rng(seed)
     specs = [sample(rng, space, img_size, in_chans, num_classes) for _ in range(n)]
     specs += presets(img_size, in_chans, num_classes, SEARCH_SCALE, SEARCH_SCALE).values()
-    measure_all(specs, csv_path, runtime, "cpu", 1, 1, remeasure=0.1, on_row=on_row, precision=precision)
+    measure_all(specs, csv_path, runtime=runtime, device="cpu", threads=1, batch=1, remeasure=0.1, on_row=on_row,
+                precision=precision)
     model, report = fit_and_report(read_table(csv_path), seed=seed)
     model.save(model_path)
     return model_path, report

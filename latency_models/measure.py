@@ -272,7 +272,7 @@ def exported_files(exporter: ProcessPoolExecutor, part: list[ArchSpec], folder: 
     return {a: str(p) for a, p in paths.items()}
 
 
-def measure_all(specs: Iterable[ArchSpec], out: Path, runtime: str, device: str, threads: int,
+def measure_all(specs: Iterable[ArchSpec], out: Path, *, runtime: str, device: str, threads: int,
                 batch: int, remeasure: float = 0.1, sweeps: int = 50, chunk: int = 16,
                 reference_ms: float | None = None, on_row: Callable[[dict], None] | None = None,
                 precision: str = "fp32") -> int:

@@ -11,6 +11,7 @@ import optuna
 from evaluators.train import TrainConfig
 
 from .rungs import Rungs
+from .schema import Attr
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Dispatcher:
         return self.workers - len(self.pending)
 
     def in_training(self) -> set[str]:
-        return {trial.user_attrs["arch_id"] for trial, _ in self.pending.values()}
+        return {trial.user_attrs[Attr.ARCH_ID] for trial, _ in self.pending.values()}
 
     def checkpoint(self, arch_id: str) -> Path:
         return self.checkpoints / f"{arch_id}.pt"
@@ -37,9 +38,9 @@ class Dispatcher:
         from .workers import remote_evaluate
 
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        arch_id = trial.user_attrs["arch_id"]
+        arch_id = trial.user_attrs[Attr.ARCH_ID]
         task = remote_evaluate.options(num_gpus=self.gpus_per_trial) if self.gpus_per_trial else remote_evaluate
-        ref = task.remote(trial.user_attrs["spec"], [self.data_ref], self.train_cfg, str(self.checkpoint(arch_id)),
+        ref = task.remote(trial.user_attrs[Attr.SPEC], [self.data_ref], self.train_cfg, str(self.checkpoint(arch_id)),
                           self.rungs.budgets[rung])
         self.pending[ref] = (trial, rung)
 

@@ -19,10 +19,11 @@ from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, f
                                      time_at_reference, time_interleaved)
 from search_space import ArchSpec, build_model, count_params, deploy
 
+from . import SearchError
 from .int8 import evaluate_int8, fp32_onnx
 from .records import atomic_write, write_records
 from .rundir import load_run_study, load_trial, run_config
-from . import SearchError
+from .schema import Attr
 
 
 def final_dir(run_dir: Path, number: int) -> Path:
@@ -88,7 +89,7 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     on this machine's CPU (`time_on_target`)."""
     cfg = run_config(run_dir)
     trial = load_trial(run_dir, number)
-    spec = ArchSpec.from_json(trial.user_attrs["spec"])
+    spec = ArchSpec.from_json(trial.user_attrs[Attr.SPEC])
     epochs = epochs if epochs is not None else max(4 * float(cfg["epochs"]), 10)
     out = final_dir(run_dir, trial.number)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,7 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     tcfg = TrainConfig(**{**FINAL_RECIPE, **recipe}, epochs=epochs, seed=cfg["seed"],
                        threads=torch.get_num_threads(), device=device)
     t0 = time.perf_counter()
-    res = train(spec, x, y, x_val, y_val, tcfg, mean, std, on_step=on_step,
+    res = train(spec, x, y, x_val, y_val, tcfg, mean=mean, std=std, on_step=on_step,
                 checkpoint=recipe_checkpoint(out, {**dataclasses.asdict(tcfg), "holdout": holdout}))
     norm = Normalizer(mean, std, spec.img_size)
     test_acc = accuracy(res.model, data.x_test, data.y_test, norm)
@@ -111,15 +112,15 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
         int8_target = target_precision(cfg) == "int8" and "int8_failure" not in int8
         timing = time_on_target(deployed, cfg, exported=out / "model.int8.onnx" if int8_target else fp32,
                                 precision="int8" if int8_target else "fp32")
-    pred = trial.user_attrs["pred_ms"]
+    pred = trial.user_attrs[Attr.PRED_MS]
     report = {"trial": trial.number, "arch_id": spec.arch_id, "short": spec.short(), "test_acc": test_acc, **int8,
-              "val_acc_proxy": (trial.user_attrs.get("rung_accs") or [trial.user_attrs.get("val_acc")])[-1],
-              "proxy_rung": len(trial.user_attrs.get("rung_accs") or [None]) - 1, "pred_ms": pred,
+              "val_acc_proxy": (trial.user_attrs.get(Attr.RUNG_ACCS) or [trial.user_attrs.get(Attr.VAL_ACC)])[-1],
+              "proxy_rung": len(trial.user_attrs.get(Attr.RUNG_ACCS) or [None]) - 1, "pred_ms": pred,
               **timing, "pred_rel_err": (pred - timing["measured_ms"]) / timing["measured_ms"], "epochs": epochs,
               "recipe": {k: getattr(tcfg, k) for k in ("batch_size", "lr", "weight_decay", "mixup", "cutmix",
                                                        "randaugment")},
               "holdout": holdout, "trained_examples": len(y), "val_curve": res.history if holdout else None,
-              "train_s": res.train_s, "wall_s": time.perf_counter() - t0, "flops": trial.user_attrs.get("flops"),
+              "train_s": res.train_s, "wall_s": time.perf_counter() - t0, "flops": trial.user_attrs.get(Attr.FLOPS),
               "params": count_params(deployed), "dataset": cfg["dataset"], "trained_on": device}
     (out / "final.json").write_text(json.dumps(report, indent=1))
     write_records(load_run_study(run_dir), run_dir, float(cfg["target_ms"]))  # front.json with this training

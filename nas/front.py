@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import SearchError
 from .config import target_name
 from .records import FINAL_FIGURES, atomic_write, with_finals
 from .rundir import final_reports, run_config, run_records
 from .rungs import Rungs
-from . import SearchError
+from .schema import TrialState
 
 
 def load_view(run_dir: Path) -> tuple[pd.DataFrame, list[dict], float, dict[int, dict]]:
@@ -26,13 +27,18 @@ def load_view(run_dir: Path) -> tuple[pd.DataFrame, list[dict], float, dict[int,
     return pd.DataFrame(rows), with_finals(front, finals), float(cfg["target_ms"]), finals
 
 
+def preset_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The seed presets' trials; one interrupted by a kill was queued and trained again."""
+    return trials[trials["preset"].notna() & (trials["state"] != TrialState.INTERRUPTED)]
+
+
 def front_summary(run_dir: Path) -> dict:
     """Everything `front` shows, as data: the target (milliseconds and device), the rungs' epochs,
     the front and the seed presets, each with its final training's figures where one exists."""
     trials, front, target_ms, finals = load_view(run_dir)
     cfg = run_config(run_dir)
     rungs = Rungs(min(cfg["base_epochs"], cfg["epochs"]), cfg["epochs"], cfg["eta"]) if "eta" in cfg else None
-    presets = trials[trials["preset"].notna() & (trials["state"] != "INTERRUPTED")]  # re-run after a kill
+    presets = preset_trials(trials)
     preset_rows = [{"preset": r["preset"], "trial": int(r["number"]), "state": r["state"],
                     "rung": None if pd.isna(r["rung"]) else int(r["rung"]),
                     "rung_acc": None if pd.isna(r["rung_acc"]) else float(r["rung_acc"]),
@@ -57,11 +63,11 @@ def last_accuracy(row: pd.Series) -> float | None:
 def measured_groups(shown: pd.DataFrame) -> list[tuple[pd.DataFrame, str]]:
     """The trained trials by the rung they stopped at, the top rung last (a run from before rungs:
     its trained and pruned trials)."""
-    trained = shown[shown["state"].isin(["COMPLETE", "PRUNED"]) & shown["acc"].notna()]
+    trained = shown[shown["state"].isin([TrialState.COMPLETE, TrialState.PRUNED]) & shown["acc"].notna()]
     rungs = sorted(trained["rung"].dropna().unique()) if "rung" in trained else []
     if not rungs:
         return [(trained[trained["state"] == s], label) for s, label in
-                (("COMPLETE", "trained"), ("PRUNED", "pruned (last epoch)"))]
+                ((TrialState.COMPLETE, "trained"), (TrialState.PRUNED, "pruned (last epoch)"))]
     top = rungs[-1]
     return [(trained[trained["rung"] == k], f"rung {int(k)}" + (" (top: the front's)" if k == top else ""))
             for k in rungs]
@@ -99,8 +105,8 @@ def front_figure(trials: pd.DataFrame, front: list[dict], target_ms: float, fina
                         marker={"color": "#1f77b4" if top else "#ff7f0e", "opacity": 1.0 if top else min(0.9, 0.35 + 0.2 * i)},
                         text=[f"trial {n}<br>{s}" for n, s in zip(part["number"], part["short"])],
                         hovertemplate=hover, row=1, col=1)
-    for state, color, label in (("INFEASIBLE", "#bbbbbb", "infeasible: predicted over target, not trained"),
-                                ("FAIL", "#d62728", "failed")):
+    for state, color, label in ((TrialState.INFEASIBLE, "#bbbbbb", "infeasible: predicted over target, not trained"),
+                                (TrialState.FAIL, "#d62728", "failed")):
         part = shown[shown["state"] == state]
         fig.add_scatter(x=part["pred_ms"], y=[label.split(":")[0]] * len(part), mode="markers", name=label,
                         marker={"color": color, "symbol": "x"}, hovertemplate="%{text}<extra></extra>",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 
 from .rungs import RungResult, Rungs, promoted
+from .schema import Attr
 from .study_view import report_rungs
 
 
@@ -15,8 +16,8 @@ class Ladder:
         self.latency: dict[str, float] = {}
         for t in study.get_trials(deepcopy=False):
             a = t.user_attrs
-            if a.get("rung_accs") and "arch_id" in a and a.get("cached_from") is None:  # asked, not copied
-                self.note(a["arch_id"], a["pred_ms"], a["rung_accs"])
+            if a.get(Attr.RUNG_ACCS) and Attr.ARCH_ID in a and a.get(Attr.CACHED_FROM) is None:  # asked, not copied
+                self.note(a[Attr.ARCH_ID], a[Attr.PRED_MS], a[Attr.RUNG_ACCS])
 
     def note(self, arch_id: str, pred_ms: float, accs: list[float]) -> None:
         if len(accs) >= len(self.accs.get(arch_id, [])):
@@ -24,13 +25,13 @@ class Ladder:
 
     def record(self, trial: optuna.trial.Trial, rung: int, res: dict) -> list[float]:
         """Keep a finished rung on the trial (so a killed run resumes from it) and here."""
-        accs = list(trial.user_attrs.get("rung_accs") or [])[:rung] + [res["val_acc"]]
-        trained = list(trial.user_attrs.get("trained_steps") or [])[:rung] + [res["trained_steps"]]
-        for k, v in (("rung_accs", accs), ("trained_steps", trained), ("steps", res["steps"]),
-                     ("history", res["history"]), ("train_s", res["train_s"])):
+        accs = list(trial.user_attrs.get(Attr.RUNG_ACCS) or [])[:rung] + [res["val_acc"]]
+        trained = list(trial.user_attrs.get(Attr.TRAINED_STEPS) or [])[:rung] + [res["trained_steps"]]
+        for k, v in ((Attr.RUNG_ACCS, accs), (Attr.TRAINED_STEPS, trained), (Attr.STEPS, res["steps"]),
+                     (Attr.HISTORY, res["history"]), (Attr.TRAIN_S, res["train_s"])):
             trial.set_user_attr(k, v)
         report_rungs(trial, trained, accs)
-        self.note(trial.user_attrs["arch_id"], trial.user_attrs["pred_ms"], accs)
+        self.note(trial.user_attrs[Attr.ARCH_ID], trial.user_attrs[Attr.PRED_MS], accs)
         return accs
 
     def goes_on(self, arch_id: str) -> bool:

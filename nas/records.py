@@ -12,21 +12,23 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from .schema import Attr, TrialState
+
 TRIAL_COLUMNS = ["number", "state", "rung", "rung_acc", "val_acc", "arch_id", "short", "pred_ms", "flops", "params",
                  "train_s", "failure", "preset", "cached_from", "rung_accs", "history", "spec", "pred_ms_targets"]
 
 
-def trial_state(t: optuna.trial.FrozenTrial) -> str:
+def trial_state(t: optuna.trial.FrozenTrial) -> TrialState:
     """Optuna's state, refined: an infeasible candidate or a duplicate is COMPLETE to the sampler
     but was never trained."""
     a = t.user_attrs
-    if a.get("infeasible"):
-        return "INFEASIBLE"
-    if a.get("cached_from") is not None:
-        return "DUPLICATE"
-    if a.get("interrupted"):
-        return "INTERRUPTED"
-    return t.state.name
+    if a.get(Attr.INFEASIBLE):
+        return TrialState.INFEASIBLE
+    if a.get(Attr.CACHED_FROM) is not None:
+        return TrialState.DUPLICATE
+    if a.get(Attr.INTERRUPTED):
+        return TrialState.INTERRUPTED
+    return TrialState(t.state.name)
 
 
 def trial_row(t: optuna.trial.FrozenTrial) -> dict:
@@ -34,16 +36,16 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict:
     `val_acc` is set only at the top rung, where accuracies are comparable across trials."""
     a = t.user_attrs
     state = trial_state(t)
-    trained = state == "COMPLETE"
-    accs = a.get("rung_accs") or []
+    trained = state == TrialState.COMPLETE
+    accs = a.get(Attr.RUNG_ACCS) or []
     return {"number": t.number, "state": state, "rung": len(accs) - 1 if accs else None,
-            "rung_acc": accs[-1] if accs else None, "val_acc": a.get("val_acc") if trained else None,
-            "arch_id": a.get("arch_id"), "short": a.get("short"), "pred_ms": a.get("pred_ms"),
-            "flops": a.get("flops"), "params": a.get("params"), "train_s": a.get("train_s"),
-            "failure": a.get("failure"), "preset": a.get("preset"), "cached_from": a.get("cached_from"),
+            "rung_acc": accs[-1] if accs else None, "val_acc": a.get(Attr.VAL_ACC) if trained else None,
+            "arch_id": a.get(Attr.ARCH_ID), "short": a.get(Attr.SHORT), "pred_ms": a.get(Attr.PRED_MS),
+            "flops": a.get(Attr.FLOPS), "params": a.get(Attr.PARAMS), "train_s": a.get(Attr.TRAIN_S),
+            "failure": a.get(Attr.FAILURE), "preset": a.get(Attr.PRESET), "cached_from": a.get(Attr.CACHED_FROM),
             "rung_accs": json.dumps(accs) if accs else None,
-            "history": json.dumps(a["history"]) if "history" in a else None, "spec": a.get("spec"),
-            "pred_ms_targets": json.dumps(a["pred_ms_targets"]) if a.get("pred_ms_targets") else None}
+            "history": json.dumps(a[Attr.HISTORY]) if Attr.HISTORY in a else None, "spec": a.get(Attr.SPEC),
+            "pred_ms_targets": json.dumps(a[Attr.PRED_MS_TARGETS]) if a.get(Attr.PRED_MS_TARGETS) else None}
 
 
 def rung_agreement(rows: list[dict]) -> list[dict]:
@@ -52,7 +54,7 @@ def rung_agreement(rows: list[dict]) -> list[dict]:
     from scipy.stats import kendalltau  # here, not at the top: scipy.stats takes most of a second to import
 
     accs = [json.loads(r["rung_accs"]) for r in rows if isinstance(r.get("rung_accs"), str)
-            and r["state"] != "DUPLICATE"]
+            and r["state"] != TrialState.DUPLICATE]
     out = []
     for k in range(max((len(a) for a in accs), default=0) - 1):
         pairs = [(a[k], a[k + 1]) for a in accs if len(a) > k + 1]
@@ -64,7 +66,8 @@ def rung_agreement(rows: list[dict]) -> list[dict]:
 
 def pareto_front(rows: list[dict], target_ms: float) -> list[dict]:
     """Trained, feasible rows not dominated on (val_acc up, pred_ms down); ties keep the earliest."""
-    cand = [r for r in rows if r["state"] == "COMPLETE" and r["val_acc"] is not None and r["pred_ms"] <= target_ms]
+    cand = [r for r in rows
+            if r["state"] == TrialState.COMPLETE and r["val_acc"] is not None and r["pred_ms"] <= target_ms]
     cand.sort(key=lambda r: (r["pred_ms"], -r["val_acc"], r["number"]))
     front, best = [], -math.inf
     for r in cand:

@@ -11,9 +11,7 @@ from pathlib import Path
 import optuna
 
 from . import SearchError
-
-CONFIG_ATTR = "etnas_config"  # the study's copy of config.json
-
+from .schema import Attr, TrialState
 
 def study_storage(run_dir: Path) -> str:
     return f"sqlite:///{Path(run_dir) / 'study.db'}"
@@ -55,7 +53,7 @@ def run_config(run_dir: Path) -> dict:
         return cfg
     if not (run_dir / "study.db").exists() and not path.exists():
         raise SearchError(f"no run at {run_dir}; start one with `etnas run --name NAME --target-ms X`")
-    saved = load_run_study(run_dir).user_attrs.get(CONFIG_ATTR)
+    saved = load_run_study(run_dir).user_attrs.get(Attr.CONFIG)
     if not saved:
         raise SearchError(f"{path} is {'corrupt' if path.exists() else 'missing'} and the study keeps no copy "
                           f"(a run from before etnas kept one); restore it, or start a new run with another --name")
@@ -123,10 +121,10 @@ def load_trial(run_dir: Path, number: int) -> optuna.trial.FrozenTrial:
                           f"see `etnas front {run_dir}`")
     t = trials[number]
     state = trial_state(t)
-    if state == "DUPLICATE":
-        return load_trial(run_dir, t.user_attrs["cached_from"])
-    if state != "COMPLETE":
-        why = t.user_attrs.get("failure", "")
+    if state == TrialState.DUPLICATE:
+        return load_trial(run_dir, t.user_attrs[Attr.CACHED_FROM])
+    if state != TrialState.COMPLETE:
+        why = t.user_attrs.get(Attr.FAILURE, "")
         raise SearchError(f"trial {number} of {run_dir} is {state}{': ' + why if why else ''}; pick a trained "
                           f"trial from `etnas front {run_dir}`")
     return t

@@ -4,12 +4,10 @@ that measures the rules on the long-training reference pool."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
-PROMOTION_RULES = ("pareto", "bands", "accuracy")
-
 
 @dataclass(frozen=True)
 class Rungs:
@@ -48,28 +46,42 @@ class RungResult:
     latency_ms: float
 
 
+Share = Callable[[int], int]  # how many of n results a rung promotes
+
+
+def by_accuracy(results: list[RungResult], share: Share, band_edges: list[float] | None) -> set[str]:
+    """The best by accuracy alone."""
+    return _best(results, share(len(results)), key=lambda r: -r.accuracy)
+
+
+def by_latency_bands(results: list[RungResult], share: Share, band_edges: list[float] | None) -> set[str]:
+    """The best within each band of similar predicted latency (between `band_edges`, default three
+    quantile bands of the results), so that slow candidates compete with slow ones."""
+    out: set[str] = set()
+    for band in latency_bands(results, band_edges):
+        out |= _best(band, share(len(band)), key=lambda r: -r.accuracy)
+    return out
+
+
+def by_pareto_order(results: list[RungResult], share: Share, band_edges: list[float] | None) -> set[str]:
+    """The first by non-dominated front on (accuracy up, latency down), spread along the last front."""
+    return {r.key for r in pareto_order(results)[: share(len(results))]}
+
+
+PROMOTION_RULES: dict[str, Callable[[list[RungResult], Share, list[float] | None], set[str]]] = {
+    "pareto": by_pareto_order, "bands": by_latency_bands, "accuracy": by_accuracy}
+
+
 def promoted(results: list[RungResult], rule: str, eta: int, band_edges: list[float] | None = None,
              settled: bool = False) -> set[str]:
-    """The candidates of one rung that earn the next: the best 1/eta of them by `rule`. While more
-    results may still arrive (the search), the share is rounded down but never below one, so the
-    best so far goes on (ASHA, as Optuna's SuccessiveHalvingPruner does it); once the rung is
-    `settled` (a fixed pool), rounded up.
-
-    `accuracy` ranks by accuracy alone. `bands` takes the best 1/eta within each band of similar
-    predicted latency (between `band_edges`, default three quantile bands of the results), so slow
-    candidates compete with slow ones. `pareto` ranks by non-dominated front on (accuracy up,
-    latency down), spreading its picks along the last front it takes from."""
-    share = (lambda n: math.ceil(n / eta)) if settled else (lambda n: max(1, n // eta))
-    if rule == "accuracy":
-        return _best(results, share(len(results)), key=lambda r: -r.accuracy)
-    if rule == "bands":
-        out: set[str] = set()
-        for band in latency_bands(results, band_edges):
-            out |= _best(band, share(len(band)), key=lambda r: -r.accuracy)
-        return out
-    if rule == "pareto":
-        return {r.key for r in pareto_order(results)[: share(len(results))]}
-    raise ValueError(f"unknown promotion rule '{rule}'; choose one of {', '.join(PROMOTION_RULES)}")
+    """The candidates of one rung that earn the next: the best 1/eta of them by `rule` (one of
+    PROMOTION_RULES). While more results may still arrive (the search), the share is rounded down
+    but never below one, so the best so far goes on (ASHA, as Optuna's SuccessiveHalvingPruner does
+    it); once the rung is `settled` (a fixed pool), rounded up."""
+    if rule not in PROMOTION_RULES:
+        raise ValueError(f"unknown promotion rule '{rule}'; choose one of {', '.join(PROMOTION_RULES)}")
+    share: Share = (lambda n: math.ceil(n / eta)) if settled else (lambda n: max(1, n // eta))
+    return PROMOTION_RULES[rule](results, share, band_edges)
 
 
 def _best(results: list[RungResult], n: int, key) -> set[str]:

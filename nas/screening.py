@@ -11,6 +11,7 @@ from latency_models import LatencyModel
 from latency_models.features import total_flops
 from search_space import ArchSpec, SearchSpace, build_model, count_params, sample
 
+from .schema import Attr
 from .study_view import set_latency_constraint
 from .targets import predictions
 
@@ -32,12 +33,12 @@ class Screening:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pred = float(self.model.predict([spec])[0])
-        attrs = {"spec": spec.to_json(), "arch_id": spec.arch_id, "short": spec.short(), "pred_ms": pred,
-                 "flops": total_flops(spec), "params": count_params(build_model(spec))}
+        attrs = {Attr.SPEC: spec.to_json(), Attr.ARCH_ID: spec.arch_id, Attr.SHORT: spec.short(), Attr.PRED_MS: pred,
+                 Attr.FLOPS: total_flops(spec), Attr.PARAMS: count_params(build_model(spec))}
         if spec.arch_id in self.preset_of:
-            attrs["preset"] = self.preset_of[spec.arch_id]
+            attrs[Attr.PRESET] = self.preset_of[spec.arch_id]
         if self.others:
-            attrs["pred_ms_targets"] = predictions(self.others, spec)
+            attrs[Attr.PRED_MS_TARGETS] = predictions(self.others, spec)
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         set_latency_constraint(trial, pred - self.target_ms)
@@ -46,10 +47,10 @@ class Screening:
     def verdict(self, trial: optuna.trial.Trial, spec: ArchSpec, finished: set[str], in_training: set[str]) -> str:
         """What to do with a described trial. Presets are reference points: trained even over target.
         A trial re-queued after a killed run carries its rung results and resumes from them."""
-        if trial.user_attrs["pred_ms"] > self.target_ms and spec.arch_id not in self.preset_of:
+        if trial.user_attrs[Attr.PRED_MS] > self.target_ms and spec.arch_id not in self.preset_of:
             return INFEASIBLE
         if spec.arch_id in finished:
             return DUPLICATE
         if spec.arch_id in in_training:
             return WAIT
-        return RESUME if trial.user_attrs.get("rung_accs") else TRAIN
+        return RESUME if trial.user_attrs.get(Attr.RUNG_ACCS) else TRAIN

@@ -23,25 +23,14 @@ from .dispatch import Dispatcher, rung_train_config
 from .inputs import SearchInputs, check_target, load_inputs
 from .ladder import Ladder
 from .records import trial_state, write_records
+from .rundir import load_run_study, run_config, study_storage, write_config
+from .samplers import make_sampler
+from .schema import RESUMABLE_ATTRS, SETTLED_STATES, UNCOUNTED_STATES, Attr, TrialState
 from .screening import DUPLICATE, INFEASIBLE, RESUME, WAIT, Screening
-from .rundir import CONFIG_ATTR, load_run_study, run_config, study_storage, write_config
 from .study_view import describe_study
 
 
 MAX_REPEATS = 200  # proposals of known architectures in a row before the space counts as exhausted
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """NSGA-II and TPE read each trial's latency constraint (`Trial.set_constraint`; feasible when
-    pred_ms - target <= 0) and steer away from violators; random search ignores it."""
-    samplers = {
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, population_size=10),
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=8),
-        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-    }
-    if name not in samplers:
-        raise SearchError(f"unknown sampler '{name}'; choose one of {', '.join(samplers)}")
-    return samplers[name]()
 
 
 def open_study(cfg: SearchConfig, latency_model: LatencyModel) -> optuna.Study:
@@ -76,8 +65,8 @@ def _study(cfg: SearchConfig, saved: dict) -> optuna.Study:
     study = optuna.create_study(study_name=cfg.name, storage=study_storage(cfg.run_dir),
                                 directions=["maximize", "minimize"], sampler=make_sampler(cfg.sampler, cfg.seed),
                                 load_if_exists=True)
-    if CONFIG_ATTR not in study.user_attrs:
-        study.set_user_attr(CONFIG_ATTR, saved)
+    if Attr.CONFIG not in study.user_attrs:
+        study.set_user_attr(Attr.CONFIG, saved)
     fingerprint = saved.get("latency_target")
     describe_study(study, target_ms=cfg.target_ms, top_epochs=cfg.epochs,
                    target=target_name(fingerprint) if fingerprint else "the latency model's device")
@@ -89,10 +78,10 @@ def recover_interrupted(study: optuna.Study) -> int:
     carrying the rungs they finished (their checkpoint holds the training)."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        carried = {k: t.user_attrs[k] for k in ("rung_accs", "trained_steps", "steps", "promoted_to")
-                   if k in t.user_attrs}  # queued again first: a kill between the two loses no trial
-        study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number, **carried}, skip_if_exists=False)
-        optuna.trial.Trial(study, t._trial_id).set_user_attr("interrupted", True)
+        carried = {k: t.user_attrs[k] for k in RESUMABLE_ATTRS if k in t.user_attrs}
+        # queued again first: a kill between the two loses no trial
+        study.enqueue_trial(t.params, user_attrs={Attr.REQUEUED_FROM: t.number, **carried}, skip_if_exists=False)
+        optuna.trial.Trial(study, t._trial_id).set_user_attr(Attr.INTERRUPTED, True)
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         n += 1
     return n
@@ -141,13 +130,13 @@ class SearchRun:
 
     def finished(self) -> set[str]:
         """Architectures whose trial is over: trained to their last rung, or failed."""
-        return {t.user_attrs["arch_id"] for t in self.study.get_trials(deepcopy=False)
-                if "arch_id" in t.user_attrs and trial_state(t) in ("COMPLETE", "FAIL")}
+        return {t.user_attrs[Attr.ARCH_ID] for t in self.study.get_trials(deepcopy=False)
+                if Attr.ARCH_ID in t.user_attrs and trial_state(t) in SETTLED_STATES}
 
     def counted(self) -> int:
         """Trials that count towards --trials: finished ones, duplicates and interrupted ones aside."""
         c = counts(self.study)
-        return sum(v for k, v in c.items() if k not in ("RUNNING", "INTERRUPTED", "WAITING", "DUPLICATE"))
+        return sum(v for k, v in c.items() if k not in UNCOUNTED_STATES)
 
     def budget_spent(self) -> bool:
         """Whether the trainings finished and under way reach --budget-epochs: the sampler proposes
@@ -166,11 +155,11 @@ class SearchRun:
         if not self.on_progress:
             return
         c = counts(self.study)
-        trained = [t.user_attrs["train_s"] for t in self.study.get_trials(deepcopy=False)
-                   if trial_state(t) == "COMPLETE" and "train_s" in t.user_attrs]
+        trained = [t.user_attrs[Attr.TRAIN_S] for t in self.study.get_trials(deepcopy=False)
+                   if trial_state(t) == TrialState.COMPLETE and Attr.TRAIN_S in t.user_attrs]
         self.on_progress(SearchProgress(
-            done=self.counted(), running=len(self.dispatcher.pending), failed=c.get("FAIL", 0),
-            infeasible=c.get("INFEASIBLE", 0), duplicates=c.get("DUPLICATE", 0),
+            done=self.counted(), running=len(self.dispatcher.pending), failed=c.get(TrialState.FAIL, 0),
+            infeasible=c.get(TrialState.INFEASIBLE, 0), duplicates=c.get(TrialState.DUPLICATE, 0),
             best_acc=max((f["val_acc"] for f in self.front), default=None), front_size=len(self.front),
             at_rung=self.ladder.at_rung(), mean_train_s=float(np.mean(trained)) if trained else None,
             total=self.cfg.trials, last=last))
@@ -271,16 +260,16 @@ def propose(run: SearchRun) -> None:
         verdict = run.screening.verdict(trial, spec, run.finished(), run.dispatcher.in_training())
         run.proposals_in_a_row_seen = run.proposals_in_a_row_seen + 1 if verdict in (DUPLICATE, WAIT) else 0
         if verdict == INFEASIBLE:
-            trial.set_user_attr("infeasible", True)
-            run.study.tell(trial, [0.0, trial.user_attrs["pred_ms"]])  # constraint-violating: behind every feasible
-            run.report(f"trial {trial.number} infeasible: predicted {trial.user_attrs['pred_ms']:.2f} ms > "
+            trial.set_user_attr(Attr.INFEASIBLE, True)
+            run.study.tell(trial, [0.0, trial.user_attrs[Attr.PRED_MS]])  # constraint-violating: behind every feasible
+            run.report(f"trial {trial.number} infeasible: predicted {trial.user_attrs[Attr.PRED_MS]:.2f} ms > "
                        f"{run.cfg.target_ms} ms")
         elif verdict == DUPLICATE:
             tell_duplicate(run, trial, original_of(run.study, spec.arch_id))
         elif verdict == WAIT:
             run.waiting.setdefault(spec.arch_id, []).append(trial)
         elif verdict == RESUME:
-            run.ladder.note(spec.arch_id, trial.user_attrs["pred_ms"], trial.user_attrs["rung_accs"])
+            run.ladder.note(spec.arch_id, trial.user_attrs[Attr.PRED_MS], trial.user_attrs[Attr.RUNG_ACCS])
             run.report(conclude(run, trial))
         else:
             run.dispatcher.submit(trial, rung=0)
@@ -290,9 +279,9 @@ def propose(run: SearchRun) -> None:
 def settle(run: SearchRun, trial: optuna.trial.Trial, rung: int, res: dict) -> str:
     """A training reached its rung: fail it, or record the rung and promote or conclude."""
     if "failure" in res:
-        trial.set_user_attr("failure", res["failure"])
+        trial.set_user_attr(Attr.FAILURE, res["failure"])
         run.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        run.dispatcher.checkpoint(trial.user_attrs["arch_id"]).unlink(missing_ok=True)
+        run.dispatcher.checkpoint(trial.user_attrs[Attr.ARCH_ID]).unlink(missing_ok=True)
         share_fate(run, trial)
         return f"trial {trial.number} failed at rung {rung}: {res['failure']}"
     run.ladder.record(trial, rung, res)
@@ -302,36 +291,36 @@ def settle(run: SearchRun, trial: optuna.trial.Trial, rung: int, res: dict) -> s
 def conclude(run: SearchRun, trial: optuna.trial.Trial) -> str:
     """Continue the trial at the next rung if it earns it; otherwise tell Optuna its accuracy at its
     highest rung (at the top rung, its `val_acc`, comparable across trials)."""
-    arch_id, accs = trial.user_attrs["arch_id"], trial.user_attrs["rung_accs"]
-    promoted_before_a_kill = trial.user_attrs.get("promoted_to") == len(accs)
+    arch_id, accs = trial.user_attrs[Attr.ARCH_ID], trial.user_attrs[Attr.RUNG_ACCS]
+    promoted_before_a_kill = trial.user_attrs.get(Attr.PROMOTED_TO) == len(accs)
     if promoted_before_a_kill or run.ladder.goes_on(arch_id):
-        trial.set_user_attr("promoted_to", len(accs))
+        trial.set_user_attr(Attr.PROMOTED_TO, len(accs))
         run.dispatcher.submit(trial, rung=len(accs))
         return f"trial {trial.number} promoted to rung {len(accs)} ({accs[-1]:.3f} at rung {len(accs) - 1})"
     if len(accs) == run.cfg.rungs.count:
-        trial.set_user_attr("val_acc", accs[-1])
-    run.study.tell(trial, [accs[-1], trial.user_attrs["pred_ms"]])
+        trial.set_user_attr(Attr.VAL_ACC, accs[-1])
+    run.study.tell(trial, [accs[-1], trial.user_attrs[Attr.PRED_MS]])
     run.dispatcher.checkpoint(arch_id).unlink(missing_ok=True)
     share_fate(run, trial)
-    return f"trial {trial.number}: {accs[-1]:.3f} at rung {len(accs) - 1}, {trial.user_attrs['pred_ms']:.2f} ms"
+    return f"trial {trial.number}: {accs[-1]:.3f} at rung {len(accs) - 1}, {trial.user_attrs[Attr.PRED_MS]:.2f} ms"
 
 
 def share_fate(run: SearchRun, trial: optuna.trial.Trial) -> None:
     """Duplicates that waited for this trial's training get its result (or its failure)."""
     original = run.study.get_trials(deepcopy=False)[trial.number]
-    for dup in run.waiting.pop(trial.user_attrs["arch_id"], []):
+    for dup in run.waiting.pop(trial.user_attrs[Attr.ARCH_ID], []):
         tell_duplicate(run, dup, original)
 
 
 def original_of(study: optuna.Study, arch_id: str) -> optuna.trial.FrozenTrial:
     return next(t for t in study.get_trials(deepcopy=False)
-                if t.user_attrs.get("arch_id") == arch_id and t.user_attrs.get("cached_from") is None
-                and trial_state(t) in ("COMPLETE", "FAIL"))
+                if t.user_attrs.get(Attr.ARCH_ID) == arch_id and t.user_attrs.get(Attr.CACHED_FROM) is None
+                and trial_state(t) in SETTLED_STATES)
 
 
 def tell_duplicate(run: SearchRun, trial: optuna.trial.Trial, original: optuna.trial.FrozenTrial) -> None:
-    trial.set_user_attr("cached_from", original.number)
-    for k in ("rung_accs", "val_acc"):
+    trial.set_user_attr(Attr.CACHED_FROM, original.number)
+    for k in (Attr.RUNG_ACCS, Attr.VAL_ACC):
         if k in original.user_attrs:
             trial.set_user_attr(k, original.user_attrs[k])
     if original.state == optuna.trial.TrialState.COMPLETE:

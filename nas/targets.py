@@ -14,6 +14,7 @@ from search_space import ArchSpec
 
 from . import SearchError
 from .records import pareto_front
+from .schema import TrialState
 
 
 def target_label(path: str | Path) -> str:
@@ -54,7 +55,7 @@ def front_on_target(rows: list[dict], target: str, target_ms: float | None = Non
     """The top-rung Pareto front with every trial's latency on `target`: a label recorded during the
     search, or a latency model file (its predictions made now). Returns (front, what the latency is)."""
     trained = [{**r, "val_acc": float(r["val_acc"])} for r in rows
-               if r["state"] == "COMPLETE" and isinstance(r["spec"], str) and r["val_acc"] == r["val_acc"]
+               if r["state"] == TrialState.COMPLETE and isinstance(r["spec"], str) and r["val_acc"] == r["val_acc"]
                and r["val_acc"] is not None]  # top-rung trials (NaN: absent, in a trials.csv read back)
     if target in recorded_targets(rows):
         latency = [recorded(r).get(target) for r in trained]

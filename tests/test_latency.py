@@ -21,6 +21,7 @@ from search_space import ArchSpec, SearchSpace, StageSpec, build_model, count_fl
 from .helpers import ROOT, run_cli, synthetic_ms
 
 TINY_SPACE = SearchSpace(widths=(16, 32), depths=(1, 2), stages=(1,), ffns=(1,))
+ONE_THREAD = {"device": "cpu", "threads": 1, "batch": 1}  # the default target's timing setting
 
 
 def tiny_specs(n, seed=0):
@@ -87,9 +88,10 @@ def test_measure_appends_rows_and_resumes(tmp_path):
     out = tmp_path / "t.csv"
     specs = tiny_specs(4)
     rows = []
-    measure_all(specs[:2], out, "torch", "cpu", 1, 1, remeasure=0.0, sweeps=5, on_row=rows.append)
+    measure_all(specs[:2], out, runtime="torch", **ONE_THREAD, remeasure=0.0, sweeps=5, on_row=rows.append)
     assert len(rows) == 2
-    measure_all(specs, out, "torch", "cpu", 1, 1, remeasure=0.0, sweeps=5, on_row=rows.append)  # resumes: 2 new
+    # resumes: 2 new
+    measure_all(specs, out, runtime="torch", **ONE_THREAD, remeasure=0.0, sweeps=5, on_row=rows.append)
     assert len(rows) == 4
     df = read_table(out)
     assert sorted(df["arch_id"]) == sorted(s.arch_id for s in specs)
@@ -118,7 +120,7 @@ def test_measure_times_chunks_with_the_anchor_and_scales_them_to_one_reference(t
 
     monkeypatch.setattr(measure, "time_interleaved", fake_timer)
     out = tmp_path / "t.csv"
-    measure_all(specs, out, "torch", "cpu", 1, 1, remeasure=0.0, sweeps=7, chunk=2)
+    measure_all(specs, out, runtime="torch", **ONE_THREAD, remeasure=0.0, sweeps=7, chunk=2)
     assert [len(c) for c in chunks] == [2, 3, 3] and all(measure.ANCHOR in c for c in chunks)  # 1 + 2 + 2, balanced
     df = read_table(out).set_index("arch_id")
     assert (df["reference_ms"] == 4.0).all()  # the anchor's latency in the first chunk
@@ -131,12 +133,12 @@ def test_measure_times_chunks_with_the_anchor_and_scales_them_to_one_reference(t
 def test_a_given_reference_is_used_and_a_tables_own_is_kept(tmp_path):
     out = tmp_path / "t.csv"
     specs = tiny_specs(3, seed=2)
-    measure_all(specs[:1], out, "torch", "cpu", 1, 1, remeasure=0.0, sweeps=5, reference_ms=123.0)
+    measure_all(specs[:1], out, runtime="torch", **ONE_THREAD, remeasure=0.0, sweeps=5, reference_ms=123.0)
     assert read_table(out)["reference_ms"].tolist() == [123.0]
-    measure_all(specs[:2], out, "torch", "cpu", 1, 1, remeasure=0.0, sweeps=5)  # appending keeps it
+    measure_all(specs[:2], out, runtime="torch", **ONE_THREAD, remeasure=0.0, sweeps=5)  # appending keeps it
     assert read_table(out)["reference_ms"].tolist() == [123.0, 123.0]
     with pytest.raises(TableError, match="reference of 123.0000 ms, not the 7.0000 ms"):
-        measure_all(specs, out, "torch", "cpu", 1, 1, remeasure=0.0, sweeps=5, reference_ms=7.0)
+        measure_all(specs, out, runtime="torch", **ONE_THREAD, remeasure=0.0, sweeps=5, reference_ms=7.0)
 
 
 @pytest.mark.parametrize("model_kwargs, message", [
@@ -166,12 +168,12 @@ def test_appending_keeps_an_older_tables_header_but_measuring_into_it_is_refused
     df = read_table(out)
     assert df["arch_id"].tolist() == ["a1", "a2"] and df["median_ms"].tolist() == [1.0, 2.0]
     with pytest.raises(TableError, match="before timings were scaled to a reference; measure into a new file"):
-        measure_all([spec], out, "torch", "cpu", 1, 1, remeasure=0.0)
+        measure_all([spec], out, runtime="torch", **ONE_THREAD, remeasure=0.0)
 
 
 def test_remeasured_share_gets_a_second_row(tmp_path):
     out = tmp_path / "t.csv"
-    measure_all(tiny_specs(3), out, "torch", "cpu", 1, 1, remeasure=1.0, sweeps=5)
+    measure_all(tiny_specs(3), out, runtime="torch", **ONE_THREAD, remeasure=1.0, sweeps=5)
     assert read_table(out)["arch_id"].value_counts().tolist() == [2, 2, 2]
 
 
@@ -337,7 +339,7 @@ def test_onnxruntime_runner_times_the_exported_model():
 def test_onnxruntime_tables_export_in_worker_processes(tmp_path):
     out = tmp_path / "ort.csv"
     spec = tiny_specs(1, seed=4)[0]
-    assert measure_all([spec], out, "onnxruntime", "cpu", 1, 1, remeasure=0.0, sweeps=5) == 1
+    assert measure_all([spec], out, runtime="onnxruntime", **ONE_THREAD, remeasure=0.0, sweeps=5) == 1
     row = read_table(out).iloc[0]
     assert row["arch_id"] == spec.arch_id and row["median_ms"] > 0 and row["repeats"] == 5
     assert json.loads(row["fingerprint_json"])["runtime"] == "onnxruntime"
@@ -362,6 +364,7 @@ def test_an_architecture_timed_twice_is_exported_once(tmp_path):
 
 MEASURE_ALONE = """
 import runpy, sys
+
 for name in ("optuna", "ray", "fvcore", "sklearn", "scipy", "onnx", "onnxruntime"):
     sys.modules[name] = None  # as if not installed: importing it raises ModuleNotFoundError
 sys.argv = ["search.py", *sys.argv[1:]]

@@ -17,6 +17,8 @@ from search_space.quantize import QuantizationError, quantize_int8
 
 from .helpers import run_cli
 
+ONE_THREAD = {"device": "cpu", "threads": 1, "batch": 1}  # the default target's timing setting
+
 PRESETS = presets(8, 1, 10, width_mult=0.25, depth_mult=0.25)
 
 
@@ -59,12 +61,12 @@ def test_int8_has_a_fingerprint_of_its_own_and_fp32_keeps_its_id():
 def test_measure_times_the_quantized_graphs_into_an_int8_table(tmp_path):
     specs = [PRESETS["slab-deit"], PRESETS["unified-norm"]]
     out = tmp_path / "int8.csv"
-    assert measure_all(specs, out, "onnxruntime", "cpu", 1, 1, remeasure=0, sweeps=5, precision="int8") == 2
+    assert measure_all(specs, out, runtime="onnxruntime", **ONE_THREAD, remeasure=0, sweeps=5, precision="int8") == 2
     table = pd.read_csv(out)
     assert set(table["arch_id"]) == {s.arch_id for s in specs} and (table["median_ms"] > 0).all()
     assert {json.loads(f)["precision"] for f in table["fingerprint_json"]} == {"int8"}
     with pytest.raises(ValueError, match="timed in onnxruntime only"):
-        measure_all(specs, tmp_path / "t.csv", "torch", "cpu", 1, 1, precision="int8")
+        measure_all(specs, tmp_path / "t.csv", runtime="torch", **ONE_THREAD, precision="int8")
 
 
 def test_int8_with_torch_is_one_line_before_any_work(tmp_path):

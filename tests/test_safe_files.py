@@ -79,7 +79,7 @@ def test_a_crafted_checkpoint_runs_nothing_and_the_training_starts_over(tmp_path
     spec = ArchSpec((StageSpec(width=16, depth=1, heads=2, key_dim=8),), img_size=8, in_chans=1, patch=2)
     x, y = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8), torch.arange(32) % 10
     with pytest.warns(UserWarning, match="unreadable.*training from scratch"):
-        res = train(spec, x, y, x, y, TrainConfig(epochs=1, batch_size=16), [0.5], [0.25], checkpoint=ckpt)
+        res = train(spec, x, y, x, y, TrainConfig(epochs=1, batch_size=16), mean=[0.5], std=[0.25], checkpoint=ckpt)
     assert not marker.exists() and len(res.history) == 1
     assert (tmp_path / "ckpt.pt.corrupt").exists() and ckpt.exists()  # set aside, then a fresh checkpoint
 

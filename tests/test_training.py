@@ -73,12 +73,12 @@ def test_schedule_warms_up_then_decays_to_zero():
 def test_a_resumed_training_ends_where_an_uninterrupted_one_does(tmp_path):
     x, y = images()
     cfg = TrainConfig(epochs=2, batch_size=32, seed=3)
-    whole = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3)
+    whole = train(SPEC, x, y, x, y, cfg, mean=[0.5] * 3, std=[0.25] * 3)
     ckpt = tmp_path / "ckpt.pt"
-    train(SPEC, x, y, x, y, dataclasses.replace(cfg, epochs=2), [0.5] * 3, [0.25] * 3, checkpoint=ckpt,
+    train(SPEC, x, y, x, y, dataclasses.replace(cfg, epochs=2), mean=[0.5] * 3, std=[0.25] * 3, checkpoint=ckpt,
           on_epoch=lambda epoch, acc: True)  # stops after epoch 1, checkpointed
     trained = []
-    resumed = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt,
+    resumed = train(SPEC, x, y, x, y, cfg, mean=[0.5] * 3, std=[0.25] * 3, checkpoint=ckpt,
                     on_step=lambda step, total, loss: trained.append(step))
     assert resumed.start_step == 3 and trained == [4, 5, 6]  # only epoch 2 trained: it went on from the checkpoint
     assert resumed.history == whole.history
@@ -105,19 +105,20 @@ def test_cycles_restart_at_each_rung_and_end_annealed():
 def test_a_rung_continued_mid_epoch_ends_where_an_uninterrupted_training_does(tmp_path):
     x, y = images(192)  # 6 steps an epoch: cycles end at steps 2 and 8, both inside an epoch
     cfg = TrainConfig(epochs=1.4, batch_size=32, seed=5, cycle_epochs=0.4, cycle_mul=3)
-    whole = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3)
+    whole = train(SPEC, x, y, x, y, cfg, mean=[0.5] * 3, std=[0.25] * 3)
     ckpt = tmp_path / "rung.pt"
-    first = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt, until_epochs=0.4)
+    first = train(SPEC, x, y, x, y, cfg, mean=[0.5] * 3, std=[0.25] * 3, checkpoint=ckpt, until_epochs=0.4)
     assert first.steps == 2 and first.history == [] and first.val_acc is not None
     trained = []
 
     def count(step, total, loss):
         trained.append(step)
 
-    again = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt, until_epochs=0.4, on_step=count)
+    again = train(SPEC, x, y, x, y, cfg, mean=[0.5] * 3, std=[0.25] * 3, checkpoint=ckpt, until_epochs=0.4,
+                  on_step=count)
     assert again.steps == 2 and again.val_acc == first.val_acc  # a finished rung is not trained twice
     assert again.start_step == 2 and trained == []
-    top = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3, checkpoint=ckpt, on_step=count)
+    top = train(SPEC, x, y, x, y, cfg, mean=[0.5] * 3, std=[0.25] * 3, checkpoint=ckpt, on_step=count)
     assert top.start_step == 2 and trained == [3, 4, 5, 6, 7, 8]  # continued mid-epoch from step 2
     assert top.steps == whole.steps == 8 and len(whole.history) == 2 and top.history == whole.history and top.val_acc == whole.val_acc
     for a, b in zip(whole.model.state_dict().values(), top.model.state_dict().values()):
@@ -144,7 +145,7 @@ def test_mixup_cutmix_and_randaugment_give_soft_targets_and_train():
     seed = int(torch.randint(2**31, (1,), generator=gen))
     assert torch.equal(xb, norm(rand_augment(x[idx], cfg.randaugment, seed)))
     assert not torch.equal(xb, norm(x[idx]))
-    res = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3)
+    res = train(SPEC, x, y, x, y, cfg, mean=[0.5] * 3, std=[0.25] * 3)
     assert res.steps == 3 * 5 and 0 <= res.val_acc <= 1  # odd tail dropped: mixup pairs samples
 
 
@@ -160,7 +161,7 @@ def test_the_gpu_path_trains_in_bf16_and_learns_like_the_cpu_path():
     x, y = images(192)
     y = (x.float().mean((1, 2, 3)) > 127.5).long()  # a learnable rule
     cfg = TrainConfig(epochs=4, batch_size=32, seed=0)
-    cpu = train(SPEC, x, y, x, y, cfg, [0.5] * 3, [0.25] * 3)
-    gpu = train(SPEC, x, y, x, y, dataclasses.replace(cfg, device="cuda"), [0.5] * 3, [0.25] * 3)
+    cpu = train(SPEC, x, y, x, y, cfg, mean=[0.5] * 3, std=[0.25] * 3)
+    gpu = train(SPEC, x, y, x, y, dataclasses.replace(cfg, device="cuda"), mean=[0.5] * 3, std=[0.25] * 3)
     assert next(gpu.model.parameters()).is_cuda and gpu.steps == cpu.steps
     assert abs(gpu.val_acc - cpu.val_acc) < 0.15

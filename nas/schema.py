@@ -1,0 +1,57 @@
+"""The run schema: the states a trial is reported in and the attribute names a run keeps on its
+study and trials. A run directory is read back by later commands and later versions, so these
+names are its file format; every module reads them from here."""
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TrialState(StrEnum):
+    """Optuna's trial states, refined by what the search did with the candidate: an infeasible one
+    or a duplicate is COMPLETE to the sampler but was never trained, and an interrupted one was
+    queued again after a kill."""
+
+    COMPLETE = "COMPLETE"
+    PRUNED = "PRUNED"
+    FAIL = "FAIL"
+    RUNNING = "RUNNING"
+    WAITING = "WAITING"
+    INFEASIBLE = "INFEASIBLE"
+    DUPLICATE = "DUPLICATE"
+    INTERRUPTED = "INTERRUPTED"
+
+
+# Not trials of the user's count: still to run, re-queued, or copied from an earlier trial.
+UNCOUNTED_STATES = frozenset({TrialState.RUNNING, TrialState.INTERRUPTED, TrialState.WAITING, TrialState.DUPLICATE})
+# Their architecture's result is known: a later proposal of it is a duplicate.
+SETTLED_STATES = frozenset({TrialState.COMPLETE, TrialState.FAIL})
+
+
+class Attr:
+    """User-attribute names: the study's copy of the config, and what each trial records."""
+
+    CONFIG = "etnas_config"  # on the study: config.json as the run started
+    SPEC = "spec"  # the sampled ArchSpec, as JSON
+    ARCH_ID = "arch_id"
+    SHORT = "short"  # ArchSpec.short()
+    PRED_MS = "pred_ms"  # predicted latency on the constraint's target
+    PRED_MS_TARGETS = "pred_ms_targets"  # predicted latency on every other target, by label
+    FLOPS = "flops"
+    PARAMS = "params"
+    PRESET = "preset"  # the preset's name, when the spec is one
+    RUNG_ACCS = "rung_accs"  # validation accuracy at each rung reached
+    TRAINED_STEPS = "trained_steps"  # optimizer steps trained by the end of each rung
+    STEPS = "steps"  # optimizer steps of the top rung's schedule
+    HISTORY = "history"  # per-epoch curves of the last rung
+    TRAIN_S = "train_s"
+    VAL_ACC = "val_acc"  # set at the top rung only, where accuracies compare across trials
+    PROMOTED_TO = "promoted_to"  # the rung it was sent on to (so a kill does not lose the promotion)
+    FAILURE = "failure"  # why the training failed
+    INFEASIBLE = "infeasible"  # predicted over the target: never trained
+    CACHED_FROM = "cached_from"  # the trial number whose result a duplicate copies
+    INTERRUPTED = "interrupted"  # running when the run was killed; queued again
+    REQUEUED_FROM = "requeued_from"  # the interrupted trial a queued one replaces
+
+
+# Carried from an interrupted trial to its re-queued copy.
+RESUMABLE_ATTRS = (Attr.RUNG_ACCS, Attr.TRAINED_STEPS, Attr.STEPS, Attr.PROMOTED_TO)
