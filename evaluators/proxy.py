@@ -14,7 +14,7 @@ from .train import TrainConfig, TrainingFailed, train
 def evaluate_rung(spec_json: str, data: tuple, cfg: TrainConfig, checkpoint: str | None,
                   until_epochs: float | None = None) -> dict:
     """Train a candidate up to `until_epochs` of the `cfg.epochs` schedule (all of it by default).
-    Never raises: a failure is a result with its reason."""
+    A failure is a result with its reason; only the machine's errors (OSError) raise."""
     x_tr, y_tr, x_val, y_val, mean, std = data
     spec = ArchSpec.from_json(spec_json)
     try:
@@ -22,8 +22,10 @@ def evaluate_rung(spec_json: str, data: tuple, cfg: TrainConfig, checkpoint: str
                     checkpoint=Path(checkpoint) if checkpoint else None, until_epochs=until_epochs)
     except TrainingFailed as e:
         return {"failure": str(e)}
+    except OSError:  # the checkpoint's disk, not the candidate: the caller decides
+        raise
     except Exception as e:  # a crashing operator ends this trial only
         where = traceback.extract_tb(e.__traceback__)[-1]
         return {"failure": f"{type(e).__name__}: {e} (at {where.filename.split('/')[-1]}:{where.lineno})"}
     return {"val_acc": res.val_acc, "history": res.history, "train_s": res.train_s, "steps": res.steps,
-            "trained_steps": res.steps - res.start_step}
+            "trained_steps": res.steps - res.start_step, "start_step": res.start_step}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -320,11 +321,19 @@ class _Loop:
             state = {"step": step, "history": history, "train_s": time.perf_counter() - t0, "val_acc": val_acc,
                      "epoch_gen": None if epoch_over else epoch_gen}
             if checkpoint is not None:
-                torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "gen": gen.get_state(),
-                            **{k: v for k, v in state.items() if v is not None}}, checkpoint)
+                save_checkpoint(checkpoint, {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                                             "gen": gen.get_state(), **{k: v for k, v in state.items() if v is not None}})
             if on_epoch and epoch_over and val_acc is not None and on_epoch(epoch, val_acc):
                 return TrainResult(self.model, val_acc, history, state["train_s"], step, True, start)
         return TrainResult(self.model, val_acc, history, time.perf_counter() - t0, step, start_step=start)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Replace the checkpoint whole: a worker killed mid-write (its node lost, the driver killed)
+    leaves the previous epoch's checkpoint, never a truncated one."""
+    tmp = Path(path).with_suffix(Path(path).suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,

@@ -3,6 +3,7 @@ architecture's checkpoint in the run directory, so a promoted or resumed candida
 rung twice."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,8 +53,8 @@ class Dispatcher:
         trial, rung = self.pending.pop(ready[0])
         try:
             return trial, rung, ray.get(ready[0])
-        except ray.exceptions.RayError as e:  # the worker died (memory, a crash in native code)
-            return trial, rung, {"failure": f"worker lost: {type(e).__name__}: {str(e).splitlines()[0]}"}
+        except ray.exceptions.RayError as e:  # the worker died (memory, a crash in native code) or its node
+            return trial, rung, {"lost": lost_because(e)}
 
     def cancel(self) -> None:
         import ray
@@ -61,6 +62,14 @@ class Dispatcher:
         for ref in self.pending:
             ray.cancel(ref, force=True)
         self.pending.clear()
+
+
+def lost_because(e: Exception) -> str:
+    """Why Ray lost a training, in a few words: the error's kind and its first sentence, with the
+    node's address when a node died."""
+    node = re.search(r"Node IP: ([^,\s]+)", str(e))
+    first = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}{f' on node {node.group(1)}' if node else ''}: {first[:160]}"
 
 
 def rung_train_config(rungs: Rungs, gpus_per_trial: float = 0.0, **settings) -> TrainConfig:

@@ -26,10 +26,13 @@ class Ladder:
     def record(self, trial: optuna.trial.Trial, rung: int, res: dict) -> list[float]:
         """Keep a finished rung on the trial (so a killed run resumes from it) and here."""
         accs = list(trial.user_attrs.get(Attr.RUNG_ACCS) or [])[:rung] + [res["val_acc"]]
-        trained = list(trial.user_attrs.get(Attr.TRAINED_STEPS) or [])[:rung] + [res["trained_steps"]]
-        for k, v in ((Attr.RUNG_ACCS, accs), (Attr.TRAINED_STEPS, trained), (Attr.STEPS, res["steps"]),
+        per_rung = {k: list(trial.user_attrs.get(k) or [])[:rung] + [res[key]]
+                    for k, key in ((Attr.TRAINED_STEPS, "trained_steps"), (Attr.STARTED_AT, "start_step"),
+                                   (Attr.TRAINED_ON, "node"))}
+        for k, v in ((Attr.RUNG_ACCS, accs), *per_rung.items(), (Attr.STEPS, res["steps"]),
                      (Attr.HISTORY, res["history"]), (Attr.TRAIN_S, res["train_s"])):
             trial.set_user_attr(k, v)
+        trained = per_rung[Attr.TRAINED_STEPS]
         report_rungs(trial, trained, accs)
         self.note(trial.user_attrs[Attr.ARCH_ID], trial.user_attrs[Attr.PRED_MS], accs)
         return accs

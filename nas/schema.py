@@ -41,6 +41,9 @@ class Attr:
     PRESET = "preset"  # the preset's name, when the spec is one
     RUNG_ACCS = "rung_accs"  # validation accuracy at each rung reached
     TRAINED_STEPS = "trained_steps"  # optimizer steps trained by the end of each rung
+    STARTED_AT = "started_at"  # the step each rung's training started from (past the rung's start: a checkpoint)
+    TRAINED_ON = "trained_on"  # the Ray node (IP) that trained each rung
+    RELAUNCHES = "relaunches"  # rung trainings started again after their worker or its node was lost
     STEPS = "steps"  # optimizer steps of the top rung's schedule
     HISTORY = "history"  # per-epoch curves of the last rung
     TRAIN_S = "train_s"
@@ -54,4 +57,4 @@ class Attr:
 
 
 # Carried from an interrupted trial to its re-queued copy.
-RESUMABLE_ATTRS = (Attr.RUNG_ACCS, Attr.TRAINED_STEPS, Attr.STEPS, Attr.PROMOTED_TO)
+RESUMABLE_ATTRS = (Attr.RUNG_ACCS, Attr.TRAINED_STEPS, Attr.STARTED_AT, Attr.TRAINED_ON, Attr.STEPS, Attr.PROMOTED_TO)

@@ -27,10 +27,12 @@ from .rundir import load_run_study, run_config, study_storage, write_config
 from .samplers import make_sampler
 from .schema import RESUMABLE_ATTRS, SETTLED_STATES, UNCOUNTED_STATES, Attr, TrialState
 from .screening import DUPLICATE, INFEASIBLE, RESUME, WAIT, Screening
+from .storage import StorageError, check_writable, one_line, storage_error, storage_problem
 from .study_view import describe_study
 
 
 MAX_REPEATS = 200  # proposals of known architectures in a row before the space counts as exhausted
+MAX_RELAUNCHES = 2  # per trial: a worker or node lost under its training more often fails it
 
 
 def open_study(cfg: SearchConfig, latency_model: LatencyModel) -> optuna.Study:
@@ -42,6 +44,7 @@ def open_study(cfg: SearchConfig, latency_model: LatencyModel) -> optuna.Study:
     except OSError as e:
         raise SearchError(f"cannot create the run directory {cfg.run_dir} ({e.strerror}); choose another "
                           f"--runs-dir") from None
+    check_writable(cfg.run_dir)
     if (cfg.run_dir / "config.json").exists() or (cfg.run_dir / "study.db").exists():
         before = run_config(cfg.run_dir)
         changed = {k: (before.get(k), v) for k, v in cfg.identity().items() if before.get(k) != v}
@@ -169,17 +172,23 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
                inputs: SearchInputs | None = None) -> list[dict]:
     """Run (or resume) a search; returns the Pareto front of the top rung. Infeasible candidates are
     never trained; every feasible one trains the first rung, and the promoted ones continue."""
-    run = start_run(cfg, on_progress, inputs or load_inputs(cfg))
-    run.report()
+    inputs = inputs or load_inputs(cfg)
+    run = None
     try:
+        run = start_run(cfg, on_progress, inputs)
+        run.report()
         while True:
             propose(run)
             if not run.dispatcher.pending:
                 break
             trial, rung, res = run.dispatcher.next_result()
             run.report(settle(run, trial, rung, res))
-    except KeyboardInterrupt:
-        run.dispatcher.cancel()
+    except (KeyboardInterrupt, Exception) as e:
+        if run is not None:
+            run.dispatcher.cancel()
+        problem = storage_problem(e)
+        if problem is not None and not isinstance(e, StorageError):
+            raise storage_error(cfg.run_dir, problem, where=one_line(e)) from None
         raise
     return run.front
 
@@ -278,6 +287,10 @@ def propose(run: SearchRun) -> None:
 
 def settle(run: SearchRun, trial: optuna.trial.Trial, rung: int, res: dict) -> str:
     """A training reached its rung: fail it, or record the rung and promote or conclude."""
+    if "storage" in res:  # the trial stays running: the next run re-queues it from its checkpoint
+        raise storage_error(run.cfg.run_dir, res["storage"], where=f"a worker writing {res['path']}")
+    if "lost" in res:
+        return relaunch(run, trial, rung, res["lost"])
     if "failure" in res:
         trial.set_user_attr(Attr.FAILURE, res["failure"])
         run.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -286,6 +299,19 @@ def settle(run: SearchRun, trial: optuna.trial.Trial, rung: int, res: dict) -> s
         return f"trial {trial.number} failed at rung {rung}: {res['failure']}"
     run.ladder.record(trial, rung, res)
     return conclude(run, trial)
+
+
+def relaunch(run: SearchRun, trial: optuna.trial.Trial, rung: int, why: str) -> str:
+    """A training whose worker or node was lost starts again on another worker, from the checkpoint
+    its last finished epoch left; a candidate that keeps killing its worker fails instead."""
+    relaunches = trial.user_attrs.get(Attr.RELAUNCHES, 0)
+    if relaunches >= MAX_RELAUNCHES:
+        return settle(run, trial, rung, {"failure": f"its worker was lost {relaunches + 1} times, last: {why}"})
+    trial.set_user_attr(Attr.RELAUNCHES, relaunches + 1)
+    run.dispatcher.submit(trial, rung)
+    said = f"trial {trial.number} lost its worker at rung {rung} ({why}): started again from its checkpoint"
+    warnings.warn(said, stacklevel=2)  # kept in the log, where the live view's last line scrolls away
+    return said
 
 
 def conclude(run: SearchRun, trial: optuna.trial.Trial) -> str:

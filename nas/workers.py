@@ -5,6 +5,8 @@ import ray
 from evaluators.proxy import evaluate_rung
 from evaluators.train import TrainConfig
 
+from .storage import storage_problem
+
 _ON_DEVICE: dict = {}  # (data object id, device) -> the arrays there; one entry per worker process
 
 
@@ -27,7 +29,12 @@ def evaluate_on_worker(spec_json: str, data_holder: list, cfg: TrainConfig, chec
         data = data_on_device(data_holder, cfg.device)
     except Exception as e:  # the data could not be fetched or placed: this trial fails, the search goes on
         return {"failure": f"data not available on the worker ({type(e).__name__}: {e})"}
-    return evaluate_rung(spec_json, data, cfg, checkpoint, until_epochs)
+    try:
+        res = evaluate_rung(spec_json, data, cfg, checkpoint, until_epochs)
+    except OSError as e:  # the machine's, not the candidate's: a full disk stops the search
+        problem = storage_problem(e)
+        res = {"storage": problem, "path": e.filename or checkpoint} if problem else {"failure": f"OSError: {e}"}
+    return {**res, "node": ray.util.get_node_ip_address()}
 
 
 remote_evaluate = ray.remote(num_cpus=1, max_retries=0)(evaluate_on_worker)

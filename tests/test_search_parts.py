@@ -93,10 +93,13 @@ def test_ladder_records_a_rung_on_the_trial(study):
     trial = study.ask()
     trial.set_user_attr("arch_id", "a")
     trial.set_user_attr("pred_ms", 2.0)
-    res = {"val_acc": 0.4, "trained_steps": 10, "steps": 10, "history": [], "train_s": 1.0}
+    res = {"val_acc": 0.4, "trained_steps": 10, "start_step": 0, "steps": 10, "history": [], "train_s": 1.0,
+           "node": "10.0.0.1"}
     ladder.record(trial, 0, res)
-    ladder.record(trial, 1, {**res, "val_acc": 0.5, "trained_steps": 30, "steps": 40})
-    assert trial.user_attrs["rung_accs"] == [0.4, 0.5] and trial.user_attrs["trained_steps"] == [10, 30]
+    ladder.record(trial, 1, {**res, "val_acc": 0.5, "trained_steps": 22, "start_step": 18, "steps": 40,
+                             "node": "10.0.0.2"})
+    assert trial.user_attrs["rung_accs"] == [0.4, 0.5] and trial.user_attrs["trained_steps"] == [10, 22]
+    assert trial.user_attrs["started_at"] == [0, 18] and trial.user_attrs["trained_on"] == ["10.0.0.1", "10.0.0.2"]
     assert ladder.accs["a"] == [0.4, 0.5]
 
 
@@ -166,7 +169,7 @@ def test_gpus_per_trial_without_a_gpu_is_one_line(tmp_path):
     assert "Traceback" not in res.stderr and not (tmp_path / "g").exists()
 
 
-def test_a_lost_worker_is_a_failed_trial_not_a_crash(tmp_path, study, monkeypatch):
+def test_a_lost_worker_is_a_result_not_a_crash(tmp_path, study, monkeypatch):
     import ray
 
     def lost(ref):
@@ -178,5 +181,5 @@ def test_a_lost_worker_is_a_failed_trial_not_a_crash(tmp_path, study, monkeypatc
     trial = study.ask()
     dispatcher.pending["ref"] = (trial, 2)
     got, rung, res = dispatcher.next_result()
-    assert got is trial and rung == 2 and res["failure"].startswith("worker lost: WorkerCrashedError")
+    assert got is trial and rung == 2 and res["lost"].startswith("WorkerCrashedError: ")
     assert not dispatcher.pending
