@@ -46,7 +46,8 @@ def check_run(run_dir, trials_asked):
     finished = trials[~trials["state"].isin(["RUNNING", "INTERRUPTED", "DUPLICATE"])]
     assert len(finished) >= trials_asked  # duplicates cost no trial of the count
     # presets first, as reference points, trained (even over target)
-    assert trials.sort_values("number").head(6)["preset"].notna().all()
+    first = trials.sort_values("number").head(6)  # one stopped before its attributes were written runs later
+    assert (first["preset"].notna() | (first["state"] == "INTERRUPTED")).all()
     presets = trials[trials["preset"].notna() & (trials["state"] != "INTERRUPTED")]  # re-run after a kill
     assert presets["preset"].nunique() == 6 and (presets["state"] == "COMPLETE").all()
     # infeasible candidates are recorded with their prediction but never trained
