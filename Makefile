@@ -1,7 +1,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-fast demo clean
 setup: .venv/.installed
 .venv/.installed: requirements.txt pyproject.toml
 	python3 -m venv .venv
@@ -12,6 +12,10 @@ setup: .venv/.installed
 
 test: setup
 	$(PY) -m pytest
+
+# The edit loop: everything but the real multi-process runs (searches, Ray clusters, disks).
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
 
 # The main job on the embedded digits dataset: calibrate this CPU (cached), search under the
 # median latency of the space, train the best feasible architecture fully, export it.

@@ -9,6 +9,7 @@ import pytest
 from .helpers import ROOT, synthetic_model
 
 
+@pytest.mark.slow
 def test_cifar10_vs_presets_quick_on_digits(tmp_path):
     model = synthetic_model(tmp_path / "digits.model")
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cifar10_vs_presets.py"), "--quick", "--data", "digits",

@@ -104,6 +104,7 @@ def demo_run(tmp_path_factory):
     return runs / "demo"
 
 
+@pytest.mark.slow
 def test_demo_path_trains_and_exports_the_best(demo_run, tmp_path):
     assert list((demo_run.parent / "latency").glob("auto-*.model"))  # calibrated and cached
     res = run_cli("train", demo_run, "--trial", "best", "--epochs", 1)
@@ -153,6 +154,7 @@ def check_take_away_files(exported, card):
     assert arch["label_names"] == model.label_names and arch["pretrained_cfg"]["interpolation"] == "bicubic"
 
 
+@pytest.mark.slow
 def test_export_refuses_a_non_empty_folder_unless_forced(demo_run, tmp_path):
     best = max(json.loads((demo_run / "front.json").read_text()), key=lambda f: f["val_acc"])["trial"]
     if not (demo_run / "final" / str(best) / "model.pt").exists():

@@ -336,6 +336,7 @@ def test_onnxruntime_runner_times_the_exported_model():
     assert 0 < stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"] and stats["repeats"] == 30
 
 
+@pytest.mark.slow
 def test_onnxruntime_tables_export_in_worker_processes(tmp_path):
     out = tmp_path / "ort.csv"
     spec = tiny_specs(1, seed=4)[0]
@@ -372,6 +373,7 @@ runpy.run_path("search.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_measuring_needs_only_torch_and_the_project(tmp_path):
     """What an edge board or GPU server runs: no Optuna, Ray, fvcore, scipy or scikit-learn there."""
     specs = tmp_path / "s.jsonl"

@@ -106,6 +106,7 @@ print(json.dumps(front))
 """
 
 
+@pytest.mark.slow
 def test_python_api_runs_the_search_the_command_line_runs(tmp_path):
     model = synthetic_model(tmp_path / "digits.model")
     res = subprocess.run([sys.executable, "-c", API_SEARCH, str(tmp_path / "runs"), str(model)], cwd=ROOT,

@@ -58,6 +58,7 @@ def test_int8_has_a_fingerprint_of_its_own_and_fp32_keeps_its_id():
     assert int8 == {**fp32, "precision": "int8"} and fingerprint_id(int8) != fingerprint_id(fp32)
 
 
+@pytest.mark.slow
 def test_measure_times_the_quantized_graphs_into_an_int8_table(tmp_path):
     specs = [PRESETS["slab-deit"], PRESETS["unified-norm"]]
     out = tmp_path / "int8.csv"

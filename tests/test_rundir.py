@@ -85,6 +85,7 @@ def test_output_paths_that_are_files_are_one_line(run, tmp_path, command):
     assert blocker.read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_a_holdout_final_training_leaves_the_validation_part_out_and_starts_over(run):
     from evaluators.data import load_dataset
 

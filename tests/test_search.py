@@ -128,6 +128,7 @@ def recorded_of(rows, label):
     return [json.loads(r)[label] for r in rows["pred_ms_targets"]]
 
 
+@pytest.mark.slow
 def test_tiny_search_completes(tmp_path, latency_model):
     other = synthetic_model(tmp_path / "other-device.model", device_ms=other_device_ms)
     log = run_cli("run", "--name", "tiny", "--target-ms", TARGET, "--trials", 12, "--latency-model", latency_model,
@@ -150,6 +151,7 @@ def test_tiny_search_completes(tmp_path, latency_model):
     assert (tmp_path / "tiny" / "front.html").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_a_total_training_budget_stops_new_candidates(tmp_path, latency_model):
     run_cli("run", "--name", "budget", "--target-ms", TARGET, "--trials", 40, "--budget-epochs", 3.0,
             "--latency-model", latency_model, "--runs-dir", tmp_path, *TINY)
@@ -174,6 +176,7 @@ def promoted_in_training(run_dir):
         return False
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_loss_or_retraining(tmp_path, latency_model):
     args = [sys.executable, str(ROOT / "search.py"), "run", "--name", "kill", "--target-ms", TARGET,
             "--trials", "14", "--latency-model", str(latency_model), "--runs-dir", str(tmp_path), *TINY]
@@ -204,6 +207,7 @@ def test_killed_run_resumes_without_loss_or_retraining(tmp_path, latency_model):
     check_run(run_dir, 14)
 
 
+@pytest.mark.slow
 def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, latency_model):
     run_cli("run", "--name", "boom", "--target-ms", TARGET, "--trials", 7, "--latency-model", latency_model,
             "--runs-dir", tmp_path, "--lr", "1e9", *TINY)

@@ -38,6 +38,7 @@ def test_presets_are_trials_of_the_space_at_every_size(size, chans):
         assert torch.allclose(model(x), deploy(model)(x), atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size, chans", [(28, 1), (96, 3)])
 def test_search_train_and_export_at_sizes_off_the_power_of_two_grid(tmp_path, size, chans):
     rng = np.random.default_rng(0)
