@@ -13,6 +13,7 @@ import optuna
 from . import SearchError
 from .schema import Attr, TrialState
 
+
 def study_storage(run_dir: Path) -> str:
     return f"sqlite:///{Path(run_dir) / 'study.db'}"
 

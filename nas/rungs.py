@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
 @dataclass(frozen=True)
 class Rungs:
     """Budgets growing `eta`-fold: rung k trains base * (1 + eta + ... + eta^k) epochs in all, each

@@ -82,8 +82,10 @@ def recover_interrupted(study: optuna.Study) -> int:
     n = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         carried = {k: t.user_attrs[k] for k in RESUMABLE_ATTRS if k in t.user_attrs}
+        # a queued trial (a preset) stopped before all its parameters were written keeps the ones it was queued with
+        params = {**t.params, **t.system_attrs.get("fixed_params", {})}
         # queued again first: a kill between the two loses no trial
-        study.enqueue_trial(t.params, user_attrs={Attr.REQUEUED_FROM: t.number, **carried}, skip_if_exists=False)
+        study.enqueue_trial(params, user_attrs={Attr.REQUEUED_FROM: t.number, **carried}, skip_if_exists=False)
         optuna.trial.Trial(study, t._trial_id).set_user_attr(Attr.INTERRUPTED, True)
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         n += 1

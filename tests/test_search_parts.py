@@ -183,3 +183,15 @@ def test_a_lost_worker_is_a_result_not_a_crash(tmp_path, study, monkeypatch):
     got, rung, res = dispatcher.next_result()
     assert got is trial and rung == 2 and res["lost"].startswith("WorkerCrashedError: ")
     assert not dispatcher.pending
+
+
+def test_a_queued_trial_stopped_before_its_parameters_were_written_is_queued_again_whole(study):
+    from nas.search import recover_interrupted
+
+    study.enqueue_trial({"depth": 3, "width": 64})
+    stopped = study.ask()  # the preset popped from the queue; the driver died before it suggested anything
+    assert stopped.params == {}
+    assert recover_interrupted(study) == 1
+    (queued,) = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert queued.system_attrs["fixed_params"] == {"depth": 3, "width": 64}
+    assert queued.user_attrs["requeued_from"] == stopped.number
