@@ -32,8 +32,8 @@ class Ladder:
         for k, v in ((Attr.RUNG_ACCS, accs), *per_rung.items(), (Attr.STEPS, res["steps"]),
                      (Attr.HISTORY, res["history"]), (Attr.TRAIN_S, res["train_s"])):
             trial.set_user_attr(k, v)
-        trained = per_rung[Attr.TRAINED_STEPS]
-        report_rungs(trial, trained, accs)
+        reached_at = [start + steps for start, steps in zip(per_rung[Attr.STARTED_AT], per_rung[Attr.TRAINED_STEPS])]
+        report_rungs(trial, reached_at, accs)
         self.note(trial.user_attrs[Attr.ARCH_ID], trial.user_attrs[Attr.PRED_MS], accs)
         return accs
 

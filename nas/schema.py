@@ -40,7 +40,7 @@ class Attr:
     PARAMS = "params"
     PRESET = "preset"  # the preset's name, when the spec is one
     RUNG_ACCS = "rung_accs"  # validation accuracy at each rung reached
-    TRAINED_STEPS = "trained_steps"  # optimizer steps trained by the end of each rung
+    TRAINED_STEPS = "trained_steps"  # optimizer steps each rung's training trained (from STARTED_AT on)
     STARTED_AT = "started_at"  # the step each rung's training started from (past the rung's start: a checkpoint)
     TRAINED_ON = "trained_on"  # the Ray node (IP) that trained each rung
     RELAUNCHES = "relaunches"  # rung trainings started again after their worker or its node was lost

@@ -15,10 +15,10 @@ def set_latency_constraint(trial: optuna.trial.Trial, over_target_ms: float) -> 
     trial.storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, [float(over_target_ms)])
 
 
-def report_rungs(trial: optuna.trial.Trial, trained_steps: list[int], accs: list[float]) -> None:
+def report_rungs(trial: optuna.trial.Trial, reached_at: list[int], accs: list[float]) -> None:
     """Each rung's validation accuracy at the optimizer step it was reached. Trial.report refuses
     multi-objective studies, so the values go to the storage directly, as report would write them."""
-    for step, acc in zip(trained_steps, accs):
+    for step, acc in zip(reached_at, accs):
         trial.storage.set_trial_intermediate_value(trial._trial_id, int(step), float(acc))
 
 

@@ -83,6 +83,9 @@ def check_dashboard_view(run_dir, trials):
     assert infeasible and all(max(t.constraints.values()) > 0 for t in infeasible)
     trained = [t for t in study.trials if t.user_attrs.get("rung_accs") and t.user_attrs.get("cached_from") is None]
     assert trained and all(list(t.intermediate_values.values()) == t.user_attrs["rung_accs"] for t in trained)
+    for t in trained:  # at the optimizer step each rung ended on, counted from the training's start
+        a = t.user_attrs
+        assert list(t.intermediate_values) == [s + n for s, n in zip(a["started_at"], a["trained_steps"])]
     top = trials["rung"].max()
     front = {f["trial"] for f in json.loads((run_dir / "front.json").read_text())}
     by_number = trials.set_index("number")
