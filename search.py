@@ -17,6 +17,7 @@ from rich.table import Column, Table
 
 from evaluators.recipes import FINAL_RECIPE
 from evaluators.sources import KINDS, DataError, check_dataset_name
+from latency_models.settings import REMEASURE_SHARE, SWEEPS
 from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, RUNTIMES, parse_target
 from search_space.presets import PRESETS
 from search_space.quantize import PRECISIONS
@@ -96,47 +97,21 @@ def progress_bar():
                     TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console)
 
 
-def reference_from(path: Path, fid: str, force: bool) -> float:
-    """The reference speed (anchor ms) of a timing table or a latency model, for `measure --reference`."""
-    from latency_models import LatencyModel, read_table
-    from latency_models.table import reference_of
-    from latency_models.validate import select_fingerprint
-
-    if path.suffix == ".model":
-        model = LatencyModel.load(path)
-        ref, other = model.reference_ms, model.fingerprint.get("id")
-    else:
-        table = read_table(path)
-        rows, fp = select_fingerprint(table, fid if fid in set(table["fingerprint"]) else None)
-        ref, other = reference_of(rows, path), fp["id"]
-    if ref is None:
-        raise UserError(f"{path} was measured before timings were scaled to a reference; it cannot be one")
-    if other != fid and not force:
-        raise UserError(f"{path} was measured on another device or setting (fingerprint {other}, here {fid}); "
-                        f"its reference speed means nothing here (--force to use it anyway)")
-    return ref
-
-
 def cmd_measure(args) -> None:
-    import numpy as np
-
-    from latency_models.measure import fingerprint, fingerprint_id, measure_all, timings_to_take
-    from search_space import SearchSpace, load_specs, presets, sample
+    from latency_models.measure import fingerprint, fingerprint_id, measure_all, specs_to_time, timings_to_take
+    from latency_models.table import reference_speed
+    from search_space import SearchSpace, load_specs
     from search_space.presets import SEARCH_SCALE
 
     require_device(args.device)
     require_runtime_for(args.precision, args.runtime)
-    shape = (args.img_size, args.in_chans, args.num_classes)
-    specs = load_specs(args.specs) if args.specs else []
-    space = SearchSpace.load(args.space)
-    rng = np.random.default_rng(args.seed)
-    specs += [sample(rng, space, *shape) for _ in range(args.n)]
-    for scale in (1.0, SEARCH_SCALE):
-        specs += presets(*shape, width_mult=scale, depth_mult=scale).values()
-    unique = {s.arch_id: s for s in specs}
+    given = load_specs(args.specs) if args.specs else []
+    sampled = specs_to_time(args.img_size, args.in_chans, args.num_classes, SearchSpace.load(args.space), n=args.n,
+                            seed=args.seed, preset_scales=(1.0, SEARCH_SCALE))
+    unique = {s.arch_id: s for s in [*given, *sampled]}
     fid = fingerprint_id(fingerprint(args.device, args.runtime, args.threads, args.batch, args.img_size,
                                      args.precision))
-    reference = reference_from(Path(args.reference), fid, args.force) if args.reference else None
+    reference = reference_speed(Path(args.reference), fid, force=args.force) if args.reference else None
     first, second = timings_to_take(unique.values(), Path(args.out), fid, args.remeasure)
     total = len(first) + len(second)
     console.print(f"{len(unique)} architectures, {total} timings to take, {args.sweeps} interleaved calls each "
@@ -198,6 +173,7 @@ def prepare_search(args):
     once; a calibration shows its progress."""
     from nas.config import SearchConfig
     from nas.inputs import prepare_search
+    from nas.targets import constraint_and_others
 
     if args.gpus_per_trial and not args.ray_address:
         require_device("cuda", option="--gpus-per-trial", instead="0 (CPU workers), or --ray-address of a cluster with GPUs")
@@ -211,20 +187,6 @@ def prepare_search(args):
                               calibrate_n=args.calibrate_n, force=args.force,
                               on_calibration_row=lambda row: update(advance=1, info=f"{row['median_ms']:.2f} ms"),
                               on_note=lambda note: console.print(note, markup=False, soft_wrap=True))
-
-
-def constraint_and_others(models: list[str], constraint: str | None) -> tuple[str, tuple[str, ...]]:
-    """The constraint's latency model ('' to calibrate one) and the other targets' models: the first
-    given unless --constraint names another by its file stem."""
-    from nas.targets import target_label
-
-    if constraint is None:
-        return (models[0], tuple(models[1:])) if models else ("", ())
-    chosen = [m for m in models if target_label(m) == constraint]
-    if not chosen:
-        raise UserError(f"--constraint {constraint} names none of the --latency-model files "
-                        f"({', '.join(target_label(m) for m in models) or 'none given'}); give its file stem")
-    return chosen[0], tuple(m for m in models if m != chosen[0])
 
 
 @contextlib.contextmanager
@@ -374,7 +336,7 @@ def cmd_train(args) -> None:
         v = report[k]
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else escape(str(v)))
     out.print(table)
-    from nas.front import load_view, run_target, write_html
+    from nas.front import load_view, write_html
 
     out.print(f"plot: {write_html(Path(args.run), *load_view(Path(args.run)))}", markup=False)  # now with this training
 
@@ -513,8 +475,8 @@ def _latency_parsers(sub) -> None:
     m.add_argument("--seed", type=integer(0), default=0, help="sampling seed")
     m.add_argument("--specs", help="JSONL of specs to measure instead of sampling (from `space sample`)")
     _shape_options(m)
-    m.add_argument("--remeasure", type=number(0, 1, low_open=False), default=0.1, help="share measured twice, for the noise floor")
-    m.add_argument("--sweeps", type=integer(1), default=50,
+    m.add_argument("--remeasure", type=number(0, 1, low_open=False), default=REMEASURE_SHARE, help="share measured twice, for the noise floor")
+    m.add_argument("--sweeps", type=integer(1), default=SWEEPS,
                    help="timed calls per architecture, interleaved with the others of its chunk (more: steadier)")
     m.add_argument("--reference", help="timing CSV or latency model whose reference speed to measure at "
                                        "(to check a fitted model on new architectures)")

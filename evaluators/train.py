@@ -47,7 +47,7 @@ class TrainConfig:
     augment: bool = True  # per-sample random crop (reflect padding) and horizontal flip
     grad_clip: float | None = None
     cycle_epochs: float | None = None  # warm restarts: a first cosine cycle this long, each next one
-    cycle_mul: float = 3.0  # this many times longer (a multi-fidelity search's rungs end at cycle ends)
+    cycle_mul: float = PROXY_RECIPE["eta"]  # this many times longer (a multi-fidelity search's rungs end at cycle ends)
     mixup: float = 0.0  # mixup alpha (0: off); final training only, like the two below
     cutmix: float = 0.0  # cutmix alpha (0: off)
     randaugment: str | None = None  # timm RandAugment config, e.g. "rand-m9-mstd0.5"

@@ -8,15 +8,13 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
+from search_space import SearchSpace
 
-from search_space import SearchSpace, presets, sample
-from search_space.presets import SEARCH_SCALE
-
-from .measure import fingerprint, fingerprint_id, measure_all
+from .measure import fingerprint, fingerprint_id, measure_all, specs_to_time
 from .predictor import FORMAT_VERSION, LatencyModel
 from .table import read_table
 from .validate import fit_and_report
+
 
 def cache_stem(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, space: SearchSpace, *,
                runtime: str, n: int, seed: int, precision: str = "fp32") -> Path:
@@ -38,10 +36,8 @@ def calibrate(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, s
     model_path, csv_path = stem.with_suffix(".model"), stem.with_suffix(".csv")
     if model_path.exists():
         return model_path, None
-    rng = np.random.default_rng(seed)
-    specs = [sample(rng, space, img_size, in_chans, num_classes) for _ in range(n)]
-    specs += presets(img_size, in_chans, num_classes, SEARCH_SCALE, SEARCH_SCALE).values()
-    measure_all(specs, csv_path, runtime=runtime, device="cpu", threads=1, batch=1, remeasure=0.1, on_row=on_row,
+    specs = specs_to_time(img_size, in_chans, num_classes, space, n=n, seed=seed)
+    measure_all(specs, csv_path, runtime=runtime, device="cpu", threads=1, batch=1, on_row=on_row,
                 precision=precision)
     model, report = fit_and_report(read_table(csv_path), seed=seed)
     model.save(model_path)

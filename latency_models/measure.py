@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from search_space import ArchSpec, build_model, count_params, deploy, preset
+from search_space import ArchSpec, SearchSpace, build_model, count_params, deploy, preset, presets, sample
 from search_space.presets import SEARCH_SCALE
 
 from .features import tally, total_flops
+from .settings import REMEASURE_SHARE, SWEEPS
 from .table import append_row, measured_counts, table_reference
 
 
@@ -208,7 +209,7 @@ def interleaved_stats(order: list, ms: np.ndarray) -> dict[object, dict]:
             for i, k in enumerate(keys)}
 
 
-def time_interleaved(runners: dict, sweeps: int = 50, device: str = "cpu") -> dict[object, dict]:
+def time_interleaved(runners: dict, sweeps: int = SWEEPS, device: str = "cpu") -> dict[object, dict]:
     """Call the runners in turn (see `call_times`); statistics per runner (see `interleaved_stats`)."""
     return interleaved_stats(*call_times(runners, sweeps, device))
 
@@ -221,6 +222,17 @@ def deployed_runner(spec: ArchSpec, runtime: str = "torch", device: str = "cpu",
     model = deployed_model(spec, seed).to(device)
     x = torch.randn(batch, spec.in_chans, spec.img_size, spec.img_size, device=device)
     return runtime_runner(model, x, runtime, threads, device, exported, precision), count_params(model)
+
+
+def specs_to_time(img_size: int, in_chans: int, num_classes: int, space: SearchSpace, *, n: int, seed: int,
+                  preset_scales: tuple[float, ...] = (SEARCH_SCALE,)) -> list[ArchSpec]:
+    """What a calibration times: n architectures sampled from the space, then the seed presets at
+    each scale (the scale a search widens its space to, and others a user asks for), each once."""
+    rng = np.random.default_rng(seed)
+    specs = [sample(rng, space, img_size, in_chans, num_classes) for _ in range(n)]
+    for scale in preset_scales:
+        specs += presets(img_size, in_chans, num_classes, width_mult=scale, depth_mult=scale).values()
+    return list({s.arch_id: s for s in specs}.values())
 
 
 def remeasured(arch_id: str, fraction: float) -> bool:
@@ -246,7 +258,7 @@ def anchor_spec(like: ArchSpec) -> ArchSpec:
 ANCHOR = "anchor"
 
 
-def time_at_reference(runners: dict, anchor: Callable[[], None], reference_ms: float | None, sweeps: int = 50,
+def time_at_reference(runners: dict, anchor: Callable[[], None], reference_ms: float | None, sweeps: int = SWEEPS,
                       device: str = "cpu") -> tuple[dict[object, dict], float, float]:
     """Time `runners` in turn with the anchor (see `time_interleaved`) and scale their
     statistics to the reference speed: the speed at which the anchor takes `reference_ms` (None:
@@ -273,7 +285,7 @@ def exported_files(exporter: ProcessPoolExecutor, part: list[ArchSpec], folder: 
 
 
 def measure_all(specs: Iterable[ArchSpec], out: Path, *, runtime: str, device: str, threads: int,
-                batch: int, remeasure: float = 0.1, sweeps: int = 50, chunk: int = 16,
+                batch: int, remeasure: float = REMEASURE_SHARE, sweeps: int = SWEEPS, chunk: int = 16,
                 reference_ms: float | None = None, on_row: Callable[[dict], None] | None = None,
                 precision: str = "fp32") -> int:
     """Measure every spec not yet in `out` for this fingerprint, appending a row per architecture.

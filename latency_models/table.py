@@ -82,6 +82,27 @@ def reference_of(rows: pd.DataFrame, source: Path | str) -> float | None:
     return float(refs.iloc[0])
 
 
+def reference_speed(path: Path, fingerprint: str, *, force: bool = False) -> float:
+    """The reference speed (anchor ms) of a timing table or a latency model, for a measurement on
+    device `fingerprint` to be put on its scale; one measured elsewhere only with `force`."""
+    from .predictor import LatencyModel
+    from .validate import select_fingerprint
+
+    if path.suffix == ".model":
+        model = LatencyModel.load(path)
+        ref, other = model.reference_ms, model.fingerprint.get("id")
+    else:
+        table = read_table(path)
+        rows, fp = select_fingerprint(table, fingerprint if fingerprint in set(table["fingerprint"]) else None)
+        ref, other = reference_of(rows, path), fp["id"]
+    if ref is None:
+        raise TableError(f"{path} was measured before timings were scaled to a reference; it cannot be one")
+    if other != fingerprint and not force:
+        raise TableError(f"{path} was measured on another device or setting (fingerprint {other}, here "
+                         f"{fingerprint}); its reference speed means nothing here (--force to use it anyway)")
+    return ref
+
+
 def table_reference(path: Path, fingerprint: str, wanted: float | None = None) -> float | None:
     """The reference a measurement appending to `path` must use: the table's own where it has rows
     for this fingerprint (it must agree with `wanted`), else `wanted` (None: set by the first chunk)."""

@@ -22,6 +22,18 @@ def target_label(path: str | Path) -> str:
     return Path(path).stem
 
 
+def constraint_and_others(models: list[str], constraint: str | None) -> tuple[str, tuple[str, ...]]:
+    """The constraint's latency model ('' to calibrate one) and the other targets' models: the first
+    given unless `constraint` names another by its label."""
+    if constraint is None:
+        return (models[0], tuple(models[1:])) if models else ("", ())
+    chosen = [m for m in models if target_label(m) == constraint]
+    if not chosen:
+        raise SearchError(f"--constraint {constraint} names none of the --latency-model files "
+                          f"({', '.join(target_label(m) for m in models) or 'none given'}); give its file stem")
+    return chosen[0], tuple(m for m in models if m != chosen[0])
+
+
 def load_targets(paths: tuple[str, ...]) -> dict[str, LatencyModel]:
     """The latency models by label; two files of one stem would be indistinguishable."""
     labels = [target_label(p) for p in paths]

@@ -180,10 +180,13 @@ def test_only_input_errors_become_one_line_and_exit_2(monkeypatch, capsys):
 
 
 def test_the_constraint_is_the_first_latency_model_unless_named():
+    from nas import SearchError
+    from nas.targets import constraint_and_others
+
     models = ["lat/cpu-fp32.model", "lat/cpu-int8.model", "lat/phone.model"]
-    assert search.constraint_and_others(models, None) == (models[0], tuple(models[1:]))
-    assert search.constraint_and_others(models, "cpu-int8") == (models[1], (models[0], models[2]))
-    assert search.constraint_and_others([], None) == ("", ())  # none given: this machine is calibrated
-    with pytest.raises(search.UserError, match="--constraint gpu names none of the --latency-model files "
-                                               r"\(cpu-fp32, cpu-int8, phone\)"):
-        search.constraint_and_others(models, "gpu")
+    assert constraint_and_others(models, None) == (models[0], tuple(models[1:]))
+    assert constraint_and_others(models, "cpu-int8") == (models[1], (models[0], models[2]))
+    assert constraint_and_others([], None) == ("", ())  # none given: this machine is calibrated
+    with pytest.raises(SearchError, match="--constraint gpu names none of the --latency-model files "
+                                          r"\(cpu-fp32, cpu-int8, phone\)"):
+        constraint_and_others(models, "gpu")
