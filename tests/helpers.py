@@ -1,6 +1,10 @@
-"""Shared test helpers: a latency model with a known true function, fitted in milliseconds."""
+"""Shared test helpers: a latency model with a known true function, fitted in milliseconds, and the
+command line run as a user runs it."""
+import contextlib
+import io
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +36,40 @@ def synthetic_model(path: Path, img_size: int = 8, in_chans: int = 1, n: int = 8
     return path
 
 
+OWN_PROCESS = {"run", "dashboard"}  # they start Ray or a server, whose state would outlive the call
+
+
 def run_cli(*args, check=True, timeout=600, one_log=False):
-    """`etnas ARGS` in a process of its own; one_log: stderr joins stdout, as `> log 2>&1` writes them."""
-    res = subprocess.run([sys.executable, str(ROOT / "search.py"), *map(str, args)], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT if one_log else subprocess.PIPE, text=True, cwd=ROOT, timeout=timeout)
+    """`etnas ARGS` as a user runs it, its output captured; one_log: stderr joins stdout, as `> log
+    2>&1` writes them. Commands that start Ray or a server get a process of their own; the others
+    run in this one, which has paid for torch's import already."""
+    argv = [str(a) for a in args]
+    if argv[0] in OWN_PROCESS:
+        res = subprocess.run([sys.executable, str(ROOT / "search.py"), *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT if one_log else subprocess.PIPE, text=True, cwd=ROOT,
+                             timeout=timeout)
+    else:
+        res = run_in_process(argv, one_log)
     if check:
         assert res.returncode == 0, (res.stderr or res.stdout)[-3000:]
     return res
+
+
+def run_in_process(argv: list[str], one_log: bool) -> subprocess.CompletedProcess:
+    """search.main(argv) with its streams and exit status captured as a process's would be: an
+    uncaught exception is a traceback on stderr and status 1."""
+    import search
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out if one_log else err):
+        try:
+            search.main(argv)
+            code = 0
+        except SystemExit as e:
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except Exception:  # noqa: BLE001 - what the interpreter would print before exiting with 1
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), None if one_log else err.getvalue())
