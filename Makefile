@@ -10,12 +10,16 @@ setup: .venv/.installed
 	$(PIP) install -q --no-deps -e .
 	touch $@
 
+# pytest-xdist: three workers on two cores (a third fills the time the others wait on their subprocesses);
+# a module's tests stay on one worker, so its costly fixture runs once.
+PYTEST := $(PY) -m pytest -n 3 --dist loadscope
+
 test: setup
-	$(PY) -m pytest
+	$(PYTEST)
 
 # The edit loop: everything but the real multi-process runs (searches, Ray clusters, disks).
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The main job on the embedded digits dataset: calibrate this CPU (cached), search under the
 # median latency of the space, train the best feasible architecture fully, export it.

@@ -24,7 +24,7 @@ import numpy as np
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.jobs import append_jsonl, read_jsonl  # noqa: E402
+from benchmarks.jobs import append_jsonl, descendants, read_jsonl  # noqa: E402
 from benchmarks.search_engine import hypervolume  # noqa: E402
 from nas.records import trial_state  # noqa: E402
 from nas.rundir import load_run_study  # noqa: E402
@@ -39,23 +39,6 @@ SETTINGS = ["--dataset", "digits", "--target-ms", "p50", "--epochs", "2", "--bas
 def run_command(name: str, args: argparse.Namespace) -> list[str]:
     return [sys.executable, str(ROOT / "search.py"), "run", "--name", name, "--runs-dir", str(args.out / "runs"),
             "--trials", str(args.trials), "--latency-model", str(args.latency_model), *SETTINGS]
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid` (the driver's Ray services and workers), read from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 def alive(pids: set[int]) -> dict[int, str]:

@@ -92,3 +92,32 @@ def test_a_failing_final_training_cancels_the_ones_not_started(monkeypatch):
     with pytest.raises(SystemExit, match="status 2"):
         proof.train_finals(Path("run"), [1, 2, 3, 4], [], epochs=1.0, jobs=1, out=Path("out"))
     assert started == [1]
+
+
+def test_the_soak_audit_finds_a_lost_a_duplicated_and_a_retrained_training(tmp_path):
+    """The soak's counts come from the study: each kind of damage it reports is one it can see."""
+    import optuna
+
+    from benchmarks.soak import audit
+    from nas.rundir import study_storage
+
+    study = optuna.create_study(storage=study_storage(tmp_path), directions=["maximize", "minimize"])
+    complete, failed = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+
+    def add(state, values=None, **attrs):
+        study.add_trial(optuna.trial.create_trial(state=state, values=values, user_attrs={"pred_ms": 1.0, **attrs}))
+        return len(study.trials) - 1
+
+    ok = add(complete, [0.6, 1.0], arch_id="a", rung_accs=[0.5, 0.6], started_at=[0, 6], trained_steps=[6, 12])
+    cut = add(failed, arch_id="b", rung_accs=[0.4], started_at=[0], trained_steps=[6], interrupted=True)
+    add(complete, [0.5, 1.0], arch_id="b", rung_accs=[0.4, 0.5], started_at=[0, 12], trained_steps=[6, 6],
+        requeued_from=cut)  # rung 1 went on from the checkpoint of step 12
+    never = add(failed, arch_id="c", interrupted=True)  # interrupted, and nothing took its place
+    twice = add(complete, [0.7, 1.0], arch_id="a", rung_accs=[0.7], started_at=[0], trained_steps=[6])
+    kills = [{"complete": {str(ok): [0.6, 1.0], str(twice): [0.1, 1.0]}, "in_flight": [cut]}]
+    found = audit(tmp_path, kills)
+    assert found["lost_finished_trials"] == [twice] and found["lost_interrupted_trials"] == [never]
+    assert found["duplicated_rung_trainings"] == 1  # the second training of "a": one rung
+    assert (found["retrained_rung_trainings"], found["retrained_from_a_checkpoint"],
+            found["retrained_with_no_step_left"]) == (1, 1, 0)
+    assert found["trials_interrupted"] == 2 and found["rung_trainings"] == 2 + 2 + 1

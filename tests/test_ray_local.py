@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.jobs import descendants
+
 from .helpers import ROOT
 
 SCRIPT = """
@@ -27,22 +29,6 @@ def listening_sockets() -> dict[str, str]:
             if fields[3] == "0A":  # LISTEN
                 out[fields[9]] = fields[1]
     return out
-
-
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        found.add(p)
-        todo += children.get(p, [])
-    return found
 
 
 def socket_inodes(pid: int) -> set[str]:
@@ -69,7 +55,7 @@ def test_local_ray_listens_on_loopback_only():
     try:
         assert proc.stdout.readline().strip() == '"127.0.0.1"'
         listening = listening_sockets()
-        bound = [listening[i].split(":") for p in descendants(proc.pid) for i in socket_inodes(p) if i in listening]
+        bound = [listening[i].split(":") for p in {proc.pid, *descendants(proc.pid)} for i in socket_inodes(p) if i in listening]
         assert len(bound) >= 3  # the GCS, the raylet and a worker at least
         assert {address for address, _ in bound} <= LOOPBACK, bound
         assert DASHBOARD_PORT not in {int(port, 16) for _, port in bound}
