@@ -39,12 +39,13 @@ def synthetic_model(path: Path, img_size: int = 8, in_chans: int = 1, n: int = 8
 OWN_PROCESS = {"run", "dashboard"}  # they start Ray or a server, whose state would outlive the call
 
 
-def run_cli(*args, check=True, timeout=600, one_log=False):
+def run_cli(*args, check=True, timeout=600, one_log=False, own_process=None):
     """`etnas ARGS` as a user runs it, its output captured; one_log: stderr joins stdout, as `> log
-    2>&1` writes them. Commands that start Ray or a server get a process of their own; the others
-    run in this one, which has paid for torch's import already."""
+    2>&1` writes them. Commands that start Ray or a server get a process of their own (unless
+    own_process=False: a run refused before Ray starts); the others run in this one, which has paid
+    for torch's import already."""
     argv = [str(a) for a in args]
-    if argv[0] in OWN_PROCESS:
+    if own_process or (own_process is None and argv[0] in OWN_PROCESS):
         res = subprocess.run([sys.executable, str(ROOT / "search.py"), *argv], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT if one_log else subprocess.PIPE, text=True, cwd=ROOT,
                              timeout=timeout)

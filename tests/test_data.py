@@ -76,7 +76,7 @@ def test_unreadable_image_in_a_folder_is_named(tmp_path):
 
 def test_the_command_line_gives_one_line_and_exit_2(tmp_path):
     res = run_cli("run", "--name", "x", "--target-ms", "5", "--runs-dir", tmp_path / "runs",
-                  "--dataset", f"npz:{write(tmp_path, y_train=np.arange(20) % 4 - 1)}", check=False)
+                  "--dataset", f"npz:{write(tmp_path, y_train=np.arange(20) % 4 - 1)}", check=False, own_process=False)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "y_train" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "runs").exists()
 

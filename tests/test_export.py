@@ -184,6 +184,7 @@ def _one_line_error(res, text):
     assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], res.stderr
 
 
+@pytest.mark.slow  # on the demo run: a real calibration and search
 def test_bad_input_is_one_line_exit_2(demo_run, tmp_path):
     _one_line_error(run_cli("front", tmp_path / "nope", check=False), "no run at")
     _one_line_error(run_cli("train", demo_run, "--trial", 999, check=False), "has no trial 999")

@@ -285,7 +285,7 @@ def test_run_refuses_a_foreign_latency_model_unless_forced(tmp_path):
     fp = {**fingerprint("cpu", "torch", 1, 1, 8), "cpu": "Another Machine"}
     LatencyModel(fingerprint=fp).fit(specs, np.array([synthetic_ms(s) for s in specs])).save(tmp_path / "m.model")
     res = run_cli("run", "--name", "r", "--target-ms", "5", "--latency-model", tmp_path / "m.model",
-                  "--runs-dir", tmp_path, check=False)
+                  "--runs-dir", tmp_path, check=False, own_process=False)
     assert res.returncode == 2 and "measured elsewhere" in res.stderr and "--force" in res.stderr
 
 

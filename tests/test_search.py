@@ -225,13 +225,13 @@ def test_changed_settings_refuse_to_resume(tmp_path, latency_model):
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps({"target_ms": 1.0}))
     res = run_cli("run", "--name", "x", "--target-ms", TARGET, "--latency-model", latency_model,
-                  "--runs-dir", tmp_path, check=False)
+                  "--runs-dir", tmp_path, check=False, own_process=False)
     assert res.returncode == 2 and "already exists with other settings" in res.stderr
 
 
 def test_unreachable_target_says_fastest_and_suggests(tmp_path, latency_model):
     res = run_cli("run", "--name", "slow", "--target-ms", "0.01", "--latency-model", latency_model,
-                  "--runs-dir", tmp_path, check=False)
+                  "--runs-dir", tmp_path, check=False, own_process=False)
     assert res.returncode == 2
     assert "below the fastest architecture" in res.stderr and "try --target-ms" in res.stderr
 

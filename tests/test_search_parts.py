@@ -164,7 +164,7 @@ def test_gpus_per_trial_without_a_gpu_is_one_line(tmp_path):
     from .helpers import run_cli
 
     res = run_cli("run", "--name", "g", "--target-ms", "1", "--gpus-per-trial", "0.5", "--runs-dir", tmp_path,
-                  check=False)
+                  check=False, own_process=False)
     assert res.returncode == 2 and "--gpus-per-trial asked for, but torch sees no CUDA device" in res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "g").exists()
 
