@@ -10,8 +10,9 @@ setup: .venv/.installed
 	$(PIP) install -q --no-deps -e .
 	touch $@
 
-# pytest-xdist: three workers on two cores (a third fills the time the others wait on their subprocesses);
-# a module's tests stay on one worker, so its costly fixture runs once.
+# pytest-xdist: three workers, a module's tests on one (its costly fixture runs once). On the 2-core
+# machines this project is developed and checked on, a third worker fills the time the others wait
+# on their subprocesses (BENCHMARKS.md, "Main job end to end").
 PYTEST := $(PY) -m pytest -n 3 --dist loadscope
 
 test: setup

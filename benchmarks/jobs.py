@@ -21,15 +21,22 @@ def _die_with_parent() -> None:
         pass
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first, then the parent's pid),
+    or None where the process is gone (Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def descendants(pid: int) -> set[int]:
-    """Every process below `pid` (a driver's Ray services and workers, say), read from /proc (Linux)."""
+    """Every process below `pid` (a driver's Ray services and workers, say)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        fields = proc_stat(int(stat.parent.name))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
     found, todo = set(), [pid]
     while todo:
         for child in children.get(todo.pop(), []):

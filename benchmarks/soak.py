@@ -7,7 +7,8 @@ trials) and retrained (an interrupted rung started again), and compares the two 
     .venv/bin/python benchmarks/soak.py --latency-model runs/latency/MODEL [--trials 300] \
         [--out benchmarks/results/soak]
 
-Re-running the same command resumes both runs where they stopped; results.json is rewritten at the end.
+Re-running the same command resumes both runs where they stopped (the uninterrupted run's time is
+then its last start's only); results.json is rewritten at the end.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ import numpy as np
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.jobs import append_jsonl, descendants, read_jsonl  # noqa: E402
+from benchmarks.jobs import append_jsonl, descendants, proc_stat, read_jsonl  # noqa: E402
 from benchmarks.search_engine import hypervolume  # noqa: E402
+from nas.ladder import rung_end_steps  # noqa: E402
 from nas.records import trial_state  # noqa: E402
 from nas.rundir import load_run_study  # noqa: E402
 from nas.schema import SETTLED_STATES, UNCOUNTED_STATES, Attr, TrialState  # noqa: E402
@@ -42,14 +44,15 @@ def run_command(name: str, args: argparse.Namespace) -> list[str]:
 
 
 def alive(pids: set[int]) -> dict[int, str]:
-    """The processes of `pids` still running, with their command names."""
+    """The processes of `pids` still running (not zombies), with their command names."""
     out = {}
     for pid in pids:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        stat = proc_stat(pid)
+        if stat is not None and stat[0] != "Z":
+            try:
                 out[pid] = Path(f"/proc/{pid}/cmdline").read_text().split("\0")[0]
-        except OSError:
-            pass
+            except OSError:
+                pass
     return out
 
 
@@ -59,7 +62,7 @@ def is_worker(command: str) -> bool:
     return command.startswith("ray::") and not command.endswith("Agent")
 
 
-def kill_driver(proc: subprocess.Popen, grace_s: float = 30.0) -> dict:
+def kill_driver(proc: subprocess.Popen, grace_s: float = 30.0) -> dict[str, int]:
     """SIGKILL the driver alone, as a crash or the OOM killer would; wait for the Ray workers it
     started to go with it. Returns the processes still there after the grace period, by name:
     workers then are killed, so that no training of the old run writes beside the new one."""
@@ -76,7 +79,7 @@ def kill_driver(proc: subprocess.Popen, grace_s: float = 30.0) -> dict:
     return {name: list(left.values()).count(name) for name in set(left.values())}
 
 
-def snapshot(run_dir: Path) -> dict:
+def snapshot(run_dir: Path) -> dict[str, object]:
     """The study as the kill left it: the finished trials' values, and the trials in flight."""
     study = load_run_study(run_dir)
     trials = study.get_trials(deepcopy=False)
@@ -124,21 +127,26 @@ def plain_run(args: argparse.Namespace) -> float:
 
 
 def chains(trials: list[optuna.trial.FrozenTrial]) -> list[list[optuna.trial.FrozenTrial]]:
-    """Each candidate's trial followed by the copies re-queued after each kill that interrupted it."""
-    next_of = {t.user_attrs[Attr.REQUEUED_FROM]: t for t in trials if Attr.REQUEUED_FROM in t.user_attrs}
+    """Each candidate's trial followed by the copies re-queued after each kill that interrupted it.
+    A trial queued twice for one interrupted trial (a kill between the queuing and the closing)
+    starts a chain of its own, so that its training counts as a duplicate."""
+    copies: dict[int, list[optuna.trial.FrozenTrial]] = {}
+    for t in trials:
+        if Attr.REQUEUED_FROM in t.user_attrs:
+            copies.setdefault(t.user_attrs[Attr.REQUEUED_FROM], []).append(t)
+    extra = {t.number for queued in copies.values() for t in queued[1:]}
     out = []
-    for head in (t for t in trials if Attr.REQUEUED_FROM not in t.user_attrs):
+    for head in (t for t in trials if Attr.REQUEUED_FROM not in t.user_attrs or t.number in extra):
         chain = [head]
-        while chain[-1].number in next_of:
-            chain.append(next_of[chain[-1].number])
+        while chain[-1].number in copies:
+            chain.append(copies[chain[-1].number][0])
         out.append(chain)
     return out
 
 
 def rung_start(trial: optuna.trial.FrozenTrial, rung: int) -> int:
     """The optimizer step rung `rung` begins at: where the rung below it ended."""
-    a = trial.user_attrs
-    return a[Attr.STARTED_AT][rung - 1] + a[Attr.TRAINED_STEPS][rung - 1] if rung else 0
+    return rung_end_steps(trial.user_attrs)[rung - 1] if rung else 0
 
 
 def audit(run_dir: Path, kills: list[dict]) -> dict:
@@ -146,8 +154,8 @@ def audit(run_dir: Path, kills: list[dict]) -> dict:
     trials = load_run_study(run_dir).get_trials(deepcopy=False)
     by_number = {t.number: t for t in trials}
     finished_then = {int(n): v for k in kills for n, v in k["complete"].items()}
-    changed = [n for n, v in finished_then.items()
-               if by_number[n].state != optuna.trial.TrialState.COMPLETE or by_number[n].values != v]
+    changed = [n for n, v in finished_then.items() if n not in by_number
+               or by_number[n].state != optuna.trial.TrialState.COMPLETE or by_number[n].values != v]
     all_chains = chains(trials)
     unfinished = [c[0].number for c in all_chains if trial_state(c[-1]) not in (*SETTLED_STATES, TrialState.INFEASIBLE,
                                                                                TrialState.DUPLICATE)]

@@ -9,10 +9,10 @@ import importlib
 _MODULE_OF = {"LatencyModel": "predictor", "ModelFileError": "predictor", "TableError": "table",
               "read_table": "table"}
 
-__all__ = ["LatencyModel", "ModelFileError", "TableError", "read_table"]
+__all__ = list(_MODULE_OF)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name not in _MODULE_OF:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)

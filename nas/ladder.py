@@ -9,6 +9,11 @@ from .schema import Attr
 from .study_view import report_rungs
 
 
+def rung_end_steps(attrs: dict) -> list[int]:
+    """The optimizer step each recorded rung ended on: where its training started plus what it trained."""
+    return [start + steps for start, steps in zip(attrs[Attr.STARTED_AT], attrs[Attr.TRAINED_STEPS])]
+
+
 class Ladder:
     def __init__(self, study: optuna.Study, rungs: Rungs, rule: str, band_edges: list[float]):
         self.rungs, self.rule, self.band_edges = rungs, rule, band_edges
@@ -32,8 +37,7 @@ class Ladder:
         for k, v in ((Attr.RUNG_ACCS, accs), *per_rung.items(), (Attr.STEPS, res["steps"]),
                      (Attr.HISTORY, res["history"]), (Attr.TRAIN_S, res["train_s"])):
             trial.set_user_attr(k, v)
-        reached_at = [start + steps for start, steps in zip(per_rung[Attr.STARTED_AT], per_rung[Attr.TRAINED_STEPS])]
-        report_rungs(trial, reached_at, accs)
+        report_rungs(trial, rung_end_steps(per_rung), accs)
         self.note(trial.user_attrs[Attr.ARCH_ID], trial.user_attrs[Attr.PRED_MS], accs)
         return accs
 

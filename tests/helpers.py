@@ -5,7 +5,10 @@ import io
 import subprocess
 import sys
 import traceback
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -58,19 +61,36 @@ def run_cli(*args, check=True, timeout=600, one_log=False, own_process=None):
 
 def run_in_process(argv: list[str], one_log: bool) -> subprocess.CompletedProcess:
     """search.main(argv) with its streams and exit status captured as a process's would be: an
-    uncaught exception is a traceback on stderr and status 1."""
+    uncaught exception is a traceback on stderr and status 1. The command's consoles are made anew
+    on the captured streams, as a process with pipes for output would make them (no colour, fixed
+    widths), whatever terminal pytest runs in; the warning hook main() sets is put back after."""
     import search
+    from rich.console import Console
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out if one_log else err):
-        try:
-            search.main(argv)
-            code = 0
-        except SystemExit as e:
-            if isinstance(e.code, str):
-                print(e.code, file=sys.stderr)
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except Exception:  # noqa: BLE001 - what the interpreter would print before exiting with 1
-            traceback.print_exc()
-            code = 1
+    consoles = {"out": Console(file=out, soft_wrap=True, width=200), "console": Console(file=out if one_log else err)}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.chdir(ROOT))
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(out if one_log else err))
+        for name, console in consoles.items():
+            stack.enter_context(mock.patch.object(search, name, console))
+        stack.enter_context(mock.patch.object(warnings, "showwarning", warnings.showwarning))
+        code = exit_status(search.main, argv)
     return subprocess.CompletedProcess(argv, code, out.getvalue(), None if one_log else err.getvalue())
+
+
+def exit_status(main: Callable[[list[str]], None], argv: list[str]) -> int:
+    """Call main as the interpreter runs a script: the status SystemExit carries (its message, if
+    it is one, on stderr with status 1), or a traceback on stderr and 1."""
+    try:
+        main(argv)
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    except Exception:  # noqa: BLE001 - what the interpreter would print before exiting with 1
+        traceback.print_exc()
+        return 1
+    return 0

@@ -112,12 +112,14 @@ def test_the_soak_audit_finds_a_lost_a_duplicated_and_a_retrained_training(tmp_p
     cut = add(failed, arch_id="b", rung_accs=[0.4], started_at=[0], trained_steps=[6], interrupted=True)
     add(complete, [0.5, 1.0], arch_id="b", rung_accs=[0.4, 0.5], started_at=[0, 12], trained_steps=[6, 6],
         requeued_from=cut)  # rung 1 went on from the checkpoint of step 12
+    add(complete, [0.4, 1.0], arch_id="b", rung_accs=[0.4], started_at=[0], trained_steps=[6],
+        requeued_from=cut)  # queued twice (killed between queuing the copy and closing the original): trained twice
     never = add(failed, arch_id="c", interrupted=True)  # interrupted, and nothing took its place
     twice = add(complete, [0.7, 1.0], arch_id="a", rung_accs=[0.7], started_at=[0], trained_steps=[6])
     kills = [{"complete": {str(ok): [0.6, 1.0], str(twice): [0.1, 1.0]}, "in_flight": [cut]}]
     found = audit(tmp_path, kills)
     assert found["lost_finished_trials"] == [twice] and found["lost_interrupted_trials"] == [never]
-    assert found["duplicated_rung_trainings"] == 1  # the second training of "a": one rung
+    assert found["duplicated_rung_trainings"] == 2  # the second trainings of "a" and of "b": one rung each
     assert (found["retrained_rung_trainings"], found["retrained_from_a_checkpoint"],
             found["retrained_with_no_step_left"]) == (1, 1, 0)
-    assert found["trials_interrupted"] == 2 and found["rung_trainings"] == 2 + 2 + 1
+    assert found["trials_interrupted"] == 2 and found["rung_trainings"] == 2 + 2 + 1 + 1

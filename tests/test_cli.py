@@ -162,7 +162,6 @@ def test_a_bad_run_directory_is_one_line_on_stderr_only(tmp_path):
 
 
 def test_only_input_errors_become_one_line_and_exit_2(monkeypatch, capsys):
-    import search
     from nas import SearchError
 
     def failing(error):

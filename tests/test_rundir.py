@@ -7,6 +7,8 @@ import pytest
 
 from .helpers import run_cli, synthetic_model
 
+ON_A_FINISHED_RUN = pytest.mark.slow  # a real search, left out of the edit loop's subset
+
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
@@ -33,7 +35,7 @@ def one_line(res, *words):
     assert all(w in lines[0] for w in words), lines[0]
 
 
-@pytest.mark.slow  # on a finished run: a real search
+@ON_A_FINISHED_RUN
 @pytest.mark.parametrize("name", ["config.json", "trials.csv", "front.json"])
 @pytest.mark.parametrize("damage", ["missing", "truncated", "garbage"])
 def test_derived_files_are_rebuilt_from_the_study(run, name, damage):
@@ -51,7 +53,7 @@ def test_derived_files_are_rebuilt_from_the_study(run, name, damage):
         assert rebuilt == original
 
 
-@pytest.mark.slow  # on a finished run: a real search
+@ON_A_FINISHED_RUN
 def test_a_corrupt_study_is_one_line_and_nothing_else_is_touched(run):
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "study.db"}
     (run / "study.db").write_bytes(b"SQLite format 3\x00 but not really")
@@ -62,13 +64,13 @@ def test_a_corrupt_study_is_one_line_and_nothing_else_is_touched(run):
     assert after == {k: v for k, v in before.items() if k != "front.json"}
 
 
-@pytest.mark.slow  # on a finished run: a real search
+@ON_A_FINISHED_RUN
 def test_a_missing_study_is_one_line(run):
     (run / "study.db").unlink()
     one_line(run_cli("train", run, "--trial", "0", check=False), "study.db")
 
 
-@pytest.mark.slow  # on a finished run: a real search
+@ON_A_FINISHED_RUN
 def test_a_corrupt_final_report_is_one_line_naming_it(run, tmp_path):
     (final,) = run.glob("final/*/final.json")
     final.write_text("{")
@@ -77,7 +79,7 @@ def test_a_corrupt_final_report_is_one_line_naming_it(run, tmp_path):
     assert json.loads(run_cli("front", run, "--json").stdout)["front"]  # still shown, without that measure
 
 
-@pytest.mark.slow  # on a finished run: a real search
+@ON_A_FINISHED_RUN
 @pytest.mark.parametrize("command", [
     lambda run, blocker: ["export", run, "--trial", "best", "--out", blocker],
     lambda run, blocker: ["space", "sample", "--n", "2", "--out", blocker / "x.jsonl"],
