@@ -90,11 +90,11 @@ def snapshot(run_dir: Path) -> dict[str, object]:
 def killed_run(args: argparse.Namespace, log: Path) -> float:
     """Start the search, kill it after a random 20-60 s, start it again, until it exits by itself;
     each kill is appended to kills.jsonl. Returns the seconds the runs took in all."""
-    run_dir = args.out / "runs" / "killed"
-    done = [k for k in read_jsonl(log) if "kill" in k]
+    run_dir, logged = args.out / "runs" / "killed", read_jsonl(log)
+    done = [k for k in logged if "kill" in k]
     rng = np.random.default_rng(args.seed + len(done))
-    spent = sum(k["ran_s"] for k in read_jsonl(log))
-    if any(k.get("finished") == 0 for k in read_jsonl(log)):
+    spent = sum(k["ran_s"] for k in logged)
+    if any(k.get("finished") == 0 for k in logged):
         return spent
     while True:
         start = time.time()
@@ -116,7 +116,8 @@ def killed_run(args: argparse.Namespace, log: Path) -> float:
         append_jsonl(log, {"kill": len(done) + 1, "ran_s": ran, "outlived": outlived, **snap})
         done.append(snap)
         print(f"kill {len(done)} after {ran:.0f} s: {len(snap['complete'])} trials complete, "
-              f"{len(snap['in_flight'])} in flight; still there after the grace period: {outlived or 'nothing'}", file=sys.stderr, flush=True)
+              f"{len(snap['in_flight'])} in flight; still there after the grace period: {outlived or 'nothing'}",
+              file=sys.stderr, flush=True)
 
 
 def plain_run(args: argparse.Namespace) -> float:
