@@ -38,7 +38,7 @@ def groups(df: pd.DataFrame, folds: int = 5) -> dict:
     archs = per_architecture(rows)
     specs = [ArchSpec.from_json(s) for s in archs["spec_json"]]
     y = archs["median_ms"].to_numpy(float)
-    x = features.feature_matrix(specs, LatencyModel(fingerprint=fp).runtime)
+    x = LatencyModel(fingerprint=fp).feature_matrix(specs)
     fold = np.random.default_rng(0).permutation(len(y)) % folds
     pred = np.zeros(len(y))
     for f in range(folds):

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from latency_models import LatencyModel, read_table
-from latency_models.features import feature_matrix
 from latency_models.validate import metrics, per_architecture, select_fingerprint
 from search_space import ArchSpec
 
@@ -29,7 +28,7 @@ def main() -> None:
         rows, fp = select_fingerprint(read_table(Path(table)), None)
         archs = per_architecture(rows)
         specs = [ArchSpec.from_json(s) for s in archs["spec_json"]]
-        y, x = archs["median_ms"].to_numpy(float), feature_matrix(specs, LatencyModel(fingerprint=fp).runtime)
+        y, x = archs["median_ms"].to_numpy(float), LatencyModel(fingerprint=fp).feature_matrix(specs)
         for size in args.sizes:
             within = []
             for seed in range(args.seeds):

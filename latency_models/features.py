@@ -5,7 +5,11 @@ Per runtime: torch eager runs the modules' kernels; onnxruntime runs the exporte
 (read from its optimized graphs) a Linear is MatMul plus a bias Add, GELU five elementwise nodes,
 RMSNorm six or seven, attention always the unfused path with its head transposes as copies,
 every conv is wrapped in NCHWc reorders, and each view (tokens to a map, heads apart) is a
-Reshape node.
+Reshape node. In int8 (the QDQ file `export --int8` writes), most Linears, convs, softmaxes and
+MHSA's and CGA's attention products run as QLinear ops on int8 tensors; everything else stays in
+float between Dequantize- and QuantizeLinear nodes, and a Linear a norm was folded into (or
+SkipAt's first) stays a float MatMul whose weight is dequantized at every call
+(`benchmarks/quantized_graphs.py`; BENCHMARKS.md, "int8 in onnxruntime on CPU").
 
 FLOPs follow the conventions of `search_space.costs` (fvcore, one multiply-add = one FLOP; one
 per element for elementwise ops), so the total equals `count_flops(deploy(build_model(spec)))`.
@@ -39,15 +43,19 @@ class KernelTally:
     typical launch, which the learned correction picks up from this count (without it, 3-stage
     patch-8 models were over-predicted by 7% on a Xeon)."""
 
-    __slots__ = ("calls", "flops", "bytes", "module_calls", "few_token_calls", "onnx")
+    __slots__ = ("calls", "flops", "bytes", "module_calls", "few_token_calls", "dequantized_weights", "onnx", "int8",
+                 "next_linear_float")
 
-    def __init__(self, runtime: str = "torch"):
+    def __init__(self, runtime: str = "torch", precision: str = "fp32"):
         self.onnx = runtime == "onnxruntime"
+        self.int8 = self.onnx and precision == "int8"
+        self.next_linear_float = False  # int8: the next Linear stays in float (see `linear`)
         self.calls = [0] * len(KINDS)
         self.flops = [0.0] * len(KINDS)
         self.bytes = [0.0] * len(KINDS)
         self.module_calls = 0
         self.few_token_calls = 0
+        self.dequantized_weights = [0, 0.0]  # int8: weights dequantized at every call (nodes, elements)
 
     def add(self, kind: str, flops: float, nbytes: float, calls: int = 1) -> None:
         i = KIND_INDEX[kind]
@@ -62,31 +70,77 @@ class KernelTally:
             self.flops[i] += times * other.flops[i]
             self.bytes[i] += times * other.bytes[i]
         self.module_calls += times * other.module_calls
+        self.dequantized_weights = [a + times * b for a, b in zip(self.dequantized_weights, other.dequantized_weights)]
 
 
 def linear(t: KernelTally, m: int, k: int, n: int, calls: int = 1) -> None:
-    t.add("linear", calls * m * k * n, calls * F32 * (m * k + k * n + m * n + n), calls)
+    """int8 (read from onnxruntime's optimized graphs): a Linear is a QLinearMatMul on int8 operands,
+    except one a norm was folded into (the head's aside), which stays a float MatMul whose weight is
+    dequantized at every call."""
+    in_float, t.next_linear_float = t.next_linear_float, False
+    if t.int8 and not in_float:
+        t.add("linear", calls * m * k * n, calls * (m * k + k * n + m * n), calls)
+    elif t.int8:
+        t.add("matmul", calls * m * k * n, calls * F32 * (m * k + k * n + m * n), calls)
+        quantize(t, calls * m * k, calls)
+        quantize(t, calls * m * n, calls)
+        t.dequantized_weights[0] += calls
+        t.dequantized_weights[1] += calls * k * n
+    else:
+        t.add("linear", calls * m * k * n, calls * F32 * (m * k + k * n + m * n + n), calls)
     t.module_calls += calls
     if t.onnx:  # the bias Add
         elementwise(t, m * n, calls, flops=False)
 
 
+def quantize(t: KernelTally, numel: int, calls: int) -> None:
+    """int8: Quantize/DequantizeLinear nodes, converting `numel` elements between int8 and float."""
+    t.add("elementwise", 0, (1 + F32) * numel, calls)
+
+
+def int8_matmul(t: KernelTally, flops: float, numel: int, calls: int = 1) -> None:
+    """A product of two activations: a QLinearMatMul in int8 where onnxruntime quantizes it (MHSA,
+    CGA), a float MatMul otherwise (`numel`: the elements it reads and writes)."""
+    if t.int8:
+        t.add("linear", flops, numel, calls)
+    else:
+        t.add("matmul", flops, F32 * numel, calls)
+
+
 def conv(t: KernelTally, out_pixels: int, cin: int, cout: int, k: int, groups: int = 1, calls: int = 1) -> None:
     kind = "dwconv" if groups > 1 else "conv"
     flops = out_pixels * cout * (cin // groups) * k * k
-    t.add(kind, calls * flops, calls * F32 * (out_pixels * (cin + cout) + cout * (cin // groups) * k * k), calls)
+    width = 1 if t.int8 else F32  # int8: a QLinearConv
+    t.add(kind, calls * flops, calls * width * (out_pixels * (cin + cout) + cout * (cin // groups) * k * k), calls)
     t.module_calls += calls
-    if t.onnx:  # reorders to and from the NCHWc layout
+    if t.onnx:  # reorders to and from the NCHWc layout (int8: transposes to and from NHWC)
         copy(t, out_pixels * cin, calls)
         copy(t, out_pixels * cout, calls)
 
 
 def elementwise(t: KernelTally, numel: int, calls: int = 1, flops: bool = True) -> None:
+    """int8: the op stays in float, between a DequantizeLinear of its input and a QuantizeLinear of
+    its output."""
     t.add("elementwise", calls * numel if flops else 0, calls * 2 * F32 * numel, calls)
+    if t.int8:
+        quantize(t, 3 * calls * numel, 3 * calls)
 
 
 def copy(t: KernelTally, numel: int, calls: int = 1) -> None:
-    t.add("copy", 0, calls * 2 * F32 * numel, calls)
+    """int8: layout changes move the int8 tensors."""
+    t.add("copy", 0, calls * 2 * (1 if t.int8 else F32) * numel, calls)
+
+
+def softmax(t: KernelTally, numel: int, calls: int = 1) -> None:
+    """int8: a QLinearSoftmax."""
+    t.add("softmax", numel, 2 * (1 if t.int8 else F32) * numel, calls)
+
+
+def reduce(t: KernelTally, numel: int, flops: bool = True) -> None:
+    """A sum or mean over tokens or channels (int8: in float, between Dequantize and QuantizeLinear)."""
+    t.add("reduce", numel if flops else 0, F32 * numel)
+    if t.int8:
+        quantize(t, numel, 2)
 
 
 def reshape(t: KernelTally, calls: int = 1) -> None:
@@ -105,6 +159,7 @@ def gelu(t: KernelTally, numel: int, calls: int = 1) -> None:
 def norm(t: KernelTally, kind: str | None, numel: int, tokens: int = 0) -> None:
     """`tokens`: the rows normalised (for onnxruntime's per-token RMSNorm nodes)."""
     if kind is None:
+        t.next_linear_float = t.int8
         return
     t.module_calls += 1
     flops = numel * (4 if kind == "rms" else 5)
@@ -115,6 +170,8 @@ def norm(t: KernelTally, kind: str | None, numel: int, tokens: int = 0) -> None:
         elementwise(t, numel, calls=1 if kind == "rms" else 2, flops=False)
     else:
         t.add("norm", flops, 2 * F32 * numel)
+    if t.int8:  # in float: its input dequantized, its statistics quantized
+        quantize(t, 2 * numel, 2)
 
 
 def ffn(t: KernelTally, s: StageSpec, n: int) -> None:
@@ -139,16 +196,16 @@ def mhsa(t: KernelTally, s: StageSpec, n: int, grid: int, folded: bool) -> None:
         copy(t, h * n * (2 * kd + dv), calls=4)
         reshape(t, 6)
         t.add("elementwise", 0, 0, calls=7)
-        t.add("matmul", h * n * n * kd, F32 * h * (2 * n * kd + n * n))
-        t.add("softmax", h * n * n, 2 * F32 * h * n * n)
+        int8_matmul(t, h * n * n * kd, h * (2 * n * kd + n * n))
+        softmax(t, h * n * n)
         copy(t, h * n * dv)
-        t.add("matmul", h * n * n * dv, F32 * h * (n * n + 2 * n * dv))
+        int8_matmul(t, h * n * n * dv, h * (n * n + 2 * n * dv))
     elif kd == dv:
         t.add("sdpa", h * n * n * (kd + dv + 1), F32 * h * (n * (2 * kd + 2 * dv) + n * n))
     else:  # scale q and k, QK^T, softmax, AV
         elementwise(t, h * n * kd, calls=2, flops=False)
         t.add("matmul", h * n * n * kd, F32 * h * (2 * n * kd + n * n))
-        t.add("softmax", h * n * n, 2 * F32 * h * n * n)
+        softmax(t, h * n * n)
         t.add("matmul", h * n * n * dv, F32 * h * (n * n + 2 * n * dv))
     copy(t, n * h * dv)
     linear(t, n, h * dv, s.width)
@@ -162,13 +219,15 @@ def sla(t: KernelTally, s: StageSpec, n: int, grid: int, folded: bool) -> None:
         reshape(t, 8)
     elementwise(t, h * n * kd)  # k + pos
     elementwise(t, h * n * kd, calls=2, flops=False)  # ReLUs (fvcore: free)
-    t.add("reduce", h * n * kd, F32 * h * n * kd)  # sum_j k_j
+    reduce(t, h * n * kd)  # sum_j k_j
     t.add("matmul", h * n * kd, F32 * h * (n * kd + kd + n))
     elementwise(t, h * n, calls=2)  # + 1e-6, reciprocal
     if n * n * (kd + dv) < 2 * n * kd * dv:
-        t.add("matmul", h * n * n * (kd + dv), F32 * h * (2 * n * kd + 2 * n * n + 2 * n * dv), calls=2)
+        flops, numel = h * n * n * (kd + dv), h * (2 * n * kd + 2 * n * n + 2 * n * dv)
     else:
-        t.add("matmul", 2 * h * n * kd * dv, F32 * h * (2 * n * kd + 2 * kd * dv + 2 * n * dv), calls=2)
+        flops, numel = 2 * h * n * kd * dv, h * (2 * n * kd + 2 * kd * dv + 2 * n * dv)
+    int8_matmul(t, flops / 2, numel // 2)  # int8: onnxruntime quantizes the first of the two products
+    t.add("matmul", flops / 2, F32 * numel // 2)
     elementwise(t, h * n * dv)  # * z
     copy(t, h * n * dv)  # V to a map
     conv(t, h * n, dv, dv, SLA_KERNEL, groups=dv)
@@ -183,17 +242,21 @@ def cga(t: KernelTally, s: StageSpec, n: int, grid: int, folded: bool) -> None:
     d, w = c // h, window_for(grid)
     nw = w * w  # tokens per window; n // nw windows
     copy(t, n * c)  # to windows
+    t.next_linear_float = False  # int8: the heads' projections are quantized, the cascade's are not
     linear(t, n, d, 2 * kd + d, calls=h)
     if folded:
+        t.next_linear_float = t.int8
         linear(t, n, d, 2 * kd + d, calls=h - 1)
         elementwise(t, n * (2 * kd + d), calls=h - 1)
     else:
         elementwise(t, n * d, calls=h - 1)
     copy(t, n * kd, calls=2 * h)  # q to a map and back
     conv(t, n, kd, kd, CGA_KERNEL, groups=kd, calls=h)
-    t.add("matmul", h * n * nw * (kd + d), F32 * h * (n * (2 * kd + d) + 2 * n * nw), calls=2 * h)
+    int8_matmul(t, h * n * nw * kd, h * (2 * n * kd + n * nw), calls=h)  # q k^T
+    int8_matmul(t, n * nw * d, n * nw + n * d)  # A V: the last head's in int8, the others' in float
+    t.add("matmul", (h - 1) * n * nw * d, F32 * (h - 1) * (n * nw + n * d), calls=h - 1)
     elementwise(t, n * nw, calls=2 * h)  # * scale, + bias
-    t.add("softmax", h * n * nw, 2 * F32 * h * n * nw, calls=h)
+    softmax(t, h * n * nw, calls=h)
     copy(t, n * c, calls=2)  # concat, back from windows
     reshape(t, 4 + 2 * h)
     elementwise(t, n * c, flops=False)  # ReLU
@@ -202,13 +265,14 @@ def cga(t: KernelTally, s: StageSpec, n: int, grid: int, folded: bool) -> None:
 
 def skip_phi(t: KernelTally, s: StageSpec, n: int) -> None:
     c, hidden = s.width, PHI_HIDDEN_RATIO * s.width
+    t.next_linear_float = t.int8  # int8: onnxruntime leaves this one in float too
     linear(t, n, c, hidden)
     gelu(t, n * hidden, calls=2)
     copy(t, n * hidden, calls=2)  # tokens to a map and back
     reshape(t, 2)
     conv(t, n, hidden, hidden, PHI_KERNEL, groups=hidden)
     linear(t, n, hidden, c)
-    t.add("reduce", n * c, F32 * n * c)
+    reduce(t, n * c)
     t.add("conv", ECA_KERNEL * c, F32 * 2 * c)
     elementwise(t, c)  # sigmoid
     elementwise(t, n * c)  # gate
@@ -270,7 +334,7 @@ def conv_residuals(t: KernelTally, n: int, c: int) -> None:
 
 
 def squeeze_excite(t: KernelTally, n: int, c: int, reduced: int) -> None:
-    t.add("reduce", n * c, F32 * n * c)
+    reduce(t, n * c)
     conv(t, 1, c, reduced, 1)
     elementwise(t, reduced, flops=False)  # ReLU
     conv(t, 1, reduced, c, 1)
@@ -278,16 +342,17 @@ def squeeze_excite(t: KernelTally, n: int, c: int, reduced: int) -> None:
     elementwise(t, n * c)  # gate
 
 
-def tally(spec: ArchSpec, runtime: str = "torch") -> KernelTally:
-    """Every kernel the deployed model of `spec` launches in `runtime` for one batch-1 forward."""
-    t = KernelTally(runtime)
+def tally(spec: ArchSpec, runtime: str = "torch", precision: str = "fp32") -> KernelTally:
+    """Every kernel the deployed model of `spec` launches in `runtime` (and `precision`: int8 in
+    onnxruntime) for one batch-1 forward."""
+    t = KernelTally(runtime, precision)
     grids = spec.grids()
     stem(t, spec, grids[0])
     for i, (s, g) in enumerate(zip(spec.stages, grids)):
         n, nk = g * g, deployed_norm(spec, i)
         if i:
             downsample(t, spec, i, grids[i - 1], g)
-        attention_block, skip_block = KernelTally(runtime), KernelTally(runtime)
+        attention_block, skip_block = KernelTally(runtime, precision), KernelTally(runtime, precision)
         for block, is_skip in ((attention_block, False), (skip_block, True)):
             for _ in range(s.ffns):
                 norm(block, nk, n * s.width, n)
@@ -306,27 +371,30 @@ def tally(spec: ArchSpec, runtime: str = "torch") -> KernelTally:
                 t.few_token_calls += times * sum(block.calls)
     last = spec.stages[-1]
     norm(t, deployed_norm(spec, len(spec.stages) - 1), grids[-1] ** 2 * last.width, grids[-1] ** 2)
-    t.add("reduce", grids[-1] ** 2 * last.width, F32 * grids[-1] ** 2 * last.width)
+    reduce(t, grids[-1] ** 2 * last.width)
+    t.next_linear_float = False  # int8: the head reads the pooled features, a QGemm
     linear(t, 1, last.width, spec.num_classes)
     return t
 
 
 FEATURE_NAMES = ([f"{k}_{q}" for k in KINDS for q in ("calls", "flops", "bytes")]
-                 + ["module_calls", "flops", "tokens", "blocks", "few_token_calls"])
+                 + ["module_calls", "flops", "tokens", "blocks", "few_token_calls",
+                    "dequantized_weight_calls", "dequantized_weight_elements"])
 
 
-def features(spec: ArchSpec, runtime: str = "torch") -> np.ndarray:
-    """Fixed-length feature vector (FEATURE_NAMES) of one spec in `runtime`."""
-    t = tally(spec, runtime)
+def features(spec: ArchSpec, runtime: str = "torch", precision: str = "fp32") -> np.ndarray:
+    """Fixed-length feature vector (FEATURE_NAMES) of one spec in `runtime` and `precision`."""
+    t = tally(spec, runtime, precision)
     row = [v for i in range(len(KINDS)) for v in (t.calls[i], t.flops[i], t.bytes[i])]
     total = sum(t.flops)
     tokens = sum(g * g * s.depth for s, g in zip(spec.stages, spec.grids()))
-    return np.array(row + [t.module_calls, total, tokens, sum(s.depth for s in spec.stages), t.few_token_calls],
+    return np.array(row + [t.module_calls, total, tokens, sum(s.depth for s in spec.stages), t.few_token_calls,
+                           *t.dequantized_weights],
                     dtype=np.float64)
 
 
-def feature_matrix(specs: list[ArchSpec], runtime: str = "torch") -> np.ndarray:
-    return np.stack([features(s, runtime) for s in specs]) if specs else np.zeros((0, len(FEATURE_NAMES)))
+def feature_matrix(specs: list[ArchSpec], runtime: str = "torch", precision: str = "fp32") -> np.ndarray:
+    return np.stack([features(s, runtime, precision) for s in specs]) if specs else np.zeros((0, len(FEATURE_NAMES)))
 
 
 def total_flops(spec: ArchSpec) -> int:

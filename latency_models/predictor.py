@@ -46,11 +46,20 @@ class LatencyModel:
     residual_check: dict = field(default_factory=dict)  # inner-validation MAPE with and without it
     ranges: dict = field(default_factory=dict)
     n_train: int = 0
+    n_features: int = len(FEATURE_NAMES)  # the leading FEATURE_NAMES it was fitted on (fewer: an older file)
 
     @property
     def runtime(self) -> str:
         """The runtime whose kernels the features tally: the fingerprint's."""
         return self.fingerprint.get("runtime", "torch")
+
+    @property
+    def precision(self) -> str:
+        return self.fingerprint.get("precision", "fp32")
+
+    def feature_matrix(self, specs: list[ArchSpec]) -> np.ndarray:
+        """The specs' features as this model's runtime and precision execute them (those it knows)."""
+        return feature_matrix(list(specs), self.runtime, self.precision)[:, :self.n_features]
 
     # --- fitting ------------------------------------------------------------------------------
     @staticmethod
@@ -58,7 +67,7 @@ class LatencyModel:
         return np.hstack([x, np.ones((len(x), 1))])
 
     def fit(self, specs: list[ArchSpec], ms: np.ndarray, residual: bool = True, seed: int = 0) -> LatencyModel:
-        x = feature_matrix(specs, self.runtime)
+        x = self.feature_matrix(specs)
         y = np.asarray(ms, dtype=float)
         self.residual, self.residual_check = None, {}
         if residual and len(y) >= 40:
@@ -70,7 +79,7 @@ class LatencyModel:
                                    "mape_with_trees": _mape(with_trees, y[inner])}
             residual = self.residual_check["mape_with_trees"] < self.residual_check["mape_stage1"]
         self._fit_stages(x, y, seed, residual=residual and len(y) >= 20)
-        names = list(FEATURE_NAMES)
+        names = FEATURE_NAMES[:self.n_features]
         self.ranges = {f: (float(x[:, names.index(f)].min()), float(x[:, names.index(f)].max()))
                        for f in RANGE_FEATURES}
         self.n_train = len(y)
@@ -109,7 +118,7 @@ class LatencyModel:
 
     def predict(self, specs: list[ArchSpec]) -> np.ndarray:
         """Predicted latency in milliseconds of each spec's deployed model."""
-        x = feature_matrix(list(specs), self.runtime)
+        x = self.feature_matrix(specs)
         out = self.out_of_range(x)
         if out:
             warnings.warn(f"{out} of {len(x)} specs lie outside the measured range "
@@ -118,7 +127,7 @@ class LatencyModel:
         return self.predict_features(x)
 
     def out_of_range(self, x: np.ndarray) -> int:
-        names = list(FEATURE_NAMES)
+        names = FEATURE_NAMES[:self.n_features]
         bad = np.zeros(len(x), dtype=bool)
         for f, (lo, hi) in self.ranges.items():
             col = x[:, names.index(f)]
@@ -127,8 +136,8 @@ class LatencyModel:
 
     def terms(self, spec: ArchSpec) -> dict[str, float]:
         """Stage-1 milliseconds per feature for one spec: where the time goes."""
-        x = self._design(feature_matrix([spec], self.runtime))[0]
-        return {n: float(v) for n, v in zip([*FEATURE_NAMES, "constant"], x * self.coef) if v > 0}
+        x = self._design(self.feature_matrix([spec]))[0]
+        return {n: float(v) for n, v in zip([*FEATURE_NAMES[:self.n_features], "constant"], x * self.coef) if v > 0}
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -137,7 +146,7 @@ class LatencyModel:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "reference_ms": self.reference_ms,
                 "residual_check": self.residual_check, "ranges": self.ranges, "n_train": self.n_train,
-                "feature_names": list(FEATURE_NAMES)}
+                "feature_names": FEATURE_NAMES[:self.n_features]}
         arrays = {k: v for k, v in (("coef", self.coef), ("scale", self.scale)) if v is not None}
         arrays.update(self.residual.arrays("trees_") if self.residual else {})
         with open(path, "wb") as f:
@@ -156,14 +165,18 @@ class LatencyModel:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                if meta.get("version") != FORMAT_VERSION or meta.get("feature_names") != list(FEATURE_NAMES):
+                names = meta.get("feature_names") or []
+                if meta.get("version") != FORMAT_VERSION or names != FEATURE_NAMES[:len(names)]:
                     raise ValueError("another format version")
+                if meta["fingerprint"].get("precision") == "int8" and len(names) < len(FEATURE_NAMES):
+                    raise ValueError("fitted before int8 had a kernel tally of its own")
                 residual = TreeEnsemble.from_arrays(z, "trees_") if "trees_roots" in z.files else None
                 return cls(fingerprint=meta["fingerprint"], reference_ms=meta["reference_ms"],
                            coef=z["coef"] if "coef" in z.files else None,
                            scale=z["scale"] if "scale" in z.files else None, residual=residual,
                            residual_check=meta["residual_check"],
-                           ranges={k: tuple(v) for k, v in meta["ranges"].items()}, n_train=meta["n_train"])
+                           ranges={k: tuple(v) for k, v in meta["ranges"].items()}, n_train=meta["n_train"],
+                           n_features=len(names))
         except Exception as e:  # any unreadable file gets the same actionable message
             raise ModelFileError(f"latency model {path} is unreadable ({type(e).__name__}); "
                                  f"re-fit it with `etnas fit-latency`") from None

@@ -11,7 +11,6 @@ from sklearn.linear_model import LinearRegression
 
 from search_space import ArchSpec
 
-from .features import feature_matrix
 from .predictor import LatencyModel
 from .table import TableError, reference_of
 
@@ -81,7 +80,7 @@ def fit_and_report(df: pd.DataFrame, test_fraction: float = 0.25, seed: int = 0,
     test[rng.permutation(len(y))[: max(1, int(round(test_fraction * len(y))))]] = True
     tr, te = ~test, test
     model = LatencyModel(fingerprint=fp, reference_ms=reference).fit([s for s, t in zip(specs, tr) if t], y[tr], seed=seed)
-    pred = model.predict_features(feature_matrix(specs, model.runtime)[te])
+    pred = model.predict_features(model.feature_matrix(specs)[te])
     report = {"n_train": int(tr.sum()), "n_test": int(te.sum()), **metrics(pred, y[te]),
               "baselines": baselines(archs, y, tr, te)}
     report.update(noise_floor(rows))

@@ -93,3 +93,36 @@ def test_onnxruntime_tally_counts_the_nodes_onnxruntime_runs(tmp_path, name):
     assert ran["conv"] == calls["conv"] + calls["dwconv"]
     assert ran["norm"] == calls["norm"]
     assert ran["reshape"] == calls["reshape"]
+
+
+INT8_KIND_OF = {"QLinearMatMul": "linear", "QGemm": "linear", "MatMul": "matmul", "FusedMatMul": "matmul",
+                "QLinearSoftmax": "softmax", "Softmax": "softmax", "QLinearConv": "conv", "Conv": "conv"}
+
+
+@pytest.mark.parametrize("name", ["slab-deit", "efficientvit-m0", "skipat-tiny", "sample0", "sample4"])
+def test_int8_tally_splits_the_products_as_onnxruntime_runs_them(tmp_path, name):
+    """In the int8 file, the products onnxruntime runs on int8 tensors (QLinearMatMul, QGemm) and
+    those it leaves in float (a Linear a norm was folded into, SLA's second product, CGA's cascade),
+    against the int8 tally's linear and matmul kinds (SLA, CGA with heads, SkipAt, a one-token
+    stage after EfficientViT downsampling, PRepBN)."""
+    import onnx
+    import onnxruntime as ort
+
+    from latency_models.features import KIND_INDEX
+    from latency_models.measure import export_timed
+
+    spec = SPECS[name]
+    int8 = export_timed(deploy(build_model(spec).eval()), tmp_path / "m.onnx", "int8")
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(int8), opts, providers=["CPUExecutionProvider"])
+    graph = onnx.load(tmp_path / "optimized.onnx").graph
+    ran = collections.Counter(INT8_KIND_OF.get(n.op_type) for n in graph.node)
+    t = tally(spec, "onnxruntime", "int8")
+    calls = {k: t.calls[KIND_INDEX[k]] for k in KINDS}
+    assert (ran["linear"], ran["matmul"]) == (calls["linear"], calls["matmul"]), spec.short()
+    assert ran["softmax"] == calls["softmax"] and ran["conv"] == calls["conv"] + calls["dwconv"]
+    weights = {i.name for i in graph.initializer}
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights}
+    float_linears = sum(n.op_type == "MatMul" and n.input[1] in dequantized for n in graph.node)
+    assert t.dequantized_weights[0] == float_linears

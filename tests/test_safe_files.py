@@ -9,7 +9,7 @@ import torch
 
 from evaluators.train import TrainConfig, train
 from latency_models import LatencyModel, ModelFileError
-from latency_models.features import feature_matrix
+from latency_models.features import FEATURE_NAMES, feature_matrix
 from latency_models.measure import fingerprint
 from search_space import ArchSpec, SearchSpace, StageSpec, sample
 
@@ -46,6 +46,28 @@ def test_latency_model_round_trips_as_arrays(tmp_path, residual):
     np.testing.assert_allclose(back.predict(specs), model.predict(specs), rtol=1e-12)
     assert back.fingerprint == model.fingerprint and back.ranges == model.ranges
     assert (tmp_path / "m.model").read_bytes()[:2] == b"PK"  # a zip of .npy arrays, not a pickle
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_model_from_before_the_int8_features_still_predicts_on_the_features_it_knows(tmp_path, residual):
+    rng = np.random.default_rng(0)
+    specs = [sample(rng, SearchSpace(), 16, 3, 10) for _ in range(60)]
+    older = LatencyModel(fingerprint=fingerprint("cpu", "torch", 1, 1, 16), n_features=len(FEATURE_NAMES) - 2)
+    older.fit(specs, np.array([synthetic_ms(s) for s in specs]), residual=residual)
+    older.save(tmp_path / "old.model")
+    back = LatencyModel.load(tmp_path / "old.model")
+    assert back.n_features == len(FEATURE_NAMES) - 2 and back.feature_matrix(specs).shape[1] == back.n_features
+    np.testing.assert_allclose(back.predict(specs), older.predict(specs), rtol=1e-12)
+
+
+def test_an_int8_model_from_before_int8_had_its_own_tally_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    specs = [sample(rng, SearchSpace(), 16, 3, 10) for _ in range(30)]
+    older = LatencyModel(fingerprint=fingerprint("cpu", "onnxruntime", 1, 1, 16, "int8"), n_features=len(FEATURE_NAMES) - 2)
+    older.fit(specs, np.array([synthetic_ms(s) for s in specs]), residual=False)
+    older.save(tmp_path / "int8.model")
+    with pytest.raises(ModelFileError, match="re-fit it with `etnas fit-latency`"):
+        LatencyModel.load(tmp_path / "int8.model")
 
 
 def test_boosted_trees_predict_as_scikit_learn_does():
