@@ -14,6 +14,7 @@ from .records import FINAL_FIGURES, atomic_write, with_finals
 from .rundir import final_reports, run_config, run_records
 from .rungs import Rungs
 from .schema import TrialState
+from .targets import OTHER_TARGETS, front_on_target, recorded, recorded_targets
 
 
 def load_view(run_dir: Path) -> tuple[pd.DataFrame, list[dict], float, dict[int, dict]]:
@@ -88,10 +89,10 @@ def place_labels(points: list[tuple[float, float]], x_span: float, y_span: float
     return offsets
 
 
-def front_figure(trials: pd.DataFrame, front: list[dict], target_ms: float, finals: dict[int, dict]):
+def front_figure(trials: pd.DataFrame, front: list[dict], target_ms: float | None, finals: dict[int, dict]):
     """Every trial where it was measured: trained trials at their accuracy at the rung they reached,
     never-trained ones (infeasible, failed) in a marker row below, final trainings at their test
-    accuracy and measured latency."""
+    accuracy and measured latency; the latency target as a line, where there is one."""
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.85, 0.15], vertical_spacing=0.03)
@@ -116,7 +117,7 @@ def front_figure(trials: pd.DataFrame, front: list[dict], target_ms: float, fina
     fig.add_scatter(x=presets["pred_ms"], y=presets["acc"], mode="markers", name="seed presets",
                     marker={"symbol": "diamond", "size": 11, "color": "#2ca02c"}, row=1, col=1,
                     text=list(presets["preset"]), hovertemplate=hover)
-    x_span = max(float(shown["pred_ms"].max()), target_ms) or 1.0
+    x_span = max(float(shown["pred_ms"].max()), target_ms or 0.0) or 1.0
     y_span = max(float(shown["acc"].max() or 0), 1e-3)
     gap = 0.06 * y_span  # a label sits above its marker, a thin arrow back to it
     for (x, y, name), dy in zip(zip(presets["pred_ms"], presets["acc"], presets["preset"]),
@@ -132,7 +133,8 @@ def front_figure(trials: pd.DataFrame, front: list[dict], target_ms: float, fina
                         mode="markers", name="final training (test acc, measured ms)",
                         marker={"symbol": "star", "size": 13, "color": "#e377c2"}, hovertemplate=hover,
                         text=[f"trial {n} final, {r['epochs']:g} epochs" for n, r in finals.items()], row=1, col=1)
-    fig.add_vline(x=target_ms, line_dash="dash", annotation_text=f"target {target_ms:g} ms")
+    if target_ms is not None:
+        fig.add_vline(x=target_ms, line_dash="dash", annotation_text=f"target {target_ms:g} ms")
     fig.update_layout(xaxis2_title="predicted latency (ms)", yaxis_title="validation accuracy", height=650)
     return fig
 
@@ -143,10 +145,31 @@ def run_target(run_dir: Path) -> str:
     return target_name(target) if target else "the device of its latency model (a run from before targets were named)"
 
 
+def target_figures(run_dir: Path, trials: pd.DataFrame) -> list:
+    """One figure per other target the run recorded: every trial at its latency there and the front
+    re-specialized to it (no latency target and no final training: those are the constraint's)."""
+    rows = trials.to_dict("records")
+    fingerprints = {label: t["fingerprint"] for label, t in run_config(run_dir).get(OTHER_TARGETS, {}).items()}
+    figures = []
+    for label in sorted(recorded_targets(rows)):
+        front, _ = front_on_target(rows, label)
+        on_target = trials.assign(pred_ms=[recorded(r).get(label, float("nan")) for r in rows])
+        fig = front_figure(on_target, front, None, {})
+        device = target_name(fingerprints[label]) if label in fingerprints else "its latency model's device"
+        fig.update_layout(title=f"the same trials on target {label}: accuracy vs predicted latency<br><sup>{device}"
+                                f"</sup>", xaxis2_title=f"predicted latency on {label} (ms)")
+        figures.append(fig)
+    return figures
+
+
 def write_html(run_dir: Path, trials: pd.DataFrame, front: list[dict], target_ms: float,
                finals: dict[int, dict]) -> Path:
+    """front.html: the search's view (its constraint's target), then one figure for each other target."""
     fig = front_figure(trials, front, target_ms, finals)
     fig.update_layout(title=f"{Path(run_dir).name}: accuracy vs predicted latency<br><sup>{run_target(run_dir)}</sup>")
+    figures = [fig, *target_figures(run_dir, trials)]
+    body = "\n".join(f.to_html(full_html=False, include_plotlyjs=i == 0) for i, f in enumerate(figures))
+    page = f"<html>\n<head><meta charset=\"utf-8\" /><title>{Path(run_dir).name}: front</title></head>\n<body>\n{body}\n</body>\n</html>"
     out = Path(run_dir) / "front.html"
-    atomic_write(out, fig.to_html(include_plotlyjs=True))  # two final trainings may redraw it at once
+    atomic_write(out, page)  # two final trainings may redraw it at once
     return out

@@ -18,14 +18,17 @@ from search_space.pretrained import CONFIG_FILE, WEIGHTS_FILE, save_pretrained
 from .config import EXPORT_FORMATS, target_name
 from .final import load_trained, target_precision, target_runtime, time_on_target
 from .int8 import CALIBRATION_IMAGES, calibration_batch, fp32_onnx, int8_figures
-from .rundir import final_report, run_config
+from .rundir import final_report, load_trial, run_config
+from .schema import Attr
+from .targets import OTHER_TARGETS, as_constraint
 from . import SearchError
 
 TOLERANCE = 1e-4
 EXPORTERS = {"onnx": (export_onnx, "model.onnx"), "pt2": (export_pt2, "model.pt2")}
 INT8_FILE = "model.int8.onnx"
+TARGETS_FILE = "targets.json"  # the latency on each other target of the search
 WRITTEN = ("model.onnx", INT8_FILE, "model.int8.json", "model.pt2", WEIGHTS_FILE, CONFIG_FILE, "arch.json",
-           "latency.json", "MODEL_CARD.md")  # what `export` writes, and so what --force replaces
+           "latency.json", TARGETS_FILE, "MODEL_CARD.md")  # what `export` writes, and so what --force replaces
 
 
 def verify_pt2(path: Path, reference: torch.nn.Module, x: torch.Tensor) -> float:
@@ -50,7 +53,8 @@ def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...]
     out = prepare_out(Path(out), force)
     stages = ["deploying the trained model", *(f"exporting and verifying {EXPORTERS[f][1]}" for f in formats),
               *(["quantizing, verifying and timing model.int8.onnx"] * int8), "writing fine-tunable weights and card",
-              *(["timing model.onnx in onnxruntime"] * ("onnx" in formats)), "done"]
+              *(["timing model.onnx in onnxruntime"] * ("onnx" in formats)),
+              *(["timing the model on the search's other targets"] * bool(cfg.get(OTHER_TARGETS))), "done"]
     report = stage_reporter(stages, on_stage)
     report()
     deployed = deploy(model)
@@ -75,8 +79,14 @@ def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...]
         (out / "latency.json").write_text(json.dumps(shipped, indent=1))
     if quantized:
         (out / "model.int8.json").write_text(json.dumps(quantized, indent=1))
+    targets = []
+    if cfg.get(OTHER_TARGETS):
+        report()
+        files = {"fp32": out / "model.onnx" if "onnx" in formats else None, "int8": out / INT8_FILE if quantized else None}
+        targets = other_target_latencies(deployed, cfg, load_trial(run_dir, number).user_attrs, files)
+        (out / TARGETS_FILE).write_text(json.dumps(targets, indent=1))
     card = model_card(spec, final, count_params(deployed), diffs, preprocessing, meta["label_names"], shipped, cfg,
-                      quantized)
+                      quantized, targets)
     (out / "MODEL_CARD.md").write_text(card)
     report()
     return {"out": str(out), "max_abs_diff": diffs, "shipped_ms": shipped and shipped["measured_ms"],
@@ -118,6 +128,41 @@ def write_int8(fp32: Path, deployed: torch.nn.Module, path: Path, cfg: dict, met
     return {**figures, "latency": timing}
 
 
+def other_target_latencies(deployed: torch.nn.Module, cfg: dict, attrs: dict, files: dict[str, Path | None]) -> list[dict]:
+    """Each other target of the run: the search's prediction for this model on it and, where this
+    machine is that target, the model timed there (the file it runs, on its predictor's scale)."""
+    predicted = attrs.get(Attr.PRED_MS_TARGETS) or {}
+    rows = []
+    for label, target in cfg.get(OTHER_TARGETS, {}).items():
+        fp = target["fingerprint"]
+        row = {"target": label, "device": fp, "pred_ms": predicted.get(label)}
+        why = unmeasurable_here(fp, deployed.spec.img_size, files)
+        if why:
+            row["not_measured"] = why
+        else:
+            runtime, precision = fp.get("runtime", "torch"), fp.get("precision", "fp32")
+            row["timing"] = time_on_target(deployed, as_constraint(cfg, label), runtime, precision=precision,
+                                           exported=files[precision] if runtime == "onnxruntime" else None)
+        rows.append(row)
+    return rows
+
+
+def unmeasurable_here(fp: dict, img_size: int, files: dict[str, Path | None]) -> str | None:
+    """Why this machine cannot time a model on the target of fingerprint `fp` (None: it can)."""
+    from latency_models import LatencyModel
+    from latency_models.calibrate import fingerprint_mismatch
+
+    mismatch = fingerprint_mismatch(LatencyModel(fingerprint=fp), img_size)
+    if mismatch:
+        return f"another device ({'; '.join(mismatch)})"
+    if (fp.get("threads"), fp.get("batch")) != (1, 1):
+        return "etnas times 1 thread at batch 1 only"
+    if fp.get("runtime") == "onnxruntime" and files.get(fp.get("precision", "fp32")) is None:
+        return "export with --int8 to time model.int8.onnx" if fp.get("precision") == "int8" else \
+            "export the onnx format to time model.onnx"
+    return None
+
+
 def stage_reporter(stages: list[str], on_stage: Callable[[str, int, int], None] | None) -> Callable[[], None]:
     """A call that announces the next of `stages` to `on_stage` as (what, stages done, stages in
     all); the last stage is the end."""
@@ -157,9 +202,11 @@ def onnx_metadata(spec, preprocessing: dict, label_names: list[str]) -> dict[str
             "etnas.spec": spec.to_json(), "etnas.arch_id": spec.arch_id}
 
 
-def latency_rows(final: dict, shipped: dict | None, cfg: dict, quantized: dict | None = None) -> str:
+def latency_rows(final: dict, shipped: dict | None, cfg: dict, quantized: dict | None = None,
+                 targets: list[dict] | None = None) -> str:
     """The card's latency rows: the shipped files timed in onnxruntime, the final training's timing
-    in the run's target runtime, and the search's prediction beside the file of its target."""
+    in the run's target runtime, the search's prediction beside the file of its target, and each
+    other target of the search (`other_target_latencies`)."""
     rows = [f"| search target | {target_name(cfg.get('latency_target') or final['device'])} |"]
     timed = {"model.onnx": shipped, INT8_FILE: quantized and quantized["latency"]}
     for name, timing in timed.items():
@@ -181,11 +228,26 @@ def latency_rows(final: dict, shipped: dict | None, cfg: dict, quantized: dict |
              f"| measured after training | {final['measured_ms']:.3f} ms median (p10 {final['p10_ms']:.3f}, p90 "
              f"{final['p90_ms']:.3f}; {final['pred_rel_err']:+.1%} predicted vs this), "
              f"{target_name(final['device'])} |"]
-    return "\n".join(rows)
+    return "\n".join(rows + [other_target_row(t) for t in targets or []])
+
+
+def other_target_row(target: dict) -> str:
+    """A card row: the latency on another target of the search, predicted and, where timed here, measured."""
+    pred = "no prediction recorded" if target["pred_ms"] is None else f"{target['pred_ms']:.3f} ms predicted"
+    timing = target.get("timing")
+    if timing is None:
+        measured = f"not measured here: {target['not_measured']}"
+    else:
+        on = "on its predictor's scale" if timing["on_predictor_scale"] else "at this session's speed"
+        measured = (f"{timing['measured_ms']:.3f} ms measured here (p10-p90 {timing['p10_ms']:.3f}-{timing['p90_ms']:.3f}"
+                    f", {on})")
+        if target["pred_ms"] is not None:
+            measured += f", {(target['pred_ms'] - timing['measured_ms']) / timing['measured_ms']:+.1%} predicted vs measured"
+    return f"| latency on target {target['target']} | {pred}; {measured}; {target_name(target['device'])} |"
 
 
 def model_card(spec, final: dict, params: int, diffs: dict, preprocessing: dict, label_names: list[str],
-               shipped: dict | None, cfg: dict, quantized: dict | None = None) -> str:
+               shipped: dict | None, cfg: dict, quantized: dict | None = None, targets: list[dict] | None = None) -> str:
     c, h = spec.in_chans, spec.img_size
     mean, std = ([round(v, 4) for v in preprocessing[k]] for k in ("mean", "std"))
     return f"""# {spec.short()}
@@ -195,7 +257,7 @@ Architecture `{spec.arch_id}` found by etnas (hardware-aware NAS for efficient v
 | figure | value |
 |---|---|
 | test accuracy | {final['test_acc']:.4f} ({final['dataset']}, {final['epochs']:g} epochs) |
-{latency_rows(final, shipped, cfg, quantized)}
+{latency_rows(final, shipped, cfg, quantized, targets)}
 | FLOPs (multiply-adds) | {final['flops']:,} |
 | parameters (deployed) | {params:,} |
 | export check | max abs diff vs PyTorch: {', '.join(f'{k} {v:.1e}' for k, v in diffs.items())} |

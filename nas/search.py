@@ -27,6 +27,7 @@ from .rundir import load_run_study, run_config, study_storage, write_config
 from .samplers import make_sampler
 from .schema import RESUMABLE_ATTRS, SETTLED_STATES, UNCOUNTED_STATES, Attr, TrialState
 from .screening import DUPLICATE, INFEASIBLE, RESUME, WAIT, Screening
+from .targets import OTHER_TARGETS, remember_targets, target_records
 from .storage import StorageError, check_writable, one_line, storage_error, storage_problem
 from .study_view import describe_study
 
@@ -35,7 +36,8 @@ MAX_REPEATS = 200  # proposals of known architectures in a row before the space 
 MAX_RELAUNCHES = 2  # per trial: a worker or node lost under its training more often fails it
 
 
-def open_study(cfg: SearchConfig, latency_model: LatencyModel) -> optuna.Study:
+def open_study(cfg: SearchConfig, latency_model: LatencyModel,
+               others: dict[str, LatencyModel] | None = None) -> optuna.Study:
     """The run's study, created with its config.json (the settings, and the device and reference
     speed its predicted latencies are on, which `train` measures at; the study keeps a copy) or
     resumed if the settings match."""
@@ -52,9 +54,10 @@ def open_study(cfg: SearchConfig, latency_model: LatencyModel) -> optuna.Study:
             raise SearchError(f"run {cfg.name} already exists with other settings "
                               f"({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
                               f"re-run with the original settings to resume, or choose a new --name")
-        return _study(cfg, before)
+        return _study(cfg, remember_targets(cfg.run_dir, before, others or {}))
     saved = {**cfg.identity(), "latency_fingerprint": latency_model.fingerprint.get("id"),
-             "latency_reference_ms": latency_model.reference_ms, "latency_target": latency_model.fingerprint}
+             "latency_reference_ms": latency_model.reference_ms, "latency_target": latency_model.fingerprint,
+             **({OTHER_TARGETS: target_records(others)} if others else {})}
     write_config(cfg.run_dir, saved)
     return _study(cfg, saved)
 
@@ -68,7 +71,7 @@ def _study(cfg: SearchConfig, saved: dict) -> optuna.Study:
     study = optuna.create_study(study_name=cfg.name, storage=study_storage(cfg.run_dir),
                                 directions=["maximize", "minimize"], sampler=make_sampler(cfg.sampler, cfg.seed),
                                 load_if_exists=True)
-    if Attr.CONFIG not in study.user_attrs:
+    if study.user_attrs.get(Attr.CONFIG) != saved:  # new, or a target added on resuming
         study.set_user_attr(Attr.CONFIG, saved)
     fingerprint = saved.get("latency_target")
     describe_study(study, target_ms=cfg.target_ms, top_epochs=cfg.epochs,
@@ -199,7 +202,7 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
               inputs: SearchInputs) -> SearchRun:
     """Check the target, open (or resume) the study, start the Ray workers with the data."""
     check_target(cfg.target_ms, inputs.latencies)
-    study = open_study(cfg, inputs.model)
+    study = open_study(cfg, inputs.model, inputs.others)
     if not study.trials:
         for p in inputs.preset_params.values():
             study.enqueue_trial(p)

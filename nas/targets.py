@@ -14,7 +14,11 @@ from search_space import ArchSpec
 
 from . import SearchError
 from .records import pareto_front
+from .rundir import write_config
 from .schema import TrialState
+
+
+OTHER_TARGETS = "other_targets"  # config.json: each other target's fingerprint and reference speed, by label
 
 
 def target_label(path: str | Path) -> str:
@@ -41,6 +45,32 @@ def load_targets(paths: tuple[str, ...]) -> dict[str, LatencyModel]:
         raise SearchError(f"latency models {', '.join(paths)} share a file name; give each target a file name "
                           f"of its own (it names the target)")
     return {label: LatencyModel.load(p) for label, p in zip(labels, paths)}
+
+
+def target_records(models: dict[str, LatencyModel]) -> dict[str, dict]:
+    """What a run's config keeps of each other target: the device it stands for and the speed its
+    predictions are on (so that `export` can time a model on it where this machine is that device)."""
+    return {label: {"fingerprint": m.fingerprint, "reference_ms": m.reference_ms} for label, m in models.items()}
+
+
+def remember_targets(run_dir: Path, cfg: dict, models: dict[str, LatencyModel]) -> dict:
+    """The run's config with the targets first given when it is resumed added, written (their
+    latencies are recorded from then on)."""
+    known = cfg.get(OTHER_TARGETS, {})
+    added = {label: record for label, record in target_records(models).items() if label not in known}
+    if not added:
+        return cfg
+    cfg = {**cfg, OTHER_TARGETS: {**known, **added}}
+    write_config(run_dir, cfg)
+    return cfg
+
+
+def as_constraint(cfg: dict, label: str) -> dict:
+    """The run's config with another target in the constraint's place: what a timing on that target
+    reads (its device, and the reference speed its predictions are on)."""
+    target = cfg[OTHER_TARGETS][label]
+    return {**cfg, "latency_target": target["fingerprint"], "latency_fingerprint": target["fingerprint"].get("id"),
+            "latency_reference_ms": target["reference_ms"]}
 
 
 def predictions(models: dict[str, LatencyModel], spec: ArchSpec) -> dict[str, float]:

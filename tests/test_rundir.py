@@ -1,11 +1,13 @@
 """A run directory whose files are missing, truncated or corrupt: what can be rebuilt from the study
-is rebuilt, anything else is one line naming the file and what to do, and nothing else is lost."""
+is rebuilt, anything else is one line naming the file and what to do, and nothing else is lost; and
+what a finished run with a second latency target exports."""
 import json
 import shutil
 
+import pandas as pd
 import pytest
 
-from .helpers import run_cli, synthetic_model
+from .helpers import other_device_ms, run_cli, synthetic_model
 
 ON_A_FINISHED_RUN = pytest.mark.slow  # a real search, left out of the edit loop's subset
 
@@ -14,7 +16,9 @@ ON_A_FINISHED_RUN = pytest.mark.slow  # a real search, left out of the edit loop
 def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("rundir")
     model = synthetic_model(root / "lat.model")
-    run_cli("run", "--name", "r", "--runs-dir", root / "runs", "--latency-model", model, "--target-ms", "p60",
+    other = synthetic_model(root / "other-device.model", device_ms=other_device_ms)
+    run_cli("run", "--name", "r", "--runs-dir", root / "runs", "--latency-model", model, "--latency-model", other,
+            "--target-ms", "p60",
             "--trials", 8, "--epochs", 0.5, "--subset", 0.3, "--workers", 2, "--dataset", "digits")
     run = root / "runs" / "r"
     run_cli("train", run, "--trial", "best", "--epochs", 0.2)
@@ -90,6 +94,20 @@ def test_output_paths_that_are_files_are_one_line(run, tmp_path, command):
     blocker.write_text("keep me")
     one_line(run_cli(*command(run, blocker), check=False), "a-file")
     assert blocker.read_text() == "keep me"
+
+
+@ON_A_FINISHED_RUN
+def test_the_card_gives_the_latency_on_every_target_of_the_search(run, tmp_path):
+    run_cli("export", run, "--trial", "best", "--out", tmp_path / "export", "--format", "onnx")
+    (target,) = json.loads((tmp_path / "export" / "targets.json").read_text())
+    arch_id = json.loads((tmp_path / "export" / "arch.json").read_text())["arch_id"]
+    trials = pd.read_csv(run / "trials.csv")
+    (recorded,) = trials[(trials["arch_id"] == arch_id) & (trials["state"] == "COMPLETE")]["pred_ms_targets"]
+    assert target["target"] == "other-device" and target["pred_ms"] == json.loads(recorded)["other-device"]
+    assert target["timing"]["measured_ms"] > 0 and target["device"]["runtime"] == "torch"  # this machine: timed
+    card = (tmp_path / "export" / "MODEL_CARD.md").read_text()
+    (row,) = [line for line in card.splitlines() if line.startswith("| latency on target other-device |")]
+    assert f"{target['pred_ms']:.3f} ms predicted; {target['timing']['measured_ms']:.3f} ms measured here" in row
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from latency_models import LatencyModel
 from nas.records import pareto_front
 from nas.rungs import Rungs
 
@@ -151,7 +152,10 @@ def test_tiny_search_completes(tmp_path, latency_model):
     assert shown["target_ms"] == config["target_ms"] and shown["target"] == config["latency_target"]
     assert shown["rung_epochs"] == pytest.approx(Rungs(0.25, 2, 2).budgets)  # TINY's rungs
     assert sorted(p["preset"] for p in shown["presets"]) == sorted(trials[trials["preset"].notna()]["preset"])
-    assert (tmp_path / "tiny" / "front.html").stat().st_size > 10_000
+    html = (tmp_path / "tiny" / "front.html").read_text()
+    assert len(html) > 10_000 and html.count("plotly-graph-div") == 2  # the search's view, then other-device's
+    assert "the same trials on target other-device" in html and "predicted latency on other-device" in html
+    assert config["other_targets"]["other-device"]["fingerprint"] == LatencyModel.load(other).fingerprint
 
 
 @pytest.mark.slow

@@ -1,0 +1,72 @@
+"""A search's other latency targets after the search: kept in the run's config, timed by `export`
+where this machine is that target, and shown in the model card."""
+import json
+
+import pytest
+import torch
+
+from latency_models import LatencyModel
+from latency_models.measure import fingerprint, fingerprint_id
+from nas.package import other_target_latencies, other_target_row, unmeasurable_here
+from nas.schema import Attr
+from nas.targets import OTHER_TARGETS, as_constraint, remember_targets, target_records
+from search_space import build_model, deploy, presets
+
+HERE_TORCH = fingerprint("cpu", "torch", 1, 1, 8)
+
+
+def elsewhere(fp: dict, **changes) -> dict:
+    moved = {**{k: v for k, v in fp.items() if k != "id"}, **changes}
+    return {**moved, "id": fingerprint_id(moved)}
+
+
+def test_a_target_is_measurable_only_on_its_own_device_runtime_and_file(tmp_path):
+    files = {"fp32": tmp_path / "model.onnx", "int8": None}
+    assert unmeasurable_here(HERE_TORCH, 8, files) is None
+    why = unmeasurable_here(elsewhere(HERE_TORCH, cpu="Some Other CPU"), 8, files)
+    assert why.startswith("another device") and "Some Other CPU" in why
+    assert "1 thread at batch 1" in unmeasurable_here(fingerprint("cpu", "torch", 2, 1, 8), 8, files)
+    int8 = fingerprint("cpu", "onnxruntime", 1, 1, 8, "int8")
+    assert "export with --int8" in unmeasurable_here(int8, 8, files)
+    assert unmeasurable_here(int8, 8, {**files, "int8": tmp_path / "model.int8.onnx"}) is None
+    assert "export the onnx format" in unmeasurable_here(fingerprint("cpu", "onnxruntime", 1, 1, 8), 8, {"fp32": None})
+    assert "img_size" in unmeasurable_here(HERE_TORCH, 16, files)  # timed at another input size
+
+
+def test_targets_given_on_resuming_are_added_to_the_config_once(tmp_path):
+    phone = LatencyModel(fingerprint=elsewhere(HERE_TORCH, cpu="Phone CPU"), reference_ms=1.5)
+    cfg = {"target_ms": 2.0, OTHER_TARGETS: target_records({"phone": phone})}
+    assert remember_targets(tmp_path, cfg, {"phone": phone}) is cfg  # nothing new: nothing written
+    assert not (tmp_path / "config.json").exists()
+    here = LatencyModel(fingerprint=HERE_TORCH, reference_ms=None)
+    updated = remember_targets(tmp_path, cfg, {"phone": phone, "here": here})
+    assert json.loads((tmp_path / "config.json").read_text()) == updated
+    assert updated[OTHER_TARGETS]["here"] == {"fingerprint": HERE_TORCH, "reference_ms": None}
+    assert updated[OTHER_TARGETS]["phone"]["reference_ms"] == 1.5
+    swapped = as_constraint(updated, "phone")
+    assert (swapped["latency_fingerprint"], swapped["latency_reference_ms"]) == (phone.fingerprint["id"], 1.5)
+
+
+def test_export_times_the_targets_this_machine_is_and_the_card_says_which():
+    torch.manual_seed(0)
+    deployed = deploy(build_model(presets(8, 1, 10, width_mult=0.25, depth_mult=0.25)["deit-tiny"])).eval()
+    phone = elsewhere(HERE_TORCH, cpu="Phone CPU")
+    cfg = {OTHER_TARGETS: {"here": {"fingerprint": HERE_TORCH, "reference_ms": None},
+                           "phone": {"fingerprint": phone, "reference_ms": 2.0}}}
+    rows = other_target_latencies(deployed, cfg, {Attr.PRED_MS_TARGETS: {"here": 0.5, "phone": 3.0}},
+                                  {"fp32": None, "int8": None})
+    here, far = rows
+    assert here["timing"]["measured_ms"] > 0 and not here["timing"]["on_predictor_scale"]
+    assert here["timing"]["device"] == HERE_TORCH and "not_measured" not in here
+    assert "timing" not in far and far["not_measured"].startswith("another device")
+    card_here, card_far = other_target_row(here), other_target_row(far)
+    rel = (0.5 - here["timing"]["measured_ms"]) / here["timing"]["measured_ms"]
+    assert card_here.startswith("| latency on target here | 0.500 ms predicted;") and f"{rel:+.1%} predicted" in card_here
+    assert "at this session's speed" in card_here and "torch" in card_here
+    assert "3.000 ms predicted; not measured here: another device" in card_far and "Phone CPU" in card_far
+
+
+@pytest.mark.parametrize("recorded", [{}, {"other": 1.0}])
+def test_a_target_without_a_prediction_for_the_model_says_so(recorded):
+    row = {"target": "phone", "device": HERE_TORCH, "pred_ms": recorded.get("phone"), "not_measured": "why"}
+    assert "no prediction recorded; not measured here: why" in other_target_row(row)
