@@ -11,7 +11,7 @@ from pathlib import Path
 from search_space import SearchSpace
 
 from .measure import fingerprint, fingerprint_id, measure_all, specs_to_time
-from .predictor import FORMAT_VERSION, LatencyModel
+from .predictor import FORMAT_VERSION, LatencyModel, ModelFileError
 from .table import read_table
 from .validate import fit_and_report
 
@@ -34,14 +34,23 @@ def calibrate(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, s
     stem = cache_stem(img_size, in_chans, num_classes, cache_dir, space, runtime=runtime, n=n, seed=seed,
                       precision=precision)
     model_path, csv_path = stem.with_suffix(".model"), stem.with_suffix(".csv")
-    if model_path.exists():
+    if model_path.exists() and loads(model_path):
         return model_path, None
     specs = specs_to_time(img_size, in_chans, num_classes, space, n=n, seed=seed)
     measure_all(specs, csv_path, runtime=runtime, device="cpu", threads=1, batch=1, on_row=on_row,
-                precision=precision)
+                precision=precision)  # resumes: a model of an older tally is re-fitted from its timings
     model, report = fit_and_report(read_table(csv_path), seed=seed)
     model.save(model_path)
     return model_path, report
+
+
+def loads(path: Path) -> bool:
+    """Whether this version of etnas can use a cached latency model."""
+    try:
+        LatencyModel.load(path)
+    except ModelFileError:
+        return False
+    return True
 
 
 def fingerprint_mismatch(model: LatencyModel, img_size: int) -> list[str]:

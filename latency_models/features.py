@@ -5,11 +5,13 @@ Per runtime: torch eager runs the modules' kernels; onnxruntime runs the exporte
 (read from its optimized graphs) a Linear is MatMul plus a bias Add, GELU five elementwise nodes,
 RMSNorm six or seven, attention always the unfused path with its head transposes as copies,
 every conv is wrapped in NCHWc reorders, and each view (tokens to a map, heads apart) is a
-Reshape node. In int8 (the QDQ file `export --int8` writes), most Linears, convs, softmaxes and
-MHSA's and CGA's attention products run as QLinear ops on int8 tensors; everything else stays in
-float between Dequantize- and QuantizeLinear nodes, and a Linear a norm was folded into (or
-SkipAt's first) stays a float MatMul whose weight is dequantized at every call
-(`benchmarks/quantized_graphs.py`; BENCHMARKS.md, "int8 in onnxruntime on CPU").
+Reshape node. In int8 (the QDQ file `export --int8` writes), most Linears, the convs, softmaxes,
+MHSA's attention products, CGA's q k^T and its last head's A V and SLA's first product run as
+QLinear ops on int8 tensors; everything else stays in float between Dequantize- and QuantizeLinear
+nodes (counted approximately: one of each per input and output), and a Linear a BN-family norm
+was folded into (or SkipAt's first, or CGA's cascade projections) stays a float MatMul whose
+weight is dequantized at every call (`benchmarks/quantized_graphs.py`; BENCHMARKS.md, "int8 in
+onnxruntime on CPU").
 
 FLOPs follow the conventions of `search_space.costs` (fvcore, one multiply-add = one FLOP; one
 per element for elementwise ops), so the total equals `count_flops(deploy(build_model(spec)))`.
@@ -75,8 +77,8 @@ class KernelTally:
 
 def linear(t: KernelTally, m: int, k: int, n: int, calls: int = 1) -> None:
     """int8 (read from onnxruntime's optimized graphs): a Linear is a QLinearMatMul on int8 operands,
-    except one a norm was folded into (the head's aside), which stays a float MatMul whose weight is
-    dequantized at every call."""
+    except where `next_linear_float` is set (a BN-family norm folded into it, CGA's cascade
+    projections, SkipAt's first): a float MatMul whose weight is dequantized at every call."""
     in_float, t.next_linear_float = t.next_linear_float, False
     if t.int8 and not in_float:
         t.add("linear", calls * m * k * n, calls * (m * k + k * n + m * n), calls)
@@ -94,13 +96,14 @@ def linear(t: KernelTally, m: int, k: int, n: int, calls: int = 1) -> None:
 
 
 def quantize(t: KernelTally, numel: int, calls: int) -> None:
-    """int8: Quantize/DequantizeLinear nodes, converting `numel` elements between int8 and float."""
+    """int8: `calls` Quantize/DequantizeLinear nodes, converting `numel` elements in all between int8
+    and float."""
     t.add("elementwise", 0, (1 + F32) * numel, calls)
 
 
-def int8_matmul(t: KernelTally, flops: float, numel: int, calls: int = 1) -> None:
-    """A product of two activations: a QLinearMatMul in int8 where onnxruntime quantizes it (MHSA,
-    CGA), a float MatMul otherwise (`numel`: the elements it reads and writes)."""
+def activation_matmul(t: KernelTally, flops: float, numel: int, calls: int = 1) -> None:
+    """A product of two activations, as onnxruntime quantizes it in int8 (a QLinearMatMul; callers
+    tally the products it leaves in float as matmuls); `numel`: the elements it reads and writes."""
     if t.int8:
         t.add("linear", flops, numel, calls)
     else:
@@ -109,6 +112,7 @@ def int8_matmul(t: KernelTally, flops: float, numel: int, calls: int = 1) -> Non
 
 def conv(t: KernelTally, out_pixels: int, cin: int, cout: int, k: int, groups: int = 1, calls: int = 1) -> None:
     kind = "dwconv" if groups > 1 else "conv"
+    t.next_linear_float = False  # a norm before a conv folds into the conv
     flops = out_pixels * cout * (cin // groups) * k * k
     width = 1 if t.int8 else F32  # int8: a QLinearConv
     t.add(kind, calls * flops, calls * width * (out_pixels * (cin + cout) + cout * (cin // groups) * k * k), calls)
@@ -132,13 +136,13 @@ def copy(t: KernelTally, numel: int, calls: int = 1) -> None:
 
 
 def softmax(t: KernelTally, numel: int, calls: int = 1) -> None:
-    """int8: a QLinearSoftmax."""
+    """`calls` softmaxes over `numel` elements in all (int8: QLinearSoftmax)."""
     t.add("softmax", numel, 2 * (1 if t.int8 else F32) * numel, calls)
 
 
-def reduce(t: KernelTally, numel: int, flops: bool = True) -> None:
+def reduce(t: KernelTally, numel: int) -> None:
     """A sum or mean over tokens or channels (int8: in float, between Dequantize and QuantizeLinear)."""
-    t.add("reduce", numel if flops else 0, F32 * numel)
+    t.add("reduce", numel, F32 * numel)
     if t.int8:
         quantize(t, numel, 2)
 
@@ -170,7 +174,7 @@ def norm(t: KernelTally, kind: str | None, numel: int, tokens: int = 0) -> None:
         elementwise(t, numel, calls=1 if kind == "rms" else 2, flops=False)
     else:
         t.add("norm", flops, 2 * F32 * numel)
-    if t.int8:  # in float: its input dequantized, its statistics quantized
+    if t.int8:  # in float: its input dequantized, its output quantized
         quantize(t, 2 * numel, 2)
 
 
@@ -196,10 +200,10 @@ def mhsa(t: KernelTally, s: StageSpec, n: int, grid: int, folded: bool) -> None:
         copy(t, h * n * (2 * kd + dv), calls=4)
         reshape(t, 6)
         t.add("elementwise", 0, 0, calls=7)
-        int8_matmul(t, h * n * n * kd, h * (2 * n * kd + n * n))
+        activation_matmul(t, h * n * n * kd, h * (2 * n * kd + n * n))
         softmax(t, h * n * n)
         copy(t, h * n * dv)
-        int8_matmul(t, h * n * n * dv, h * (n * n + 2 * n * dv))
+        activation_matmul(t, h * n * n * dv, h * (n * n + 2 * n * dv))
     elif kd == dv:
         t.add("sdpa", h * n * n * (kd + dv + 1), F32 * h * (n * (2 * kd + 2 * dv) + n * n))
     else:  # scale q and k, QK^T, softmax, AV
@@ -222,12 +226,12 @@ def sla(t: KernelTally, s: StageSpec, n: int, grid: int, folded: bool) -> None:
     reduce(t, h * n * kd)  # sum_j k_j
     t.add("matmul", h * n * kd, F32 * h * (n * kd + kd + n))
     elementwise(t, h * n, calls=2)  # + 1e-6, reciprocal
-    if n * n * (kd + dv) < 2 * n * kd * dv:
-        flops, numel = h * n * n * (kd + dv), h * (2 * n * kd + 2 * n * n + 2 * n * dv)
-    else:
-        flops, numel = 2 * h * n * kd * dv, h * (2 * n * kd + 2 * kd * dv + 2 * n * dv)
-    int8_matmul(t, flops / 2, numel // 2)  # int8: onnxruntime quantizes the first of the two products
-    t.add("matmul", flops / 2, F32 * numel // 2)
+    if n * n * (kd + dv) < 2 * n * kd * dv:  # (q k^T) v
+        first, second = (h * n * n * kd, h * (2 * n * kd + n * n)), (h * n * n * dv, h * (n * n + 2 * n * dv))
+    else:  # q (k^T v)
+        first = second = (h * n * kd * dv, h * (n * kd + kd * dv + n * dv))
+    activation_matmul(t, *first)  # int8: onnxruntime quantizes the first of the two products
+    t.add("matmul", second[0], F32 * second[1])
     elementwise(t, h * n * dv)  # * z
     copy(t, h * n * dv)  # V to a map
     conv(t, h * n, dv, dv, SLA_KERNEL, groups=dv)
@@ -252,8 +256,8 @@ def cga(t: KernelTally, s: StageSpec, n: int, grid: int, folded: bool) -> None:
         elementwise(t, n * d, calls=h - 1)
     copy(t, n * kd, calls=2 * h)  # q to a map and back
     conv(t, n, kd, kd, CGA_KERNEL, groups=kd, calls=h)
-    int8_matmul(t, h * n * nw * kd, h * (2 * n * kd + n * nw), calls=h)  # q k^T
-    int8_matmul(t, n * nw * d, n * nw + n * d)  # A V: the last head's in int8, the others' in float
+    activation_matmul(t, h * n * nw * kd, h * (2 * n * kd + n * nw), calls=h)  # q k^T
+    activation_matmul(t, n * nw * d, n * nw + n * d)  # A V: the last head's in int8, the others' in float
     t.add("matmul", (h - 1) * n * nw * d, F32 * (h - 1) * (n * nw + n * d), calls=h - 1)
     elementwise(t, n * nw, calls=2 * h)  # * scale, + bias
     softmax(t, h * n * nw, calls=h)

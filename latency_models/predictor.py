@@ -46,7 +46,8 @@ class LatencyModel:
     residual_check: dict = field(default_factory=dict)  # inner-validation MAPE with and without it
     ranges: dict = field(default_factory=dict)
     n_train: int = 0
-    n_features: int = len(FEATURE_NAMES)  # the leading FEATURE_NAMES it was fitted on (fewer: an older file)
+    n_features: int = len(FEATURE_NAMES)  # the leading FEATURE_NAMES it was fitted on (2 fewer: a file from
+    #                                       before the int8 tally's dequantized weights)
 
     @property
     def runtime(self) -> str:
@@ -165,11 +166,12 @@ class LatencyModel:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                names = meta.get("feature_names") or []
-                if meta.get("version") != FORMAT_VERSION or names != FEATURE_NAMES[:len(names)]:
+                names = meta.get("feature_names")
+                if meta.get("version") != FORMAT_VERSION or names not in (FEATURE_NAMES, FEATURE_NAMES[:-2]):
                     raise ValueError("another format version")
-                if meta["fingerprint"].get("precision") == "int8" and len(names) < len(FEATURE_NAMES):
-                    raise ValueError("fitted before int8 had a kernel tally of its own")
+                if meta["fingerprint"].get("precision") == "int8" and names != FEATURE_NAMES:
+                    raise ModelFileError(f"latency model {path} was fitted before int8 had a kernel tally of its "
+                                         f"own; re-fit it from its timing CSV with `etnas fit-latency`")
                 residual = TreeEnsemble.from_arrays(z, "trees_") if "trees_roots" in z.files else None
                 return cls(fingerprint=meta["fingerprint"], reference_ms=meta["reference_ms"],
                            coef=z["coef"] if "coef" in z.files else None,
@@ -177,6 +179,8 @@ class LatencyModel:
                            residual_check=meta["residual_check"],
                            ranges={k: tuple(v) for k, v in meta["ranges"].items()}, n_train=meta["n_train"],
                            n_features=len(names))
+        except ModelFileError:
+            raise
         except Exception as e:  # any unreadable file gets the same actionable message
             raise ModelFileError(f"latency model {path} is unreadable ({type(e).__name__}); "
                                  f"re-fit it with `etnas fit-latency`") from None

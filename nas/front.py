@@ -3,6 +3,7 @@ interactive plotly page of every trial. Reads only files the search rewrites aft
 it works while the search is still running."""
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -169,7 +170,8 @@ def write_html(run_dir: Path, trials: pd.DataFrame, front: list[dict], target_ms
     fig.update_layout(title=f"{Path(run_dir).name}: accuracy vs predicted latency<br><sup>{run_target(run_dir)}</sup>")
     figures = [fig, *target_figures(run_dir, trials)]
     body = "\n".join(f.to_html(full_html=False, include_plotlyjs=i == 0) for i, f in enumerate(figures))
-    page = f"<html>\n<head><meta charset=\"utf-8\" /><title>{Path(run_dir).name}: front</title></head>\n<body>\n{body}\n</body>\n</html>"
+    title = html.escape(f"{Path(run_dir).name}: front")
+    page = f"<html>\n<head><meta charset=\"utf-8\" /><title>{title}</title></head>\n<body>\n{body}\n</body>\n</html>"
     out = Path(run_dir) / "front.html"
     atomic_write(out, page)  # two final trainings may redraw it at once
     return out

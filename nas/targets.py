@@ -55,9 +55,15 @@ def target_records(models: dict[str, LatencyModel]) -> dict[str, dict]:
 
 def remember_targets(run_dir: Path, cfg: dict, models: dict[str, LatencyModel]) -> dict:
     """The run's config with the targets first given when it is resumed added, written (their
-    latencies are recorded from then on)."""
-    known = cfg.get(OTHER_TARGETS, {})
-    added = {label: record for label, record in target_records(models).items() if label not in known}
+    latencies are recorded from then on); a label given again must name the same model."""
+    known, given = cfg.get(OTHER_TARGETS, {}), target_records(models)
+    for label in set(known) & set(given):
+        before, now = known[label], given[label]
+        if (before["fingerprint"].get("id"), before["reference_ms"]) != (now["fingerprint"].get("id"), now["reference_ms"]):
+            raise SearchError(f"latency model {label} is not the one this run recorded as target {label} (another "
+                              f"device or fit); resume with the original file, or give this one another file name "
+                              f"to add it as a new target")
+    added = {label: record for label, record in given.items() if label not in known}
     if not added:
         return cfg
     cfg = {**cfg, OTHER_TARGETS: {**known, **added}}

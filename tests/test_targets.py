@@ -1,6 +1,7 @@
 """A search's other latency targets after the search: kept in the run's config, timed by `export`
 where this machine is that target, and shown in the model card."""
 import json
+import types
 
 import pytest
 import torch
@@ -66,7 +67,33 @@ def test_export_times_the_targets_this_machine_is_and_the_card_says_which():
     assert "3.000 ms predicted; not measured here: another device" in card_far and "Phone CPU" in card_far
 
 
-@pytest.mark.parametrize("recorded", [{}, {"other": 1.0}])
-def test_a_target_without_a_prediction_for_the_model_says_so(recorded):
-    row = {"target": "phone", "device": HERE_TORCH, "pred_ms": recorded.get("phone"), "not_measured": "why"}
-    assert "no prediction recorded; not measured here: why" in other_target_row(row)
+@pytest.mark.parametrize("attrs", [{}, {Attr.PRED_MS_TARGETS: {"laptop": 1.0}}])
+def test_a_target_added_after_the_model_was_searched_has_no_prediction_and_says_so(attrs):
+    """A trial from before the target was added records no prediction for it (or none at all)."""
+    phone = elsewhere(HERE_TORCH, cpu="Phone CPU")
+    cfg = {OTHER_TARGETS: {"phone": {"fingerprint": phone, "reference_ms": 2.0}}}
+    not_timed = types.SimpleNamespace(spec=types.SimpleNamespace(img_size=8))  # another device: never run
+    (row,) = other_target_latencies(not_timed, cfg, attrs, {"fp32": None, "int8": None})
+    assert row["pred_ms"] is None
+    assert "| latency on target phone | no prediction recorded; not measured here: another device" in other_target_row(row)
+
+
+def test_a_label_given_again_must_name_the_model_the_run_recorded(tmp_path):
+    from nas import SearchError
+
+    phone = LatencyModel(fingerprint=elsewhere(HERE_TORCH, cpu="Phone CPU"), reference_ms=1.5)
+    cfg = {"target_ms": 2.0, OTHER_TARGETS: target_records({"phone": phone})}
+    refitted = LatencyModel(fingerprint=phone.fingerprint, reference_ms=1.7)
+    with pytest.raises(SearchError, match="not the one this run recorded as target phone"):
+        remember_targets(tmp_path, cfg, {"phone": refitted})
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_fp32_and_torch_tallies_have_no_dequantized_weights():
+    from latency_models.features import FEATURE_NAMES, features
+
+    spec = presets(32, 3, 10, width_mult=0.5, depth_mult=0.5)["unified-norm"]
+    assert FEATURE_NAMES[-2:] == ["dequantized_weight_calls", "dequantized_weight_elements"]
+    for runtime in ("torch", "onnxruntime"):
+        assert list(features(spec, runtime)[-2:]) == [0, 0]
+    assert features(spec, "onnxruntime", "int8")[-2] > 0  # its norms fold into Linears that stay float
