@@ -107,7 +107,8 @@ def front_figure(trials: pd.DataFrame, front: list[dict], target_ms: float | Non
                         marker={"color": "#1f77b4" if top else "#ff7f0e", "opacity": 1.0 if top else min(0.9, 0.35 + 0.2 * i)},
                         text=[f"trial {n}<br>{s}" for n, s in zip(part["number"], part["short"])],
                         hovertemplate=hover, row=1, col=1)
-    for state, color, label in ((TrialState.INFEASIBLE, "#bbbbbb", "infeasible: predicted over target, not trained"),
+    over = "target" if target_ms is not None else "the search's target"  # another target's figure has none
+    for state, color, label in ((TrialState.INFEASIBLE, "#bbbbbb", f"infeasible: predicted over {over}, not trained"),
                                 (TrialState.FAIL, "#d62728", "failed")):
         part = shown[shown["state"] == state]
         fig.add_scatter(x=part["pred_ms"], y=[label.split(":")[0]] * len(part), mode="markers", name=label,

@@ -155,6 +155,7 @@ def test_tiny_search_completes(tmp_path, latency_model):
     html = (tmp_path / "tiny" / "front.html").read_text()
     assert len(html) > 10_000 and html.count("plotly-graph-div") == 2  # the search's view, then other-device's
     assert "the same trials on target other-device" in html and "predicted latency on other-device" in html
+    assert "infeasible: predicted over the search's target" in html  # other-device has no target of its own
     assert config["other_targets"]["other-device"]["fingerprint"] == LatencyModel.load(other).fingerprint
 
 
