@@ -8,7 +8,7 @@ import torch
 
 from latency_models import LatencyModel
 from latency_models.measure import fingerprint, fingerprint_id
-from nas.package import other_target_latencies, other_target_row, unmeasurable_here
+from nas.package import other_target_latencies, other_target_row, timing_config, unmeasurable_here
 from nas.schema import Attr
 from nas.targets import OTHER_TARGETS, as_constraint, remember_targets, target_records
 from search_space import build_model, deploy, presets
@@ -97,3 +97,17 @@ def test_fp32_and_torch_tallies_have_no_dequantized_weights():
     for runtime in ("torch", "onnxruntime"):
         assert list(features(spec, runtime)[-2:]) == [0, 0]
     assert features(spec, "onnxruntime", "int8")[-2] > 0  # its norms fold into Linears that stay float
+
+
+def test_a_file_timed_on_a_targets_scale_is_not_timed_again_for_its_row():
+    int8 = fingerprint("cpu", "onnxruntime", 1, 1, 8, "int8")
+    int8 = {**int8, "id": fingerprint_id(int8)}
+    cfg = {"latency_target": HERE_TORCH, OTHER_TARGETS: {"cpu-int8": {"fingerprint": int8, "reference_ms": 3.0}}}
+    assert timing_config(cfg, "int8")["latency_reference_ms"] == 3.0  # the int8 file lands on cpu-int8's scale
+    assert timing_config(cfg, "fp32") is cfg  # no fp32 onnxruntime target: the constraint's, as before
+    earlier = {"measured_ms": 1.25, "p10_ms": 1.2, "p90_ms": 1.3, "on_predictor_scale": True, "reference_ms": 3.0,
+               "device": {k: v for k, v in int8.items() if k != "id"}}
+    never_run = types.SimpleNamespace(spec=types.SimpleNamespace(img_size=8))  # timing it again would fail
+    (row,) = other_target_latencies(never_run, cfg, {Attr.PRED_MS_TARGETS: {"cpu-int8": 1.0}},
+                                    {"fp32": None, "int8": "model.int8.onnx"}, {"int8": earlier})
+    assert row["timing"] is earlier and "1.250 ms measured here" in other_target_row(row)
