@@ -59,6 +59,11 @@ class KernelTally:
         self.few_token_calls = 0
         self.dequantized_weights = [0, 0.0]  # int8: weights dequantized at every call (nodes, elements)
 
+    @property
+    def element_bytes(self) -> int:
+        """Bytes per element of the tensors the quantized ops move (int8: one)."""
+        return 1 if self.int8 else F32
+
     def add(self, kind: str, flops: float, nbytes: float, calls: int = 1) -> None:
         i = KIND_INDEX[kind]
         self.calls[i] += calls
@@ -112,10 +117,10 @@ def activation_matmul(t: KernelTally, flops: float, numel: int, calls: int = 1) 
 
 def conv(t: KernelTally, out_pixels: int, cin: int, cout: int, k: int, groups: int = 1, calls: int = 1) -> None:
     kind = "dwconv" if groups > 1 else "conv"
-    t.next_linear_float = False  # a norm before a conv folds into the conv
+    t.next_linear_float = False  # a norm before a conv folds into the conv (int8: a QLinearConv)
     flops = out_pixels * cout * (cin // groups) * k * k
-    width = 1 if t.int8 else F32  # int8: a QLinearConv
-    t.add(kind, calls * flops, calls * width * (out_pixels * (cin + cout) + cout * (cin // groups) * k * k), calls)
+    weights = cout * (cin // groups) * k * k
+    t.add(kind, calls * flops, calls * t.element_bytes * (out_pixels * (cin + cout) + weights), calls)
     t.module_calls += calls
     if t.onnx:  # reorders to and from the NCHWc layout (int8: transposes to and from NHWC)
         copy(t, out_pixels * cin, calls)
@@ -132,12 +137,12 @@ def elementwise(t: KernelTally, numel: int, calls: int = 1, flops: bool = True) 
 
 def copy(t: KernelTally, numel: int, calls: int = 1) -> None:
     """int8: layout changes move the int8 tensors."""
-    t.add("copy", 0, calls * 2 * (1 if t.int8 else F32) * numel, calls)
+    t.add("copy", 0, calls * 2 * t.element_bytes * numel, calls)
 
 
 def softmax(t: KernelTally, numel: int, calls: int = 1) -> None:
     """`calls` softmaxes over `numel` elements in all (int8: QLinearSoftmax)."""
-    t.add("softmax", numel, 2 * (1 if t.int8 else F32) * numel, calls)
+    t.add("softmax", numel, 2 * t.element_bytes * numel, calls)
 
 
 def reduce(t: KernelTally, numel: int) -> None:
