@@ -32,8 +32,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -44,13 +46,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.jobs import read_jsonl  # noqa: E402
-from benchmarks.timm_baselines import BASELINES, baseline_runner, input_size, trained_baseline  # noqa: E402
+from benchmarks.timm_baselines import (BASELINES, baseline_runner, input_size, train_baseline,  # noqa: E402
+                                      trained_baseline)
 from evaluators.data import load_dataset  # noqa: E402
 from latency_models import LatencyModel  # noqa: E402
 from latency_models.calibrate import calibrate  # noqa: E402
 from latency_models.measure import anchor_spec, deployed_runner, runtime_runner, time_at_reference  # noqa: E402
 from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, RUNTIMES  # noqa: E402
-from nas.final import load_trained, predictor_reference_ms, target_runtime  # noqa: E402
+from nas.final import load_trained, predictor_reference_ms, target_runtime, train_final  # noqa: E402
 from nas.rundir import run_config  # noqa: E402
 from nas.schema import TrialState  # noqa: E402
 from search_space import ArchSpec, SearchSpace, build_model, deploy, presets  # noqa: E402
@@ -121,16 +124,37 @@ def reference_trainings(reference: Path | None, epochs: float) -> dict[str, dict
 def train_finals(run: Path, numbers: list[int], baselines: list[str], epochs: float, jobs: int, out: Path) -> None:
     """`etnas train --holdout` for each trial and `timm_baselines.py` for each baseline, `jobs` at a
     time with one thread each (as the reference trains); a finished one is only evaluated and timed
-    again. The first failure cancels the trainings not yet started and stops the script once those
-    under way end."""
+    again. With one job they run in this process, one after another, without a start-up each. The
+    first failure cancels the trainings not yet started and stops the script once those under way
+    end."""
+    if jobs == 1:
+        torch.set_num_threads(1)
+        for name in baselines:
+            train_baseline(run, name, epochs, out)
+        for number in numbers:
+            train_final(run, number, epochs, holdout=True)
+        return
+
+    failed = threading.Event()
+
     def one(number: int) -> None:
         cli("train", run, "--trial", number, "--epochs", epochs, "--holdout", threads=1)
 
     def baseline(name: str) -> None:
         cli(run, name, "--epochs", epochs, "--out", out, threads=1, script=ROOT / "benchmarks" / "timm_baselines.py")
 
+    def unless_failed(job: Callable[[object], None], arg: object) -> None:
+        if failed.is_set():  # set by the failing job itself, so no later job starts
+            return
+        try:
+            job(arg)
+        except BaseException:
+            failed.set()
+            raise
+
     with ThreadPoolExecutor(jobs) as pool:
-        started = [pool.submit(baseline, name) for name in baselines] + [pool.submit(one, n) for n in numbers]
+        started = [pool.submit(unless_failed, baseline, name) for name in baselines] + [
+            pool.submit(unless_failed, one, n) for n in numbers]
         for done in as_completed(started):
             if done.exception() is not None:
                 pool.shutdown(cancel_futures=True)
@@ -210,7 +234,8 @@ def parse_args() -> argparse.Namespace:
                                             "a larger count extends a finished search in --out")
     ap.add_argument("--top-epochs", type=float, help="the search's top rung (default 6.5, 0.3 with --quick); "
                                                       "another value needs a new --out")
-    ap.add_argument("--jobs", type=int, default=2, help="final trainings at once, one thread each")
+    ap.add_argument("--jobs", type=int, default=2, help="final trainings at once, one thread each (1: in this "
+                                                        "process, one after another)")
     ap.add_argument("--quick", action="store_true", help="tiny budgets (the test runs this on digits)")
     args = ap.parse_args()
     if args.reference is None and Path(args.data).resolve() == default_data.resolve():
@@ -242,7 +267,7 @@ def result_row(name: str, kind: str, trial: pd.Series | None, final: dict, timin
     ms = timing["median_ms"]
     pred = None if trial is None else float(trial["pred_ms"])
     return {"name": name, "kind": kind, "trial": None if trial is None else int(trial.name), "short": final["short"],
-            "test_acc": final["test_acc"], "measured_ms": ms, "pred_ms": pred,
+            "test_acc": final["test_acc"], "test_acc_int8": final.get("test_acc_int8"), "measured_ms": ms, "pred_ms": pred,
             "pred_err": None if pred is None else (pred - ms) / ms,
             "params": int(final["params"] if trial is None else trial["params"]),
             "flops": None if trial is None else int(trial["flops"]),

@@ -1,7 +1,9 @@
-"""Shared test helpers: a latency model with a known true function, fitted in milliseconds, and the
-command line run as a user runs it."""
+"""Shared test helpers: a latency model with a known true function, fitted in milliseconds, the
+command line run as a user runs it, and costly folders made once per test session."""
 import contextlib
 import io
+import os
+import shutil
 import subprocess
 import sys
 import traceback
@@ -11,6 +13,7 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+from filelock import FileLock
 
 from latency_models import LatencyModel
 from latency_models.features import total_flops
@@ -18,6 +21,13 @@ from latency_models.measure import fingerprint
 from search_space import SearchSpace, sample
 
 ROOT = Path(__file__).resolve().parents[1]
+TARGET = "p50"  # a target half the space meets, so the constraint bites
+# rungs at 2, 6 and 14 steps (8 steps an epoch): every feasible trial trains 2, a promoted share goes on
+TINY_SETTINGS = ["--dataset", "digits", "--epochs", "2", "--base-epochs", "0.25", "--eta", "2", "--subset", "0.3",
+                 "--seed", "1"]
+TINY = [*TINY_SETTINGS, "--workers", "2"]
+# where two trainings at once add nothing to what a test checks: one Ray worker process fewer to start
+TINY_ONE_WORKER = [*TINY_SETTINGS, "--workers", "1"]
 
 
 def synthetic_ms(spec) -> float:
@@ -94,3 +104,23 @@ def exit_status(main: Callable[[list[str]], None], argv: list[str]) -> int:
         traceback.print_exc()
         return 1
     return 0
+
+
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """The folder `make` fills, made once per test session: pytest-xdist's workers share their
+    session's folder, so the first to ask makes it under a lock while the others wait for it. A
+    make that failed leaves no folder, so the next to ask tries again (and fails the same way)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(shared / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            try:
+                make(folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            done.touch()
+    return folder

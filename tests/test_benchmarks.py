@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ def test_cifar10_vs_presets_quick_on_digits(tmp_path):
     model = synthetic_model(tmp_path / "digits.model")
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cifar10_vs_presets.py"), "--quick", "--data", "digits",
                     "--out", str(tmp_path / "out"), "--latency-model", str(model),
-                    "--trials", "9", "--top-epochs", "0.4", "--baselines", "deit-pico"],
+                    "--trials", "9", "--top-epochs", "0.4", "--baselines", "deit-pico", "--jobs", "1"],
                    check=True, cwd=ROOT,
                    capture_output=True, timeout=900)
     res = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -30,6 +31,7 @@ def test_cifar10_vs_presets_quick_on_digits(tmp_path):
         assert {"name", "kind", "short", "test_acc", "measured_ms", "pred_ms", "params", "flops", "train_min"} <= set(r)
         assert (r["pred_ms"] is None) == (r["kind"] == "timm")  # a baseline outside the space has no prediction
         assert 0 <= r["test_acc"] <= 1 and r["measured_ms"] > 0
+        assert (r["test_acc_int8"] is None) == (r["kind"] == "timm")  # the final training's quantized accuracy
     presets_ms = [r["measured_ms"] for r in res["rows"] if r["kind"] == "preset"]
     assert sum(ms <= res["target_ms"] for ms in presets_ms) == 3  # the measured median of six
     assert res["search_target_ms"] > 0
@@ -80,18 +82,26 @@ def test_reference_trainings_are_reused_only_with_the_same_recipe(tmp_path):
     assert proof.reference_trainings(tmp_path, 6) == {} and proof.reference_trainings(None, 15) == {}
 
 
-def test_a_failing_final_training_cancels_the_ones_not_started(monkeypatch):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failing_final_training_cancels_the_ones_not_started(monkeypatch, jobs):
+    """One job trains in this process, more in `etnas train` processes: either way, the trainings not
+    begun when one fails never begin."""
     proof, started = proof_script(), []
 
-    def train(*args, threads=None):
-        started.append(args[3])
-        if args[3] == 1:
+    def train(number):
+        started.append(number)
+        if number == 1:
             sys.exit("error: `etnas train` exited with status 2")
+        time.sleep(0.2)
 
-    monkeypatch.setattr(proof, "cli", train)
+    if jobs == 1:
+        monkeypatch.setattr(proof, "train_final", lambda run, number, epochs, holdout: train(number))
+    else:
+        monkeypatch.setattr(proof, "cli", lambda *args, threads=None: train(args[3]))
     with pytest.raises(SystemExit, match="status 2"):
-        proof.train_finals(Path("run"), [1, 2, 3, 4], [], epochs=1.0, jobs=1, out=Path("out"))
-    assert started == [1]
+        proof.train_finals(Path("run"), [1, 2, 3, 4], [], epochs=1.0, jobs=jobs, out=Path("out"))
+    assert started[0] == 1 and set(started) <= {1, 2}  # 2 may have begun beside 1; 3 and 4 never
+    assert started == [1] or jobs == 2
 
 
 def test_the_soak_audit_finds_a_lost_a_duplicated_and_a_retrained_training(tmp_path):

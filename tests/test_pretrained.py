@@ -1,6 +1,7 @@
 """The fine-tunable export files: safetensors weights and config.json back to the trainable model,
 a fresh classifier for new classes, clear errors on unusable files, and the Python API."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from search_space import build_model, presets
 from search_space.check import randomize_norms
 from search_space.pretrained import CONFIG_FILE, WEIGHTS_FILE, PretrainedError, create_model, save_pretrained
 
-from .helpers import ROOT, synthetic_model
+from .helpers import ROOT
 
 PRESETS = presets(8, 1, 4, width_mult=0.25, depth_mult=0.25)
 PREPROCESSING = {"input_size": [1, 8, 8], "interpolation": "bicubic", "crop_mode": "squash", "crop_pct": 1.0,
@@ -100,23 +101,30 @@ API_SEARCH = """
 import json, sys
 import etnas
 assert "torch" not in sys.modules  # importing the API costs nothing until a call
-front = etnas.search("digits", "p50", name="api", runs_dir=sys.argv[1], latency_model=sys.argv[2], trials=12,
-                     epochs=2, base_epochs=0.25, eta=2, subset=0.3, workers=2, seed=1)
+front = etnas.search("digits", "p50", name="tiny", runs_dir=sys.argv[1], latency_model=sys.argv[2], trials=14,
+                     epochs=2, base_epochs=0.25, eta=2, subset=0.3, workers=1, seed=1)
 print(json.dumps(front))
 """
 
 
 @pytest.mark.slow
-def test_python_api_runs_the_search_the_command_line_runs(tmp_path):
-    model = synthetic_model(tmp_path / "digits.model")
-    res = subprocess.run([sys.executable, "-c", API_SEARCH, str(tmp_path / "runs"), str(model)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+def test_python_api_goes_on_with_the_search_the_command_line_began(two_target_run, tmp_path):
+    """The API's settings are the command line's: the run `etnas run` made with TINY's options is
+    resumed (a changed setting would be refused) and searched two trials further."""
+    from .test_search import check_run
+
+    shutil.copytree(two_target_run / "runs", tmp_path / "runs")
+    run = tmp_path / "runs" / "tiny"
+    before = pd.read_csv(run / "trials.csv")
+    res = subprocess.run([sys.executable, "-c", API_SEARCH, str(tmp_path / "runs"), str(two_target_run / "digits.model")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     front = json.loads(res.stdout.strip().splitlines()[-1])
-    run = tmp_path / "runs" / "api"
     assert front and front == json.loads((run / "front.json").read_text())
     config = json.loads((run / "config.json").read_text())
     assert (config["seed"], config["base_epochs"], config["subset"]) == (1, 0.25, 0.3)
     assert f"target p50 of the space's predicted latencies: {config['target_ms']:g} ms" in res.stdout
-    assert len(pd.read_csv(run / "trials.csv")) >= 12
     assert "deployment target: torch" in res.stdout
+    after = check_run(run, 14)
+    added = after[after["number"] > before["number"].max()]
+    assert (added["val_acc"].notna() | (added["state"] == "INFEASIBLE")).sum() >= 2  # searched on, not re-read

@@ -7,20 +7,16 @@ import shutil
 import pandas as pd
 import pytest
 
-from .helpers import other_device_ms, run_cli, synthetic_model
+from .helpers import run_cli
 
 ON_A_FINISHED_RUN = pytest.mark.slow  # a real search, left out of the edit loop's subset
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rundir")
-    model = synthetic_model(root / "lat.model")
-    other = synthetic_model(root / "other-device.model", device_ms=other_device_ms)
-    run_cli("run", "--name", "r", "--runs-dir", root / "runs", "--latency-model", model, "--latency-model", other,
-            "--target-ms", "p60",
-            "--trials", 8, "--epochs", 0.5, "--subset", 0.3, "--workers", 2, "--dataset", "digits")
-    run = root / "runs" / "r"
+def finished_run(two_target_run, tmp_path_factory):
+    """The session's finished two-target search, with its best trial trained."""
+    run = tmp_path_factory.mktemp("rundir") / "r"
+    shutil.copytree(two_target_run / "runs" / "tiny", run)
     run_cli("train", run, "--trial", "best", "--epochs", 0.2)
     return run
 

@@ -1,6 +1,7 @@
 """The search engine end to end on digits: real Optuna studies, real Ray workers, real training."""
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -17,12 +18,7 @@ from latency_models import LatencyModel
 from nas.records import pareto_front
 from nas.rungs import Rungs
 
-from .helpers import ROOT, other_device_ms, run_cli, synthetic_model
-
-TARGET = "p50"  # a target half the space meets, so the constraint bites
-# rungs at 2, 6 and 14 steps (8 steps an epoch): every feasible trial trains 2, a promoted share goes on
-TINY = ["--dataset", "digits", "--epochs", "2", "--base-epochs", "0.25", "--eta", "2", "--subset", "0.3",
-        "--workers", "2", "--seed", "1"]
+from .helpers import ROOT, TARGET, TINY_ONE_WORKER, run_cli, synthetic_model
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +129,10 @@ def recorded_of(rows, label):
 
 
 @pytest.mark.slow
-def test_tiny_search_completes(tmp_path, latency_model):
-    other = synthetic_model(tmp_path / "other-device.model", device_ms=other_device_ms)
-    log = run_cli("run", "--name", "tiny", "--target-ms", TARGET, "--trials", 12, "--latency-model", latency_model,
-                  "--latency-model", other, "--runs-dir", tmp_path, *TINY, one_log=True).stdout
+def test_tiny_search_completes(two_target_run, tmp_path):
+    latency_model, other = two_target_run / "digits.model", two_target_run / "other-device.model"
+    shutil.copytree(two_target_run / "runs" / "tiny", tmp_path / "tiny")
+    log = (two_target_run / "run.log").read_text()
     trials = check_run(tmp_path / "tiny", 12)
     assert (trials["state"] == "INFEASIBLE").any()  # the constraint was exercised
     check_dashboard_view(tmp_path / "tiny", trials)
@@ -163,7 +159,7 @@ def test_tiny_search_completes(tmp_path, latency_model):
 def test_a_total_training_budget_stops_new_candidates(tmp_path, latency_model):
     budget = 2.0  # eight first-rung trainings: the six presets and two more
     run_cli("run", "--name", "budget", "--target-ms", TARGET, "--trials", 40, "--budget-epochs", budget,
-            "--latency-model", latency_model, "--runs-dir", tmp_path, *TINY)
+            "--latency-model", latency_model, "--runs-dir", tmp_path, *TINY_ONE_WORKER)
     trials = pd.read_csv(tmp_path / "budget" / "trials.csv")
     trained = trials[trials["rung"].notna() & (trials["state"] != "DUPLICATE")]
     budgets = Rungs(0.25, 2, 2).budgets  # TINY's rungs
@@ -187,8 +183,8 @@ def promoted_in_training(run_dir):
 
 @pytest.mark.slow
 def test_killed_run_resumes_without_loss_or_retraining(tmp_path, latency_model):
-    args = [sys.executable, str(ROOT / "search.py"), "run", "--name", "kill", "--target-ms", TARGET,
-            "--trials", "14", "--latency-model", str(latency_model), "--runs-dir", str(tmp_path), *TINY]
+    args = [sys.executable, str(ROOT / "search.py"), "run", "--name", "kill", "--target-ms", TARGET, "--trials", "14",
+            "--latency-model", str(latency_model), "--runs-dir", str(tmp_path), *TINY_ONE_WORKER]
     log = tmp_path / "run.log"
     with open(log, "w") as stderr:
         proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
@@ -204,7 +200,7 @@ def test_killed_run_resumes_without_loss_or_retraining(tmp_path, latency_model):
                           if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("rung_accs")]
     assert killed_above_first
     run_cli("run", "--name", "kill", "--target-ms", TARGET, "--trials", 14, "--latency-model", latency_model,
-            "--runs-dir", tmp_path, *TINY)
+            "--runs-dir", tmp_path, *TINY_ONE_WORKER)
     trials = study_trials(run_dir)
     after = {t.number: (t.state.name, t.values) for t in trials}
     assert all(after[n] == v for n, v in before.items() if v[0] == "COMPLETE")
@@ -219,7 +215,7 @@ def test_killed_run_resumes_without_loss_or_retraining(tmp_path, latency_model):
 @pytest.mark.slow
 def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, latency_model):
     run_cli("run", "--name", "boom", "--target-ms", TARGET, "--trials", 7, "--latency-model", latency_model,
-            "--runs-dir", tmp_path, "--lr", "1e9", *TINY)
+            "--runs-dir", tmp_path, "--lr", "1e9", *TINY_ONE_WORKER)
     trials = pd.read_csv(tmp_path / "boom" / "trials.csv")
     failed = trials[trials["state"] == "FAIL"]
     assert len(failed) >= 1 and failed["failure"].str.contains("loss became").all()
