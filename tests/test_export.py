@@ -39,6 +39,7 @@ def one_head_cga() -> ArchSpec:
     return dataclasses.replace(spec, stages=(dataclasses.replace(spec.stages[0], heads=1), *spec.stages[1:]))
 
 
+@pytest.mark.slow  # two exports each, ours and torch.onnx.export's
 @pytest.mark.parametrize("name", ["deit-tiny", "slab-deit", "efficientvit-m0", "pre-rmsnorm", "one-head-cga"])
 def test_onnx_graph_is_the_exporters_own_without_its_retrace(tmp_path, name):
     """Every deployed op has a translation (so the decomposition pass is skipped), and the graph

@@ -29,6 +29,7 @@ def tiny_specs(n, seed=0):
     return [sample(rng, TINY_SPACE, 8, 1, 10) for _ in range(n)]
 
 
+@pytest.mark.slow  # fvcore traces 31 models
 def test_analytic_flops_equal_fvcore_on_the_deployed_model():
     rng = np.random.default_rng(7)
     specs = list(presets(32, 3, 10, 0.5, 0.5).values()) + [sample(rng, img_size=32) for _ in range(25)]

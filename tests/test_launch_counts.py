@@ -99,6 +99,7 @@ INT8_KIND_OF = {"QLinearMatMul": "linear", "QGemm": "linear", "MatMul": "matmul"
                 "QLinearSoftmax": "softmax", "Softmax": "softmax", "QLinearConv": "conv", "Conv": "conv"}
 
 
+@pytest.mark.slow  # an export and a quantization each
 @pytest.mark.parametrize("name", ["slab-deit", "efficientvit-m0", "skipat-tiny", "sample0", "sample4"])
 def test_int8_tally_splits_the_products_as_onnxruntime_runs_them(tmp_path, name):
     """In the int8 file, the products onnxruntime runs on int8 tensors (QLinearMatMul, QGemm) and
