@@ -52,6 +52,7 @@ from evaluators.data import load_dataset  # noqa: E402
 from latency_models import LatencyModel  # noqa: E402
 from latency_models.calibrate import calibrate  # noqa: E402
 from latency_models.measure import anchor_spec, deployed_runner, runtime_runner, time_at_reference  # noqa: E402
+from nas import SearchError  # noqa: E402
 from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, RUNTIMES  # noqa: E402
 from nas.final import load_trained, predictor_reference_ms, target_runtime, train_final  # noqa: E402
 from nas.rundir import run_config  # noqa: E402
@@ -132,7 +133,10 @@ def train_finals(run: Path, numbers: list[int], baselines: list[str], epochs: fl
         for name in baselines:
             train_baseline(run, name, epochs, out)
         for number in numbers:
-            train_final(run, number, epochs, holdout=True)
+            try:
+                train_final(run, number, epochs, holdout=True)
+            except SearchError as e:  # what `etnas train` would say in one line
+                sys.exit(f"error: {e}")
         return
 
     failed = threading.Event()

@@ -32,12 +32,16 @@ RUN_FILES = ("config.json", "study.db", "trials.csv", "front.json")
 
 
 def run_copy(search: Path, runs: Path) -> Path:
-    """The search's run directory copied under `runs` (trainings write beside the study), once."""
+    """The search's run directory copied under `runs` (trainings write beside the study), once; a
+    copy is made in a temporary folder and renamed, so a killed copy is not taken for one."""
     run = runs / search.name
-    if not (run / "study.db").exists():
-        run.mkdir(parents=True, exist_ok=True)
+    if not run.exists():
+        partial = runs / f".{search.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
         for name in RUN_FILES:
-            shutil.copy2(search / name, run / name)
+            shutil.copy2(search / name, partial / name)
+        partial.rename(run)
     return run
 
 
@@ -60,10 +64,11 @@ def collect(run: Path, models: pd.DataFrame) -> list[dict]:
         report = json.loads(path.read_text()) if path.exists() else {}
         if report.get("epochs") != FINAL_EPOCHS or not report.get("holdout") or "test_acc_int8" not in report:
             continue
-        rows.append({"trial": int(trial["number"]), "name": trial["preset"] if isinstance(trial["preset"], str)
-                     else f"trial-{trial['number']}", "kind": "preset" if isinstance(trial["preset"], str) else
-                     "searched", "norm": only(trial["spec"], "norm"), "attention": only(trial["spec"], "attention"),
-                     "short": report["short"], "test_acc": report["test_acc"], "test_acc_int8": report["test_acc_int8"],
+        preset = trial["preset"] if isinstance(trial["preset"], str) else None
+        rows.append({"trial": int(trial["number"]), "name": preset or f"trial-{trial['number']}",
+                     "kind": "preset" if preset else "searched", "norm": only(trial["spec"], "norm"),
+                     "attention": only(trial["spec"], "attention"), "short": report["short"],
+                     "test_acc": report["test_acc"], "test_acc_int8": report["test_acc_int8"],
                      "drop": report["test_acc"] - report["test_acc_int8"],
                      "int8_top1_agreement": report["int8_top1_agreement"], "params": report["params"],
                      "train_min": report["train_s"] / 60})
@@ -72,10 +77,11 @@ def collect(run: Path, models: pd.DataFrame) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--search", type=Path, default=ROOT / "benchmarks" / "results" / "cifar10" / "search_1204")
+    ap.add_argument("--search", type=Path, default=Path("benchmarks/results/cifar10/search_1204"),
+                    help="a committed search run directory (with its study.db), from the project root")
     ap.add_argument("--searched", type=int, default=6, help="searched architectures besides the six presets")
     ap.add_argument("--jobs", type=int, default=2, help="trainings at once, one thread each")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "int8_accuracy")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/int8_accuracy"))
     ap.add_argument("--collect", action="store_true", help="gather the finished trainings only")
     args = ap.parse_args()
     run = run_copy(args.search, ROOT / "runs" / "int8-accuracy")
@@ -84,7 +90,7 @@ def main() -> None:
         train_finals(run, models["number"].tolist(), [], FINAL_EPOCHS, args.jobs, args.out)
     rows = collect(run, models)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"search": str(args.search.resolve().relative_to(ROOT)),
+    (args.out / "results.json").write_text(json.dumps({"search": str(args.search),
                                                        "epochs": FINAL_EPOCHS, "models": len(models),
                                                        "rows": rows}, indent=1))
     table = pd.DataFrame(rows)

@@ -4,6 +4,7 @@ import contextlib
 import io
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import traceback
@@ -13,6 +14,7 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import pytest
 from filelock import FileLock
 
 from latency_models import LatencyModel
@@ -109,18 +111,31 @@ def exit_status(main: Callable[[list[str]], None], argv: list[str]) -> int:
 def made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
     """The folder `make` fills, made once per test session: pytest-xdist's workers share their
     session's folder, so the first to ask makes it under a lock while the others wait for it. A
-    make that failed leaves no folder, so the next to ask tries again (and fails the same way)."""
+    make that failed leaves no folder but its error, which the others fail with at once."""
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    folder, done = shared / name, shared / f"{name}.done"
+    folder, done, failed = shared / name, shared / f"{name}.done", shared / f"{name}.failed"
     with FileLock(shared / f"{name}.lock"):
+        if failed.exists():
+            pytest.fail(f"making {name} failed in another worker: {failed.read_text()}")
         if not done.exists():
-            shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
             try:
                 make(folder)
-            except BaseException:
+            except BaseException as e:
                 shutil.rmtree(folder, ignore_errors=True)
+                failed.write_text(f"{type(e).__name__}: {e}"[-3000:])
                 raise
             done.touch()
     return folder
+
+
+def read_only_query(run_dir: Path, sql: str) -> list[tuple]:
+    """Rows of `sql` on a run's study, read in sqlite's read-only mode: Optuna's storage would create
+    its tables if they are not there yet, racing the run that is creating them. No database or no
+    tables yet: no rows."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{run_dir / 'study.db'}?mode=ro", uri=True, timeout=5)) as db:
+            return db.execute(sql).fetchall()
+    except sqlite3.OperationalError:
+        return []

@@ -10,7 +10,7 @@ from contextlib import closing
 
 import pytest
 
-from .helpers import ROOT, TARGET, TINY_ONE_WORKER, run_cli, synthetic_model
+from .helpers import ROOT, TARGET, TINY_ONE_WORKER, read_only_query, run_cli, synthetic_model
 from .test_search import check_run, study_trials
 
 pytestmark = pytest.mark.slow
@@ -29,11 +29,7 @@ def small_disk(tmp_path):
 
 
 def completed(run_dir) -> int:
-    try:
-        with closing(sqlite3.connect(f"file:{run_dir / 'study.db'}?mode=ro", uri=True)) as db:
-            return db.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
+    return len(read_only_query(run_dir, "SELECT 1 FROM trials WHERE state = 'COMPLETE'"))
 
 
 def fill(path) -> None:

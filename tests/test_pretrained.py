@@ -102,7 +102,8 @@ import json, sys
 import etnas
 assert "torch" not in sys.modules  # importing the API costs nothing until a call
 front = etnas.search("digits", "p50", name="tiny", runs_dir=sys.argv[1], latency_model=sys.argv[2], trials=14,
-                     epochs=2, base_epochs=0.25, eta=2, subset=0.3, workers=1, seed=1)
+                     other_latency_models=(sys.argv[3],), epochs=2, base_epochs=0.25, eta=2, subset=0.3, workers=1,
+                     seed=1)
 print(json.dumps(front))
 """
 
@@ -116,8 +117,9 @@ def test_python_api_goes_on_with_the_search_the_command_line_began(two_target_ru
     shutil.copytree(two_target_run / "runs", tmp_path / "runs")
     run = tmp_path / "runs" / "tiny"
     before = pd.read_csv(run / "trials.csv")
-    res = subprocess.run([sys.executable, "-c", API_SEARCH, str(tmp_path / "runs"), str(two_target_run / "digits.model")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    models = [str(two_target_run / name) for name in ("digits.model", "other-device.model")]
+    res = subprocess.run([sys.executable, "-c", API_SEARCH, str(tmp_path / "runs"), *models], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     front = json.loads(res.stdout.strip().splitlines()[-1])
     assert front and front == json.loads((run / "front.json").read_text())
@@ -127,4 +129,5 @@ def test_python_api_goes_on_with_the_search_the_command_line_began(two_target_ru
     assert "deployment target: torch" in res.stdout
     after = check_run(run, 14)
     added = after[after["number"] > before["number"].max()]
-    assert (added["val_acc"].notna() | (added["state"] == "INFEASIBLE")).sum() >= 2  # searched on, not re-read
+    assert (added["rung_acc"].notna() | (added["state"] == "INFEASIBLE")).sum() >= 2  # searched on, not re-read
+    assert all("other-device" in json.loads(r) for r in added["pred_ms_targets"].dropna())  # the second target too

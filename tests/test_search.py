@@ -3,11 +3,9 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from contextlib import closing
 
 import optuna
 import pandas as pd
@@ -18,7 +16,7 @@ from latency_models import LatencyModel
 from nas.records import pareto_front
 from nas.rungs import Rungs
 
-from .helpers import ROOT, TARGET, TINY_ONE_WORKER, run_cli, synthetic_model
+from .helpers import ROOT, TARGET, TINY, TINY_ONE_WORKER, read_only_query, run_cli, synthetic_model
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +157,7 @@ def test_tiny_search_completes(two_target_run, tmp_path):
 def test_a_total_training_budget_stops_new_candidates(tmp_path, latency_model):
     budget = 2.0  # eight first-rung trainings: the six presets and two more
     run_cli("run", "--name", "budget", "--target-ms", TARGET, "--trials", 40, "--budget-epochs", budget,
-            "--latency-model", latency_model, "--runs-dir", tmp_path, *TINY_ONE_WORKER)
+            "--latency-model", latency_model, "--runs-dir", tmp_path, *TINY)  # trainings under way count too
     trials = pd.read_csv(tmp_path / "budget" / "trials.csv")
     trained = trials[trials["rung"].notna() & (trials["state"] != "DUPLICATE")]
     budgets = Rungs(0.25, 2, 2).budgets  # TINY's rungs
@@ -170,21 +168,15 @@ def test_a_total_training_budget_stops_new_candidates(tmp_path, latency_model):
 
 
 def promoted_in_training(run_dir):
-    """A trial training at a rung above the first (it finished rung 0 and was promoted). Read with
-    sqlite in read-only mode: Optuna's storage would create its tables if they are not there yet,
-    racing the run that is creating them."""
-    try:
-        with closing(sqlite3.connect(f"file:{run_dir / 'study.db'}?mode=ro", uri=True, timeout=5)) as db:
-            return db.execute("SELECT count(*) FROM trials JOIN trial_user_attributes USING (trial_id) "
-                              "WHERE state = 'RUNNING' AND key = 'rung_accs'").fetchone()[0] > 0
-    except sqlite3.OperationalError:  # no database or no tables yet
-        return False
+    """A trial training at a rung above the first (it finished rung 0 and was promoted)."""
+    return bool(read_only_query(run_dir, "SELECT 1 FROM trials JOIN trial_user_attributes USING (trial_id) "
+                                         "WHERE state = 'RUNNING' AND key = 'rung_accs'"))
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_without_loss_or_retraining(tmp_path, latency_model):
     args = [sys.executable, str(ROOT / "search.py"), "run", "--name", "kill", "--target-ms", TARGET, "--trials", "14",
-            "--latency-model", str(latency_model), "--runs-dir", str(tmp_path), *TINY_ONE_WORKER]
+            "--latency-model", str(latency_model), "--runs-dir", str(tmp_path), *TINY]  # two cut off at once
     log = tmp_path / "run.log"
     with open(log, "w") as stderr:
         proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
@@ -200,7 +192,7 @@ def test_killed_run_resumes_without_loss_or_retraining(tmp_path, latency_model):
                           if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("rung_accs")]
     assert killed_above_first
     run_cli("run", "--name", "kill", "--target-ms", TARGET, "--trials", 14, "--latency-model", latency_model,
-            "--runs-dir", tmp_path, *TINY_ONE_WORKER)
+            "--runs-dir", tmp_path, *TINY)
     trials = study_trials(run_dir)
     after = {t.number: (t.state.name, t.values) for t in trials}
     assert all(after[n] == v for n, v in before.items() if v[0] == "COMPLETE")
