@@ -117,7 +117,7 @@ def made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path
     folder, done, failed = shared / name, shared / f"{name}.done", shared / f"{name}.failed"
     with FileLock(shared / f"{name}.lock"):
         if failed.exists():
-            pytest.fail(f"making {name} failed in another worker: {failed.read_text()}")
+            pytest.fail(f"making {name} failed earlier in this session: {failed.read_text()}")
         if not done.exists():
             folder.mkdir()
             try:
