@@ -5,6 +5,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from .helpers import ROOT, synthetic_model
@@ -136,3 +137,36 @@ def test_the_soak_audit_finds_a_lost_a_duplicated_and_a_retrained_training(tmp_p
     assert (found["retrained_rung_trainings"], found["retrained_from_a_checkpoint"],
             found["retrained_with_no_step_left"]) == (1, 1, 0)
     assert found["trials_interrupted"] == 2 and found["rung_trainings"] == 2 + 2 + 1 + 1
+
+
+def test_the_int8_accuracy_benchmark_takes_the_presets_and_the_furthest_searched_and_reads_finished_reports(
+        tmp_path):
+    """Which trainings it asks for (one per architecture, cheapest first) and which reports count: the
+    15-epoch holdout ones with int8 figures only."""
+    from benchmarks.int8_accuracy import chosen, collect
+
+    def spec(norm, attention):
+        stage = {"attention": attention, "norm": norm, "width": 16, "depth": 1}
+        return json.dumps({"stages": [stage, {**stage, "attention": "cga"}]})
+
+    rows = [(0, "COMPLETE", "deit-tiny", 0, None, 40, spec("layernorm", "mhsa")),
+            (1, "COMPLETE", None, 2, 0.6, 9, spec("batchnorm", "cga")),
+            (2, "COMPLETE", None, 2, 0.7, 5, spec("batchnorm", "sla")),
+            (3, "COMPLETE", None, 1, 0.9, 1, spec("prepbn", "cga")),
+            (4, "COMPLETE", None, 2, 0.7, 5, spec("batchnorm", "sla")),  # the same architecture as 2
+            (5, "INFEASIBLE", None, None, None, 2, spec("unified", "cga"))]
+    trials = pd.DataFrame(rows, columns=["number", "state", "preset", "rung", "rung_acc", "flops", "spec"])
+    trials["arch_id"] = [f"a{n}" for n in trials["number"]]
+    trials.loc[4, "arch_id"] = "a2"
+    trials.to_csv(tmp_path / "trials.csv", index=False)
+    models = chosen(tmp_path, searched=2)
+    assert models["number"].tolist() == [2, 1, 0]  # the preset and the two at the top rung, cheapest first
+    for number, report in [(2, {"epochs": 15, "holdout": True, "test_acc_int8": 0.5}),
+                           (1, {"epochs": 15, "holdout": True}),  # no int8 figures: quantization failed
+                           (0, {"epochs": 3, "holdout": True, "test_acc_int8": 0.5})]:  # another recipe
+        (tmp_path / "final" / str(number)).mkdir(parents=True)
+        full = {"short": "s", "test_acc": 0.6, "int8_top1_agreement": 0.9, "params": 1, "train_s": 60, **report}
+        (tmp_path / "final" / str(number) / "final.json").write_text(json.dumps(full))
+    (row,) = collect(tmp_path, models)
+    assert (row["name"], row["kind"], row["norm"], row["attention"]) == ("trial-2", "searched", "batchnorm", "mixed")
+    assert row["drop"] == pytest.approx(0.1)
