@@ -271,7 +271,8 @@ def result_row(name: str, kind: str, trial: pd.Series | None, final: dict, timin
     ms = timing["median_ms"]
     pred = None if trial is None else float(trial["pred_ms"])
     return {"name": name, "kind": kind, "trial": None if trial is None else int(trial.name), "short": final["short"],
-            "test_acc": final["test_acc"], "test_acc_int8": final.get("test_acc_int8"), "measured_ms": ms, "pred_ms": pred,
+            "test_acc": final["test_acc"], "test_acc_int8": final.get("test_acc_int8"), "measured_ms": ms,
+            "pred_ms": pred,
             "pred_err": None if pred is None else (pred - ms) / ms,
             "params": int(final["params"] if trial is None else trial["params"]),
             "flops": None if trial is None else int(trial["flops"]),

@@ -44,7 +44,8 @@ def main() -> None:
     target = runtime_runner(deploy(trained), x, runtime)
     seeded = runtime_runner(deployed_model(spec), x, runtime)
     others = pd.read_csv(args.table).drop_duplicates("arch_id").sample(15, random_state=0)
-    crowd = {a: deployed_runner(ArchSpec.from_json(s), runtime)[0] for a, s in zip(others["arch_id"], others["spec_json"])}
+    crowd = {a: deployed_runner(ArchSpec.from_json(s), runtime)[0]
+             for a, s in zip(others["arch_id"], others["spec_json"])}
     contexts = [("alone with the anchor (train, export)", {"anchor": anchor, "model": target}),
                 ("in a chunk of 16 (a table)", {"anchor": anchor, "model": target, **crowd}),
                 ("seeded weights, alone with the anchor", {"anchor": anchor, "model": seeded}),

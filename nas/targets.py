@@ -59,7 +59,8 @@ def remember_targets(run_dir: Path, cfg: dict, models: dict[str, LatencyModel]) 
     known, given = cfg.get(OTHER_TARGETS, {}), target_records(models)
     for label in set(known) & set(given):
         before, now = known[label], given[label]
-        if (before["fingerprint"].get("id"), before["reference_ms"]) != (now["fingerprint"].get("id"), now["reference_ms"]):
+        if (before["fingerprint"].get("id"), before["reference_ms"]) != (now["fingerprint"].get("id"),
+                                                                          now["reference_ms"]):
             raise SearchError(f"latency model {label} is not the one this run recorded as target {label} (another "
                               f"device or fit); resume with the original file, or give this one another file name "
                               f"to add it as a new target")

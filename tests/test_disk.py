@@ -55,7 +55,8 @@ def error_line(stderr: str) -> str:
 
 def test_a_full_then_read_only_disk_stops_the_search_in_one_line_and_it_resumes(tmp_path, small_disk):
     model = synthetic_model(tmp_path / "digits.model")
-    args = ["run", "--name", "d", "--target-ms", TARGET, "--latency-model", model, "--runs-dir", small_disk, *TINY_ONE_WORKER]
+    args = ["run", "--name", "d", "--target-ms", TARGET, "--latency-model", model, "--runs-dir", small_disk,
+            *TINY_ONE_WORKER]
     run_dir = small_disk / "d"
     proc = subprocess.Popen([sys.executable, str(ROOT / "search.py"), *map(str, args), "--trials", "14"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

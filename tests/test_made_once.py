@@ -22,6 +22,7 @@ def test_a_folder_is_made_once_and_a_failed_make_fails_the_next_caller_at_once(t
     with pytest.raises(RuntimeError, match="no disk"):
         made_once(tmp_path_factory, "broken", broken)
     assert not (first.parent / "broken").exists()  # nothing half made is left to be read
-    with pytest.raises(pytest.fail.Exception, match="making broken failed earlier in this session: RuntimeError: no disk"):
+    said = "making broken failed earlier in this session: RuntimeError: no disk"
+    with pytest.raises(pytest.fail.Exception, match=said):
         made_once(tmp_path_factory, "broken", broken)
     assert len(calls) == 2  # the failed make was not run again
