@@ -18,7 +18,9 @@ from rich.table import Column, Table
 from evaluators.recipes import FINAL_RECIPE
 from evaluators.sources import KINDS, DataError, check_dataset_name
 from latency_models.settings import REMEASURE_SHARE, SWEEPS
-from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, RUNTIMES, parse_target
+from nas import SearchError
+from nas.config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, RUNTIMES, parse_presets,
+                        parse_target)
 from search_space.presets import PRESETS
 from search_space.quantize import PRECISIONS
 
@@ -172,16 +174,19 @@ def prepare_search(args):
     """The run's settings (SearchConfig's fields by name from the options) and its inputs, loaded
     once; a calibration shows its progress."""
     from nas.config import SearchConfig
-    from nas.inputs import prepare_search
-    from nas.targets import constraint_and_others
 
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig)
+                if f.name not in ("target_ms", "latency_model", "other_latency_models")}
+    cfg = SearchConfig(**settings, target_ms=0.0, latency_model="")  # its own checks, before the heavy imports
     if args.gpus_per_trial and not args.ray_address:
         require_device("cuda", option="--gpus-per-trial", instead="0 (CPU workers), or --ray-address of a cluster with GPUs")
     require_runtime_for(args.precision, args.runtime)
-    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig)
-                if f.name not in ("target_ms", "latency_model", "other_latency_models")}
+
+    from nas.inputs import prepare_search
+    from nas.targets import constraint_and_others
+
     constraint, others = constraint_and_others(args.latency_model or [], args.constraint)
-    cfg = SearchConfig(**settings, target_ms=0.0, latency_model=constraint, other_latency_models=others)
+    cfg = dataclasses.replace(cfg, latency_model=constraint, other_latency_models=others)
     with lazy_progress("calibrating latency model") as update:  # no bar where a cached model is reused
         return prepare_search(cfg, args.target_ms, runtime=args.runtime, precision=args.precision,
                               calibrate_n=args.calibrate_n, force=args.force,
@@ -399,19 +404,19 @@ def number(low: float, high: float = float("inf"), low_open: bool = True) -> Cal
     return parse
 
 
-def trial_count(text: str) -> int:
-    return integer(len(PRESETS) + 1)(text)  # the presets come first, then at least one searched trial
-
-
-def checked_by(check: Callable[[str], object], error: type[Exception]) -> Callable[[str], str]:
-    """An option type keeping the text that `check` accepts; what `check` raises is the option's error."""
-    def parse(text: str) -> str:
+def parsed_by(convert: Callable[[str], object], error: type[Exception]) -> Callable[[str], object]:
+    """An option type whose value is `convert(text)`; what `convert` raises is the option's error."""
+    def parse(text: str) -> object:
         try:
-            check(text)
+            return convert(text)
         except error as e:
             raise argparse.ArgumentTypeError(str(e)) from None
-        return text
     return parse
+
+
+def checked_by(check: Callable[[str], object], error: type[Exception]) -> Callable[[str], object]:
+    """An option type keeping the text that `check` accepts; what `check` raises is the option's error."""
+    return parsed_by(lambda text: (check(text), text)[1], error)
 
 
 def export_formats(text: str) -> tuple[str, ...]:
@@ -514,8 +519,12 @@ def _run_parser(sub) -> None:
     r.add_argument("--constraint", help="the target whose latency model sets the constraint, by its file stem "
                                         "(default: the first --latency-model)")
     r.add_argument("--dataset", type=checked_by(check_dataset_name, DataError), default=d.dataset, help=KINDS)
-    r.add_argument("--trials", type=trial_count, default=d.trials,
-                   help=f"trials in all, the {len(PRESETS)} seed presets included (at least {len(PRESETS) + 1})")
+    r.add_argument("--trials", type=integer(1), default=d.trials,
+                   help="trials in all, the seed presets included (at least one more than --presets names)")
+    r.add_argument("--presets", type=parsed_by(parse_presets, SearchError), default=d.presets,
+                   help=f"seed presets trained first, as reference points the front is read against and as the "
+                        f"sampler's first points: all (default), none, or names separated by commas from "
+                        f"{', '.join(PRESETS)}; the space keeps every preset's design either way")
     r.add_argument("--budget-epochs", type=number(0), default=d.budget_epochs,
                    help="a total training budget: epochs over all candidates' rungs; once the trainings done and "
                         "under way reach it, no new candidate starts (promotions earned still train; "

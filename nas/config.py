@@ -5,7 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluators.recipes import PROXY_RECIPE
+from search_space.presets import PRESETS
 
+from . import SearchError
 from .rungs import Rungs
 
 
@@ -47,6 +49,14 @@ class SearchConfig:
     gpus_per_trial: float = 0.0  # 0: CPU workers; a share like 0.25 lets four proxies share a GPU
     runs_dir: str = "runs"
     other_latency_models: tuple[str, ...] = ()  # more targets: every trial's latency recorded on each
+    presets: tuple[str, ...] = tuple(PRESETS)  # the seed presets trained first, as reference points
+
+    def __post_init__(self) -> None:
+        check_preset_names(self.presets)
+        if self.trials <= len(self.presets):
+            raise SearchError(f"--trials: {self.trials} is below the minimum, {len(self.presets) + 1}: the "
+                              f"{len(self.presets)} seed presets come first, then at least one searched trial "
+                              f"(fewer presets: --presets)")
 
     @property
     def rungs(self) -> Rungs:
@@ -57,10 +67,32 @@ class SearchConfig:
         return Path(self.runs_dir) / self.name
 
     def identity(self) -> dict:
-        """The settings a resumed run must share with the original."""
+        """The settings a resumed run must share with the original, as config.json holds them."""
         keep = ("target_ms", "dataset", "epochs", "base_epochs", "eta", "promotion", "subset", "resolution",
-                "batch_size", "lr", "sampler", "seed", "space")
-        return {k: getattr(self, k) for k in keep}
+                "batch_size", "lr", "sampler", "seed", "space", "presets")
+        return {k: list(v) if isinstance(v, tuple) else v for k in keep for v in [getattr(self, k)]}
+
+
+def changed_settings(saved: dict, cfg: SearchConfig) -> dict[str, tuple]:
+    """The identity settings in which `cfg` differs from a run's config.json, as (saved, new); a
+    setting the run predates counts as its default."""
+    default = SearchConfig(name="", target_ms=0.0, latency_model="").identity()
+    return {k: (saved.get(k, default[k]), v) for k, v in cfg.identity().items() if saved.get(k, default[k]) != v}
+
+
+def parse_presets(text: str) -> tuple[str, ...]:
+    """`--presets`: all, none, or seed preset names separated by commas; SearchError naming what is wrong."""
+    if text in ("all", "none"):
+        return tuple(PRESETS) if text == "all" else ()
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    check_preset_names(names or (text,))
+    return names
+
+
+def check_preset_names(names: tuple[str, ...]) -> None:
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        raise SearchError(f"unknown preset {unknown[0]!r}; use all, none, or names from {', '.join(PRESETS)}")
 
 
 def parse_target(target: str) -> tuple[str, float]:

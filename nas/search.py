@@ -18,7 +18,7 @@ from search_space.operators import PLUGINS_VARIABLE
 from search_space.sampling import FixedSuggester
 
 from . import SearchError
-from .config import SearchConfig, target_name
+from .config import SearchConfig, changed_settings, target_name
 from .dispatch import Dispatcher, rung_train_config
 from .inputs import SearchInputs, check_target, load_inputs
 from .ladder import Ladder
@@ -49,7 +49,7 @@ def open_study(cfg: SearchConfig, latency_model: LatencyModel,
     check_writable(cfg.run_dir)
     if (cfg.run_dir / "config.json").exists() or (cfg.run_dir / "study.db").exists():
         before = run_config(cfg.run_dir)
-        changed = {k: (before.get(k), v) for k, v in cfg.identity().items() if before.get(k) != v}
+        changed = changed_settings(before, cfg)
         if changed:
             raise SearchError(f"run {cfg.name} already exists with other settings "
                               f"({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
@@ -204,8 +204,8 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
     check_target(cfg.target_ms, inputs.latencies)
     study = open_study(cfg, inputs.model, inputs.others)
     if not study.trials:
-        for p in inputs.preset_params.values():
-            study.enqueue_trial(p)
+        for name in cfg.presets:
+            study.enqueue_trial(inputs.preset_params[name])
     recover_interrupted(study)
     data = inputs.data
     mean, std = data.channel_stats()
@@ -219,8 +219,8 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
     data_ref = ray.put((*data.holdout(seed=cfg.seed), mean, std))
     feasible = inputs.latencies[inputs.latencies <= cfg.target_ms]
     band_edges = list(np.quantile(feasible, [1 / 3, 2 / 3])) if len(feasible) else []
-    preset_of = {sample(FixedSuggester(p), inputs.space, *inputs.shape).arch_id: name
-                 for name, p in inputs.preset_params.items()}
+    preset_of = {sample(FixedSuggester(inputs.preset_params[name]), inputs.space, *inputs.shape).arch_id: name
+                 for name in cfg.presets}
     screening = Screening(inputs.space, inputs.shape, inputs.model, cfg.target_ms, preset_of, inputs.others)
     return SearchRun(cfg, study, screening,
                      Ladder(study, cfg.rungs, cfg.promotion, band_edges),

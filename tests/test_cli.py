@@ -79,6 +79,10 @@ def test_dashboard_on_a_missing_run_is_one_line(tmp_path):
 
 BAD_OPTIONS = [
     (["run", "--name", "x", "--target-ms", "5", "--trials", "3"], "--trials: 3 is below the minimum, 7"),
+    (["run", "--name", "x", "--target-ms", "5", "--trials", "2", "--presets", "deit-tiny,slab-deit"],
+     "--trials: 2 is below the minimum, 3: the 2 seed presets come first"),
+    (["run", "--name", "x", "--target-ms", "5", "--presets", "deit-tiny,vit-huge"],
+     "unknown preset 'vit-huge'; use all"),
     (["run", "--name", "x", "--target-ms", "5", "--workers", "0"], "--workers: 0 is below the minimum, 1"),
     (["run", "--name", "x", "--target-ms", "5", "--subset", "0"], "--subset: 0 is outside (0, 1]"),
     (["run", "--name", "x", "--target-ms", "5", "--subset", "1.5"], "--subset: 1.5 is outside (0, 1]"),

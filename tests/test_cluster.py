@@ -97,7 +97,7 @@ def finished_a_training_on(run_dir: Path, ip: str) -> bool:
 def search_args(tmp_path, cluster, latency_model, trials):
     return [sys.executable, str(ROOT / "search.py"), "run", "--name", "c", "--target-ms", TARGET, "--trials",
             str(trials), "--latency-model", str(latency_model), "--runs-dir", str(tmp_path), "--ray-address",
-            cluster.address, *TINY]
+            cluster.address, "--presets", "none", *TINY]
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_a_search_trains_on_both_nodes_and_loses_no_training_to_a_node_killed_mi
     raylet = cluster.raylet(WORKER)
     kill_all([raylet, *children_of(raylet)])  # the node is gone: its raylet and the workers it started
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
-    check_run(run_dir, 14)
+    check_run(run_dir, 14, presets=())
     trials = study_trials(run_dir)
     relaunched = [t for t in trials if t.user_attrs.get("relaunches")]
     assert len(relaunched) == 1 and relaunched[0].state.name == "COMPLETE"

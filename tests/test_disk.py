@@ -56,7 +56,7 @@ def error_line(stderr: str) -> str:
 def test_a_full_then_read_only_disk_stops_the_search_in_one_line_and_it_resumes(tmp_path, small_disk):
     model = synthetic_model(tmp_path / "digits.model")
     args = ["run", "--name", "d", "--target-ms", TARGET, "--latency-model", model, "--runs-dir", small_disk,
-            *TINY_ONE_WORKER]
+            "--presets", "none", *TINY_ONE_WORKER]
     run_dir = small_disk / "d"
     proc = subprocess.Popen([sys.executable, str(ROOT / "search.py"), *map(str, args), "--trials", "14"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -75,7 +75,7 @@ def test_a_full_then_read_only_disk_stops_the_search_in_one_line_and_it_resumes(
     run_cli(*args, "--trials", 14)
     after = snapshot(run_dir)
     assert all(after[n] == v for n, v in before.items() if v[0] == "COMPLETE")
-    check_run(run_dir, 14)
+    check_run(run_dir, 14, presets=())
 
     read_only = tmp_path / "read-only"  # the same files, seen through a read-only mount
     read_only.mkdir()
@@ -89,4 +89,4 @@ def test_a_full_then_read_only_disk_stops_the_search_in_one_line_and_it_resumes(
     assert error_line(res.stderr).startswith(f"error: the disk of run directory {read_only / 'd'} is read-only")
     assert snapshot(run_dir) == after
     run_cli(*args, "--trials", 16)
-    check_run(run_dir, 16)
+    check_run(run_dir, 16, presets=())

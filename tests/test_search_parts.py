@@ -195,3 +195,14 @@ def test_a_queued_trial_stopped_before_its_parameters_were_written_is_queued_aga
     (queued,) = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
     assert queued.system_attrs["fixed_params"] == {"depth": 3, "width": 64}
     assert queued.user_attrs["requeued_from"] == stopped.number
+
+
+def test_a_run_from_before_a_setting_existed_resumes_with_its_default_and_only_with_it():
+    from nas.config import SearchConfig, changed_settings
+
+    cfg = SearchConfig(name="old", target_ms=2.0, latency_model="m")
+    saved = {k: v for k, v in cfg.identity().items() if k != "presets"}  # config.json of a run older than --presets
+    assert changed_settings(saved, cfg) == {}
+    fewer = SearchConfig(name="old", target_ms=2.0, latency_model="m", presets=("deit-tiny",))
+    assert changed_settings(saved, fewer) == {"presets": (list(cfg.presets), ["deit-tiny"])}
+    assert changed_settings({**saved, "presets": ["deit-tiny"]}, fewer) == {}  # as config.json stores it

@@ -47,7 +47,8 @@ def test_search_train_and_export_at_sizes_off_the_power_of_two_grid(tmp_path, si
              x_test=rng.integers(0, 256, shape, dtype=np.uint8)[:12], y_test=np.arange(12) % 3)
     model = synthetic_model(tmp_path / "lat.model", img_size=size, in_chans=chans, n=60)
     run_cli("run", "--name", "s", "--runs-dir", tmp_path / "runs", "--dataset", f"npz:{tmp_path / 'data.npz'}",
-            "--latency-model", model, "--target-ms", "p90", "--trials", 8, "--epochs", 0.2, "--workers", 1)
+            "--latency-model", model, "--target-ms", "p90", "--trials", 4, "--presets", "none", "--epochs", 0.2,
+            "--workers", 1)
     run = tmp_path / "runs" / "s"
     assert json.loads((run / "front.json").read_text())
     run_cli("train", run, "--trial", "best", "--epochs", 0.2)
