@@ -65,9 +65,9 @@ FINAL_EPOCHS = 15  # the long-training reference's recipe, so that its preset tr
 # part, eta 3, promotion within latency bands) with 120 trials; TPE had the highest median hypervolume in the
 # sampler comparison (BENCHMARKS.md, "Search engine").
 BUDGETS = {"full": {"trials": 120, "base_epochs": 0.5, "epochs": 6.5, "eta": 3, "promotion": "bands",
-                    "sampler": "tpe", "final_epochs": FINAL_EPOCHS, "sweeps": 400},
+                    "sampler": "tpe", "workers": 2, "final_epochs": FINAL_EPOCHS, "sweeps": 400},
            "quick": {"trials": 8, "base_epochs": 0.1, "epochs": 0.3, "eta": 3, "promotion": "bands",
-                     "sampler": "tpe", "final_epochs": 0.3, "sweeps": 20}}
+                     "sampler": "tpe", "workers": 1, "final_epochs": 0.3, "sweeps": 20}}
 
 
 def cli(*args: str, threads: int | None = None, script: Path = ROOT / "search.py") -> None:
@@ -260,7 +260,7 @@ def search(args, budget: dict, out: Path) -> tuple[Path, str, float]:
     cli("run", "--name", "search", "--runs-dir", out / "runs", "--dataset", dataset_arg, "--target-ms", target,
         "--latency-model", args.latency_model, *(["--force"] if args.force else []),
         *(f"--{k.replace('_', '-')}={budget[k]}"
-          for k in ("trials", "base_epochs", "epochs", "eta", "promotion", "sampler")))
+          for k in ("trials", "base_epochs", "epochs", "eta", "promotion", "sampler", "workers")))
     return out / "runs" / "search", dataset_arg, target
 
 
