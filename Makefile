@@ -12,9 +12,8 @@ setup: .venv/.installed
 
 # pytest-xdist: three workers, a module's tests on one (its costly fixture runs once). On the 2-core
 # machines this project is developed and checked on, a third worker fills the time the others wait
-# on their subprocesses (BENCHMARKS.md, "Main job end to end"). Modules go out in the order
-# tests/conftest.py gives them, the long searches first, not by their count of tests.
-PYTEST := $(PY) -m pytest -n 3 --dist loadscope --no-loadscope-reorder
+# on their subprocesses (BENCHMARKS.md, "Main job end to end").
+PYTEST := $(PY) -m pytest -n 3 --dist loadscope
 
 test: setup
 	$(PYTEST)

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -27,25 +25,3 @@ def two_target_run(tmp_path_factory):
         (folder / "run.log").write_text(log)
 
     return made_once(tmp_path_factory, "two-target-run", search)
-
-
-
-# The modules whose tests run whole searches, costliest first (BENCHMARKS.md, "Main job end to end").
-SEARCHING_MODULES = ("test_benchmarks", "test_export", "test_sizes", "test_rundir", "test_search", "test_disk",
-                     "test_cluster")
-
-
-def pytest_collection_modifyitems(items):
-    """The searching modules first, costliest first, then the other slow ones: `make test` hands
-    modules to xdist's workers in this order (--no-loadscope-reorder), so the long searches start
-    at once instead of one of them running alone at the end of the suite."""
-    def module(item) -> str:
-        return Path(item.nodeid.split("::")[0]).stem
-
-    slow = {module(item) for item in items if item.get_closest_marker("slow")}
-
-    def rank(item) -> int:
-        name = module(item)
-        return SEARCHING_MODULES.index(name) if name in SEARCHING_MODULES else len(SEARCHING_MODULES) + (name not in slow)
-
-    items.sort(key=rank)
