@@ -5,8 +5,9 @@ Each model is trained by `etnas train --holdout` (the reference's recipe: 15 epo
 training part, one thread, seed 0) in a copy of the search's run directory under `runs/`; its final
 report carries the fp32 and int8 test accuracy (onnxruntime static quantization, calibrated on
 training images) and their top-1 agreement. The cheapest trainings go first, `--jobs` at a time; a
-re-run continues a killed training from its checkpoint. `--collect` only gathers the reports of
-the trainings finished so far into DIR/results.json and prints the table.
+re-run continues a killed training from its checkpoint and skips the finished ones. `--collect`
+only gathers the reports of the trainings finished so far into DIR/results.json and prints the
+table.
 
     .venv/bin/python benchmarks/int8_accuracy.py [--search benchmarks/results/cifar10/search_1204]
         [--searched 6] [--jobs 2] [--out benchmarks/results/int8_accuracy] [--collect]
@@ -56,13 +57,25 @@ def chosen(run: Path, searched: int) -> pd.DataFrame:
     return pd.concat([presets, best]).sort_values("flops")
 
 
+def finished_report(run: Path, number: int) -> dict | None:
+    """Trial `number`'s final report if its training at the benchmark's recipe has finished."""
+    path = run / "final" / str(number) / "final.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    return report if report.get("epochs") == FINAL_EPOCHS and report.get("holdout") else None
+
+
+def still_to_train(run: Path, models: pd.DataFrame) -> list[int]:
+    """The chosen trials without a finished training (a finished one is not re-run: `train` would
+    only evaluate and time it again)."""
+    return [n for n in models["number"].tolist() if finished_report(run, n) is None]
+
+
 def collect(run: Path, models: pd.DataFrame) -> list[dict]:
     """One row per finished training of the recipe: fp32 and int8 test accuracy, by norm and attention."""
     rows = []
     for _, trial in models.iterrows():
-        path = run / "final" / str(trial["number"]) / "final.json"
-        report = json.loads(path.read_text()) if path.exists() else {}
-        if report.get("epochs") != FINAL_EPOCHS or not report.get("holdout") or "test_acc_int8" not in report:
+        report = finished_report(run, trial["number"])
+        if report is None or "test_acc_int8" not in report:  # int8 figures missing: quantization failed
             continue
         preset = trial["preset"] if isinstance(trial["preset"], str) else None
         rows.append({"trial": int(trial["number"]), "name": preset or f"trial-{trial['number']}",
@@ -87,7 +100,7 @@ def main() -> None:
     run = run_copy(args.search, ROOT / "runs" / "int8-accuracy")
     models = chosen(run, args.searched)
     if not args.collect:
-        train_finals(run, models["number"].tolist(), [], FINAL_EPOCHS, args.jobs, args.out)
+        train_finals(run, still_to_train(run, models), [], FINAL_EPOCHS, args.jobs, args.out)
     rows = collect(run, models)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"search": str(args.search),

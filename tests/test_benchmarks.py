@@ -143,7 +143,7 @@ def test_the_int8_accuracy_benchmark_takes_the_presets_and_the_furthest_searched
         tmp_path):
     """Which trainings it asks for (one per architecture, cheapest first) and which reports count: the
     15-epoch holdout ones with int8 figures only."""
-    from benchmarks.int8_accuracy import chosen, collect
+    from benchmarks.int8_accuracy import chosen, collect, still_to_train
 
     def spec(norm, attention):
         stage = {"attention": attention, "norm": norm, "width": 16, "depth": 1}
@@ -167,6 +167,7 @@ def test_the_int8_accuracy_benchmark_takes_the_presets_and_the_furthest_searched
         (tmp_path / "final" / str(number)).mkdir(parents=True)
         full = {"short": "s", "test_acc": 0.6, "int8_top1_agreement": 0.9, "params": 1, "train_s": 60, **report}
         (tmp_path / "final" / str(number) / "final.json").write_text(json.dumps(full))
+    assert still_to_train(tmp_path, models) == [0]  # 1 finished, without int8 figures: not trained again
     (row,) = collect(tmp_path, models)
     assert (row["name"], row["kind"], row["norm"], row["attention"]) == ("trial-2", "searched", "batchnorm", "mixed")
     assert row["drop"] == pytest.approx(0.1)
