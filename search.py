@@ -19,7 +19,7 @@ from evaluators.recipes import FINAL_RECIPE
 from evaluators.sources import KINDS, DataError, check_dataset_name
 from latency_models.settings import REMEASURE_SHARE, SWEEPS
 from nas import SearchError
-from nas.config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, RUNTIMES, parse_presets,
+from nas.config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, RUNTIMES, preset_names,
                         parse_target)
 from search_space.presets import PRESETS
 from search_space.quantize import PRECISIONS
@@ -416,7 +416,10 @@ def parsed_by(convert: Callable[[str], object], error: type[Exception]) -> Calla
 
 def checked_by(check: Callable[[str], object], error: type[Exception]) -> Callable[[str], object]:
     """An option type keeping the text that `check` accepts; what `check` raises is the option's error."""
-    return parsed_by(lambda text: (check(text), text)[1], error)
+    def kept(text: str) -> str:
+        check(text)
+        return text
+    return parsed_by(kept, error)
 
 
 def export_formats(text: str) -> tuple[str, ...]:
@@ -502,10 +505,9 @@ def _latency_parsers(sub) -> None:
 
 def _run_parser(sub) -> None:
     from nas.config import SearchConfig
-    from nas.rungs import PROMOTION_RULES
     from nas.samplers import SAMPLERS
 
-    d = SearchConfig(name="", target_ms=0.0, latency_model="")
+    d = SearchConfig.defaults()
     r = sub.add_parser("run", help="search for the best architectures under a latency target",
                        formatter_class=HelpFormatter)
     r.add_argument("--name", required=True, help="run name: results go to RUNS_DIR/NAME")
@@ -521,28 +523,16 @@ def _run_parser(sub) -> None:
     r.add_argument("--dataset", type=checked_by(check_dataset_name, DataError), default=d.dataset, help=KINDS)
     r.add_argument("--trials", type=integer(1), default=d.trials,
                    help="trials in all, the seed presets included (at least one more than --presets names)")
-    r.add_argument("--presets", type=parsed_by(parse_presets, SearchError), default=d.presets,
+    r.add_argument("--presets", type=parsed_by(preset_names, SearchError), default="all",
                    help=f"seed presets trained first, as reference points the front is read against and as the "
-                        f"sampler's first points: all (default), none, or names separated by commas from "
+                        f"sampler's first points: all, none, or names separated by commas from "
                         f"{', '.join(PRESETS)}; the space keeps every preset's design either way")
     r.add_argument("--budget-epochs", type=number(0), default=d.budget_epochs,
                    help="a total training budget: epochs over all candidates' rungs; once the trainings done and "
                         "under way reach it, no new candidate starts (promotions earned still train; "
                         "default: --trials alone limits the search)")
     r.add_argument("--workers", type=integer(1), default=d.workers, help="Ray workers training proxies at once")
-    r.add_argument("--epochs", type=number(0), default=d.epochs,
-                   help="the top rung's training budget in epochs (--base-epochs equal to it: one rung, no promotion)")
-    r.add_argument("--base-epochs", type=number(0), default=d.base_epochs,
-                   help="the first rung's budget, which every feasible candidate trains")
-    r.add_argument("--eta", type=integer(2), default=d.eta,
-                   help="each rung trains eta times longer than the last, and the best 1/eta of a rung go on")
-    r.add_argument("--promotion", choices=PROMOTION_RULES, default=d.promotion,
-                   help="who goes on: bands (the best of each tercile of predicted latency), pareto (non-dominated "
-                        "on accuracy and latency) or accuracy (latency-blind)")
-    r.add_argument("--subset", type=number(0, 1), help="share of the training split the proxy trains on (default: all)")
-    r.add_argument("--resolution", type=integer(8), help="proxy input side (default: the data's)")
-    r.add_argument("--batch-size", type=integer(1), default=d.batch_size, help="proxy batch size")
-    r.add_argument("--lr", type=number(0), default=d.lr, help="proxy peak AdamW learning rate")
+    _proxy_options(r, d)
     r.add_argument("--sampler", choices=SAMPLERS, default=d.sampler, help="Optuna sampler")
     r.add_argument("--seed", type=integer(0), default=d.seed, help="seed of the sampler, the split and the trainings")
     r.add_argument("--space", help="JSON file overriding the search space's choices")
@@ -561,6 +551,25 @@ def _run_parser(sub) -> None:
     r.add_argument("--force", action="store_true", help="use a latency model measured on another device")
     r.add_argument("--runs-dir", default=d.runs_dir, help="directory holding the runs")
     r.set_defaults(fn=cmd_run)
+
+
+def _proxy_options(r: argparse.ArgumentParser, d) -> None:
+    """`run`'s options for the proxy trainings and their rungs; `d`: the SearchConfig defaults."""
+    from nas.rungs import PROMOTION_RULES
+
+    r.add_argument("--epochs", type=number(0), default=d.epochs,
+                   help="the top rung's training budget in epochs (--base-epochs equal to it: one rung, no promotion)")
+    r.add_argument("--base-epochs", type=number(0), default=d.base_epochs,
+                   help="the first rung's budget, which every feasible candidate trains")
+    r.add_argument("--eta", type=integer(2), default=d.eta,
+                   help="each rung trains eta times longer than the last, and the best 1/eta of a rung go on")
+    r.add_argument("--promotion", choices=PROMOTION_RULES, default=d.promotion,
+                   help="who goes on: bands (the best of each tercile of predicted latency), pareto (non-dominated "
+                        "on accuracy and latency) or accuracy (latency-blind)")
+    r.add_argument("--subset", type=number(0, 1), help="share of the training split the proxy trains on (default: all)")
+    r.add_argument("--resolution", type=integer(8), help="proxy input side (default: the data's)")
+    r.add_argument("--batch-size", type=integer(1), default=d.batch_size, help="proxy batch size")
+    r.add_argument("--lr", type=number(0), default=d.lr, help="proxy peak AdamW learning rate")
 
 
 def _run_dir_parsers(sub) -> None:

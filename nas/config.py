@@ -1,6 +1,7 @@
 """A search's settings, with their defaults (the command line shows these); no heavy imports."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +53,16 @@ class SearchConfig:
     presets: tuple[str, ...] = tuple(PRESETS)  # the seed presets trained first, as reference points
 
     def __post_init__(self) -> None:
-        check_preset_names(self.presets)
+        object.__setattr__(self, "presets", preset_names(self.presets))  # one spelling, in PRESETS order
         if self.trials <= len(self.presets):
             raise SearchError(f"--trials: {self.trials} is below the minimum, {len(self.presets) + 1}: the "
                               f"{len(self.presets)} seed presets come first, then at least one searched trial "
                               f"(fewer presets: --presets)")
+
+    @classmethod
+    def defaults(cls) -> SearchConfig:
+        """The settings a run gets when it names none (its name, target and latency model left empty)."""
+        return cls(name="", target_ms=0.0, latency_model="")
 
     @property
     def rungs(self) -> Rungs:
@@ -70,29 +76,32 @@ class SearchConfig:
         """The settings a resumed run must share with the original, as config.json holds them."""
         keep = ("target_ms", "dataset", "epochs", "base_epochs", "eta", "promotion", "subset", "resolution",
                 "batch_size", "lr", "sampler", "seed", "space", "presets")
-        return {k: list(v) if isinstance(v, tuple) else v for k in keep for v in [getattr(self, k)]}
+        settings = {k: getattr(self, k) for k in keep}
+        return {**settings, "presets": list(self.presets)}  # JSON has no tuples
+
+
+# Identity settings added after runs were made, with the value those runs had: a resumed run that
+# predates one is compared as having it. Others missing from an old run's config.json differ.
+PREDATES = {"presets": list(PRESETS)}
 
 
 def changed_settings(saved: dict, cfg: SearchConfig) -> dict[str, tuple]:
-    """The identity settings in which `cfg` differs from a run's config.json, as (saved, new); a
-    setting the run predates counts as its default."""
-    default = SearchConfig(name="", target_ms=0.0, latency_model="").identity()
-    return {k: (saved.get(k, default[k]), v) for k, v in cfg.identity().items() if saved.get(k, default[k]) != v}
+    """The identity settings in which `cfg` differs from a run's config.json, as (saved, new)."""
+    before = {**PREDATES, **saved}
+    return {k: (before.get(k), v) for k, v in cfg.identity().items() if before.get(k) != v}
 
 
-def parse_presets(text: str) -> tuple[str, ...]:
-    """`--presets`: all, none, or seed preset names separated by commas; SearchError naming what is wrong."""
-    if text in ("all", "none"):
-        return tuple(PRESETS) if text == "all" else ()
-    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    check_preset_names(names or (text,))
-    return names
-
-
-def check_preset_names(names: tuple[str, ...]) -> None:
-    unknown = [n for n in names if n not in PRESETS]
+def preset_names(chosen: str | Iterable[str]) -> tuple[str, ...]:
+    """The seed presets `chosen` names, in PRESETS order: `all`, `none`, names separated by commas
+    (`--presets`), or a sequence of names; SearchError naming an unknown one."""
+    if isinstance(chosen, str):
+        if chosen in ("all", "none"):
+            return tuple(PRESETS) if chosen == "all" else ()
+        chosen = [name.strip() for name in chosen.split(",") if name.strip()] or [chosen]
+    unknown = [name for name in chosen if name not in PRESETS]
     if unknown:
         raise SearchError(f"unknown preset {unknown[0]!r}; use all, none, or names from {', '.join(PRESETS)}")
+    return tuple(name for name in PRESETS if name in chosen)
 
 
 def parse_target(target: str) -> tuple[str, float]:

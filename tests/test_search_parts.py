@@ -10,6 +10,7 @@ from nas.ladder import Ladder
 from nas.rungs import Rungs
 from nas.screening import DUPLICATE, INFEASIBLE, RESUME, TRAIN, WAIT, Screening
 from search_space import SearchSpace, presets
+from search_space.presets import PRESETS
 from search_space.sampling import params_of
 
 from .helpers import synthetic_model, synthetic_ms
@@ -197,7 +198,7 @@ def test_a_queued_trial_stopped_before_its_parameters_were_written_is_queued_aga
     assert queued.user_attrs["requeued_from"] == stopped.number
 
 
-def test_a_run_from_before_a_setting_existed_resumes_with_its_default_and_only_with_it():
+def test_a_run_from_before_presets_resumes_as_all_of_them_and_one_missing_older_settings_does_not():
     from nas.config import SearchConfig, changed_settings
 
     cfg = SearchConfig(name="old", target_ms=2.0, latency_model="m")
@@ -206,3 +207,21 @@ def test_a_run_from_before_a_setting_existed_resumes_with_its_default_and_only_w
     fewer = SearchConfig(name="old", target_ms=2.0, latency_model="m", presets=("deit-tiny",))
     assert changed_settings(saved, fewer) == {"presets": (list(cfg.presets), ["deit-tiny"])}
     assert changed_settings({**saved, "presets": ["deit-tiny"]}, fewer) == {}  # as config.json stores it
+    before_rungs = {k: v for k, v in saved.items() if k not in ("base_epochs", "eta", "promotion")}
+    assert set(changed_settings(before_rungs, cfg)) == {"base_epochs", "eta", "promotion"}
+
+
+def test_presets_are_one_spelling_whichever_way_they_are_named():
+    from nas import SearchError
+    from nas.config import SearchConfig
+
+    def presets(chosen):
+        return SearchConfig(name="x", target_ms=1.0, latency_model="m", presets=chosen).presets
+
+    assert presets("slab-deit, deit-tiny") == presets(["deit-tiny", "slab-deit", "deit-tiny"]) == ("deit-tiny",
+                                                                                                  "slab-deit")
+    assert presets("all") == tuple(PRESETS) and presets("none") == presets([]) == ()
+    with pytest.raises(SearchError, match="unknown preset 'vit'; use all, none"):
+        presets(["deit-tiny", "vit"])
+    with pytest.raises(SearchError, match="--trials: 2 is below the minimum, 3"):
+        SearchConfig(name="x", target_ms=1.0, latency_model="m", trials=2, presets="deit-tiny,slab-deit")
