@@ -55,7 +55,7 @@ def test_timer_reports_ordered_statistics():
         assert s["repeats"] == 20 and 0 < s["p10_ms"] <= s["median_ms"] <= s["p90_ms"] < 50
         assert s["raw_median_ms"] >= asked_ms  # a sleep never returns early; the steady figures are
         # rescaled to the session's speed, so on a crowded machine they may read below it
-    assert stats["slow"]["median_ms"] > 1.5 * stats["fast"]["median_ms"]
+    assert stats["slow"]["median_ms"] > 2 * stats["fast"]["median_ms"]
 
 
 def spell_timings(seed, true, sweeps=50):
