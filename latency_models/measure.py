@@ -27,7 +27,7 @@ from search_space import ArchSpec, SearchSpace, build_model, count_params, deplo
 from search_space.presets import SEARCH_SCALE
 
 from .features import tally, total_flops
-from .settings import REMEASURE_SHARE, SWEEPS
+from .settings import REMEASURE_SHARE, SWEEPS, WARM_CALLS
 from .table import append_row, measured_counts, table_reference
 
 
@@ -42,8 +42,9 @@ def cpu_model() -> str:
 
 
 def fingerprint(device: str, runtime: str, threads: int, batch: int, img_size: int, precision: str = "fp32") -> dict:
-    """What a timing depends on. Tables and predictors refuse to mix fingerprints. The precision is
-    named only where it is not fp32, so fp32 fingerprints keep the ids they had before int8."""
+    """What a timing depends on, the way it is taken included. Tables and predictors refuse to mix
+    fingerprints. The precision and warm calls are named only where they are not the first
+    default (fp32, none), so that fingerprints keep the ids they had before either existed."""
     try:
         import onnxruntime
         ort_version = onnxruntime.__version__
@@ -55,6 +56,7 @@ def fingerprint(device: str, runtime: str, threads: int, batch: int, img_size: i
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
         "device": device, "runtime": runtime, "batch": batch, "img_size": img_size,
         **({"precision": precision} if precision != "fp32" else {}),
+        **({"warm_calls": WARM_CALLS} if WARM_CALLS else {}),
     }
 
 
@@ -127,13 +129,31 @@ def runtime_runner(model: torch.nn.Module, x: torch.Tensor, runtime: str, thread
     return onnx_runner(model, x, threads, device, exported, precision)
 
 
+def timed_call(run: Callable[[], None], device: str) -> float:
+    """ms of one call (on CUDA, between events after a sync)."""
+    if device != "cuda":
+        t0 = time.perf_counter_ns()
+        run()
+        return (time.perf_counter_ns() - t0) / 1e6
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    run()
+    b.record()
+    b.synchronize()
+    return a.elapsed_time(b)
+
+
 def call_times(runners: dict, sweeps: int, device: str = "cpu", warmup_calls: int = 5,
-               warmup_sweeps: int = 2, seed: int = 0, shuffle: bool = True) -> tuple[list, np.ndarray]:
+               warmup_sweeps: int = 2, seed: int = 0, shuffle: bool = True,
+               warm_calls: int = WARM_CALLS) -> tuple[list, np.ndarray]:
     """Call the runners in turn, each once per sweep, for `sweeps` sweeps after a warm-up (each
-    runner alone, then untimed sweeps): the keys in call order and each call's ms. The order is
-    shuffled every sweep, since a model runs slower after some models than after others (caches);
-    measured here, a fixed order moved latencies by 2-6% between chunks of other architectures
-    (`benchmarks/timing_noise.py` compares both). On CUDA, each call is timed with events after a sync."""
+    runner alone, then untimed sweeps): the keys in call order and each call's ms.
+
+    Each turn is `warm_calls` untimed calls and then the timed one. With none, a model is timed on
+    its first call after others ran, as a latency table times it; with two, warm, as when it is
+    served alone (see `latency_models.settings.WARM_CALLS`). The order is shuffled every sweep,
+    since a model runs slower after some models than after others; a fixed order moved latencies
+    by 2-6% between chunks (`benchmarks/timing_noise.py`)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for run in runners.values():  # allocator, caches, lazy init
         for _ in range(warmup_calls):
@@ -146,18 +166,10 @@ def call_times(runners: dict, sweeps: int, device: str = "cpu", warmup_calls: in
         keys, rng = list(runners), np.random.default_rng(seed)
         for sweep in range(warmup_sweeps + sweeps):
             for key in (keys[i] for i in (rng.permutation(len(keys)) if shuffle else range(len(keys)))):
-                run = runners[key]
-                if device == "cuda":
-                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    a.record()
-                    run()
-                    b.record()
-                    b.synchronize()
-                    ms = a.elapsed_time(b)
-                else:
-                    t0 = time.perf_counter_ns()
-                    run()
-                    ms = (time.perf_counter_ns() - t0) / 1e6
+                for _ in range(warm_calls):
+                    runners[key]()
+                sync()
+                ms = timed_call(runners[key], device)
                 if sweep >= warmup_sweeps:
                     order.append(key)
                     times.append(ms)

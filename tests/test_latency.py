@@ -14,7 +14,7 @@ from latency_models.table import append_row
 from latency_models.calibrate import fingerprint_mismatch
 from latency_models.features import FEATURE_NAMES, KINDS, feature_matrix, tally, total_flops
 from latency_models.measure import (call_times, exported_files, fingerprint, fingerprint_id, measure_all,
-                                     remove_common_slowdown, time_interleaved)
+                                     interleaved_stats, remove_common_slowdown, time_interleaved)
 from latency_models.validate import fit_and_report, metrics
 from search_space import ArchSpec, SearchSpace, StageSpec, build_model, count_flops, deploy, presets, sample
 
@@ -40,12 +40,34 @@ def test_analytic_flops_equal_fvcore_on_the_deployed_model():
 def test_interleaved_timer_calls_each_runner_once_per_sweep_in_shuffled_order():
     calls = []
     runners = {k: (lambda k=k: calls.append(k)) for k in "abcd"}
-    order, ms = call_times(runners, sweeps=6, warmup_calls=1, warmup_sweeps=1)
+    order, ms = call_times(runners, sweeps=6, warmup_calls=1, warmup_sweeps=1, warm_calls=2)
     assert len(order) == len(ms) == 24 and (ms >= 0).all()
     sweeps = [order[i:i + 4] for i in range(0, 24, 4)]
     assert all(sorted(s) == list("abcd") for s in sweeps)  # every runner once per sweep
     assert len({tuple(s) for s in sweeps}) > 1  # the order changes between sweeps
-    assert calls[:4] == list("abcd") and len(calls) == 4 + 4 + 24  # warm-up alone, an untimed sweep, then timed
+    per_turn = 3  # two warm calls, then the timed one
+    assert calls[:4] == list("abcd") and len(calls) == 4 + per_turn * (4 + 24)  # warm-up, untimed sweep, timed
+    turns = [calls[i:i + per_turn] for i in range(4, len(calls), per_turn)]
+    assert all(len(set(turn)) == 1 for turn in turns)  # warm calls of the same runner before each timed one
+    assert [turn[-1] for turn in turns[4:]] == order
+
+
+def test_warm_calls_time_a_model_warm_whatever_ran_before_it():
+    """A runner that is slow when another ran last (its weights out of the caches) reads fast
+    after warm calls, slow without."""
+    last = []
+
+    def runner(key, warm_ms=1.0, cold_ms=4.0):
+        def run():
+            time.sleep((warm_ms if last[-1:] == [key] else cold_ms) / 1000)
+            last.append(key)
+        return run
+
+    runners = {k: runner(k) for k in "abc"}
+    warm = interleaved_stats(*call_times(runners, sweeps=10, warmup_calls=1, warmup_sweeps=0, warm_calls=2))
+    cold = interleaved_stats(*call_times(runners, sweeps=10, warmup_calls=1, warmup_sweeps=0, warm_calls=0))
+    for k in "abc":
+        assert 1.0 <= warm[k]["raw_median_ms"] < 2.5 <= 4.0 <= cold[k]["raw_median_ms"]
 
 
 def test_timer_reports_ordered_statistics():
@@ -280,6 +302,16 @@ def test_fingerprint_mismatch_is_named():
     problems = fingerprint_mismatch(model, 32)
     assert len(problems) == 1 and "Some Other CPU" in problems[0]
     assert fingerprint_mismatch(LatencyModel(fingerprint=fingerprint("cpu", "torch", 1, 1, 32)), 32) == []
+
+
+def test_a_timing_protocol_with_warm_calls_has_a_fingerprint_of_its_own(monkeypatch):
+    from latency_models import measure
+
+    cold = fingerprint("cpu", "onnxruntime", 1, 1, 8)
+    monkeypatch.setattr(measure, "WARM_CALLS", 2)
+    warm = fingerprint("cpu", "onnxruntime", 1, 1, 8)
+    assert warm == {**cold, "warm_calls": 2} and fingerprint_id(warm) != fingerprint_id(cold)
+    assert fingerprint_mismatch(LatencyModel(fingerprint=cold), 8) == ["warm_calls None vs here 2"]
 
 
 def test_run_refuses_a_foreign_latency_model_unless_forced(tmp_path):
