@@ -65,9 +65,9 @@ FINAL_EPOCHS = 15  # the long-training reference's recipe, so that its preset tr
 # part, eta 3, promotion within latency bands) with 120 trials; TPE had the highest median hypervolume in the
 # sampler comparison (BENCHMARKS.md, "Search engine").
 BUDGETS = {"full": {"trials": 120, "base_epochs": 0.5, "epochs": 6.5, "eta": 3, "promotion": "bands",
-                    "sampler": "tpe", "workers": 2, "final_epochs": FINAL_EPOCHS, "sweeps": 400},
+                    "sampler": "tpe", "workers": 2, "final_epochs": FINAL_EPOCHS, "sweeps": 400, "searched_finals": 3},
            "quick": {"trials": 8, "base_epochs": 0.1, "epochs": 0.3, "eta": 3, "promotion": "bands",
-                     "sampler": "tpe", "workers": 1, "final_epochs": 0.3, "sweeps": 20}}
+                     "sampler": "tpe", "workers": 1, "final_epochs": 0.3, "sweeps": 20, "searched_finals": 1}}
 
 
 def cli(*args: str, threads: int | None = None, script: Path = ROOT / "search.py") -> None:
@@ -86,9 +86,9 @@ def pick_target(model: LatencyModel, dataset) -> float:
         return round(float(pd.Series(model.predict(list(specs.values()))).median()), 4)
 
 
-def chosen_trials(run: Path, target: float) -> tuple[dict[int, str], list[int]]:
-    """Preset trials by number, and the 3 most accurate searched front trials (topped up with the
-    most accurate other feasible ones if the front holds fewer than 3 searched points)."""
+def chosen_trials(run: Path, target: float, searched_finals: int = 3) -> tuple[dict[int, str], list[int]]:
+    """Preset trials by number, and the `searched_finals` most accurate searched front trials (topped
+    up with the most accurate other feasible ones if the front holds fewer searched points)."""
     trials = pd.read_csv(run / "trials.csv")
     done = trials[trials["state"] == TrialState.COMPLETE]
     preset_rows = done[done["preset"].notna()]
@@ -96,7 +96,7 @@ def chosen_trials(run: Path, target: float) -> tuple[dict[int, str], list[int]]:
     searched = done[done["preset"].isna() & (done["pred_ms"] <= target)].copy()
     searched["on_front"] = searched["number"].isin(front)
     searched = searched.sort_values(["on_front", "rung", "rung_acc"], ascending=False)
-    return dict(zip(preset_rows["number"], preset_rows["preset"])), searched["number"].head(3).tolist()
+    return dict(zip(preset_rows["number"], preset_rows["preset"])), searched["number"].head(searched_finals).tolist()
 
 
 def reuse_final(previous: Path, run: Path, number: int, arch_id: str, epochs: float, dataset: str) -> bool:
@@ -314,7 +314,7 @@ def main() -> None:
     start = time.time()
     run, dataset_arg, search_target = search(args, budget, out)
     search_min = (time.time() - start) / 60
-    presets_by_trial, searched = chosen_trials(run, search_target)
+    presets_by_trial, searched = chosen_trials(run, search_target, budget["searched_finals"])
     trials = pd.read_csv(run / "trials.csv").set_index("number")
     for number in [*presets_by_trial, *searched] if args.reuse else []:
         reuse_final(Path(args.reuse), run, number, trials.at[number, "arch_id"], float(budget["final_epochs"]),

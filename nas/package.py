@@ -12,7 +12,7 @@ from evaluators.data import IMAGE_RESIZE, load_dataset
 from evaluators.train import Normalizer
 from latency_models.measure import fingerprint_id
 from search_space import count_params, deploy
-from search_space.export import export_onnx, export_pt2, set_onnx_metadata, verify_onnx
+from search_space.export import export_onnx, export_pt2, onnx_trace, set_onnx_metadata, verify_onnx
 from search_space.quantize import QuantizationError, quantize_int8
 from search_space.pretrained import CONFIG_FILE, WEIGHTS_FILE, save_pretrained
 
@@ -25,7 +25,8 @@ from .targets import OTHER_TARGETS, as_constraint
 from . import SearchError
 
 TOLERANCE = 1e-4
-EXPORTERS = {"onnx": (export_onnx, "model.onnx"), "pt2": (export_pt2, "model.pt2")}
+# In the order they are written, from one trace: the ONNX conversion modifies it, so pt2 goes first.
+EXPORTERS = {"pt2": (export_pt2, "model.pt2"), "onnx": (export_onnx, "model.onnx")}
 INT8_FILE = "model.int8.onnx"
 TARGETS_FILE = "targets.json"  # the latency on each other target of the search
 WRITTEN = ("model.onnx", INT8_FILE, "model.int8.json", "model.pt2", WEIGHTS_FILE, CONFIG_FILE, "arch.json",
@@ -52,7 +53,7 @@ def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...]
     model, meta = load_trained(run_dir, number)  # what cannot be read is one line, before any progress
     final, cfg = final_report(run_dir, number), run_config(run_dir)
     out = prepare_out(Path(out), force)
-    stages = ["deploying the trained model", *(f"exporting and verifying {EXPORTERS[f][1]}" for f in formats),
+    stages = ["deploying the trained model", *(f"exporting and verifying {EXPORTERS[f][1]}" for f in written(formats)),
               *(["quantizing, verifying and timing model.int8.onnx"] * int8), "writing fine-tunable weights and card",
               *(["timing model.onnx in onnxruntime"] * ("onnx" in formats)),
               *(["timing the model on the search's other targets"] * bool(cfg.get(OTHER_TARGETS))), "done"]
@@ -95,6 +96,11 @@ def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...]
             "int8": quantized, "files": sorted(p.name for p in out.iterdir())}
 
 
+def written(formats: tuple[str, ...]) -> list[str]:
+    """The formats asked for, in the order they are written."""
+    return [f for f in EXPORTERS if f in formats]
+
+
 def write_deployed(deployed: torch.nn.Module, out: Path, formats: tuple[str, ...], metadata: dict[str, str],
                    report: Callable[[], None]) -> dict[str, float]:
     """Export each format, the ONNX file with `metadata`, and verify it against PyTorch: the max
@@ -102,10 +108,11 @@ def write_deployed(deployed: torch.nn.Module, out: Path, formats: tuple[str, ...
     spec = deployed.spec
     x = torch.randn(3, spec.in_chans, spec.img_size, spec.img_size, generator=torch.Generator().manual_seed(0))
     diffs = {}
-    for fmt in formats:
+    program = onnx_trace(deployed)
+    for fmt in written(formats):
         report()
         export, name = EXPORTERS[fmt]
-        export(deployed, out / name)
+        export(deployed, out / name, program)
         if fmt == "onnx":
             set_onnx_metadata(out / name, metadata)
         diffs[fmt] = VERIFIERS[fmt](out / name, deployed, x)

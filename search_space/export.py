@@ -58,8 +58,16 @@ def export_program(model: torch.nn.Module) -> torch.export.ExportedProgram:
                                        dynamic_shapes=({0: torch.export.Dim.AUTO},))
 
 
-def export_pt2(model: torch.nn.Module, path: str | Path) -> Path:
-    torch.export.save(export_program(model), str(path))
+def onnx_trace(model: torch.nn.Module) -> torch.export.ExportedProgram:
+    """The model traced once for every file `export` writes: as the ONNX exporter traces it."""
+    with _quiet(), _onnx_tracing():
+        return export_program(model)
+
+
+def export_pt2(model: torch.nn.Module, path: str | Path,
+               program: torch.export.ExportedProgram | None = None) -> Path:
+    """The model's trace (`program` where already made) saved for torch.export.load."""
+    torch.export.save(export_program(model) if program is None else program, str(path))
     return Path(path)
 
 
@@ -189,13 +197,14 @@ def _agrees(path: Path, model: torch.nn.Module) -> bool:
         return False
 
 
-def export_onnx(model: torch.nn.Module, path: str | Path) -> Path:
+def export_onnx(model: torch.nn.Module, path: str | Path,
+                program: torch.export.ExportedProgram | None = None) -> Path:
     """ONNX (opset 18) through the torch.export-based exporter (TorchScript export is deprecated),
     without its decomposition pass where that pass has nothing to do and the graph proves equal
-    to the model; otherwise with it."""
+    to the model; otherwise with it. `program`: the model's `onnx_trace` where already made; it is
+    modified."""
     path = Path(path)
-    with _quiet(), _onnx_tracing():
-        program = export_program(model)
+    program = onnx_trace(model) if program is None else program
     with _quiet():
         if not _untranslated_ops(program):
             _direct_onnx_program(program).save(str(path))

@@ -22,7 +22,7 @@ def test_cifar10_vs_presets_quick_on_digits(tmp_path):
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["target_ms"] > 0
     kinds = [r["kind"] for r in res["rows"]]
-    assert kinds.count("preset") == 6 and 1 <= kinds.count("searched") <= 3 and kinds.count("timm") == 1
+    assert kinds.count("preset") == 6 and kinds.count("searched") == 1 and kinds.count("timm") == 1  # quick: 1
     assert res["runtime"] == "torch"  # the latency model's, which both the search and the timing use
     assert res["budget"]["base_epochs"] < res["budget"]["epochs"] == 0.4  # the multi-fidelity search
     assert res["budget"]["trials"] == 9 and res["search_training_min"] > 0

@@ -101,7 +101,7 @@ def demo_run(tmp_path_factory):
     """The demo path at a tiny budget, calibration included."""
     runs = tmp_path_factory.mktemp("runs")
     run_cli("run", "--name", "demo", "--target-ms", "p60", "--trials", 9, "--epochs", 1, "--subset", 0.3,
-            "--calibrate-n", 16, "--workers", 2, "--runs-dir", runs)
+            "--calibrate-n", 8, "--workers", 2, "--runs-dir", runs)
     return runs / "demo"
 
 
