@@ -30,8 +30,8 @@ def ratio_to_anchor(runners: dict, sweeps: int, warm_calls: int) -> float:
 
 
 def contexts_of(args: argparse.Namespace, runtime: str) -> tuple[ArchSpec, dict[str, dict]]:
-    """The trained model's spec, and the runners of each context: the trained model beside the anchor alone, among 15 table
-    architectures, and its seeded weights beside the anchor."""
+    """The trained model's spec, and the runners of each context: the trained model beside the
+    anchor alone, among 15 table architectures, and its seeded weights beside the anchor."""
     trained = load_trained(args.run, args.trial)[0].eval()
     spec = trained.spec
     x = torch.randn(1, spec.in_chans, spec.img_size, spec.img_size)

@@ -9,6 +9,7 @@ import argparse
 import json
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,9 @@ from search_space import SearchSpace
 PROTOCOLS = (0, 2, 2, 0)  # warm calls of each timing of a chunk, in turn
 
 
-def ratios(runners: dict, warm_calls: int, seed: int) -> dict[str, float]:
-    stats = interleaved_stats(*call_times({"anchor": runners["anchor"], **runners["chunk"]}, 50,
-                                          warm_calls=warm_calls, seed=seed))
+def ratios(anchor: Callable[[], None], chunk: dict, warm_calls: int, seed: int) -> dict[str, float]:
+    """Each of the chunk's architectures' latency over the anchor's, timed together."""
+    stats = interleaved_stats(*call_times({"anchor": anchor, **chunk}, 50, warm_calls=warm_calls, seed=seed))
     return {a: st["median_ms"] / stats["anchor"]["median_ms"] for a, st in stats.items() if a != "anchor"}
 
 
@@ -57,7 +58,7 @@ def main() -> None:
     for i in range(0, len(specs), 16):
         chunk = {s.arch_id: deployed_runner(s, "onnxruntime")[0] for s in specs[i:i + 16]}
         for k, warm in enumerate(PROTOCOLS):
-            for a, r in ratios({"anchor": anchor, "chunk": chunk}, warm, seed=i + k).items():
+            for a, r in ratios(anchor, chunk, warm, seed=i + k).items():
                 rows[a].setdefault(warm, []).append(r)
         print(f"{min(i + 16, len(specs))}/{len(specs)} timed, {time.perf_counter() - t0:.0f} s", flush=True)
     summary = {"machine": cpu_model(), "date": time.strftime("%Y-%m-%d"), "shape": args.shape, "n": len(specs)}

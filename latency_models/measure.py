@@ -130,7 +130,7 @@ def runtime_runner(model: torch.nn.Module, x: torch.Tensor, runtime: str, thread
 
 
 def timed_call(run: Callable[[], None], device: str) -> float:
-    """ms of one call (on CUDA, between events after a sync)."""
+    """ms of one call (on CUDA, between two events, read once the second has completed)."""
     if device != "cuda":
         t0 = time.perf_counter_ns()
         run()
@@ -168,7 +168,6 @@ def call_times(runners: dict, sweeps: int, device: str = "cpu", warmup_calls: in
             for key in (keys[i] for i in (rng.permutation(len(keys)) if shuffle else range(len(keys)))):
                 for _ in range(warm_calls):
                     runners[key]()
-                sync()
                 ms = timed_call(runners[key], device)
                 if sweep >= warmup_sweeps:
                     order.append(key)
