@@ -25,7 +25,7 @@ test-fast: setup
 # The main job on the embedded digits dataset: calibrate this CPU (cached), search under the
 # median latency of the space, train the best feasible architecture fully, export it.
 demo: setup
-	$(PY) search.py run --name demo --dataset digits --target-ms p50 --trials 16 --epochs 3 --workers 2
+	$(PY) search.py run --name demo --dataset digits --target-ms p50 --epochs 3 --workers 2
 	$(PY) search.py train runs/demo --trial best --epochs 12
 	$(PY) search.py export runs/demo --trial best --out runs/demo/export --force
 

@@ -2,6 +2,7 @@
 model back as a trainable one. Each call imports what it needs, so `import etnas` is cheap."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,11 @@ def search(dataset: str = "digits", target: str | float = "p50", *, name: str = 
     from nas.inputs import prepare_search
     from nas.search import run_search
 
+    started = time.monotonic()  # `minutes` counts the calibration too
     cfg = SearchConfig(name=name, target_ms=0.0, latency_model=str(latency_model or ""), dataset=dataset,
                        runs_dir=str(runs_dir), **settings)
     cfg, inputs = prepare_search(cfg, target, runtime=runtime, calibrate_n=calibrate_n, force=force, on_note=print)
-    return run_search(cfg, on_progress, inputs)
+    return run_search(cfg, on_progress, inputs, started)
 
 
 def train(run_dir: str | Path, trial: int | str = "best", *, epochs: float | None = None, device: str = "cpu",

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -163,8 +164,9 @@ def cmd_fit_latency(args) -> None:
 
 # --- search -----------------------------------------------------------------------------------
 def cmd_run(args) -> None:
+    started = time.monotonic()  # --minutes counts the calibration too
     cfg, inputs = prepare_search(args)
-    front = watch_search(cfg, inputs)
+    front = watch_search(cfg, inputs, started)
     print_front(cfg.run_dir, as_json=False)
     out.print(f"{len(front)} architectures on the front; browse: etnas front {cfg.run_dir}",
               markup=False)
@@ -214,10 +216,12 @@ def lazy_progress(description: str):
 
 def progress_text(p, cfg) -> str:
     """The search's live line: counts, rungs, best accuracy, front size and ETA, then the last event."""
-    eta = ""
+    minutes = None
     if p.mean_train_s:
-        left = max(p.total - p.done, 0)
-        eta = f", ETA ~{left * p.mean_train_s / max(cfg.workers, 1) / 60:.1f} min"
+        minutes = max(p.total - p.done, 0) * p.mean_train_s / max(cfg.workers, 1) / 60
+    if p.minutes_left is not None and (minutes is None or p.minutes_left < minutes):
+        minutes = p.minutes_left  # the time limit ends it first
+    eta = "" if minutes is None else f", ETA ~{minutes:.1f} min"
     best = f"{p.best_acc:.4f}" if p.best_acc is not None else "-"
     rungs = "/".join(map(str, p.at_rung))
     return (f"{p.done}/{p.total} done, {p.running} training, {p.failed} failed, {p.infeasible} infeasible, "
@@ -225,8 +229,8 @@ def progress_text(p, cfg) -> str:
             f"{best} | front {p.front_size}{eta}\n  {escape(p.last)}")
 
 
-def watch_search(cfg, inputs) -> list[dict]:
-    """Run the search under a live line (`progress_text`)."""
+def watch_search(cfg, inputs, started: float) -> list[dict]:
+    """Run the search under a live line (`progress_text`); `started`: when the command began."""
     from rich.live import Live
 
     from nas.search import run_search
@@ -234,7 +238,7 @@ def watch_search(cfg, inputs) -> list[dict]:
     title = f"[bold]{cfg.name}[/] "
     try:
         with Live(title + "starting Ray workers", console=console, refresh_per_second=4) as live:
-            return run_search(cfg, lambda p: live.update(title + progress_text(p, cfg)), inputs)
+            return run_search(cfg, lambda p: live.update(title + progress_text(p, cfg)), inputs, started)
     finally:
         if not console.is_terminal:  # rich ends the live line on a terminal only; in a log the next output
             console.line()           # would run on from it
@@ -531,6 +535,10 @@ def _run_parser(sub) -> None:
                    help="a total training budget: epochs over all candidates' rungs; once the trainings done and "
                         "under way reach it, no new candidate starts (promotions earned still train; "
                         "default: --trials alone limits the search)")
+    r.add_argument("--minutes", type=number(0), default=d.minutes,
+                   help="a time limit for the run, its calibration included: no training starts after it, the ones "
+                        "in flight stop there and go on from their checkpoints when the run is resumed (default: "
+                        "none)")
     r.add_argument("--workers", type=integer(1), default=d.workers, help="Ray workers training proxies at once")
     _proxy_options(r, d)
     r.add_argument("--sampler", choices=SAMPLERS, default=d.sampler, help="Optuna sampler")

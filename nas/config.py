@@ -34,6 +34,7 @@ class SearchConfig:
     dataset: str = "digits"
     trials: int = 30
     budget_epochs: float | None = None  # training epochs over all candidates; None: --trials alone stops
+    minutes: float | None = None  # wall-clock limit of the run, its calibration included; None: no limit
     workers: int = 2
     epochs: float = PROXY_RECIPE["epochs"]  # the top rung's budget
     base_epochs: float = PROXY_RECIPE["base_epochs"]

@@ -45,11 +45,13 @@ class Dispatcher:
                           self.rungs.budgets[rung])
         self.pending[ref] = (trial, rung)
 
-    def next_result(self) -> tuple[optuna.trial.Trial, int, dict]:
-        """Wait for any training in flight to reach its rung (or fail)."""
+    def next_result(self, timeout: float | None = None) -> tuple[optuna.trial.Trial, int, dict] | None:
+        """Wait for any training in flight to reach its rung (or fail); None after `timeout` seconds."""
         import ray
 
-        ready, _ = ray.wait(list(self.pending), num_returns=1)
+        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        if not ready:
+            return None
         trial, rung = self.pending.pop(ready[0])
         try:
             return trial, rung, ray.get(ready[0])

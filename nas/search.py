@@ -5,6 +5,7 @@ SQLite study and the checkpoints, so a re-run of the same command resumes where 
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,6 +118,7 @@ class SearchProgress:
     at_rung: list[int] = field(default_factory=list)
     mean_train_s: float | None = None
     total: int = 0
+    minutes_left: float | None = None  # of --minutes
     last: str = ""
 
 
@@ -131,6 +133,7 @@ class SearchRun:
     ladder: Ladder
     dispatcher: Dispatcher
     on_progress: Callable[[SearchProgress], None] | None = None
+    deadline: float | None = None  # time.monotonic() at which --minutes ends
     waiting: dict = field(default_factory=dict)  # arch_id -> duplicates waiting for its training
     front: list = field(default_factory=list)
     proposals_in_a_row_seen: int = 0
@@ -145,6 +148,10 @@ class SearchRun:
         """Trials that count towards --trials: finished ones, duplicates and interrupted ones aside."""
         c = counts(self.study)
         return sum(v for k, v in c.items() if k not in UNCOUNTED_STATES)
+
+    def seconds_left(self) -> float | None:
+        """Of the run's time limit (`--minutes`), if it has one."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
     def budget_spent(self) -> bool:
         """Whether the trainings finished and under way reach --budget-epochs: the sampler proposes
@@ -170,24 +177,33 @@ class SearchRun:
             infeasible=c.get(TrialState.INFEASIBLE, 0), duplicates=c.get(TrialState.DUPLICATE, 0),
             best_acc=max((f["val_acc"] for f in self.front), default=None), front_size=len(self.front),
             at_rung=self.ladder.at_rung(), mean_train_s=float(np.mean(trained)) if trained else None,
-            total=self.cfg.trials, last=last))
+            total=self.cfg.trials, last=last,
+            minutes_left=None if self.deadline is None else self.seconds_left() / 60))
 
 
 def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] | None = None,
-               inputs: SearchInputs | None = None) -> list[dict]:
+               inputs: SearchInputs | None = None, started: float | None = None) -> list[dict]:
     """Run (or resume) a search; returns the Pareto front of the top rung. Infeasible candidates are
-    never trained; every feasible one trains the first rung, and the promoted ones continue."""
+    never trained; every feasible one trains the first rung, and the promoted ones continue.
+    `started`: the time.monotonic() the run began (before its calibration), which `cfg.minutes`
+    counts from; default now."""
     inputs = inputs or load_inputs(cfg)
     run = None
     try:
         run = start_run(cfg, on_progress, inputs)
+        if cfg.minutes is not None:
+            run.deadline = (time.monotonic() if started is None else started) + cfg.minutes * 60
         run.report()
         while True:
             propose(run)
+            if run.seconds_left() == 0:
+                run.report(stop_at_time_limit(run))
+                break
             if not run.dispatcher.pending:
                 break
-            trial, rung, res = run.dispatcher.next_result()
-            run.report(settle(run, trial, rung, res))
+            result = run.dispatcher.next_result(timeout=run.seconds_left())
+            if result is not None:
+                run.report(settle(run, *result))
     except (KeyboardInterrupt, Exception) as e:
         if run is not None:
             run.dispatcher.cancel()
@@ -253,10 +269,23 @@ def start_ray(cfg: SearchConfig):
     return ray
 
 
+def stop_at_time_limit(run: SearchRun) -> str:
+    """`--minutes` is over: the trainings in flight stop, and their trials are queued again to go on
+    from their checkpoints when the run is resumed."""
+    in_flight = len(run.dispatcher.pending)
+    run.dispatcher.cancel()
+    run.waiting.clear()  # their duplicates are queued again with them
+    recover_interrupted(run.study)
+    return (f"the time limit of {run.cfg.minutes:g} min is reached after {run.counted()} trials: "
+            f"{in_flight} training(s) in flight stopped, to go on from their checkpoints when the run resumes")
+
+
 def propose(run: SearchRun) -> None:
-    """Ask Optuna for candidates while a worker is free and the user's count is not reached; a
-    duplicate costs neither a trial from the count nor a training."""
+    """Ask Optuna for candidates while a worker is free, the user's count is not reached and time
+    is left; a duplicate costs neither a trial from the count nor a training."""
     while run.dispatcher.free > 0 and run.counted() + len(run.dispatcher.pending) < run.cfg.trials:
+        if run.seconds_left() == 0:
+            return
         if run.budget_spent():
             if not run.budget_said:
                 run.budget_said = True

@@ -8,19 +8,22 @@ from collections.abc import Callable
 from .spec import PATCH_SIZES, ArchSpec, StageSpec, can_downsample, stage_grids
 
 PAPER_GRID = 14  # 224 px / patch 16 in DeiT, SkipAt and SLAB-DeiT; EfficientViT's stem too
+MIN_PATCH = 4  # a token embeds at least 4x4 pixels, as ViTs on CIFAR-10 and MNIST do: finer tokens of
+               # small images (one grey value at 8 px) leave an MHSA preset at chance
 SEARCH_SCALE = 0.5  # presets in a search are the paper designs at half width and depth: trainable
                     # as proxies on 2 cores, and inside the sampled space's width/depth range
 
 
 def patch_for(img_size: int, n_stages: int, downsample: str = "conv2x2") -> int:
-    """Smallest power-of-two patch giving at most the papers' 14x14 grid, among those whose grid
-    every downsampling can take; failing that, the coarsest patch such a grid allows."""
+    """Smallest power-of-two patch of at least MIN_PATCH giving at most the papers' 14x14 grid,
+    among those whose grid every downsampling can take; failing that, the coarsest patch such a
+    grid allows."""
     def fits(p: int) -> bool:
         grids = stage_grids(img_size // p, n_stages, downsample)
         return img_size % p == 0 and all(can_downsample(g, downsample) for g in grids[:-1])
 
     valid = [p for p in PATCH_SIZES if fits(p)]
-    small = [p for p in valid if img_size // p <= PAPER_GRID]
+    small = [p for p in valid if p >= MIN_PATCH and img_size // p <= PAPER_GRID]
     return min(small) if small else max(valid)
 
 

@@ -193,3 +193,17 @@ def test_the_constraint_is_the_first_latency_model_unless_named():
     with pytest.raises(SearchError, match="--constraint gpu names none of the --latency-model files "
                                           r"\(cpu-fp32, cpu-int8, phone\)"):
         constraint_and_others(models, "gpu")
+
+
+def test_the_live_line_counts_down_the_time_limit_when_it_ends_the_run_first():
+    from nas.config import SearchConfig
+    from nas.search import SearchProgress
+
+    cfg = SearchConfig(name="r", target_ms=1.0, latency_model="", workers=2)
+    by_trials = SearchProgress(done=10, total=30, mean_train_s=60.0)  # 20 trials left, a minute each, 2 workers
+    assert "ETA ~10.0 min" in search.progress_text(by_trials, cfg)
+    by_limit = SearchProgress(done=10, total=30, mean_train_s=60.0, minutes_left=4.0)
+    assert "ETA ~4.0 min" in search.progress_text(by_limit, cfg)
+    assert "ETA ~10.0 min" in search.progress_text(SearchProgress(done=10, total=30, mean_train_s=60.0,
+                                                                  minutes_left=25.0), cfg)
+    assert "ETA ~7.5 min" in search.progress_text(SearchProgress(minutes_left=7.5), cfg)  # before any training

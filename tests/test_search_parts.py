@@ -176,7 +176,7 @@ def test_a_lost_worker_is_a_result_not_a_crash(tmp_path, study, monkeypatch):
     def lost(ref):
         raise ray.exceptions.WorkerCrashedError()
 
-    monkeypatch.setattr(ray, "wait", lambda refs, num_returns: (refs[:1], refs[1:]))
+    monkeypatch.setattr(ray, "wait", lambda refs, num_returns, timeout: (refs[:1], refs[1:]))
     monkeypatch.setattr(ray, "get", lost)
     dispatcher = Dispatcher(1, "data", rung_train_config(RUNGS), RUNGS, tmp_path)
     trial = study.ask()
@@ -184,6 +184,17 @@ def test_a_lost_worker_is_a_result_not_a_crash(tmp_path, study, monkeypatch):
     got, rung, res = dispatcher.next_result()
     assert got is trial and rung == 2 and res["lost"].startswith("WorkerCrashedError: ")
     assert not dispatcher.pending
+
+
+def test_waiting_past_the_time_limit_returns_nothing_and_keeps_the_training_pending(tmp_path, study, monkeypatch):
+    import ray
+
+    waited = []
+    monkeypatch.setattr(ray, "wait", lambda refs, num_returns, timeout: waited.append(timeout) or ([], refs))
+    dispatcher = Dispatcher(1, "data", rung_train_config(RUNGS), RUNGS, tmp_path)
+    dispatcher.pending["ref"] = (study.ask(), 0)
+    assert dispatcher.next_result(timeout=1.5) is None and waited == [1.5]
+    assert list(dispatcher.pending) == ["ref"]  # for the run to stop and queue again
 
 
 def test_a_queued_trial_stopped_before_its_parameters_were_written_is_queued_again_whole(study):

@@ -54,4 +54,4 @@ def test_search_train_and_export_at_sizes_off_the_power_of_two_grid(tmp_path, si
     run_cli("train", run, "--trial", "best", "--epochs", 0.2)
     run_cli("export", run, "--trial", "best", "--out", tmp_path / "export")
     assert (tmp_path / "export" / "model.onnx").stat().st_size > 0
-    assert preset("deit-tiny", size, chans, 3).patch == {28: 2, 96: 8}[size]
+    assert preset("deit-tiny", size, chans, 3).patch == {28: 4, 96: 8}[size]

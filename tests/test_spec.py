@@ -74,8 +74,12 @@ def test_every_validation_problem_is_reported_at_once():
 
 
 def test_presets_scale_grid_to_input():
-    assert patch_for(224, 1) == 16 and patch_for(32, 1) == 4 and patch_for(8, 1) == 1
+    assert patch_for(224, 1) == 16 and patch_for(32, 1) == 4 and patch_for(96, 1) == 8
     assert patch_for(224, 3) == 8 and patch_for(32, 3) == 4
+    # tokens of at least 4x4 pixels: tiny images get a coarse grid, not single-pixel tokens
+    assert patch_for(8, 1) == 4 and patch_for(28, 1) == 4
+    # unless the downsampling cannot take the grid: the coarsest patch that it can
+    assert patch_for(8, 3) == 2 and patch_for(28, 3) == 1
     ps = presets(32, 3, 10)
     assert ps["deit-tiny"].stages[0].width == 192 and ps["deit-tiny"].stages[0].depth == 12
     assert ps["skipat-tiny"].stages[0].skip == (3, 4, 5, 6, 7, 8)
