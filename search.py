@@ -93,11 +93,37 @@ def cmd_space_check(args) -> None:
 
 
 # --- latency ----------------------------------------------------------------------------------
+MAX_MINUTES = 1e5  # --minutes: about 70 days, beyond which a limit means none (and Ray's waits overflow)
+LOG_EVERY_S = 30  # a progress bar's line in a log (rich draws a bar on a terminal only, at the end elsewhere)
+
+
 def progress_bar():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console)
+    class LoggedProgress(Progress):
+        """rich's Progress, which also prints its line to a log every LOG_EVERY_S seconds."""
+
+        logged = time.monotonic()
+
+        def update(self, task_id, **fields) -> None:
+            super().update(task_id, **fields)
+            self.log_line()
+
+        def advance(self, task_id, advance: float = 1) -> None:
+            super().advance(task_id, advance)
+            self.log_line()
+
+        def log_line(self) -> None:
+            if self.console.is_interactive or time.monotonic() - self.logged < LOG_EVERY_S:
+                return
+            self.logged = time.monotonic()
+            for task in self.tasks:
+                done = f"{task.completed:g}" + (f"/{task.total:g}" if task.total else "")
+                self.console.print(f"{task.description}: {done} in {task.elapsed or 0:.0f} s "
+                                   f"{task.fields.get('info', '')}".rstrip(), markup=False, soft_wrap=True)
+
+    return LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console)
 
 
 def cmd_measure(args) -> None:
@@ -235,13 +261,15 @@ def watch_search(cfg, inputs, started: float) -> list[dict]:
 
     from nas.search import run_search
 
+    if not console.is_interactive:  # a log: a line per event, where rich would print the live line only at the end
+        def log(p) -> None:
+            if p.last:
+                console.print(f"{escape(cfg.name)} {progress_text(p, cfg)}".replace("\n ", " |"), soft_wrap=True)
+        console.print(f"{cfg.name} starting Ray workers", markup=False)
+        return run_search(cfg, log, inputs, started)
     title = f"[bold]{cfg.name}[/] "
-    try:
-        with Live(title + "starting Ray workers", console=console, refresh_per_second=4) as live:
-            return run_search(cfg, lambda p: live.update(title + progress_text(p, cfg)), inputs, started)
-    finally:
-        if not console.is_terminal:  # rich ends the live line on a terminal only; in a log the next output
-            console.line()           # would run on from it
+    with Live(title + "starting Ray workers", console=console, refresh_per_second=4) as live:
+        return run_search(cfg, lambda p: live.update(title + progress_text(p, cfg)), inputs, started)
 
 
 def print_front(run_dir: Path, as_json: bool) -> None:
@@ -535,7 +563,7 @@ def _run_parser(sub) -> None:
                    help="a total training budget: epochs over all candidates' rungs; once the trainings done and "
                         "under way reach it, no new candidate starts (promotions earned still train; "
                         "default: --trials alone limits the search)")
-    r.add_argument("--minutes", type=number(0), default=d.minutes,
+    r.add_argument("--minutes", type=number(0, MAX_MINUTES), default=d.minutes,
                    help="a time limit for the run, its calibration included: no training starts after it, the ones "
                         "in flight stop there and go on from their checkpoints when the run is resumed (default: "
                         "none)")

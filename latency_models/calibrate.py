@@ -8,35 +8,37 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from search_space import SearchSpace
+from search_space import ArchSpec, SearchSpace
 
-from .measure import fingerprint, fingerprint_id, measure_all, specs_to_time
+from .measure import anchor_spec, fingerprint, fingerprint_id, measure_all, specs_to_time
 from .predictor import FORMAT_VERSION, LatencyModel, ModelFileError
 from .table import read_table
 from .validate import fit_and_report
 
 
-def cache_stem(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, space: SearchSpace, *,
-               runtime: str, n: int, seed: int, precision: str = "fp32") -> Path:
-    """The calibration's cache path without suffix, keyed on everything that decides what is
-    measured: the model format, the device fingerprint (runtime and precision included), the input shape, the
-    space and the sample."""
-    fp = fingerprint("cpu", runtime, 1, 1, img_size, precision)
-    sampled = json.dumps([dataclasses.asdict(space), num_classes, n, seed], sort_keys=True)
-    sampled = hashlib.sha1(sampled.encode()).hexdigest()[:8]
-    return Path(cache_dir) / f"auto-v{FORMAT_VERSION}-{fingerprint_id(fp)}-{in_chans}x{img_size}-{sampled}"
+def cache_stem(specs: list[ArchSpec], cache_dir: Path, space: SearchSpace, *, runtime: str,
+               precision: str = "fp32") -> Path:
+    """The cache path, without suffix, of a calibration timing `specs` (`specs_to_time`'s), keyed on
+    everything that decides what is measured: the model format, the device fingerprint (runtime
+    and precision included), the input shape, the space, the architectures timed (its sample and the
+    presets) and the anchor whose latency sets the reference speed."""
+    like = specs[0]
+    fp = fingerprint("cpu", runtime, 1, 1, like.img_size, precision)
+    timed = json.dumps([dataclasses.asdict(space), [s.arch_id for s in specs], anchor_spec(like).arch_id],
+                       sort_keys=True)
+    digest = hashlib.sha1(timed.encode()).hexdigest()[:8]
+    return Path(cache_dir) / f"auto-v{FORMAT_VERSION}-{fingerprint_id(fp)}-{like.in_chans}x{like.img_size}-{digest}"
 
 
 def calibrate(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, space: SearchSpace, *,
               runtime: str, n: int, seed: int = 0, precision: str = "fp32",
               on_row: Callable[[dict], None] | None = None) -> tuple[Path, dict | None]:
     """Return (model path, fit report or None when the cached model was reused)."""
-    stem = cache_stem(img_size, in_chans, num_classes, cache_dir, space, runtime=runtime, n=n, seed=seed,
-                      precision=precision)
+    specs = specs_to_time(img_size, in_chans, num_classes, space, n=n, seed=seed)
+    stem = cache_stem(specs, cache_dir, space, runtime=runtime, precision=precision)
     model_path, csv_path = stem.with_suffix(".model"), stem.with_suffix(".csv")
     if model_path.exists() and loads(model_path):
         return model_path, None
-    specs = specs_to_time(img_size, in_chans, num_classes, space, n=n, seed=seed)
     measure_all(specs, csv_path, runtime=runtime, device="cpu", threads=1, batch=1, on_row=on_row,
                 precision=precision)  # resumes: a model of an older tally is re-fitted from its timings
     model, report = fit_and_report(read_table(csv_path), seed=seed)

@@ -61,8 +61,11 @@ class Dispatcher:
     def cancel(self) -> None:
         import ray
 
-        for ref in self.pending:
+        refs = list(self.pending)
+        for ref in refs:
             ray.cancel(ref, force=True)
+        if refs:  # the kills land before anything reads their checkpoints again
+            ray.wait(refs, num_returns=len(refs), timeout=5)
         self.pending.clear()
 
 

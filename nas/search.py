@@ -81,8 +81,8 @@ def _study(cfg: SearchConfig, saved: dict) -> optuna.Study:
 
 
 def recover_interrupted(study: optuna.Study) -> int:
-    """Trials left RUNNING by a killed driver are closed as interrupted and queued to run again,
-    carrying the rungs they finished (their checkpoint holds the training)."""
+    """Trials left RUNNING by a killed driver or the time limit are closed as interrupted and queued
+    to run again, carrying the rungs they finished (their checkpoint holds the training)."""
     n = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         carried = {k: t.user_attrs[k] for k in RESUMABLE_ATTRS if k in t.user_attrs}
@@ -135,6 +135,7 @@ class SearchRun:
     on_progress: Callable[[SearchProgress], None] | None = None
     deadline: float | None = None  # time.monotonic() at which --minutes ends
     waiting: dict = field(default_factory=dict)  # arch_id -> duplicates waiting for its training
+    held: list = field(default_factory=list)  # presets whose promotion waits for the other presets
     front: list = field(default_factory=list)
     proposals_in_a_row_seen: int = 0
     budget_said: bool = False
@@ -144,6 +145,13 @@ class SearchRun:
         return {t.user_attrs[Attr.ARCH_ID] for t in self.study.get_trials(deepcopy=False)
                 if Attr.ARCH_ID in t.user_attrs and trial_state(t) in SETTLED_STATES}
 
+    def presets_in_play(self) -> bool:
+        """Whether a preset is still to train, or training: until then the presets' promotions wait,
+        so that they are decided over the presets' results together. Queued first, the presets
+        would otherwise each be the first result of its latency band, which ASHA always promotes."""
+        decided = self.finished() | {t.user_attrs[Attr.ARCH_ID] for t in self.held}
+        return any(arch_id not in decided for arch_id in self.screening.preset_of)
+
     def counted(self) -> int:
         """Trials that count towards --trials: finished ones, duplicates and interrupted ones aside."""
         c = counts(self.study)
@@ -152,6 +160,15 @@ class SearchRun:
     def seconds_left(self) -> float | None:
         """Of the run's time limit (`--minutes`), if it has one."""
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def time_up(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def train(self, trial: optuna.trial.Trial, rung: int) -> None:
+        """Start a rung's training, unless the time limit is up: the trial then stays running, to be
+        queued again with the rungs it finished."""
+        if not self.time_up():
+            self.dispatcher.submit(trial, rung)
 
     def budget_spent(self) -> bool:
         """Whether the trainings finished and under way reach --budget-epochs: the sampler proposes
@@ -187,16 +204,16 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
     never trained; every feasible one trains the first rung, and the promoted ones continue.
     `started`: the time.monotonic() the run began (before its calibration), which `cfg.minutes`
     counts from; default now."""
+    started = time.monotonic() if started is None else started
     inputs = inputs or load_inputs(cfg)
     run = None
     try:
         run = start_run(cfg, on_progress, inputs)
-        if cfg.minutes is not None:
-            run.deadline = (time.monotonic() if started is None else started) + cfg.minutes * 60
+        run.deadline = None if cfg.minutes is None else started + cfg.minutes * 60
         run.report()
         while True:
             propose(run)
-            if run.seconds_left() == 0:
+            if run.time_up():
                 run.report(stop_at_time_limit(run))
                 break
             if not run.dispatcher.pending:
@@ -270,21 +287,25 @@ def start_ray(cfg: SearchConfig):
 
 
 def stop_at_time_limit(run: SearchRun) -> str:
-    """`--minutes` is over: the trainings in flight stop, and their trials are queued again to go on
-    from their checkpoints when the run is resumed."""
+    """`--minutes` is over: the results already in are kept, the trainings in flight stop, and their
+    trials (with any promoted now) are queued again to go on from their checkpoints when the run
+    is resumed."""
+    while (result := run.dispatcher.next_result(timeout=0)) is not None:
+        run.report(settle(run, *result))
     in_flight = len(run.dispatcher.pending)
     run.dispatcher.cancel()
     run.waiting.clear()  # their duplicates are queued again with them
-    recover_interrupted(run.study)
+    queued = recover_interrupted(run.study)
     return (f"the time limit of {run.cfg.minutes:g} min is reached after {run.counted()} trials: "
-            f"{in_flight} training(s) in flight stopped, to go on from their checkpoints when the run resumes")
+            f"{in_flight} training(s) in flight stopped; {queued} trial(s) queued to go on from their "
+            f"checkpoints when the run resumes")
 
 
 def propose(run: SearchRun) -> None:
     """Ask Optuna for candidates while a worker is free, the user's count is not reached and time
     is left; a duplicate costs neither a trial from the count nor a training."""
     while run.dispatcher.free > 0 and run.counted() + len(run.dispatcher.pending) < run.cfg.trials:
-        if run.seconds_left() == 0:
+        if run.time_up():
             return
         if run.budget_spent():
             if not run.budget_said:
@@ -315,7 +336,7 @@ def propose(run: SearchRun) -> None:
             run.ladder.note(spec.arch_id, trial.user_attrs[Attr.PRED_MS], trial.user_attrs[Attr.RUNG_ACCS])
             run.report(conclude(run, trial))
         else:
-            run.dispatcher.submit(trial, rung=0)
+            run.train(trial, rung=0)
             run.report(f"trial {trial.number} training {spec.short()[:60]}")
 
 
@@ -330,7 +351,8 @@ def settle(run: SearchRun, trial: optuna.trial.Trial, rung: int, res: dict) -> s
         run.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         run.dispatcher.checkpoint(trial.user_attrs[Attr.ARCH_ID]).unlink(missing_ok=True)
         share_fate(run, trial)
-        return f"trial {trial.number} failed at rung {rung}: {res['failure']}"
+        failed = f"trial {trial.number} failed at rung {rung}: {res['failure']}"
+        return "; ".join(filter(None, (failed, release_presets(run))))
     run.ladder.record(trial, rung, res)
     return conclude(run, trial)
 
@@ -342,20 +364,40 @@ def relaunch(run: SearchRun, trial: optuna.trial.Trial, rung: int, why: str) -> 
     if relaunches >= MAX_RELAUNCHES:
         return settle(run, trial, rung, {"failure": f"its worker was lost {relaunches + 1} times, last: {why}"})
     trial.set_user_attr(Attr.RELAUNCHES, relaunches + 1)
-    run.dispatcher.submit(trial, rung)
+    run.train(trial, rung)
     said = f"trial {trial.number} lost its worker at rung {rung} ({why}): started again from its checkpoint"
     warnings.warn(said, stacklevel=2)  # kept in the log, where the live view's last line scrolls away
     return said
 
 
 def conclude(run: SearchRun, trial: optuna.trial.Trial) -> str:
+    """Decide the trial's next rung, or hold it while it is a preset and other presets still train
+    (`SearchRun.presets_in_play`); the last preset to arrive releases them all."""
+    accs = trial.user_attrs[Attr.RUNG_ACCS]
+    promoted_before_a_kill = trial.user_attrs.get(Attr.PROMOTED_TO) == len(accs)
+    if promoted_before_a_kill or Attr.PRESET not in trial.user_attrs or len(accs) == run.cfg.rungs.count:
+        return decide(run, trial)
+    run.held.append(trial)
+    return release_presets(run) or (f"trial {trial.number} ({trial.user_attrs[Attr.PRESET]}): {accs[-1]:.3f} at "
+                                    f"rung {len(accs) - 1}, its promotion decided with the other presets'")
+
+
+def release_presets(run: SearchRun) -> str:
+    """Decide the held presets once no other preset trains or waits to; what was decided, or ""."""
+    if not run.held or run.presets_in_play():
+        return ""
+    held, run.held = run.held, []
+    return "; ".join(decide(run, t) for t in held)
+
+
+def decide(run: SearchRun, trial: optuna.trial.Trial) -> str:
     """Continue the trial at the next rung if it earns it; otherwise tell Optuna its accuracy at its
     highest rung (at the top rung, its `val_acc`, comparable across trials)."""
     arch_id, accs = trial.user_attrs[Attr.ARCH_ID], trial.user_attrs[Attr.RUNG_ACCS]
     promoted_before_a_kill = trial.user_attrs.get(Attr.PROMOTED_TO) == len(accs)
     if promoted_before_a_kill or run.ladder.goes_on(arch_id):
         trial.set_user_attr(Attr.PROMOTED_TO, len(accs))
-        run.dispatcher.submit(trial, rung=len(accs))
+        run.train(trial, rung=len(accs))
         return f"trial {trial.number} promoted to rung {len(accs)} ({accs[-1]:.3f} at rung {len(accs) - 1})"
     if len(accs) == run.cfg.rungs.count:
         trial.set_user_attr(Attr.VAL_ACC, accs[-1])

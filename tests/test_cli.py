@@ -207,3 +207,32 @@ def test_the_live_line_counts_down_the_time_limit_when_it_ends_the_run_first():
     assert "ETA ~10.0 min" in search.progress_text(SearchProgress(done=10, total=30, mean_train_s=60.0,
                                                                   minutes_left=25.0), cfg)
     assert "ETA ~7.5 min" in search.progress_text(SearchProgress(minutes_left=7.5), cfg)  # before any training
+
+
+def test_a_log_gets_a_line_per_search_event_and_a_progress_line_every_so_often(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import nas.search
+    from nas.config import SearchConfig
+    from nas.search import SearchProgress
+
+    log = io.StringIO()
+    monkeypatch.setattr(search, "console", Console(file=log, width=80))  # a file, as `> log 2>&1` gives
+
+    def events(cfg, on_progress, inputs, started):
+        for last in ("", "trial 6 training p4 96x6[layernorm·mhsa]", "trial 6: 0.612 at rung 0, 1.10 ms"):
+            on_progress(SearchProgress(done=1, total=30, last=last))
+        return []
+
+    monkeypatch.setattr(nas.search, "run_search", events)
+    search.watch_search(SearchConfig(name="r", target_ms=1.0, latency_model=""), None, 0.0)
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "r starting Ray workers" and len(lines) == 3  # an event each, unwrapped
+    assert lines[1].startswith("r 1/30 done") and lines[1].endswith("| trial 6 training p4 96x6[layernorm·mhsa]")
+    monkeypatch.setattr(search, "LOG_EVERY_S", 0)
+    with search.progress_bar() as bar:
+        task = bar.add_task("calibrating", total=None, info="")
+        bar.update(task, advance=3, info="1.20 ms")
+    assert "\ncalibrating: 3 in 0 s 1.20 ms\n" in log.getvalue()

@@ -445,14 +445,20 @@ def test_time_on_target_times_the_shipped_onnx_file_on_the_runs_scale(tmp_path):
     assert torch_timing["device"]["runtime"] == "torch" and not torch_timing["on_predictor_scale"]
 
 
-def test_calibration_cache_is_keyed_on_runtime_space_and_sample(tmp_path):
-    from latency_models.calibrate import cache_stem
+def test_calibration_cache_is_keyed_on_runtime_space_sample_presets_and_anchor(tmp_path, monkeypatch):
+    import sys
 
-    def stem(space=TINY_SPACE, **kw):
-        return cache_stem(8, 1, 10, tmp_path, space, **{"runtime": "torch", "n": 150, "seed": 0, **kw})
+    from latency_models.calibrate import cache_stem
+    from latency_models.measure import specs_to_time
+
+    def stem(space=TINY_SPACE, runtime="torch", n=150, seed=0):
+        return cache_stem(specs_to_time(8, 1, 10, space, n=n, seed=seed), tmp_path, space, runtime=runtime)
 
     others = [stem(runtime="onnxruntime"), stem(space=SearchSpace()), stem(n=151), stem(seed=1)]
-    assert stem() == stem() and len({stem(), *others}) == 5
+    before = stem()
+    assert before == stem() and len({before, *others}) == 5
+    monkeypatch.setattr(sys.modules["search_space.presets"], "MIN_PATCH", 1)  # other presets, and another anchor (DeiT-tiny)
+    assert stem() not in {before, *others}
 
 
 def test_onnxruntime_calibration_measures_that_runtime_and_is_reused(tmp_path, monkeypatch):

@@ -236,3 +236,110 @@ def test_presets_are_one_spelling_whichever_way_they_are_named():
         presets(["deit-tiny", "vit"])
     with pytest.raises(SearchError, match="--trials: 2 is below the minimum, 3"):
         SearchConfig(name="x", target_ms=1.0, latency_model="m", trials=2, presets="deit-tiny,slab-deit")
+
+
+class OfflineDispatcher:
+    """Trainings in flight without Ray: the `ready` results come back at once, the rest stay pending."""
+
+    def __init__(self, tmp_path, ready=()):
+        self.ready, self.pending, self.started, self.stopped = list(ready), {}, [], []
+        self.checkpoints, self.workers = tmp_path, 2
+
+    @property
+    def free(self):
+        return self.workers - len(self.pending)
+
+    def checkpoint(self, arch_id):
+        return self.checkpoints / f"{arch_id}.pt"
+
+    def submit(self, trial, rung):
+        self.started.append((trial.number, rung))
+
+    def next_result(self, timeout=None):
+        if not self.ready:
+            return None
+        result = self.ready.pop(0)
+        del self.pending[result[0].number]
+        return result
+
+    def cancel(self):
+        self.stopped = sorted(self.pending)
+        self.pending.clear()
+
+
+def test_at_the_time_limit_results_in_are_kept_and_trainings_in_flight_are_queued_again(tmp_path, study):
+    import time
+
+    from nas.config import SearchConfig
+    from nas.search import SearchRun, propose, stop_at_time_limit
+
+    done, in_flight = study.ask(), study.ask()
+    for trial, arch_id in ((done, "done"), (in_flight, "flying")):
+        trial.set_user_attr("arch_id", arch_id)
+        trial.set_user_attr("pred_ms", 0.5)
+    rung0 = {"val_acc": 0.6, "trained_steps": 10, "start_step": 0, "node": "n", "steps": 100, "history": [],
+             "train_s": 1.0}
+    dispatcher = OfflineDispatcher(tmp_path, ready=[(done, 0, rung0)])
+    dispatcher.pending = {done.number: (done, 0), in_flight.number: (in_flight, 0)}
+    cfg = SearchConfig(name="r", target_ms=1.0, latency_model="", runs_dir=str(tmp_path), minutes=1, trials=30)
+    (tmp_path / "r").mkdir()
+    run = SearchRun(cfg, study, None, Ladder(study, RUNGS, "bands", []), dispatcher,
+                    deadline=time.monotonic() - 1)
+    propose(run)  # a free worker, trials left, but no time: nothing is asked
+    assert len(study.trials) == 2
+    said = stop_at_time_limit(run)
+    assert "1 training(s) in flight stopped; 2 trial(s) queued" in said
+    assert dispatcher.started == [] and dispatcher.stopped == [in_flight.number]  # the promotion earned waits too
+    queued = {t.user_attrs["requeued_from"]: t for t in study.trials if t.state == optuna.trial.TrialState.WAITING}
+    assert sorted(queued) == [done.number, in_flight.number]
+    assert queued[done.number].user_attrs["rung_accs"] == [0.6]  # its finished rung is kept
+    assert queued[done.number].user_attrs["promoted_to"] == 1  # and the promotion it earned
+    assert "rung_accs" not in queued[in_flight.number].user_attrs
+
+
+def preset_run(tmp_path, study, names=("deit-tiny", "slab-deit")):
+    """A run whose presets `names` were asked and are training at rung 0 (nothing else in the study)."""
+    from types import SimpleNamespace
+
+    from nas.config import SearchConfig
+    from nas.search import SearchRun
+
+    trials = {}
+    for name in names:
+        trial = study.ask()
+        for key, value in (("arch_id", name), ("pred_ms", 0.5), ("preset", name)):
+            trial.set_user_attr(key, value)
+        trials[name] = trial
+    cfg = SearchConfig(name="r", target_ms=1.0, latency_model="", runs_dir=str(tmp_path), trials=30)
+    (tmp_path / "r").mkdir()
+    run = SearchRun(cfg, study, SimpleNamespace(preset_of={n: n for n in names}),
+                    Ladder(study, RUNGS, "bands", []), OfflineDispatcher(tmp_path))
+    return run, trials
+
+
+def rung_result(val_acc):
+    return {"val_acc": val_acc, "trained_steps": 10, "start_step": 0, "node": "n", "steps": 100, "history": [],
+            "train_s": 1.0}
+
+
+def test_presets_are_promoted_together_not_first_come_first_promoted(tmp_path, study):
+    from nas.search import settle
+
+    run, presets = preset_run(tmp_path, study)
+    said = settle(run, presets["deit-tiny"], 0, rung_result(0.30))
+    assert "decided with the other presets'" in said and run.dispatcher.started == []  # alone, ASHA would promote it
+    assert presets["deit-tiny"].number not in [t.number for t in study.trials if t.state.is_finished()]
+    settle(run, presets["slab-deit"], 0, rung_result(0.40))  # the last preset in: both decided, over both results
+    assert run.dispatcher.started == [(presets["slab-deit"].number, 1)] and run.held == []
+    told = {t.number: t.values for t in study.trials if t.state.is_finished()}
+    assert told == {presets["deit-tiny"].number: [0.30, 0.5]}  # its accuracy at rung 0 goes to Optuna
+
+
+def test_a_preset_that_fails_releases_the_ones_waiting_for_it(tmp_path, study):
+    from nas.search import settle
+
+    run, presets = preset_run(tmp_path, study)
+    settle(run, presets["deit-tiny"], 0, rung_result(0.30))
+    said = settle(run, presets["slab-deit"], 0, {"failure": "out of memory"})
+    assert said.startswith(f"trial {presets['slab-deit'].number} failed at rung 0") and "promoted to rung 1" in said
+    assert run.dispatcher.started == [(presets["deit-tiny"].number, 1)]

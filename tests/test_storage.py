@@ -87,7 +87,7 @@ def test_a_lost_training_starts_again_until_it_has_lost_its_worker_too_often(tmp
     submitted = []
     dispatcher = SimpleNamespace(submit=lambda trial, rung: submitted.append((trial.number, rung)),
                                  checkpoint=lambda arch_id: tmp_path / f"{arch_id}.pt")
-    run = SimpleNamespace(study=study, dispatcher=dispatcher, waiting={})
+    run = SimpleNamespace(study=study, dispatcher=dispatcher, waiting={}, held=[], train=dispatcher.submit)
     trial = study.ask()
     trial.set_user_attr("arch_id", "a")
     for n in range(1, MAX_RELAUNCHES + 1):
