@@ -93,7 +93,6 @@ def cmd_space_check(args) -> None:
 
 
 # --- latency ----------------------------------------------------------------------------------
-MAX_MINUTES = 1e5  # --minutes: about 70 days, beyond which a limit means none (and Ray's waits overflow)
 LOG_EVERY_S = 30  # a progress bar's line in a log (rich draws a bar on a terminal only, at the end elsewhere)
 
 
@@ -189,6 +188,9 @@ def cmd_fit_latency(args) -> None:
 
 
 # --- search -----------------------------------------------------------------------------------
+MAX_MINUTES = 1e5  # --minutes: about 70 days, beyond which a limit means none (and Ray's waits overflow)
+
+
 def cmd_run(args) -> None:
     started = time.monotonic()  # --minutes counts the calibration too
     cfg, inputs = prepare_search(args)

@@ -145,6 +145,11 @@ class SearchRun:
         return {t.user_attrs[Attr.ARCH_ID] for t in self.study.get_trials(deepcopy=False)
                 if Attr.ARCH_ID in t.user_attrs and trial_state(t) in SETTLED_STATES}
 
+    def in_training(self) -> set[str]:
+        """Architectures whose trial is under way: training, or a preset held for the presets'
+        decision. A proposal of one waits for its result."""
+        return self.dispatcher.in_training() | {t.user_attrs[Attr.ARCH_ID] for t in self.held}
+
     def presets_in_play(self) -> bool:
         """Whether a preset is still to train, or training: until then the presets' promotions wait,
         so that they are decided over the presets' results together. Queued first, the presets
@@ -162,7 +167,7 @@ class SearchRun:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
     def time_up(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        return self.seconds_left() == 0
 
     def train(self, trial: optuna.trial.Trial, rung: int) -> None:
         """Start a rung's training, unless the time limit is up: the trial then stays running, to be
@@ -321,7 +326,7 @@ def propose(run: SearchRun) -> None:
             return
         trial = run.study.ask()
         spec = run.screening.describe(trial)
-        verdict = run.screening.verdict(trial, spec, run.finished(), run.dispatcher.in_training())
+        verdict = run.screening.verdict(trial, spec, run.finished(), run.in_training())
         run.proposals_in_a_row_seen = run.proposals_in_a_row_seen + 1 if verdict in (DUPLICATE, WAIT) else 0
         if verdict == INFEASIBLE:
             trial.set_user_attr(Attr.INFEASIBLE, True)
@@ -374,12 +379,16 @@ def conclude(run: SearchRun, trial: optuna.trial.Trial) -> str:
     """Decide the trial's next rung, or hold it while it is a preset and other presets still train
     (`SearchRun.presets_in_play`); the last preset to arrive releases them all."""
     accs = trial.user_attrs[Attr.RUNG_ACCS]
-    promoted_before_a_kill = trial.user_attrs.get(Attr.PROMOTED_TO) == len(accs)
-    if promoted_before_a_kill or Attr.PRESET not in trial.user_attrs or len(accs) == run.cfg.rungs.count:
+    if promoted_before_a_kill(trial) or Attr.PRESET not in trial.user_attrs or len(accs) == run.cfg.rungs.count:
         return decide(run, trial)
     run.held.append(trial)
     return release_presets(run) or (f"trial {trial.number} ({trial.user_attrs[Attr.PRESET]}): {accs[-1]:.3f} at "
                                     f"rung {len(accs) - 1}, its promotion decided with the other presets'")
+
+
+def promoted_before_a_kill(trial: optuna.trial.Trial) -> bool:
+    """Whether the trial was sent on to the rung above its last before the run stopped: it trains it."""
+    return trial.user_attrs.get(Attr.PROMOTED_TO) == len(trial.user_attrs[Attr.RUNG_ACCS])
 
 
 def release_presets(run: SearchRun) -> str:
@@ -394,8 +403,7 @@ def decide(run: SearchRun, trial: optuna.trial.Trial) -> str:
     """Continue the trial at the next rung if it earns it; otherwise tell Optuna its accuracy at its
     highest rung (at the top rung, its `val_acc`, comparable across trials)."""
     arch_id, accs = trial.user_attrs[Attr.ARCH_ID], trial.user_attrs[Attr.RUNG_ACCS]
-    promoted_before_a_kill = trial.user_attrs.get(Attr.PROMOTED_TO) == len(accs)
-    if promoted_before_a_kill or run.ladder.goes_on(arch_id):
+    if promoted_before_a_kill(trial) or run.ladder.goes_on(arch_id):
         trial.set_user_attr(Attr.PROMOTED_TO, len(accs))
         run.train(trial, rung=len(accs))
         return f"trial {trial.number} promoted to rung {len(accs)} ({accs[-1]:.3f} at rung {len(accs) - 1})"

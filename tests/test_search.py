@@ -45,8 +45,12 @@ def check_run(run_dir, trials_asked, presets=tuple(PRESETS)):
     # presets first, as reference points, trained (even over target)
     first = trials.sort_values("number").head(len(presets))  # one stopped before its attributes were written runs later
     assert (first["preset"].notna() | (first["state"] == "INTERRUPTED")).all()
-    trained_presets = trials[trials["preset"].notna() & (trials["state"] != "INTERRUPTED")]  # re-run after a kill
+    # re-run after a kill; a searched proposal of a preset's design is a duplicate of its training
+    trained_presets = trials[trials["preset"].notna() & ~trials["state"].isin(["INTERRUPTED", "DUPLICATE"])]
     assert set(trained_presets["preset"]) == set(presets) and (trained_presets["state"] == "COMPLETE").all()
+    assert not trained_presets["preset"].duplicated().any()  # each trained once
+    copies = trials[trials["preset"].notna() & (trials["state"] == "DUPLICATE")]
+    assert copies["cached_from"].isin(trained_presets["number"]).all()
     # infeasible candidates are recorded with their prediction but never trained
     infeasible = trials[trials["state"] == "INFEASIBLE"]
     assert (infeasible["pred_ms"] > target).all() and infeasible["train_s"].isna().all()

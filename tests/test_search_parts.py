@@ -255,6 +255,9 @@ class OfflineDispatcher:
     def submit(self, trial, rung):
         self.started.append((trial.number, rung))
 
+    def in_training(self):
+        return {trial.user_attrs["arch_id"] for trial, _ in self.pending.values()}
+
     def next_result(self, timeout=None):
         if not self.ready:
             return None
@@ -329,6 +332,7 @@ def test_presets_are_promoted_together_not_first_come_first_promoted(tmp_path, s
     said = settle(run, presets["deit-tiny"], 0, rung_result(0.30))
     assert "decided with the other presets'" in said and run.dispatcher.started == []  # alone, ASHA would promote it
     assert presets["deit-tiny"].number not in [t.number for t in study.trials if t.state.is_finished()]
+    assert run.in_training() == {"deit-tiny"}  # a proposal of its design waits for it, not trains it again
     settle(run, presets["slab-deit"], 0, rung_result(0.40))  # the last preset in: both decided, over both results
     assert run.dispatcher.started == [(presets["slab-deit"].number, 1)] and run.held == []
     told = {t.number: t.values for t in study.trials if t.state.is_finished()}
