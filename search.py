@@ -593,7 +593,7 @@ def _run_parser(sub) -> None:
 
 def _proxy_options(r: argparse.ArgumentParser, d) -> None:
     """`run`'s options for the proxy trainings and their rungs; `d`: the SearchConfig defaults."""
-    from nas.rungs import PROMOTION_RULES
+    from nas.rungs import PROMOTION_RULES, SEARCH_BANDS
 
     r.add_argument("--epochs", type=number(0), default=d.epochs,
                    help="the top rung's training budget in epochs (--base-epochs equal to it: one rung, no promotion)")
@@ -602,8 +602,9 @@ def _proxy_options(r: argparse.ArgumentParser, d) -> None:
     r.add_argument("--eta", type=integer(2), default=d.eta,
                    help="each rung trains eta times longer than the last, and the best 1/eta of a rung go on")
     r.add_argument("--promotion", choices=PROMOTION_RULES, default=d.promotion,
-                   help="who goes on: bands (the best of each tercile of predicted latency), pareto (non-dominated "
-                        "on accuracy and latency) or accuracy (latency-blind)")
+                   help=f"who goes on: bands (the best of each of {SEARCH_BANDS} bands of predicted latency, from the "
+                        "fastest to the target), pareto (non-dominated on accuracy and latency) or accuracy "
+                        "(latency-blind)")
     r.add_argument("--subset", type=number(0, 1), help="share of the training split the proxy trains on (default: all)")
     r.add_argument("--resolution", type=integer(8), help="proxy input side (default: the data's)")
     r.add_argument("--batch-size", type=integer(1), default=d.batch_size, help="proxy batch size")

@@ -49,6 +49,18 @@ class RungResult:
 
 Share = Callable[[int], int]  # how many of n results a rung promotes
 
+SEARCH_BANDS = 4  # the search's latency bands under its target
+
+
+def search_band_edges(fastest_ms: float, target_ms: float, count: int = SEARCH_BANDS) -> list[float]:
+    """Inner edges of `count` bands of equal width in log latency, from the space's fastest
+    architecture to the target. A front spreads along latency ratios, so each ratio range gets
+    promotions of its own, the fast end included; bands of equal count over the space put most
+    of the range's fast end in one band with the space's crowded middle."""
+    if not 0 < fastest_ms < target_ms:
+        return []
+    return [float(edge) for edge in np.geomspace(fastest_ms, target_ms, count + 1)[1:-1]]
+
 
 def by_accuracy(results: list[RungResult], share: Share, band_edges: list[float] | None) -> set[str]:
     """The best by accuracy alone."""

@@ -24,6 +24,7 @@ from .dispatch import Dispatcher, rung_train_config
 from .inputs import SearchInputs, check_target, load_inputs
 from .ladder import Ladder
 from .records import trial_state, write_records
+from .rungs import search_band_edges
 from .rundir import load_run_study, run_config, study_storage, write_config
 from .samplers import make_sampler
 from .schema import RESUMABLE_ATTRS, SETTLED_STATES, UNCOUNTED_STATES, Attr, TrialState
@@ -255,8 +256,7 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
         raise SearchError(f"--gpus-per-trial {cfg.gpus_per_trial:g} asks for more GPUs than Ray has "
                           f"({gpus:g}); no trial could ever start")
     data_ref = ray.put((*data.holdout(seed=cfg.seed), mean, std))
-    feasible = inputs.latencies[inputs.latencies <= cfg.target_ms]
-    band_edges = list(np.quantile(feasible, [1 / 3, 2 / 3])) if len(feasible) else []
+    band_edges = search_band_edges(float(np.min(inputs.latencies)), cfg.target_ms)
     preset_of = {sample(FixedSuggester(inputs.preset_params[name]), inputs.space, *inputs.shape).arch_id: name
                  for name in cfg.presets}
     screening = Screening(inputs.space, inputs.shape, inputs.model, cfg.target_ms, preset_of, inputs.others)

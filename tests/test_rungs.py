@@ -1,7 +1,8 @@
 """Multi-fidelity rungs: budgets, and promotion rules that keep slow candidates in the race."""
 import pytest
 
-from nas.rungs import RungResult, Rungs, latency_bands, pareto_order, promoted, rung_score, successive_halving
+from nas.rungs import (RungResult, Rungs, latency_bands, pareto_order, promoted, rung_score, search_band_edges,
+                       successive_halving)
 
 
 def test_budgets_grow_eta_fold_and_end_at_the_top():
@@ -85,3 +86,13 @@ def test_rung_agreement_is_kendall_tau_per_rung_pair_over_the_trials_trained_at_
     # rung 0->1 over 4 trials: pairs (.1,.5) (.2,.4) (.3,.6) (.4,.7): 5 concordant, 1 discordant
     assert agreement[0] == {"rungs": "0->1", "trials": 4, "kendall_tau": round(4 / 6, 4)}
     assert agreement[1] == {"rungs": "1->2", "trials": 2, "kendall_tau": None}  # fewer than 3 pairs
+
+
+def test_search_bands_split_fastest_to_target_evenly_in_log_latency():
+    edges = search_band_edges(0.25, 4.0, count=4)
+    assert edges == pytest.approx([0.5, 1.0, 2.0])  # each band spans the same latency ratio, 2x here
+    results = [RungResult("fast", 0.30, 0.3), *(RungResult(f"m{i}", 0.5 + i / 100, 0.6 + i / 10) for i in range(4)),
+               RungResult("slow", 0.55, 1.5)]
+    assert promoted(results, "bands", eta=3, band_edges=edges) == {"fast", "m3", "slow"}  # the fast end has its band
+    assert "fast" not in promoted(results, "bands", eta=3)  # bands of equal count: the fastest loses to m0
+    assert search_band_edges(2.0, 2.0) == [] and search_band_edges(3.0, 2.0) == []  # no room under the target
