@@ -1,13 +1,12 @@
 """Honest validation: held-out accuracy of the predictor beside FLOPs and params baselines and the
-measurement's own noise floor."""
+measurement's own noise floor. scipy and sklearn are imported on use: a search whose latency model
+is cached never fits one, and would pay a second for them at every start."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pandas as pd
-from scipy.stats import kendalltau
-from sklearn.linear_model import LinearRegression
 
 from search_space import ArchSpec
 
@@ -16,6 +15,8 @@ from .table import TableError, reference_of
 
 
 def metrics(pred: np.ndarray, meas: np.ndarray) -> dict:
+    from scipy.stats import kendalltau
+
     rel = np.abs(pred - meas) / meas
     return {"within_5": float(np.mean(rel <= 0.05)), "within_10": float(np.mean(rel <= 0.10)),
             "mape": float(np.mean(rel)), "rmse_ms": float(np.sqrt(np.mean((pred - meas) ** 2))),
@@ -31,6 +32,8 @@ def per_architecture(df: pd.DataFrame) -> pd.DataFrame:
 
 def baselines(archs: pd.DataFrame, y: np.ndarray, tr: np.ndarray, te: np.ndarray) -> dict:
     """Held-out figures of a linear regression on FLOPs, and on params."""
+    from sklearn.linear_model import LinearRegression
+
     out = {}
     for name in ("flops", "params"):
         col = archs[name].to_numpy(float)[:, None]

@@ -420,6 +420,14 @@ def test_measuring_needs_only_torch_and_the_project(tmp_path):
     assert len(read_table(out)) == 2 + 2 * len(presets(8, 1, 10))  # the specs and the presets at 2 scales
 
 
+def test_a_search_with_a_cached_latency_model_does_not_import_scipy_or_sklearn():
+    """They are for fitting a model; a search that reuses one would pay a second for them at each start."""
+    code = ("import sys, nas.search, latency_models; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'sklearn'}))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr[-2000:]
+
+
 def test_train_measures_on_the_predictors_scale_in_the_runs_target_runtime():
     from nas.final import predictor_reference_ms, target_runtime
 
