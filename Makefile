@@ -3,7 +3,9 @@ UV := .venv/bin/uv
 
 # uv installs the pinned requirements in seconds where pip takes minutes. It does not read pip's
 # configuration, so it is handed the indexes, local wheels and constraints pip is set up with
-# (pip config), and it weighs all indexes as pip does.
+# (pip config), and it weighs all indexes as pip does. It compiles the bytecode as pip does: where
+# PYTHONDONTWRITEBYTECODE is set, as on this project's machines, every process would otherwise
+# compile what it imports, twice as slow (BENCHMARKS.md, "Main job end to end").
 pip_setting = $(sort $(shell python3 -m pip config list 2>/dev/null | sed -n "s/^[^.]*\.$(1)='\(.*\)'$$/\1/p"))
 PIP_SOURCES := $(addprefix --index-url=,$(call pip_setting,index-url)) \
 	$(addprefix --extra-index-url=,$(call pip_setting,extra-index-url)) \
@@ -15,7 +17,7 @@ setup: .venv/.installed
 .venv/.installed: requirements.txt pyproject.toml
 	python3 -m venv .venv
 	.venv/bin/pip install -q uv==0.13.9
-	$(UV) pip install -q --python $(PY) $(PIP_SOURCES) -r requirements.txt
+	$(UV) pip install -q --compile-bytecode --python $(PY) $(PIP_SOURCES) -r requirements.txt
 	$(UV) pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
