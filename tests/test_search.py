@@ -177,7 +177,7 @@ def test_a_total_training_budget_stops_new_candidates(tmp_path, latency_model):
 
 @pytest.mark.slow
 def test_a_time_limit_stops_the_trainings_in_flight_and_keeps_them(tmp_path, latency_model):
-    # a first rung of 200 epochs outlasts the 36 s limit, Ray's start included (on a loaded machine it takes 20 s)
+    # a first rung of 200 epochs outlasts the 36 s limit, Ray's start included (24 s was too short once)
     res = run_cli("run", "--name", "timed", "--target-ms", TARGET, "--minutes", 0.6, "--epochs", 400,
                   "--base-epochs", 200, "--eta", 2, "--dataset", "digits", "--subset", 0.3, "--workers", 1,
                   "--presets", "efficientvit-m0", "--latency-model", latency_model, "--runs-dir", tmp_path)
