@@ -92,6 +92,16 @@ def changed_settings(saved: dict, cfg: SearchConfig) -> dict[str, tuple]:
     return {k: (before.get(k), v) for k, v in cfg.identity().items() if before.get(k) != v}
 
 
+def refuse_other_settings(cfg: SearchConfig, saved: dict, *, but: tuple[str, ...] = ()) -> None:
+    """SearchError naming each identity setting (apart from `but`) in which `cfg` differs from a
+    run's config.json `saved`, and how to resume instead."""
+    changed = {k: v for k, v in changed_settings(saved, cfg).items() if k not in but}
+    if changed:
+        raise SearchError(f"run {cfg.name} already exists with other settings "
+                          f"({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
+                          f"re-run with the original settings to resume, or choose a new --name")
+
+
 def preset_names(chosen: str | Iterable[str]) -> tuple[str, ...]:
     """The seed presets `chosen` names, in PRESETS order: `all`, `none`, names separated by commas
     (`--presets`), or a sequence of names; SearchError naming an unknown one."""

@@ -19,7 +19,9 @@ from search_space.presets import SEARCH_SCALE
 from search_space.sampling import params_of
 
 from . import SearchError
-from .config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, SearchConfig, parse_target, target_name
+from .config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, SearchConfig, parse_target, refuse_other_settings,
+                     target_name)
+from .rundir import run_config
 from .targets import load_targets
 
 
@@ -102,6 +104,8 @@ def prepare_search(cfg: SearchConfig, target: str | float, *, runtime: str = DEF
     data = load_dataset(cfg.dataset)
     shape = (data.img_size, data.in_chans, data.num_classes)
     cfg = dataclasses.replace(cfg, base_epochs=min(cfg.base_epochs, cfg.epochs))
+    if (cfg.run_dir / "config.json").exists():  # a resume with other settings: refused before a calibration
+        refuse_other_settings(cfg, run_config(cfg.run_dir), but=("target_ms",))  # the target once resolved
     space, preset_params = search_space_for(cfg, shape)
     if not cfg.latency_model:
         path, report = calibrate(*shape, Path(cfg.runs_dir) / "latency", space, runtime=runtime, n=calibrate_n,

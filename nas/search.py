@@ -19,7 +19,7 @@ from search_space.operators import PLUGINS_VARIABLE
 from search_space.sampling import FixedSuggester
 
 from . import SearchError
-from .config import SearchConfig, changed_settings, target_name
+from .config import SearchConfig, refuse_other_settings, target_name
 from .dispatch import Dispatcher, rung_train_config
 from .inputs import SearchInputs, check_target, load_inputs
 from .ladder import Ladder
@@ -51,11 +51,7 @@ def open_study(cfg: SearchConfig, latency_model: LatencyModel,
     check_writable(cfg.run_dir)
     if (cfg.run_dir / "config.json").exists() or (cfg.run_dir / "study.db").exists():
         before = run_config(cfg.run_dir)
-        changed = changed_settings(before, cfg)
-        if changed:
-            raise SearchError(f"run {cfg.name} already exists with other settings "
-                              f"({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
-                              f"re-run with the original settings to resume, or choose a new --name")
+        refuse_other_settings(cfg, before)
         return _study(cfg, remember_targets(cfg.run_dir, before, others or {}))
     saved = {**cfg.identity(), "latency_fingerprint": latency_model.fingerprint.get("id"),
              "latency_reference_ms": latency_model.reference_ms, "latency_target": latency_model.fingerprint,

@@ -247,6 +247,10 @@ def test_changed_settings_refuse_to_resume(tmp_path, latency_model):
     res = run_cli("run", "--name", "x", "--target-ms", TARGET, "--latency-model", latency_model,
                   "--runs-dir", tmp_path, check=False, own_process=False)
     assert res.returncode == 2 and "already exists with other settings" in res.stderr
+    res = run_cli("run", "--name", "x", "--target-ms", TARGET, "--calibrate-n", 8, "--runs-dir", tmp_path,
+                  check=False, own_process=False)  # no latency model given: refused before calibrating one
+    assert res.returncode == 2 and "already exists with other settings" in res.stderr
+    assert "target_ms" not in res.stderr and not (tmp_path / "latency").exists()
 
 
 def test_unreachable_target_says_fastest_and_suggests(tmp_path, latency_model):
