@@ -43,6 +43,11 @@ def read_json(path: Path) -> object | None:
         return None
 
 
+def run_begun(run_dir: Path) -> bool:
+    """Whether a run was started in `run_dir`: its config.json or its study is there."""
+    return (Path(run_dir) / "config.json").exists() or (Path(run_dir) / "study.db").exists()
+
+
 def run_config(run_dir: Path) -> dict:
     """config.json, rebuilt from the study's copy when it is missing or corrupt."""
     run_dir = Path(run_dir)
@@ -52,7 +57,7 @@ def run_config(run_dir: Path) -> dict:
     cfg = read_json(path)
     if isinstance(cfg, dict) and "target_ms" in cfg:
         return cfg
-    if not (run_dir / "study.db").exists() and not path.exists():
+    if not run_begun(run_dir):
         raise SearchError(f"no run at {run_dir}; start one with `etnas run --name NAME --target-ms X`")
     saved = load_run_study(run_dir).user_attrs.get(Attr.CONFIG)
     if not saved:

@@ -25,7 +25,7 @@ from .inputs import SearchInputs, check_target, load_inputs
 from .ladder import Ladder
 from .records import trial_state, write_records
 from .rungs import search_band_edges
-from .rundir import load_run_study, run_config, study_storage, write_config
+from .rundir import load_run_study, run_begun, run_config, study_storage, write_config
 from .samplers import make_sampler
 from .schema import RESUMABLE_ATTRS, SETTLED_STATES, UNCOUNTED_STATES, Attr, TrialState
 from .screening import DUPLICATE, INFEASIBLE, RESUME, WAIT, Screening
@@ -49,7 +49,7 @@ def open_study(cfg: SearchConfig, latency_model: LatencyModel,
         raise SearchError(f"cannot create the run directory {cfg.run_dir} ({e.strerror}); choose another "
                           f"--runs-dir") from None
     check_writable(cfg.run_dir)
-    if (cfg.run_dir / "config.json").exists() or (cfg.run_dir / "study.db").exists():
+    if run_begun(cfg.run_dir):
         before = run_config(cfg.run_dir)
         refuse_other_settings(cfg, before)
         return _study(cfg, remember_targets(cfg.run_dir, before, others or {}))
