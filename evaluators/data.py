@@ -1,6 +1,6 @@
 """Datasets as uint8 NCHW tensors in memory, with a fixed seeded validation split for the search.
 
-`digits` (sklearn, embedded), `npz:PATH` (x_train, y_train, x_test, y_test; NHWC uint8 as in the
+`digits` (scikit-learn's, embedded), `npz:PATH` (x_train, y_train, x_test, y_test; NHWC uint8 as in the
 shared CIFAR-10 file), `imagefolder:PATH` (PATH/train/<class>/*, PATH/test/<class>/*) and
 `cifar10:ROOT` (torchvision's on-disk format, never downloaded).
 """
@@ -125,16 +125,25 @@ def checked_arrays(source: str, arrays: dict[str, np.ndarray], classes: list[str
 
 
 def load_digits() -> Dataset:
-    from sklearn.datasets import load_digits as sk_digits
-
-    d = sk_digits()
-    x = (d.images * (255 / 16)).round().clip(0, 255).astype(np.uint8)[:, None]  # [N,1,8,8]
+    pixels, labels = _digits_file()
+    x = (pixels.reshape(-1, 1, 8, 8) * (255 / 16)).round().clip(0, 255).astype(np.uint8)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(x))
     n_test = len(x) // 5
     te, tr = order[:n_test], order[n_test:]
-    xt, yt = torch.from_numpy(x), torch.from_numpy(d.target.astype(np.int64))
+    xt, yt = torch.from_numpy(x), torch.from_numpy(labels)
     return Dataset("digits", xt[tr], yt[tr], xt[te], yt[te], [str(c) for c in range(10)])
+
+
+def _digits_file() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 digits (pixels 0-16, labels) read from the file scikit-learn ships, as its
+    `load_digits` reads it, without importing scikit-learn: a second and a half of every process
+    that loads them."""
+    import importlib.util
+
+    (package,) = importlib.util.find_spec("sklearn").submodule_search_locations
+    rows = np.loadtxt(Path(package) / "datasets" / "data" / "digits.csv.gz", delimiter=",")
+    return rows[:, :-1], rows[:, -1].astype(np.int64)
 
 
 def load_npz(path: str) -> Dataset:

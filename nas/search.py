@@ -263,16 +263,22 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
                      on_progress)
 
 
-def start_ray(cfg: SearchConfig):
-    """Join `--ray-address`, or start a local Ray whose every service listens on loopback only, with
-    no dashboard. Ray treats a node whose address is loopback as local-only (its gRPC servers bind
-    127.0.0.1); on Linux it takes the machine's outward address unless clusters are switched off,
-    which its RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 does, read when Ray is first imported. Its token
+def keep_ray_local() -> None:
+    """Make the local Ray this process starts listen on loopback only. Ray treats a node whose
+    address is loopback as local-only (its gRPC servers bind 127.0.0.1); on Linux it takes the
+    machine's outward address unless clusters are switched off, which its
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 does, read when Ray is first imported. Its token
     authentication, Ray's default for a local cluster, is asked for by name, since Ray otherwise
     prints a notice about that default at every start."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def start_ray(cfg: SearchConfig):
+    """Join `--ray-address`, or start a local Ray whose every service listens on loopback only
+    (`keep_ray_local`), with no dashboard."""
     if not cfg.ray_address:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        keep_ray_local()
     import ray
 
     if not ray.is_initialized():

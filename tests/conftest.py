@@ -2,7 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from nas.search import keep_ray_local
+
 from .helpers import TARGET, TINY, made_once, other_device_ms, run_cli, synthetic_model
+
+keep_ray_local()  # before any test imports Ray: the searches run in this process join a local one
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +25,8 @@ def two_target_run(tmp_path_factory):
         model = synthetic_model(folder / "digits.model")
         other = synthetic_model(folder / "other-device.model", device_ms=other_device_ms)
         log = run_cli("run", "--name", "tiny", "--target-ms", TARGET, "--trials", 12, "--latency-model", model,
-                      "--latency-model", other, "--runs-dir", folder / "runs", *TINY, one_log=True).stdout
+                      "--latency-model", other, "--runs-dir", folder / "runs", *TINY, one_log=True,
+                      own_process=True).stdout  # as a user runs it: Ray started by the command, all it prints
         (folder / "run.log").write_text(log)
 
     return made_once(tmp_path_factory, "two-target-run", search)

@@ -20,6 +20,9 @@ from filelock import FileLock
 from latency_models import LatencyModel
 from latency_models.features import total_flops
 from latency_models.measure import fingerprint
+from nas import search as engine
+from nas.config import SearchConfig
+from nas.search import start_ray
 from search_space import SearchSpace, sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,24 +54,39 @@ def synthetic_model(path: Path, img_size: int = 8, in_chans: int = 1, n: int = 8
     return path
 
 
-OWN_PROCESS = {"run", "dashboard"}  # they start Ray or a server, whose state would outlive the call
+OWN_PROCESS = {"dashboard"}  # it starts a server, which would outlive the call
 
 
 def run_cli(*args, check=True, timeout=600, one_log=False, own_process=None):
     """`etnas ARGS` as a user runs it, its output captured; one_log: stderr joins stdout, as `> log
-    2>&1` writes them. Commands that start Ray or a server get a process of their own (unless
-    own_process=False: a run refused before Ray starts); the others run in this one, which has paid
-    for torch's import already."""
+    2>&1` writes them. A command runs in this process, which has paid for torch's import already,
+    and a search joins this process's Ray (`joining_shared_ray`), as a second search from Python does;
+    the dashboard, or any command with own_process=True, gets a process of its own."""
     argv = [str(a) for a in args]
     if own_process or (own_process is None and argv[0] in OWN_PROCESS):
         res = subprocess.run([sys.executable, str(ROOT / "search.py"), *argv], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT if one_log else subprocess.PIPE, text=True, cwd=ROOT,
                              timeout=timeout)
     else:
-        res = run_in_process(argv, one_log)
+        with joining_shared_ray():
+            res = run_in_process(argv, one_log)
     if check:
         assert res.returncode == 0, (res.stderr or res.stdout)[-3000:]
     return res
+
+
+def joining_shared_ray():
+    """Within it, a search started in this process joins this process's Ray (`start_shared_ray`)."""
+    return mock.patch.object(engine, "start_ray", start_shared_ray)
+
+
+def start_shared_ray(cfg: SearchConfig):
+    """`nas.search.start_ray` for a search in this process: the local Ray it joins is started once,
+    as `etnas run --workers 2` starts it, so that each search does not pay again for Ray's services
+    and its workers' imports (a third of a tiny search). A search trains on at most its --workers."""
+    if not cfg.ray_address:
+        start_ray(SearchConfig(name="tests", target_ms=1.0, latency_model="", workers=2))
+    return start_ray(cfg)
 
 
 def run_in_process(argv: list[str], one_log: bool) -> subprocess.CompletedProcess:

@@ -1,5 +1,8 @@
 """Datasets are validated before anything runs: each problem is one line naming the file, the
 array and what is wrong, for every loader."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +10,7 @@ from PIL import Image
 
 from evaluators.data import DataError, load_dataset
 
-from .helpers import run_cli
+from .helpers import ROOT, run_cli
 
 
 def arrays(n=20, side=8, chans=3, classes=4, seed=0):
@@ -91,3 +94,18 @@ def test_holdout_is_the_seeded_stratified_split_of_the_training_images():
     per_class = np.bincount(data.y_train.numpy())
     assert np.array_equal(np.bincount(y_val.numpy()), np.round(0.1 * per_class).astype(int))  # 10% of each digit
     assert not torch.equal(data.holdout(seed=1)[3], y_val)  # the seed draws the split
+
+
+def test_digits_are_scikit_learns_read_without_importing_it():
+    from sklearn.datasets import load_digits
+
+    code = "import sys; from evaluators.data import load_dataset; load_dataset('digits'); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          check=True).stdout.strip() == "False"
+    ours, theirs = load_dataset("digits"), load_digits()
+    order = np.random.default_rng(0).permutation(len(theirs.target))  # the split: test first, then train
+    n_test = len(order) // 5
+    drawn = np.concatenate([order[n_test:], order[:n_test]])
+    pixels = (theirs.images[drawn] * (255 / 16)).round().astype(np.uint8)[:, None]
+    assert torch.equal(torch.cat([ours.x_train, ours.x_test]), torch.from_numpy(pixels))
+    assert torch.equal(torch.cat([ours.y_train, ours.y_test]), torch.from_numpy(theirs.target[drawn]))

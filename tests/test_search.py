@@ -13,11 +13,13 @@ import pytest
 import torch
 
 from latency_models import LatencyModel
+from nas.config import SearchConfig
 from nas.records import pareto_front
 from nas.rungs import Rungs
 from search_space.presets import PRESETS
 
-from .helpers import ROOT, TARGET, TINY, TINY_ONE_WORKER, read_only_query, run_cli, synthetic_model
+from .helpers import (ROOT, TARGET, TINY, TINY_ONE_WORKER, read_only_query, run_cli, start_shared_ray,
+                      synthetic_model)
 
 
 @pytest.fixture(scope="module")
@@ -177,11 +179,12 @@ def test_a_total_training_budget_stops_new_candidates(tmp_path, latency_model):
 
 @pytest.mark.slow
 def test_a_time_limit_stops_the_trainings_in_flight_and_keeps_them(tmp_path, latency_model):
-    # a first rung of 200 epochs outlasts the 36 s limit, Ray's start included (24 s was too short once)
-    res = run_cli("run", "--name", "timed", "--target-ms", TARGET, "--minutes", 0.6, "--epochs", 400,
+    start_shared_ray(SearchConfig(name="x", target_ms=1.0, latency_model=""))  # its start outside the limit
+    # a first rung of 200 epochs outlasts the 18 s limit, which begins with the run (before its inputs load)
+    res = run_cli("run", "--name", "timed", "--target-ms", TARGET, "--minutes", 0.3, "--epochs", 400,
                   "--base-epochs", 200, "--eta", 2, "--dataset", "digits", "--subset", 0.3, "--workers", 1,
                   "--presets", "efficientvit-m0", "--latency-model", latency_model, "--runs-dir", tmp_path)
-    said = "the time limit of 0.6 min is reached after 0 trials: 1 training(s) in flight stopped; 1 trial(s) queued"
+    said = "the time limit of 0.3 min is reached after 0 trials: 1 training(s) in flight stopped; 1 trial(s) queued"
     assert said in res.stderr
     trials = {t.number: t for t in study_trials(tmp_path / "timed")}
     assert [t.state.name for t in trials.values()] == ["FAIL", "WAITING"]  # no new candidate after the limit
