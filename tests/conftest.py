@@ -25,8 +25,7 @@ def two_target_run(tmp_path_factory):
         model = synthetic_model(folder / "digits.model")
         other = synthetic_model(folder / "other-device.model", device_ms=other_device_ms)
         log = run_cli("run", "--name", "tiny", "--target-ms", TARGET, "--trials", 12, "--latency-model", model,
-                      "--latency-model", other, "--runs-dir", folder / "runs", *TINY, one_log=True,
-                      own_process=True).stdout  # as a user runs it: Ray started by the command, all it prints
+                      "--latency-model", other, "--runs-dir", folder / "runs", *TINY, one_log=True).stdout
         (folder / "run.log").write_text(log)
 
     return made_once(tmp_path_factory, "two-target-run", search)

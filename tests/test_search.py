@@ -6,12 +6,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 import torch
 
+from benchmarks.jobs import descendants
 from latency_models import LatencyModel
 from nas.config import SearchConfig
 from nas.records import pareto_front
@@ -145,7 +147,6 @@ def test_tiny_search_completes(two_target_run, tmp_path):
     check_other_target(tmp_path / "tiny", trials, latency_model, other)
     assert "also recorded: latency on other-device" in log
     assert "\nPareto front" in log  # on a line of its own, after the progress line
-    assert "Token authentication" not in log  # Ray's notice about its default: asked for by name, not printed
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "tiny").iterdir()}
     shown = json.loads(run_cli("front", tmp_path / "tiny", "--json").stdout)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "tiny").iterdir()} == before  # writes nothing
@@ -203,6 +204,8 @@ KILL_PRESETS = "efficientvit-m0,slab-deit"  # two queued first: the kill may sto
 
 @pytest.mark.slow
 def test_killed_run_resumes_without_loss_or_retraining(tmp_path, latency_model):
+    """The command in a process of its own, as a user starts it: its Ray stays on loopback and says
+    nothing of its defaults; killed with its workers mid-rung, the run resumes from its checkpoints."""
     args = [sys.executable, str(ROOT / "search.py"), "run", "--name", "kill", "--target-ms", TARGET, "--trials", "14",
             "--presets", KILL_PRESETS, "--latency-model", str(latency_model), "--runs-dir", str(tmp_path),
             *TINY]  # two cut off at once
@@ -214,9 +217,11 @@ def test_killed_run_resumes_without_loss_or_retraining(tmp_path, latency_model):
     while time.time() < deadline and proc.poll() is None and not promoted_in_training(run_dir):
         time.sleep(0.2)
     assert proc.poll() is None, f"the run ended before a promoted trial trained: {log.read_text()[-2000:]}"
+    check_ray_is_local(proc.pid)
     before = {t.number: (t.state.name, t.values) for t in study_trials(run_dir) if t.state.is_finished()}
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray workers, mid-rung above the first
     proc.wait()
+    assert "Token authentication" not in log.read_text()  # Ray's notice about its default: asked for by name
     killed_above_first = [t.number for t in study_trials(run_dir)
                           if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("rung_accs")]
     assert killed_above_first
@@ -231,6 +236,42 @@ def test_killed_run_resumes_without_loss_or_retraining(tmp_path, latency_model):
         if t.user_attrs.get("trained_steps") and t.user_attrs.get("cached_from") is None:
             assert sum(t.user_attrs["trained_steps"]) <= t.user_attrs["steps"]
     check_run(run_dir, 14, presets=KILL_PRESETS.split(","))
+
+
+def check_ray_is_local(pid: int) -> None:
+    """The Ray a command started (Linux: read from /proc) listens on loopback only, with no dashboard."""
+    listening = listening_sockets()
+    bound = [listening[i].split(":") for p in {pid, *descendants(pid)} for i in socket_inodes(p) if i in listening]
+    assert len(bound) >= 3  # the GCS, the raylet and a worker at least
+    assert {address for address, _ in bound} <= LOOPBACK, bound
+    assert DASHBOARD_PORT not in {int(port, 16) for _, port in bound}
+
+
+DASHBOARD_PORT = 8265
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+def listening_sockets() -> dict[str, str]:
+    """Socket inode -> local address:port (hex, as /proc/net/tcp writes it) of every listening TCP socket."""
+    out = {}
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                out[fields[9]] = fields[1]
+    return out
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").glob("*"):
+        try:
+            target = fd.readlink().name
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
 
 
 @pytest.mark.slow
