@@ -24,6 +24,7 @@ from timm.scheduler import CosineLRScheduler
 
 from search_space import ArchSpec, SpecError, build_model
 
+from .batch_norms import reestimate_batch_norms, statistics_images
 from .recipes import PROXY_RECIPE
 
 
@@ -279,8 +280,20 @@ def train_model(make_model: Callable[[], nn.Module], x_train: torch.Tensor, y_tr
     if checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, model, opt, gen, device) or state
     loop = _Loop(model, batches, opt, sched, cfg, total, per_epoch, on_step)
-    evaluate = (lambda: accuracy(model, x_val, y_val, norm)) if x_val is not None else (lambda: None)
+    evaluate = validation(model, x_train, x_val, y_val, norm, cfg) if x_val is not None else (lambda: None)
     return loop.run(state, stop, evaluate, on_epoch, checkpoint)
+
+
+def validation(model: nn.Module, x_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+               norm: Normalizer, cfg: TrainConfig) -> Callable[[], float]:
+    """The validation accuracy of the model as it is, its BatchNorm statistics re-estimated first."""
+    images = x_train[statistics_images(len(x_train), cfg.seed).to(x_train.device)]
+
+    def evaluate() -> float:
+        reestimate_batch_norms(model, images, norm, cfg.batch_size)
+        return accuracy(model, x_val, y_val, norm)
+
+    return evaluate
 
 
 @dataclass

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from evaluators.batch_norms import reestimate_batch_norms
 from evaluators.train import (Batches, Normalizer, TrainConfig, augment, optimizer_and_schedule, rand_augment,
                               train)
 from search_space import ArchSpec, StageSpec, build_model
@@ -165,3 +166,44 @@ def test_the_gpu_path_trains_in_bf16_and_learns_like_the_cpu_path():
     gpu = train(SPEC, x, y, x, y, dataclasses.replace(cfg, device="cuda"), mean=[0.5] * 3, std=[0.25] * 3)
     assert next(gpu.model.parameters()).is_cuda and gpu.steps == cpu.steps
     assert abs(gpu.val_acc - cpu.val_acc) < 0.15
+
+
+def test_batch_norm_statistics_are_the_plain_average_over_the_images_and_nothing_else_changes():
+    # a first stage normalized by UN, whose statistics of its own the re-estimate must leave as they are
+    model = build_model(dataclasses.replace(SPEC, stages=(dataclasses.replace(SPEC.stages[0], norm="unified"),
+                                                          SPEC.stages[1])))
+    un = next(m for m in model.modules() if type(m).__name__ == "UnifiedNorm")
+    x, _ = images(40)
+    norm = Normalizer([0.5] * 3, [0.25] * 3, 16)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    first = norms[0]  # the patch stem's BatchNorm2d, fed the normalized images through its conv
+    seen = []
+    first.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach()))
+    un_state = {k: v.clone() for k, v in un.state_dict().items()}
+    model.train()
+    rng = torch.get_rng_state()
+    reestimate_batch_norms(model, x, norm, batch_size=16)  # batches of 16, 16 and 8
+    assert len(seen) == 3 and model.training and all(m.training for m in model.modules())
+    means = torch.stack([b.mean(dim=(0, 2, 3)) for b in seen])
+    variances = torch.stack([b.var(dim=(0, 2, 3), unbiased=True) for b in seen])
+    assert torch.allclose(first.running_mean, means.mean(0), atol=1e-6)  # a plain average of the batches
+    assert torch.allclose(first.running_var, variances.mean(0), atol=1e-5)
+    assert all(m.momentum == 0.1 for m in norms) and torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, un_state[k]) for k, v in un.state_dict().items())
+
+
+def test_a_batch_norm_model_at_a_low_rung_is_judged_with_its_statistics_reestimated():
+    """EfficientViT-M0 after 16 steps on digits: at chance with the running averages it trained with."""
+    from evaluators.data import load_dataset
+    from nas.dispatch import rung_train_config
+    from nas.rungs import Rungs
+    from search_space import presets
+    from search_space.presets import SEARCH_SCALE
+
+    data = load_dataset("digits")
+    x, y, x_val, y_val = data.holdout(seed=0)
+    spec = presets(8, 1, 10, SEARCH_SCALE, SEARCH_SCALE)["efficientvit-m0"]
+    cfg = rung_train_config(Rungs(0.5, 3, 3), batch_size=64, lr=0.002, seed=0)
+    res = train(spec, x, y, x_val, y_val, cfg, mean=data.channel_stats()[0], std=data.channel_stats()[1],
+                until_epochs=0.75)
+    assert res.steps == 16 and res.val_acc > 0.5  # 0.105 (one class) before the re-estimate
