@@ -26,7 +26,8 @@ def statistics_images(n_train: int, seed: int) -> torch.Tensor:
 def reestimate_batch_norms(model: nn.Module, images: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor],
                            batch_size: int) -> None:
     """Set every BatchNorm's running mean and variance to the plain average of its batch statistics
-    over `images` (each batch `prepare`d as the model's input), the weights as they are: PyTorch's
+    over `images` (in batches of at most `batch_size`, each `prepare`d as the model's input on the
+    model's device), the weights as they are: PyTorch's
     cumulative average (momentum None). The rest of the model runs in eval mode, so no other
     module's state changes; the training flags, the momenta and the global RNG are restored."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
@@ -39,9 +40,10 @@ def reestimate_batch_norms(model: nn.Module, images: torch.Tensor, prepare: Call
         m.train()
         m.reset_running_stats()
         m.momentum = None
+    device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):
-        for i in range(0, len(images), batch_size):
-            model(prepare(images[i:i + batch_size]))
+        for batch in torch.tensor_split(images, -(-len(images) // batch_size)):  # equal sizes: no batch of one
+            model(prepare(batch.to(device)))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     for m, was_training in training.items():

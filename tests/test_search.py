@@ -181,11 +181,11 @@ def test_a_total_training_budget_stops_new_candidates(tmp_path, latency_model):
 @pytest.mark.slow
 def test_a_time_limit_stops_the_trainings_in_flight_and_keeps_them(tmp_path, latency_model):
     start_shared_ray(SearchConfig(name="x", target_ms=1.0, latency_model=""))  # its start outside the limit
-    # a first rung of 200 epochs outlasts the 18 s limit, which begins with the run (before its inputs load)
-    res = run_cli("run", "--name", "timed", "--target-ms", TARGET, "--minutes", 0.3, "--epochs", 400,
+    # a first rung of 200 epochs outlasts the 24 s limit, which begins with the run (before its inputs load)
+    res = run_cli("run", "--name", "timed", "--target-ms", TARGET, "--minutes", 0.4, "--epochs", 400,
                   "--base-epochs", 200, "--eta", 2, "--dataset", "digits", "--subset", 0.3, "--workers", 1,
                   "--presets", "efficientvit-m0", "--latency-model", latency_model, "--runs-dir", tmp_path)
-    said = "the time limit of 0.3 min is reached after 0 trials: 1 training(s) in flight stopped; 1 trial(s) queued"
+    said = "the time limit of 0.4 min is reached after 0 trials: 1 training(s) in flight stopped; 1 trial(s) queued"
     assert said in res.stderr
     trials = {t.number: t for t in study_trials(tmp_path / "timed")}
     assert [t.state.name for t in trials.values()] == ["FAIL", "WAITING"]  # no new candidate after the limit
@@ -210,8 +210,11 @@ def test_killed_run_resumes_without_loss_or_retraining(tmp_path, latency_model):
             "--presets", KILL_PRESETS, "--latency-model", str(latency_model), "--runs-dir", str(tmp_path),
             *TINY]  # two cut off at once
     log = tmp_path / "run.log"
+    # without the RAY_ settings the tests' keep_ray_local made: the command's own are what this checks
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     with open(log, "w") as stderr:
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)
     run_dir = tmp_path / "kill"
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None and not promoted_in_training(run_dir):

@@ -182,8 +182,8 @@ def test_batch_norm_statistics_are_the_plain_average_over_the_images_and_nothing
     un_state = {k: v.clone() for k, v in un.state_dict().items()}
     model.train()
     rng = torch.get_rng_state()
-    reestimate_batch_norms(model, x, norm, batch_size=16)  # batches of 16, 16 and 8
-    assert len(seen) == 3 and model.training and all(m.training for m in model.modules())
+    reestimate_batch_norms(model, x, norm, batch_size=16)  # three batches of equal size, 14, 13 and 13
+    assert [len(b) for b in seen] == [14, 13, 13] and model.training and all(m.training for m in model.modules())
     means = torch.stack([b.mean(dim=(0, 2, 3)) for b in seen])
     variances = torch.stack([b.var(dim=(0, 2, 3), unbiased=True) for b in seen])
     assert torch.allclose(first.running_mean, means.mean(0), atol=1e-6)  # a plain average of the batches
