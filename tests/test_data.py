@@ -100,8 +100,8 @@ def test_digits_are_scikit_learns_read_without_importing_it():
     from sklearn.datasets import load_digits
 
     code = "import sys; from evaluators.data import load_dataset; load_dataset('digits'); print('sklearn' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          check=True).stdout.strip() == "False"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
+                          timeout=120).stdout.strip() == "False"
     ours, theirs = load_dataset("digits"), load_digits()
     order = np.random.default_rng(0).permutation(len(theirs.target))  # the split: test first, then train
     n_test = len(order) // 5
