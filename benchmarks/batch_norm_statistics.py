@@ -29,7 +29,7 @@ def both_ways(spec, data: tuple, budget: float, rungs: Rungs) -> dict:
     res = train(spec, x, y, None, None, cfg, mean=mean, std=std, until_epochs=budget)
     norm = Normalizer(mean, std, spec.img_size)
     running = accuracy(res.model, x_val, y_val, norm)
-    reestimate_batch_norms(res.model, x[statistics_images(len(x), cfg.seed)], norm, cfg.batch_size)
+    reestimate_batch_norms(res.model, statistics_images(x, cfg.seed), norm, cfg.batch_size)
     return {"epochs": budget, "steps": res.steps, "running_averages": running,
             "reestimated": accuracy(res.model, x_val, y_val, norm)}
 

@@ -15,11 +15,11 @@ import torch.nn as nn
 STATISTICS_IMAGES = 1024  # training images the statistics are averaged over
 
 
-def statistics_images(n_train: int, seed: int) -> torch.Tensor:
-    """Indices of the training images to re-estimate on: a seeded draw of its own, so the training's
-    sampling is not disturbed and a resumed training re-estimates on the same images."""
-    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
-    return order[:STATISTICS_IMAGES]
+def statistics_images(x_train: torch.Tensor, seed: int) -> torch.Tensor:
+    """The training images to re-estimate on: a seeded draw of its own, so the training's sampling
+    is not disturbed and a resumed training re-estimates on the same images."""
+    order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))
+    return x_train[order[:STATISTICS_IMAGES].to(x_train.device)]
 
 
 @torch.no_grad()

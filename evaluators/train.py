@@ -287,7 +287,7 @@ def train_model(make_model: Callable[[], nn.Module], x_train: torch.Tensor, y_tr
 def validation(model: nn.Module, x_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
                norm: Normalizer, cfg: TrainConfig) -> Callable[[], float]:
     """The validation accuracy of the model as it is, its BatchNorm statistics re-estimated first."""
-    images = x_train[statistics_images(len(x_train), cfg.seed).to(x_train.device)]
+    images = statistics_images(x_train, cfg.seed)
 
     def evaluate() -> float:
         reestimate_batch_norms(model, images, norm, cfg.batch_size)
