@@ -88,13 +88,18 @@ PROMOTION_RULES: dict[str, Callable[[list[RungResult], Share, list[float] | None
 def promoted(results: list[RungResult], rule: str, eta: int, band_edges: list[float] | None = None,
              settled: bool = False) -> set[str]:
     """The candidates of one rung that earn the next: the best 1/eta of them by `rule` (one of
-    PROMOTION_RULES). While more results may still arrive (the search), the share is rounded down
-    but never below one, so the best so far goes on (ASHA, as Optuna's SuccessiveHalvingPruner does
-    it); once the rung is `settled` (a fixed pool), rounded up."""
+    PROMOTION_RULES). Once the rung is `settled` (a fixed pool), the share is rounded up. While more
+    results may still arrive (the search), it is rounded down but never below one, so the best so
+    far goes on (ASHA, as Optuna's SuccessiveHalvingPruner does it), unless another result at the
+    rung is both faster and more accurate: else a latency band's first arrivals go on whatever they
+    scored, and the slowest band's are the longest trainings of all, for a candidate its rung
+    already places off the front."""
     if rule not in PROMOTION_RULES:
         raise ValueError(f"unknown promotion rule '{rule}'; choose one of {', '.join(PROMOTION_RULES)}")
-    share: Share = (lambda n: math.ceil(n / eta)) if settled else (lambda n: max(1, n // eta))
-    return PROMOTION_RULES[rule](results, share, band_edges)
+    if settled:
+        return PROMOTION_RULES[rule](results, lambda n: math.ceil(n / eta), band_edges)
+    chosen = PROMOTION_RULES[rule](results, lambda n: max(1, n // eta), band_edges)
+    return {r.key for r in results if r.key in chosen and not any(_dominates(o, r) for o in results)}
 
 
 def _best(results: list[RungResult], n: int, key) -> set[str]:

@@ -22,16 +22,25 @@ def field(n=9):
 
 def test_accuracy_rule_promotes_the_best_third_whatever_their_latency():
     results = field()
-    assert promoted(results, "accuracy", eta=3) == {"fast", "fast2", "m8"}
+    assert promoted(results, "accuracy", eta=3, settled=True) == {"fast", "fast2", "m8", "m7"}
 
 
 def test_bands_promote_within_each_latency_band():
     results = field()
     bands = latency_bands(results)
     assert [len(b) for b in bands] == [4, 4, 3] and bands[0][0].key == "fast"
-    assert promoted(results, "bands", eta=3) == {"fast", "m5", "m8"}  # one per band of 4, 4, 3
     assert [len(b) for b in latency_bands(results, edges=[2.5, 100])] == [4, 7]
     assert promoted(results, "bands", eta=3, settled=True) == {"fast", "fast2", "m4", "m5", "m8"}
+
+
+def test_while_results_arrive_a_candidate_beaten_on_both_counts_stops_even_alone_in_its_band():
+    results = field()  # "fast" is both faster and more accurate than every other
+    assert promoted(results, "bands", eta=3) == {"fast"}  # not m5 and m8, the best of their bands
+    early = [RungResult("convnet", 0.41, 2.0), RungResult("deep", 0.28, 3.1)]
+    assert promoted(early, "bands", eta=3, band_edges=[2.5]) == {"convnet"}
+    assert promoted(early, "bands", eta=3, band_edges=[2.5], settled=True) == {"convnet", "deep"}
+    later = early + [RungResult("deep2", 0.45, 3.2)]  # slower still, but the most accurate: goes on
+    assert promoted(later, "bands", eta=3, band_edges=[2.5]) == {"convnet", "deep2"}
 
 
 def test_pareto_order_takes_fronts_in_turn_ends_first():
