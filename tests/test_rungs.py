@@ -33,14 +33,15 @@ def test_bands_promote_within_each_latency_band():
     assert promoted(results, "bands", eta=3, settled=True) == {"fast", "fast2", "m4", "m5", "m8"}
 
 
-def test_while_results_arrive_a_candidate_beaten_on_both_counts_stops_even_alone_in_its_band():
-    results = field()  # "fast" is both faster and more accurate than every other
-    assert promoted(results, "bands", eta=3) == {"fast"}  # not m5 and m8, the best of their bands
-    early = [RungResult("convnet", 0.41, 2.0), RungResult("deep", 0.28, 3.1)]
-    assert promoted(early, "bands", eta=3, band_edges=[2.5]) == {"convnet"}
-    assert promoted(early, "bands", eta=3, band_edges=[2.5], settled=True) == {"convnet", "deep"}
-    later = early + [RungResult("deep2", 0.45, 3.2)]  # slower still, but the most accurate: goes on
-    assert promoted(later, "bands", eta=3, band_edges=[2.5]) == {"convnet", "deep2"}
+def test_while_results_arrive_a_candidate_clearly_beaten_by_a_faster_one_stops_even_alone_in_its_band():
+    rung = [RungResult("convnet", 0.41, 2.0), RungResult("near", 0.40, 2.2), RungResult("deep", 0.28, 3.1)]
+    edges = [2.1, 3.0]  # each alone in its band: each the best so far of its band
+    # the rung's accuracies deviate by 0.059: deep trails the faster convnet by 0.13, near by 0.01 only
+    assert promoted(rung, "bands", eta=3, band_edges=edges) == {"convnet", "near"}
+    assert promoted(rung, "bands", eta=3, band_edges=edges, settled=True) == {"convnet", "near", "deep"}
+    assert promoted(rung[::2], "bands", eta=3, band_edges=edges) == {"convnet", "deep"}  # two results: no spread yet
+    slower_but_best = rung + [RungResult("deep2", 0.45, 3.2)]
+    assert promoted(slower_but_best, "bands", eta=3, band_edges=edges) == {"convnet", "near", "deep2"}
 
 
 def test_pareto_order_takes_fronts_in_turn_ends_first():

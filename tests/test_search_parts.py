@@ -76,10 +76,10 @@ def test_ladder_promotes_within_the_runs_latency_bands(study):
     ladder = Ladder(study, RUNGS, "bands", band_edges=[2.0])  # the run's edges: fast below 2 ms, slow above
     for arch, ms, acc in (("a", 1.0, 0.5), ("b", 1.5, 0.6), ("c", 5.0, 0.2)):
         ladder.note(arch, ms, [acc])
-    assert not ladder.goes_on("c")  # alone in the slow band, but b is faster and more accurate
+    assert not ladder.goes_on("c")  # alone in the slow band, but b, faster, out-scores it by more than the rung's spread
     assert ladder.goes_on("b") and not ladder.goes_on("a")  # the fast band promotes one of its two
     ladder.note("d", 4.0, [0.61])
-    assert ladder.goes_on("d") and not ladder.goes_on("c")  # the slow band's best, beaten by nothing
+    assert ladder.goes_on("d") and not ladder.goes_on("c")  # the slow band's best, and no faster result out-scores it
 
 
 def test_ladder_rebuilds_from_the_study_ignoring_duplicates(study):
