@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluators.recipes import PROXY_RECIPE
+from evaluators.recipes import PROXY_EVALUATION, PROXY_EVALUATION_BEFORE, PROXY_RECIPE
 from search_space.presets import PRESETS
 
 from . import SearchError
@@ -78,12 +78,13 @@ class SearchConfig:
         keep = ("target_ms", "dataset", "epochs", "base_epochs", "eta", "promotion", "subset", "resolution",
                 "batch_size", "lr", "sampler", "seed", "space", "presets")
         settings = {k: getattr(self, k) for k in keep}
-        return {**settings, "presets": list(self.presets)}  # JSON has no tuples
+        return {**settings, "presets": list(self.presets),  # JSON has no tuples
+                "proxy_evaluation": PROXY_EVALUATION}
 
 
 # Identity settings added after runs were made, with the value those runs had: a resumed run that
 # predates one is compared as having it. Others missing from an old run's config.json differ.
-PREDATES = {"presets": list(PRESETS)}
+PREDATES = {"presets": list(PRESETS), "proxy_evaluation": PROXY_EVALUATION_BEFORE}
 
 
 def changed_settings(saved: dict, cfg: SearchConfig) -> dict[str, tuple]:
@@ -96,6 +97,11 @@ def refuse_other_settings(cfg: SearchConfig, saved: dict, *, but: tuple[str, ...
     """SearchError naming each identity setting (apart from `but`) in which `cfg` differs from a
     run's config.json `saved`, and how to resume instead."""
     changed = {k: v for k, v in changed_settings(saved, cfg).items() if k not in but}
+    if "proxy_evaluation" in changed:
+        raise SearchError(f"run {cfg.name} was searched by an earlier etnas, its proxies read with "
+                          f"{changed['proxy_evaluation'][0]} where this version reads them with "
+                          f"{PROXY_EVALUATION}, so its accuracies do not compare with new ones; choose a new "
+                          f"--name (its front, train and export still work)")
     if changed:
         raise SearchError(f"run {cfg.name} already exists with other settings "
                           f"({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "

@@ -224,6 +224,18 @@ def test_a_run_from_before_presets_resumes_as_all_of_them_and_one_missing_older_
     assert set(changed_settings(before_rungs, cfg)) == {"base_epochs", "eta", "promotion"}
 
 
+def test_a_run_whose_proxies_were_read_another_way_refuses_to_resume_and_says_why():
+    from nas import SearchError
+    from nas.config import SearchConfig, refuse_other_settings
+
+    cfg = SearchConfig(name="old", target_ms=2.0, latency_model="m")
+    refuse_other_settings(cfg, cfg.identity())  # this version's own run resumes
+    before_the_reestimate = {k: v for k, v in cfg.identity().items() if k != "proxy_evaluation"}
+    with pytest.raises(SearchError, match="proxies read with BatchNorm running averages where this version reads "
+                                          "them with BatchNorm statistics re-estimated.*choose a new --name"):
+        refuse_other_settings(cfg, before_the_reestimate)
+
+
 def test_presets_are_one_spelling_whichever_way_they_are_named():
     from nas import SearchError
     from nas.config import SearchConfig
