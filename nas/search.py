@@ -5,6 +5,7 @@ SQLite study and the checkpoints, so a re-run of the same command resumes where 
 from __future__ import annotations
 
 import os
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -281,7 +282,9 @@ def start_ray(cfg: SearchConfig):
         keep_ray_local()
     import ray
 
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        refuse_another_cluster(ray.get_runtime_context().gcs_address, cfg.ray_address)
+    else:
         plugins = os.environ.get(PLUGINS_VARIABLE)  # a cluster's workers do not inherit the driver's environment
         ray.init(address=cfg.ray_address, num_cpus=None if cfg.ray_address else cfg.workers,
                  include_dashboard=False, log_to_driver=False, configure_logging=False,
@@ -291,6 +294,21 @@ def start_ray(cfg: SearchConfig):
         warnings.warn(f"the local Ray node took address {node_ip}, so its services listen beyond loopback "
                       f"(Ray was imported before etnas could keep it local)", stacklevel=2)
     return ray
+
+
+def refuse_another_cluster(joined: str, asked: str | None) -> None:
+    """A process that has joined a Ray already searches on it; SearchError if `--ray-address` names
+    another (`auto`, or no address, takes the one joined)."""
+    if not asked or asked == "auto" or asked.startswith("ray://"):
+        return
+    host, _, port = asked.rpartition(":")
+    try:
+        same = f"{socket.gethostbyname(host)}:{port}" == joined or asked == joined
+    except OSError:
+        same = False
+    if not same:
+        raise SearchError(f"this process has joined the Ray at {joined} already, so --ray-address {asked} cannot "
+                          f"be joined; call ray.shutdown() first, or leave the address out to search on it")
 
 
 def stop_at_time_limit(run: SearchRun) -> str:

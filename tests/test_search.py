@@ -318,3 +318,23 @@ def test_pareto_front_keeps_only_non_dominated_feasible_rows():
             for i, (a, m) in enumerate([(0.5, 1.0), (0.6, 2.0), (0.55, 2.5), (0.9, 9.0), (0.6, 1.5)])]
     front = pareto_front(rows, target_ms=5.0)
     assert [(r["val_acc"], r["pred_ms"]) for r in front] == [(0.5, 1.0), (0.6, 1.5)]
+
+
+@pytest.mark.slow
+def test_a_process_on_one_ray_refuses_the_address_of_another():
+    """The engine searches on the Ray its process has joined (a second search from Python, the
+    tests' shared one); an address naming another cluster is an error, not silently ignored."""
+    import ray
+
+    from nas import SearchError
+    from nas.search import start_ray
+
+    def on(address):
+        return SearchConfig(name="t", target_ms=1.0, latency_model="", ray_address=address)
+
+    start_shared_ray(on(None))
+    joined = ray.get_runtime_context().gcs_address
+    with pytest.raises(SearchError, match=f"has joined the Ray at {joined} already, so --ray-address 10.9.9.9:6379"):
+        start_ray(on("10.9.9.9:6379"))
+    for same in (None, "auto", joined, f"localhost:{joined.rpartition(':')[2]}"):
+        assert start_ray(on(same)) is ray
