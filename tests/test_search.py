@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from benchmarks.jobs import descendants
+from evaluators.recipes import PROXY_EVALUATION
 from latency_models import LatencyModel
 from nas.config import SearchConfig
 from nas.records import pareto_front
@@ -290,7 +291,7 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, latency_mo
 def test_changed_settings_refuse_to_resume(tmp_path, latency_model):
     run_dir = tmp_path / "x"
     run_dir.mkdir()
-    (run_dir / "config.json").write_text(json.dumps({"target_ms": 1.0}))
+    (run_dir / "config.json").write_text(json.dumps({"target_ms": 1.0, "proxy_evaluation": PROXY_EVALUATION}))
     res = run_cli("run", "--name", "x", "--target-ms", TARGET, "--latency-model", latency_model,
                   "--runs-dir", tmp_path, check=False, own_process=False)
     assert res.returncode == 2 and "already exists with other settings" in res.stderr
