@@ -103,8 +103,8 @@ def promoted(results: list[RungResult], rule: str, eta: int, band_edges: list[fl
 def clearly_beaten(results: list[RungResult]) -> set[str]:
     """Candidates that a faster result at their rung out-scores by more than the standard deviation
     of the rung's accuracies (once it has three). In the README example's runs, the isotropic
-    presets trailed EfficientViT-M0 by two such deviations after half an epoch, while no run's
-    best final model had trailed a faster candidate by more than one (BENCHMARKS.md)."""
+    presets trailed EfficientViT-M0 by about two such deviations or more after half an epoch,
+    while no run's best final model had trailed a faster candidate by more than one (BENCHMARKS.md)."""
     if len(results) < 3:
         return set()
     spread = float(np.std([r.accuracy for r in results]))
