@@ -202,8 +202,8 @@ def test_a_batch_norm_model_at_a_low_rung_is_judged_with_its_statistics_reestima
 
     data = load_dataset("digits")
     x, y, x_val, y_val = data.holdout(seed=0)
+    mean, std = data.channel_stats()
     spec = presets(8, 1, 10, SEARCH_SCALE, SEARCH_SCALE)["efficientvit-m0"]
     cfg = rung_train_config(Rungs(0.5, 3, 3), batch_size=64, lr=0.002, seed=0)
-    res = train(spec, x, y, x_val, y_val, cfg, mean=data.channel_stats()[0], std=data.channel_stats()[1],
-                until_epochs=0.75)
+    res = train(spec, x, y, x_val, y_val, cfg, mean=mean, std=std, until_epochs=0.75)
     assert res.steps == 16 and res.val_acc > 0.5  # 0.105 (one class) before the re-estimate
