@@ -1,6 +1,5 @@
 """The searched-vs-presets benchmark: its --quick mode on digits runs end to end, and its parts keep their rules."""
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -8,17 +7,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from .helpers import ROOT, synthetic_model
+from .helpers import ROOT, run_cli, synthetic_model
 
 
 @pytest.mark.slow
-def test_cifar10_vs_presets_quick_on_digits(tmp_path):
+def test_cifar10_vs_presets_quick_on_digits(tmp_path, monkeypatch):
+    """The script's main in this process, its `etnas run` too (`run_cli`: the search joins this
+    process's Ray), so that the test pays for neither a second interpreter nor a second Ray."""
+    proof = proof_script()
     model = synthetic_model(tmp_path / "digits.model")
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cifar10_vs_presets.py"), "--quick", "--data", "digits",
-                    "--out", str(tmp_path / "out"), "--latency-model", str(model),
-                    "--trials", "12", "--top-epochs", "0.4", "--baselines", "deit-pico", "--jobs", "1"],
-                   check=True, cwd=ROOT,
-                   capture_output=True, timeout=900)
+    monkeypatch.setattr(proof, "cli", lambda *args, threads=None: run_cli(*args))
+    monkeypatch.setattr(sys, "argv", ["cifar10_vs_presets.py", "--quick", "--data", "digits",
+                                      "--out", str(tmp_path / "out"), "--latency-model", str(model),
+                                      "--trials", "12", "--top-epochs", "0.4", "--baselines", "deit-pico",
+                                      "--jobs", "1"])
+    proof.main()
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["target_ms"] > 0
     kinds = [r["kind"] for r in res["rows"]]

@@ -4,13 +4,13 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
+import threading
 import time
 from contextlib import closing
 
 import pytest
 
-from .helpers import ROOT, TARGET, TINY_ONE_WORKER, read_only_query, run_cli, synthetic_model
+from .helpers import TARGET, TINY_ONE_WORKER, read_only_query, run_cli, synthetic_model
 from .test_search import check_run, study_trials
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,11 @@ def completed(run_dir) -> int:
     return len(read_only_query(run_dir, "SELECT 1 FROM trials WHERE state = 'COMPLETE'"))
 
 
-def fill(path) -> None:
+def fill_once_completed(run_dir, trials: int, path, run_ended: threading.Event) -> None:
+    """Fill the disk under `path` once `trials` trials of the run are complete (unless it ends first)."""
+    while completed(run_dir) < trials:
+        if run_ended.wait(0.1):
+            return
     with open(path, "wb") as f:
         try:
             while True:
@@ -58,15 +62,16 @@ def test_a_full_then_read_only_disk_stops_the_search_in_one_line_and_it_resumes(
     args = ["run", "--name", "d", "--target-ms", TARGET, "--latency-model", model, "--runs-dir", small_disk,
             "--presets", "none", *TINY_ONE_WORKER]
     run_dir = small_disk / "d"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "search.py"), *map(str, args), "--trials", "14"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and completed(run_dir) < 3:
-        time.sleep(0.1)
-    fill(small_disk / "filler")
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 2, stderr[-3000:]
-    line = error_line(stderr)
+    run_ended = threading.Event()  # the search in this process, the disk filled from a thread beside it
+    filler = threading.Thread(target=fill_once_completed, args=(run_dir, 3, small_disk / "filler", run_ended))
+    filler.start()
+    try:
+        res = run_cli(*args, "--trials", 14, check=False)
+    finally:
+        run_ended.set()
+        filler.join()
+    assert res.returncode == 2, res.stderr[-3000:]
+    line = error_line(res.stderr)
     assert line.startswith(f"error: the disk of run directory {run_dir} is full") and "re-run the same command" in line
     before = snapshot(run_dir)
     assert sum(state == "COMPLETE" for state, _ in before.values()) >= 3
