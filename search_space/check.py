@@ -38,8 +38,9 @@ def deploy_error(model: nn.Module, deployed: nn.Module, x: torch.Tensor) -> floa
     return float((ref - out).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
-def check_spec(spec: ArchSpec, seed: int = 0, batch: int = 2) -> dict:
-    """Build, run forward+backward in training mode, then compare eval vs deploy outputs."""
+def deployed_check(spec: ArchSpec, seed: int = 0, batch: int = 2) -> tuple[nn.Module, dict]:
+    """Build, run forward+backward in training mode, then deploy: the deployed model, and how it
+    compares with the eval model (max_rel_err), the norms it kept and the parameters no gradient reached."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = build_model(spec)
@@ -53,10 +54,14 @@ def check_spec(spec: ArchSpec, seed: int = 0, batch: int = 2) -> dict:
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     randomize_norms(model, gen)
     deployed = deploy(model)
-    err = deploy_error(model, deployed, x)
     leftover = [type(m).__name__ for m in deployed.modules() if isinstance(m, (*BN_FAMILY, nn.BatchNorm2d))]
-    return {"max_rel_err": err, "flops": count_flops(deployed), "params": count_params(deployed),
-            "no_grad": missing, "leftover_norms": leftover}
+    return deployed, {"max_rel_err": deploy_error(model, deployed, x), "no_grad": missing, "leftover_norms": leftover}
+
+
+def check_spec(spec: ArchSpec, seed: int = 0, batch: int = 2) -> dict:
+    """`deployed_check`'s figures and the deployed model's costs (FLOPs counted by fvcore)."""
+    deployed, res = deployed_check(spec, seed, batch)
+    return {**res, "flops": count_flops(deployed), "params": count_params(deployed)}
 
 
 def coverage(specs: list[ArchSpec]) -> dict[str, dict[str, int]]:

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from search_space import build_model, deploy, presets, sample
-from search_space.check import check_spec, randomize_norms
+from search_space.check import check_spec, deployed_check, randomize_norms
 from search_space.norms import BN_FAMILY
 
 PRESETS = presets(32, 3, 10, width_mult=0.5, depth_mult=0.5)
@@ -20,7 +20,7 @@ def test_preset_deploy_equivalence(spec):
 
 @pytest.mark.parametrize("spec", SAMPLES, ids=[s.arch_id for s in SAMPLES])
 def test_sampled_deploy_equivalence(spec):
-    res = check_spec(spec, seed=2)
+    _, res = deployed_check(spec, seed=2)
     assert res["max_rel_err"] <= 1e-4, spec.short()
     assert res["leftover_norms"] == []
 
