@@ -27,8 +27,9 @@ def test_preset_exports_match_pytorch(tmp_path, name):
     randomize_norms(model, torch.Generator().manual_seed(0))
     deployed = deploy(model)
     x = torch.randn(3, 1, 8, 8)  # batch 3: the exported batch dimension is dynamic
-    export_onnx(deployed, tmp_path / "m.onnx")
-    export_pt2(deployed, tmp_path / "m.pt2")
+    program = onnx_trace(deployed)  # one trace for both files, as `export` writes them
+    export_pt2(deployed, tmp_path / "m.pt2", program)
+    export_onnx(deployed, tmp_path / "m.onnx", program)  # last: it modifies the program
     assert verify_onnx(tmp_path / "m.onnx", deployed, x) <= 1e-4
     assert verify_pt2(tmp_path / "m.pt2", deployed, x) <= 1e-4
     ops = {n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node}
