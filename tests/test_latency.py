@@ -414,7 +414,7 @@ def test_measuring_needs_only_torch_and_the_project(tmp_path):
     specs.write_text("".join(s.to_json() + "\n" for s in tiny_specs(2)))
     out = tmp_path / "t.csv"
     res = subprocess.run([sys.executable, "-c", MEASURE_ALONE, "measure", "--runtime", "torch", "--specs", specs, "--n", "0",
-                          "--img-size", "8", "--in-chans", "1", "--remeasure", "0", "--out", out],
+                          "--img-size", "8", "--in-chans", "1", "--remeasure", "0", "--sweeps", "5", "--out", out],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(read_table(out)) == 2 + 2 * len(presets(8, 1, 10))  # the specs and the presets at 2 scales
