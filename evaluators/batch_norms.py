@@ -7,7 +7,8 @@ while the LayerNorm presets, which keep no statistics, were unaffected (BENCHMAR
 evaluation of BatchNorm models")."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -48,3 +49,21 @@ def reestimate_batch_norms(model: nn.Module, images: torch.Tensor, prepare: Call
         m.momentum = momentum
     for m, was_training in training.items():
         m.training = was_training
+
+
+@contextlib.contextmanager
+def batch_norms_reestimated(model: nn.Module, images: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor],
+                            batch_size: int) -> Iterator[None]:
+    """Within it, the BatchNorm statistics are re-estimated (`reestimate_batch_norms`); after it, the
+    running statistics the training left are back, so that judging a model does not change it: a
+    training goes on, and ends, the same whether or not it was evaluated along the way."""
+    kept = [(buffer, buffer.clone()) for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+            for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)]
+    reestimate_batch_norms(model, images, prepare, batch_size)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in kept:
+                buffer.copy_(value)

@@ -24,7 +24,7 @@ from timm.scheduler import CosineLRScheduler
 
 from search_space import ArchSpec, SpecError, build_model
 
-from .batch_norms import reestimate_batch_norms, statistics_images
+from .batch_norms import batch_norms_reestimated, statistics_images
 from .recipes import PROXY_RECIPE
 
 
@@ -286,12 +286,13 @@ def train_model(make_model: Callable[[], nn.Module], x_train: torch.Tensor, y_tr
 
 def validation(model: nn.Module, x_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
                norm: Normalizer, cfg: TrainConfig) -> Callable[[], float]:
-    """The validation accuracy of the model as it is, its BatchNorm statistics re-estimated first."""
+    """The validation accuracy of the model as it is, read with its BatchNorm statistics re-estimated
+    (the model keeps the running statistics it trained with)."""
     images = statistics_images(x_train, cfg.seed)
 
     def evaluate() -> float:
-        reestimate_batch_norms(model, images, norm, cfg.batch_size)
-        return accuracy(model, x_val, y_val, norm)
+        with batch_norms_reestimated(model, images, norm, cfg.batch_size):
+            return accuracy(model, x_val, y_val, norm)
 
     return evaluate
 

@@ -207,3 +207,24 @@ def test_a_batch_norm_model_at_a_low_rung_is_judged_with_its_statistics_reestima
     cfg = rung_train_config(Rungs(0.5, 3, 3), batch_size=64, lr=0.002, seed=0)
     res = train(spec, x, y, x_val, y_val, cfg, mean=mean, std=std, until_epochs=0.75)
     assert res.steps == 16 and res.val_acc > 0.5  # 0.105 (one class) before the re-estimate
+
+
+def test_judging_a_training_along_the_way_does_not_change_the_model_it_ends_with():
+    """A BatchNorm model trained with a validation part (its statistics re-estimated at every
+    evaluation) ends with the weights and running statistics of the same training without one, as
+    a final training with --holdout and one without, or the long-training reference, must."""
+    from evaluators.data import load_dataset
+    from search_space import presets
+    from search_space.presets import SEARCH_SCALE
+
+    data = load_dataset("digits")
+    x, y, x_val, y_val = data.holdout(seed=0)
+    mean, std = data.channel_stats()
+    spec = presets(8, 1, 10, SEARCH_SCALE, SEARCH_SCALE)["efficientvit-m0"]
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.002, seed=0)
+    judged = train(spec, x[:512], y[:512], x_val, y_val, cfg, mean=mean, std=std)
+    unjudged = train(spec, x[:512], y[:512], None, None, cfg, mean=mean, std=std)
+    assert len(judged.history) == 2 and unjudged.history == []
+    state = unjudged.model.state_dict()
+    assert any("running_mean" in k for k in state)
+    assert all(torch.equal(v, state[k]) for k, v in judged.model.state_dict().items())
