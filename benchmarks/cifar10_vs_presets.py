@@ -8,19 +8,20 @@
 3. `etnas train --holdout` with one identical recipe (the long-training reference's: FINAL_EPOCHS on
    the search's training part, one thread, seed 0) for every preset and the best 3 searched
    (non-preset) front trials, --jobs at a time; a preset the reference pool (--reference) already
-   trained with that recipe is read from it instead of trained again; so are timm's models a user
-   would pick instead (`benchmarks/timm_baselines.py`). Then every model is timed on this CPU in
-   the latency model's runtime (onnxruntime: the file `export` ships; the baselines as
+   trained with that recipe is read from it instead of trained again. So are timm's models a user
+   would pick instead (`benchmarks/timm_baselines.py`): trained with the same recipe, or read from
+   an earlier results directory (--baselines-from) that trained them so. Then every model is timed
+   on this CPU in the latency model's runtime (onnxruntime: the file `export` ships; the baselines as
    `torch.onnx.export` writes them), in turn with the anchor (shuffled every sweep) and on the
    latency model's scale (`time_at_reference`), so that the machine's drift cannot favour one of
    them and measured and predicted latencies compare like for like (a latency does not depend on
-   the weights, so a preset read from the reference is timed untrained);
+   the weights, so a preset or a baseline read from earlier results is timed untrained);
 4. DIR/results.json, a markdown table and DIR/cifar10_front.png (test accuracy vs measured latency).
 
     .venv/bin/python benchmarks/cifar10_vs_presets.py [--data ../shared/data/cifar10.npz] [--out DIR]
         [--latency-model runs/latency/cpu-ort.model | --runtime onnxruntime|torch] [--baselines NAME ...]
         [--reference benchmarks/results/reference] [--quick] [--trials N] [--top-epochs E]
-        [--reuse DIR/runs/search] [--force] [--jobs J]
+        [--baselines-from benchmarks/results/cifar10] [--reuse DIR/runs/search] [--force] [--jobs J]
 
 `--data digits` runs on the embedded digits set; `--quick` uses tiny budgets (the test runs that).
 """
@@ -46,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.jobs import read_jsonl  # noqa: E402
-from benchmarks.timm_baselines import (BASELINES, baseline_runner, input_size, train_baseline,  # noqa: E402
-                                      trained_baseline)
+from benchmarks.timm_baselines import (BASELINES, baseline_runner, finished_baselines, input_size,  # noqa: E402
+                                      make_baseline, train_baseline, trained_baseline)
 from evaluators.data import load_dataset  # noqa: E402
 from latency_models import LatencyModel  # noqa: E402
 from latency_models.calibrate import calibrate  # noqa: E402
@@ -230,6 +231,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--reference", help="the long-training reference's results directory, whose preset trainings "
                                         "with this recipe are reused (default: benchmarks/results/reference "
                                         "with the default data, which it was trained on; none otherwise)")
+    ap.add_argument("--baselines-from", help="an earlier results directory whose timm baselines, trained with "
+                                             "this recipe on this data, are read instead of trained again and "
+                                             "timed untrained (default: benchmarks/results/cifar10 with the default "
+                                             "data; none otherwise)")
     ap.add_argument("--reuse", help="a previous run's search dir (DIR/runs/search) whose finished final trainings "
                                      "of the same architectures and recipe are reused")
     ap.add_argument("--force", action="store_true", help="search with a latency model measured on another CPU "
@@ -242,8 +247,9 @@ def parse_args() -> argparse.Namespace:
                                                         "process, one after another)")
     ap.add_argument("--quick", action="store_true", help="tiny budgets (the test runs this on digits)")
     args = ap.parse_args()
-    if args.reference is None and Path(args.data).resolve() == default_data.resolve():
-        args.reference = str(ROOT / "benchmarks" / "results" / "reference")
+    if Path(args.data).resolve() == default_data.resolve():
+        args.reference = args.reference or str(ROOT / "benchmarks" / "results" / "reference")
+        args.baselines_from = args.baselines_from or str(ROOT / "benchmarks" / "results" / "cifar10")
     return args
 
 
@@ -281,18 +287,22 @@ def result_row(name: str, kind: str, trial: pd.Series | None, final: dict, timin
 
 
 def final_rows(run: Path, presets_by_trial: dict[int, str], searched: list[int], baselines: list[str],
-               reference: dict[str, dict], budget: dict, jobs: int, out: Path) -> list[dict]:
-    """Train what the reference lacks, time every model together, one row each."""
+               reference: dict[str, dict], finished: dict[str, dict], budget: dict, jobs: int,
+               out: Path) -> list[dict]:
+    """Train what the reference and the `finished` baselines lack, time every model together, one row each."""
     trials = pd.read_csv(run / "trials.csv").set_index("number")
     numbers = [*presets_by_trial, *searched]
     from_reference = {n: reference[trials.at[n, "arch_id"]] for n in presets_by_trial
                       if trials.at[n, "arch_id"] in reference}
     trained = [n for n in numbers if n not in from_reference]
-    train_finals(run, trained, baselines, budget["final_epochs"], jobs, out)
+    to_train = [name for name in baselines if name not in finished]
+    train_finals(run, trained, to_train, budget["final_epochs"], jobs, out)
     models = {n: load_trained(run, n)[0] for n in trained}
     models.update({n: build_model(ArchSpec.from_dict(r["spec"])) for n, r in from_reference.items()})
     spec = next(iter(models.values())).spec
-    timm_models = {name: trained_baseline(out, name, spec.num_classes, spec.in_chans) for name in baselines}
+    timm_models = {name: trained_baseline(out, name, spec.num_classes, spec.in_chans) for name in to_train}
+    timm_models.update({name: (make_baseline(name, spec.num_classes, spec.in_chans).eval(), finished[name])
+                        for name in baselines if name in finished})
     timings = measure_interleaved(run, models, {name: m for name, (m, _) in timm_models.items()}, budget["sweeps"])
     rows = []
     for n in numbers:
@@ -300,8 +310,8 @@ def final_rows(run: Path, presets_by_trial: dict[int, str], searched: list[int],
         final, source = ((from_reference[n], "reference") if n in from_reference else
                          (json.loads((run / "final" / str(n) / "final.json").read_text()), "trained"))
         rows.append(result_row(name, kind, trials.loc[n], final, timings[n], source))
-    rows += [result_row(name, "timm", None, report, timings[name], "trained") for name, (_, report) in
-             timm_models.items()]
+    rows += [result_row(name, "timm", None, report, timings[name], "reference" if name in finished else "trained")
+             for name, (_, report) in timm_models.items()]
     return rows
 
 
@@ -319,14 +329,16 @@ def main() -> None:
     for number in [*presets_by_trial, *searched] if args.reuse else []:
         reuse_final(Path(args.reuse), run, number, trials.at[number, "arch_id"], float(budget["final_epochs"]),
                     dataset_arg)
+    finished = finished_baselines(args.baselines_from, args.baselines, float(budget["final_epochs"]), dataset_arg,
+                                  run_config(run)["seed"])
     rows = final_rows(run, presets_by_trial, searched, args.baselines,
-                      reference_trainings(args.reference, budget["final_epochs"]), budget, args.jobs, out)
+                      reference_trainings(args.reference, budget["final_epochs"]), finished, budget, args.jobs, out)
     target = round(float(pd.Series([r["measured_ms"] for r in rows if r["kind"] == "preset"]).median()), 4)
     runtime = target_runtime(run_config(run))
     results = {"target_ms": target, "target_rule": "median measured latency of the six presets, timed with all models",
                "runtime": runtime, "latency_model": args.latency_model,
                "search_target_ms": search_target, "search_target_rule": "median predicted latency of the six presets",
-               "data": dataset_arg, "budget": budget, "reference": args.reference,
+               "data": dataset_arg, "budget": budget, "reference": args.reference, "baselines_from": args.baselines_from,
                "search_training_min": float(trials["train_s"].sum()) / 60,
                "invocation_min": {"search": search_min, "total": (time.time() - start) / 60}, "rows": rows}
     (out / "results.json").write_text(json.dumps(results, indent=1))

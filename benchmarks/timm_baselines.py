@@ -8,6 +8,7 @@ would (`torch.onnx.export`), so that the proof compares them with the searched m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -22,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from evaluators.data import load_dataset  # noqa: E402
 from evaluators.recipes import FINAL_RECIPE  # noqa: E402
-from evaluators.train import Normalizer, TrainConfig, accuracy, train_model  # noqa: E402
+from evaluators.train import Normalizer, TrainConfig, accuracy, train_model, training_curve  # noqa: E402
 from latency_models.measure import runtime_runner  # noqa: E402
 from nas.rundir import run_config  # noqa: E402
 from search_space import count_params  # noqa: E402
@@ -74,9 +75,25 @@ def train_baseline(run: Path, name: str, epochs: float, out: Path) -> dict:
               f"{side}px", "test_acc": accuracy(model, data.x_test, data.y_test, Normalizer(mean, std, side)),
               "val_curve": res.history, "epochs": epochs, "train_s": res.train_s,
               "wall_s": time.perf_counter() - t0, "params": count_params(model), "dataset": cfg["dataset"],
-              "holdout": True, "trained_examples": len(y)}
+              "holdout": True, "trained_examples": len(y), "recipe": dataclasses.asdict(tcfg)}
     (folder / "final.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def finished_baselines(previous: Path | None, names: list[str], epochs: float, dataset: str,
+                       seed: int) -> dict[str, dict]:
+    """The reports under `previous` (an earlier results folder) of baselines trained as
+    `train_baseline` would train them now: this recipe, data and seed, the validation part held out.
+    Their accuracy stands; a latency does not depend on the weights, so they are timed untrained."""
+    ours = training_curve({**FINAL_RECIPE, "epochs": epochs, "seed": seed})
+    reports = {}
+    for name in names if previous else []:
+        path = baseline_dir(previous, name) / "final.json"
+        report = json.loads(path.read_text()) if path.exists() else {}
+        recipe = report.get("recipe")
+        if recipe and report["dataset"] == dataset and report.get("holdout") and training_curve(recipe) == ours:
+            reports[name] = report
+    return reports
 
 
 def trained_baseline(out: Path, name: str, num_classes: int, in_chans: int) -> tuple[torch.nn.Module, dict]:

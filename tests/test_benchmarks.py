@@ -86,6 +86,32 @@ def test_reference_trainings_are_reused_only_with_the_same_recipe(tmp_path):
     assert proof.reference_trainings(tmp_path, 6) == {} and proof.reference_trainings(None, 15) == {}
 
 
+def test_a_baseline_is_read_from_earlier_results_only_if_trained_as_it_would_be_now(tmp_path):
+    from dataclasses import asdict
+
+    from benchmarks.timm_baselines import baseline_dir, finished_baselines
+    from evaluators.recipes import FINAL_RECIPE
+    from evaluators.train import TrainConfig
+
+    recipe = asdict(TrainConfig(**FINAL_RECIPE, epochs=15, seed=0, threads=1))
+    reports = {"deit-pico": {"recipe": recipe},
+               "timm-efficientvit_m0": {"recipe": {**recipe, "lr": 5e-4}},  # another recipe
+               "timm-mobilevit_xxs": {}}  # a report that does not say how it was trained
+    for name, fields in reports.items():
+        baseline_dir(tmp_path, name).mkdir(parents=True)
+        (baseline_dir(tmp_path, name) / "final.json").write_text(
+            json.dumps({"dataset": "npz:c.npz", "holdout": True, "test_acc": 0.6, **fields}))
+    names = sorted(reports)
+    assert set(finished_baselines(tmp_path, names, 15.0, "npz:c.npz", seed=0)) == {"deit-pico"}
+    assert finished_baselines(tmp_path, names, 15.0, "npz:c.npz", seed=1) == {}  # another seed
+    assert finished_baselines(tmp_path, names, 6.0, "npz:c.npz", seed=0) == {}  # another length
+    assert finished_baselines(tmp_path, names, 15.0, "digits", seed=0) == {}  # other data
+    assert finished_baselines(None, names, 15.0, "npz:c.npz", seed=0) == {}
+    committed = ROOT / "benchmarks" / "results" / "cifar10"  # what the next proof on the shared data reads
+    data = json.loads((committed / "results.json").read_text())["data"]
+    assert set(finished_baselines(committed, names, 15.0, data, seed=0)) == set(names)
+
+
 @pytest.mark.parametrize("jobs, may_begin", [(1, {1}), (2, {1, 2})])
 def test_a_failing_final_training_cancels_the_ones_not_started(monkeypatch, jobs, may_begin):
     """One job trains in this process, more in `etnas train` processes: either way, the trainings not
