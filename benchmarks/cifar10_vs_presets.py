@@ -214,6 +214,7 @@ def plot(rows: list[dict], target: float, runtime: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def parse_args() -> argparse.Namespace:
@@ -247,9 +248,11 @@ def parse_args() -> argparse.Namespace:
                                                         "process, one after another)")
     ap.add_argument("--quick", action="store_true", help="tiny budgets (the test runs this on digits)")
     args = ap.parse_args()
-    if Path(args.data).resolve() == default_data.resolve():
-        args.reference = args.reference or str(ROOT / "benchmarks" / "results" / "reference")
-        args.baselines_from = args.baselines_from or str(ROOT / "benchmarks" / "results" / "cifar10")
+    if Path(args.data).resolve() == default_data.resolve():  # "" turns either off
+        if args.reference is None:
+            args.reference = str(ROOT / "benchmarks" / "results" / "reference")
+        if args.baselines_from is None:
+            args.baselines_from = str(ROOT / "benchmarks" / "results" / "cifar10")
     return args
 
 
@@ -310,7 +313,7 @@ def final_rows(run: Path, presets_by_trial: dict[int, str], searched: list[int],
         final, source = ((from_reference[n], "reference") if n in from_reference else
                          (json.loads((run / "final" / str(n) / "final.json").read_text()), "trained"))
         rows.append(result_row(name, kind, trials.loc[n], final, timings[n], source))
-    rows += [result_row(name, "timm", None, report, timings[name], "reference" if name in finished else "trained")
+    rows += [result_row(name, "timm", None, report, timings[name], "earlier results" if name in finished else "trained")
              for name, (_, report) in timm_models.items()]
     return rows
 
@@ -329,8 +332,9 @@ def main() -> None:
     for number in [*presets_by_trial, *searched] if args.reuse else []:
         reuse_final(Path(args.reuse), run, number, trials.at[number, "arch_id"], float(budget["final_epochs"]),
                     dataset_arg)
+    data = load_dataset(dataset_arg)
     finished = finished_baselines(args.baselines_from, args.baselines, float(budget["final_epochs"]), dataset_arg,
-                                  run_config(run)["seed"])
+                                  run_config(run)["seed"], data.num_classes, data.in_chans)
     rows = final_rows(run, presets_by_trial, searched, args.baselines,
                       reference_trainings(args.reference, budget["final_epochs"]), finished, budget, args.jobs, out)
     target = round(float(pd.Series([r["measured_ms"] for r in rows if r["kind"] == "preset"]).median()), 4)

@@ -60,8 +60,8 @@ def batch_norms_reestimated(model: nn.Module, images: torch.Tensor, prepare: Cal
     kept = [(buffer, buffer.clone()) for m in model.modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
             for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)]
-    reestimate_batch_norms(model, images, prepare, batch_size)
     try:
+        reestimate_batch_norms(model, images, prepare, batch_size)
         yield
     finally:
         with torch.no_grad():

@@ -16,7 +16,7 @@ def test_cifar10_vs_presets_quick_on_digits(tmp_path, monkeypatch):
     process's Ray), so that the test pays for neither a second interpreter nor a second Ray."""
     proof = proof_script()
     model = synthetic_model(tmp_path / "digits.model")
-    monkeypatch.setattr(proof, "cli", lambda *args, threads=None: run_cli(*args))
+    monkeypatch.setattr(proof, "cli", lambda *args, **_: run_cli(*args))
     monkeypatch.setattr(sys, "argv", ["cifar10_vs_presets.py", "--quick", "--data", "digits",
                                       "--out", str(tmp_path / "out"), "--latency-model", str(model),
                                       "--trials", "12", "--top-epochs", "0.4", "--baselines", "deit-pico",
@@ -89,27 +89,31 @@ def test_reference_trainings_are_reused_only_with_the_same_recipe(tmp_path):
 def test_a_baseline_is_read_from_earlier_results_only_if_trained_as_it_would_be_now(tmp_path):
     from dataclasses import asdict
 
-    from benchmarks.timm_baselines import baseline_dir, finished_baselines
+    from benchmarks.timm_baselines import BASELINES, baseline_dir, finished_baselines, make_baseline
     from evaluators.recipes import FINAL_RECIPE
     from evaluators.train import TrainConfig
+    from search_space import count_params
 
     recipe = asdict(TrainConfig(**FINAL_RECIPE, epochs=15, seed=0, threads=1))
-    reports = {"deit-pico": {"recipe": recipe},
-               "timm-efficientvit_m0": {"recipe": {**recipe, "lr": 5e-4}},  # another recipe
-               "timm-mobilevit_xxs": {}}  # a report that does not say how it was trained
+    model = {name: {"timm": BASELINES[name][0], "img_size": BASELINES[name][1],
+                    "params": count_params(make_baseline(name, 10, 3))} for name in BASELINES}
+    reports = {"deit-pico": {**model["deit-pico"], "recipe": recipe},
+               "timm-efficientvit_m0": {**model["timm-efficientvit_m0"], "recipe": {**recipe, "lr": 5e-4}},
+               "timm-mobilevit_xxs": model["timm-mobilevit_xxs"]}  # a report that does not say how it was trained
     for name, fields in reports.items():
         baseline_dir(tmp_path, name).mkdir(parents=True)
         (baseline_dir(tmp_path, name) / "final.json").write_text(
             json.dumps({"dataset": "npz:c.npz", "holdout": True, "test_acc": 0.6, **fields}))
-    names = sorted(reports)
-    assert set(finished_baselines(tmp_path, names, 15.0, "npz:c.npz", seed=0)) == {"deit-pico"}
-    assert finished_baselines(tmp_path, names, 15.0, "npz:c.npz", seed=1) == {}  # another seed
-    assert finished_baselines(tmp_path, names, 6.0, "npz:c.npz", seed=0) == {}  # another length
-    assert finished_baselines(tmp_path, names, 15.0, "digits", seed=0) == {}  # other data
-    assert finished_baselines(None, names, 15.0, "npz:c.npz", seed=0) == {}
+    names, shape = sorted(reports), (10, 3)
+    assert set(finished_baselines(tmp_path, names, 15.0, "npz:c.npz", 0, *shape)) == {"deit-pico"}
+    assert finished_baselines(tmp_path, names, 15.0, "npz:c.npz", 1, *shape) == {}  # another seed
+    assert finished_baselines(tmp_path, names, 6.0, "npz:c.npz", 0, *shape) == {}  # another length
+    assert finished_baselines(tmp_path, names, 15.0, "digits", 0, *shape) == {}  # other data
+    assert finished_baselines(tmp_path, names, 15.0, "npz:c.npz", 0, 100, 3) == {}  # another model: 100 classes
+    assert finished_baselines(None, names, 15.0, "npz:c.npz", 0, *shape) == {}
     committed = ROOT / "benchmarks" / "results" / "cifar10"  # what the next proof on the shared data reads
     data = json.loads((committed / "results.json").read_text())["data"]
-    assert set(finished_baselines(committed, names, 15.0, data, seed=0)) == set(names)
+    assert set(finished_baselines(committed, names, 15.0, data, 0, *shape)) == set(names)
 
 
 @pytest.mark.parametrize("jobs, may_begin", [(1, {1}), (2, {1, 2})])

@@ -5,7 +5,6 @@ import shutil
 import sqlite3
 import subprocess
 import threading
-import time
 from contextlib import closing
 
 import pytest
