@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.jobs import read_jsonl  # noqa: E402
 from benchmarks.timm_baselines import (BASELINES, baseline_runner, finished_baselines, input_size,  # noqa: E402
                                       make_baseline, train_baseline, trained_baseline)
-from evaluators.data import load_dataset  # noqa: E402
+from evaluators.data import Dataset, load_dataset  # noqa: E402
 from latency_models import LatencyModel  # noqa: E402
 from latency_models.calibrate import calibrate  # noqa: E402
 from latency_models.measure import anchor_spec, deployed_runner, runtime_runner, time_at_reference  # noqa: E402
@@ -256,8 +256,8 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def search(args, budget: dict, out: Path) -> tuple[Path, str, float]:
-    """Run the search under the presets' median predicted latency: (run dir, dataset, search target)."""
+def search(args, budget: dict, out: Path) -> tuple[Path, str, Dataset, float]:
+    """Run the search under the presets' median predicted latency: (run dir, dataset argument, dataset, search target)."""
     dataset_arg = "digits" if args.data == "digits" else f"npz:{Path(args.data).resolve()}"
     dataset = load_dataset(dataset_arg)
     if args.latency_model is None:
@@ -270,7 +270,7 @@ def search(args, budget: dict, out: Path) -> tuple[Path, str, float]:
         "--latency-model", args.latency_model, *(["--force"] if args.force else []),
         *(f"--{k.replace('_', '-')}={budget[k]}"
           for k in ("trials", "base_epochs", "epochs", "eta", "promotion", "sampler", "workers")))
-    return out / "runs" / "search", dataset_arg, target
+    return out / "runs" / "search", dataset_arg, dataset, target
 
 
 def result_row(name: str, kind: str, trial: pd.Series | None, final: dict, timing: dict, source: str) -> dict:
@@ -325,16 +325,15 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    run, dataset_arg, search_target = search(args, budget, out)
+    run, dataset_arg, dataset, search_target = search(args, budget, out)
     search_min = (time.time() - start) / 60
     presets_by_trial, searched = chosen_trials(run, search_target, budget["searched_finals"])
     trials = pd.read_csv(run / "trials.csv").set_index("number")
     for number in [*presets_by_trial, *searched] if args.reuse else []:
         reuse_final(Path(args.reuse), run, number, trials.at[number, "arch_id"], float(budget["final_epochs"]),
                     dataset_arg)
-    data = load_dataset(dataset_arg)
     finished = finished_baselines(args.baselines_from, args.baselines, float(budget["final_epochs"]), dataset_arg,
-                                  run_config(run)["seed"], data.num_classes, data.in_chans)
+                                  run_config(run)["seed"], dataset.num_classes, dataset.in_chans)
     rows = final_rows(run, presets_by_trial, searched, args.baselines,
                       reference_trainings(args.reference, budget["final_epochs"]), finished, budget, args.jobs, out)
     target = round(float(pd.Series([r["measured_ms"] for r in rows if r["kind"] == "preset"]).median()), 4)

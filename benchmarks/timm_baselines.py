@@ -92,10 +92,10 @@ def finished_baselines(previous: str | Path | None, names: list[str], epochs: fl
         path = baseline_dir(previous, name) / "final.json"
         report = json.loads(path.read_text()) if path.exists() else {}
         recipe = report.get("recipe")
-        same_model = (report.get("timm"), report.get("img_size"), report.get("params")) == (
-            BASELINES[name][0], input_size(name), count_params(make_baseline(name, num_classes, in_chans)))
-        if recipe and same_model and report["dataset"] == dataset and report.get("holdout") \
-                and training_curve(recipe) == ours:
+        if not (recipe and report.get("dataset") == dataset and report.get("holdout") and training_curve(recipe) == ours):
+            continue
+        if (report.get("timm"), report.get("img_size"), report.get("params")) == (
+                BASELINES[name][0], input_size(name), count_params(make_baseline(name, num_classes, in_chans))):
             reports[name] = report
     return reports
 

@@ -23,6 +23,11 @@ def statistics_images(x_train: torch.Tensor, seed: int) -> torch.Tensor:
     return x_train[order[:STATISTICS_IMAGES].to(x_train.device)]
 
 
+def tracked_batch_norms(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorms that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
 @torch.no_grad()
 def reestimate_batch_norms(model: nn.Module, images: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor],
                            batch_size: int) -> None:
@@ -31,7 +36,7 @@ def reestimate_batch_norms(model: nn.Module, images: torch.Tensor, prepare: Call
     model's device), the weights as they are: PyTorch's
     cumulative average (momentum None). The rest of the model runs in eval mode, so no other
     module's state changes; the training flags, the momenta and the global RNG are restored."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = tracked_batch_norms(model)
     if not norms:
         return
     training = {m: m.training for m in model.modules()}
@@ -57,8 +62,7 @@ def batch_norms_reestimated(model: nn.Module, images: torch.Tensor, prepare: Cal
     """Within it, the BatchNorm statistics are re-estimated (`reestimate_batch_norms`); after it, the
     running statistics the training left are back, so that judging a model does not change it: a
     training goes on, and ends, the same whether or not it was evaluated along the way."""
-    kept = [(buffer, buffer.clone()) for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    kept = [(buffer, buffer.clone()) for m in tracked_batch_norms(model)
             for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)]
     try:
         reestimate_batch_norms(model, images, prepare, batch_size)
