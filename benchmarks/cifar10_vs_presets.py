@@ -75,9 +75,14 @@ def cli(*args: str, threads: int | None = None, script: Path = ROOT / "search.py
     """Run an etnas command (or another script); if it fails, stop with one line (the command has
     said why above)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
-    done = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=ROOT, env=env)
-    if done.returncode:
-        sys.exit(f"error: `{script.name} {args[0]}` exited with status {done.returncode}; see its message above")
+    with subprocess.Popen([sys.executable, str(script), *map(str, args)], cwd=ROOT, env=env) as child:
+        try:
+            returncode = child.wait()
+        except KeyboardInterrupt:  # the child got the same Ctrl-C: let it save its state and exit
+            child.wait()
+            raise
+    if returncode:
+        sys.exit(f"error: `{script.name} {args[0]}` exited with status {returncode}; see its message above")
 
 
 def pick_target(model: LatencyModel, dataset) -> float:
@@ -365,4 +370,9 @@ def print_table(results: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted: the search and the finished trainings are kept; re-run the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)

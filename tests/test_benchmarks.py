@@ -41,6 +41,14 @@ def test_cifar10_vs_presets_quick_on_digits(tmp_path, monkeypatch):
     assert res["search_target_ms"] > 0
     assert (tmp_path / "out" / "cifar10_front.png").stat().st_size > 5_000
 
+    # again, as a resumed rerun would: the baseline is read from the first run's results, not trained
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--baselines-from", str(tmp_path / "out")])
+    proof.main()
+    again = json.loads((tmp_path / "out" / "results.json").read_text())
+    first_pico, pico = (next(r for r in rows if r["kind"] == "timm") for rows in (res["rows"], again["rows"]))
+    assert pico["source"] == "earlier results" and pico["test_acc"] == first_pico["test_acc"]
+    assert pico["train_min"] == first_pico["train_min"] and pico["measured_ms"] > 0  # timed again
+
 
 def proof_script():
     import importlib.util
