@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.jobs import read_jsonl  # noqa: E402
 from benchmarks.timm_baselines import (BASELINES, baseline_runner, finished_baselines, input_size,  # noqa: E402
-                                      make_baseline, train_baseline, trained_baseline)
+                                      train_baseline, trained_baseline)
 from evaluators.data import Dataset, load_dataset  # noqa: E402
 from latency_models import LatencyModel  # noqa: E402
 from latency_models.calibrate import calibrate  # noqa: E402
@@ -295,8 +295,8 @@ def result_row(name: str, kind: str, trial: pd.Series | None, final: dict, timin
 
 
 def final_rows(run: Path, presets_by_trial: dict[int, str], searched: list[int], baselines: list[str],
-               reference: dict[str, dict], finished: dict[str, dict], budget: dict, jobs: int,
-               out: Path) -> list[dict]:
+               reference: dict[str, dict], finished: dict[str, tuple[torch.nn.Module, dict]], budget: dict,
+               jobs: int, out: Path) -> list[dict]:
     """Train what the reference and the `finished` baselines lack, time every model together, one row each."""
     trials = pd.read_csv(run / "trials.csv").set_index("number")
     numbers = [*presets_by_trial, *searched]
@@ -309,8 +309,7 @@ def final_rows(run: Path, presets_by_trial: dict[int, str], searched: list[int],
     models.update({n: build_model(ArchSpec.from_dict(r["spec"])) for n, r in from_reference.items()})
     spec = next(iter(models.values())).spec
     timm_models = {name: trained_baseline(out, name, spec.num_classes, spec.in_chans) for name in to_train}
-    timm_models.update({name: (make_baseline(name, spec.num_classes, spec.in_chans).eval(), finished[name])
-                        for name in baselines if name in finished})
+    timm_models.update(finished)
     timings = measure_interleaved(run, models, {name: m for name, (m, _) in timm_models.items()}, budget["sweeps"])
     rows = []
     for n in numbers:
@@ -337,12 +336,13 @@ def main() -> None:
     for number in [*presets_by_trial, *searched] if args.reuse else []:
         reuse_final(Path(args.reuse), run, number, trials.at[number, "arch_id"], float(budget["final_epochs"]),
                     dataset_arg)
+    cfg = run_config(run)
     finished = finished_baselines(args.baselines_from, args.baselines, float(budget["final_epochs"]), dataset_arg,
-                                  run_config(run)["seed"], dataset.num_classes, dataset.in_chans)
+                                  cfg["seed"], dataset.num_classes, dataset.in_chans)
     rows = final_rows(run, presets_by_trial, searched, args.baselines,
                       reference_trainings(args.reference, budget["final_epochs"]), finished, budget, args.jobs, out)
     target = round(float(pd.Series([r["measured_ms"] for r in rows if r["kind"] == "preset"]).median()), 4)
-    runtime = target_runtime(run_config(run))
+    runtime = target_runtime(cfg)
     results = {"target_ms": target, "target_rule": "median measured latency of the six presets, timed with all models",
                "runtime": runtime, "latency_model": args.latency_model,
                "search_target_ms": search_target, "search_target_rule": "median predicted latency of the six presets",

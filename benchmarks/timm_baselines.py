@@ -81,23 +81,24 @@ def train_baseline(run: Path, name: str, epochs: float, out: Path) -> dict:
 
 
 def finished_baselines(previous: str | Path | None, names: list[str], epochs: float, dataset: str, seed: int,
-                       num_classes: int, in_chans: int) -> dict[str, dict]:
-    """The reports under `previous` (an earlier results folder) of baselines trained as
-    `train_baseline` would train them now: the same model (timm name, input side, parameters),
-    recipe, data and seed, the validation part held out. Their accuracy stands; a latency does not
-    depend on the weights, so they are timed untrained."""
+                       num_classes: int, in_chans: int) -> dict[str, tuple[torch.nn.Module, dict]]:
+    """The baselines under `previous` (an earlier results folder) trained as `train_baseline` would
+    train them now: the same model (timm name, input side, parameters), recipe, data and seed, the
+    validation part held out; each as an untrained model and its report. Their accuracy stands; a
+    latency does not depend on the weights, so they are timed untrained."""
     ours = training_curve({**FINAL_RECIPE, "epochs": epochs, "seed": seed})
-    reports = {}
+    found = {}
     for name in names if previous else []:
         path = baseline_dir(previous, name) / "final.json"
         report = json.loads(path.read_text()) if path.exists() else {}
         recipe = report.get("recipe")
         if not (recipe and report.get("dataset") == dataset and report.get("holdout") and training_curve(recipe) == ours):
             continue
+        model = make_baseline(name, num_classes, in_chans)
         if (report.get("timm"), report.get("img_size"), report.get("params")) == (
-                BASELINES[name][0], input_size(name), count_params(make_baseline(name, num_classes, in_chans))):
-            reports[name] = report
-    return reports
+                BASELINES[name][0], input_size(name), count_params(model)):
+            found[name] = (model.eval(), report)
+    return found
 
 
 def trained_baseline(out: Path, name: str, num_classes: int, in_chans: int) -> tuple[torch.nn.Module, dict]:
