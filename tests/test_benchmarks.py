@@ -212,3 +212,28 @@ def test_the_int8_accuracy_benchmark_takes_the_presets_and_the_furthest_searched
     (row,) = collect(tmp_path, models)
     assert (row["name"], row["kind"], row["norm"], row["attention"]) == ("trial-2", "searched", "batchnorm", "mixed")
     assert row["drop"] == pytest.approx(0.1)
+
+
+def test_the_accuracy_ceiling_counts_each_15_epoch_training_once_where_it_ran(tmp_path, capsys):
+    """Reference and probe trainings at 15 epochs, and the proofs' own finals at 15 epochs; a reused
+    training (a preset read from the reference, a baseline read from earlier results) is not counted again."""
+    from benchmarks.accuracy_ceiling import main
+
+    def write(folder, name, text):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / name).write_text(text)
+
+    reference = [{"short": "p4 96x6[slab]", "test_acc": 0.70, "epochs": 15, "seed": 0, "origin": "preset slab-deit"},
+                 {"short": "p8 a", "test_acc": 0.74, "epochs": 15, "seed": 0},
+                 {"short": "p8 b", "test_acc": 0.99, "epochs": 1, "seed": 0}]  # a proxy, not the recipe
+    write("reference", "reference.jsonl", "\n".join(json.dumps(r) for r in reference))
+    proof = {"budget": {"final_epochs": 15}, "rows": [
+        {"name": "slab-deit", "kind": "preset", "short": "p4 96x6[slab]", "test_acc": 0.70, "source": "reference"},
+        {"name": "trial-1", "kind": "searched", "short": "p2 c", "test_acc": 0.72, "source": "trained"},
+        {"name": "pico", "kind": "timm", "short": "vit", "test_acc": 0.80, "source": "earlier results"}]}
+    write("cifar10", "results.json", json.dumps(proof))
+    write("cifar10-flat6", "results.json", json.dumps({**proof, "budget": {"final_epochs": 6}}))
+    main(["--results", str(tmp_path), "--top", "5"])
+    head, *listed = capsys.readouterr().out.splitlines()
+    assert head.startswith("3 trainings at 15 epochs, 3 architectures; slab-deit 0.7000, bar 0.7300; above it: 1")
+    assert [line.split()[0] for line in listed] == ["0.7400", "0.7200", "0.7000"]
