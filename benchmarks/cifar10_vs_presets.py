@@ -204,22 +204,40 @@ def plot(rows: list[dict], target: float, runtime: str, path: Path) -> None:
         spread = [[m - r["p10_ms"] for m, r in zip(ms, part)], [r["p90_ms"] - m for m, r in zip(ms, part)]]
         ax.errorbar(ms, [r["test_acc"] for r in part], xerr=spread, fmt=marker, color=color, label=kind,
                     markersize=7, elinewidth=0.8, capsize=2)
-    placed: list[dict] = []
-    for r in sorted(rows, key=lambda r: -r["test_acc"]):  # labels of near-ties stacked downwards
-        near = sum(abs(q["test_acc"] - r["test_acc"]) < 0.015 and
-                   max(q["measured_ms"], r["measured_ms"]) < 1.5 * min(q["measured_ms"], r["measured_ms"])
-                   for q in placed)
-        ax.annotate(r["name"], (r["measured_ms"], r["test_acc"]), textcoords="offset points",
-                    xytext=(6, 4 - 11 * near), fontsize=7)
-        placed.append(r)
     ax.axvline(target, linestyle="--", color="gray", label=f"target {target:g} ms")
     ax.set_xlabel(f"measured latency in {runtime} after deploy (ms, batch 1, 1 thread; bars: p10-p90)")
     ax.set_ylabel("test accuracy")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.tight_layout()  # before the labels: they are placed where the axes will be drawn
+    label_points(ax, [(r["name"], r["measured_ms"], r["test_acc"]) for r in rows])
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+LABEL_OFFSETS = [(6, 4), (6, -11), (-6, 4), (-6, -11), (6, 15), (6, -22), (-6, 15), (-6, -22), (6, 26), (6, -33)]
+
+
+def label_points(ax, points: list[tuple[str, float, float]]) -> None:
+    """Name each point beside it, at the first offset (points) where the label covers no label placed
+    before it and no other point: near-ties of latency and accuracy are common (the isotropic presets)."""
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    centres = ax.transData.transform([(x, y) for _, x, y in points])
+    markers = [Bbox.from_extents(cx - 5, cy - 5, cx + 5, cy + 5) for cx, cy in centres]
+    taken = []
+    for i in sorted(range(len(points)), key=lambda i: (-points[i][2], points[i][1])):
+        name, x, y = points[i]
+        others = taken + markers[:i] + markers[i + 1:]
+        for dx, dy in LABEL_OFFSETS:
+            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                               ha="left" if dx > 0 else "right")
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in others) or (dx, dy) == LABEL_OFFSETS[-1]:
+                taken.append(box)
+                break
+            text.remove()
 
 
 def parse_args() -> argparse.Namespace:
