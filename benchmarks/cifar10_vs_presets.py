@@ -191,6 +191,10 @@ def measure_interleaved(run: Path, models: dict[int, torch.nn.Module], baselines
     return time_at_reference(runners, deployed_runner(anchor_spec(spec), runtime)[0], reference, sweeps)[0]
 
 
+MARKER_PT = 7
+LABEL_OFFSETS = [(6, 4), (6, -11), (-6, 4), (-6, -11), (6, 15), (6, -22), (-6, 15), (-6, -22), (6, 26), (6, -33)]
+
+
 def plot(rows: list[dict], target: float, runtime: str, path: Path) -> None:
     import matplotlib
 
@@ -203,7 +207,7 @@ def plot(rows: list[dict], target: float, runtime: str, path: Path) -> None:
         ms = [r["measured_ms"] for r in part]
         spread = [[m - r["p10_ms"] for m, r in zip(ms, part)], [r["p90_ms"] - m for m, r in zip(ms, part)]]
         ax.errorbar(ms, [r["test_acc"] for r in part], xerr=spread, fmt=marker, color=color, label=kind,
-                    markersize=7, elinewidth=0.8, capsize=2)
+                    markersize=MARKER_PT, elinewidth=0.8, capsize=2)
     ax.axvline(target, linestyle="--", color="gray", label=f"target {target:g} ms")
     ax.set_xlabel(f"measured latency in {runtime} after deploy (ms, batch 1, 1 thread; bars: p10-p90)")
     ax.set_ylabel("test accuracy")
@@ -215,9 +219,6 @@ def plot(rows: list[dict], target: float, runtime: str, path: Path) -> None:
     plt.close(fig)
 
 
-LABEL_OFFSETS = [(6, 4), (6, -11), (-6, 4), (-6, -11), (6, 15), (6, -22), (-6, 15), (-6, -22), (6, 26), (6, -33)]
-
-
 def label_points(ax, points: list[tuple[str, float, float]]) -> None:
     """Name each point beside it, at the first offset (points) where the label covers no label placed
     before it and no other point: near-ties of latency and accuracy are common (the isotropic presets)."""
@@ -225,7 +226,8 @@ def label_points(ax, points: list[tuple[str, float, float]]) -> None:
 
     renderer = ax.figure.canvas.get_renderer()
     centres = ax.transData.transform([(x, y) for _, x, y in points])
-    markers = [Bbox.from_extents(cx - 5, cy - 5, cx + 5, cy + 5) for cx, cy in centres]
+    half = MARKER_PT / 2 * ax.figure.dpi / 72
+    markers = [Bbox.from_extents(cx - half, cy - half, cx + half, cy + half) for cx, cy in centres]
     taken = []
     for i in sorted(range(len(points)), key=lambda i: (-points[i][2], points[i][1])):
         name, x, y = points[i]

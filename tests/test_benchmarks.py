@@ -237,3 +237,24 @@ def test_the_accuracy_ceiling_counts_each_15_epoch_training_once_where_it_ran(tm
     head, *listed = capsys.readouterr().out.splitlines()
     assert head.startswith("3 trainings at 15 epochs, 3 architectures; slab-deit 0.7000, bar 0.7300; above it: 1")
     assert [line.split()[0] for line in listed] == ["0.7400", "0.7200", "0.7000"]
+
+
+def test_the_proof_plot_labels_near_ties_without_overlap():
+    """The four isotropic presets lie within 3% of latency and 1 point of accuracy of each other."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    proof = proof_script()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = [("deit-tiny", 3.140, 0.6220), ("skipat-tiny", 3.152, 0.6228), ("pre-rmsnorm", 3.188, 0.6202),
+              ("unified-norm", 2.845, 0.6274), ("deit-pico", 3.078, 0.6032), ("trial-15", 2.650, 0.7140)]
+    ax.plot([p[1] for p in points], [p[2] for p in points], "D", markersize=proof.MARKER_PT)
+    fig.tight_layout()
+    proof.label_points(ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(p[0] for p in points)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)
