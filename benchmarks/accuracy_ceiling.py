@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.jobs import read_jsonl  # noqa: E402
+from evaluators.recipes import FINAL_RECIPE  # noqa: E402
+from evaluators.train import training_curve  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
 EPOCHS = 15
 
 
 def reference_trainings(results: Path = RESULTS) -> list[dict]:
-    """The long-reference recipe's trainings (the pool and the probes that reuse its command)."""
-    rows = []
-    for path in sorted(results.glob("*/reference.jsonl")):
-        for line in path.read_text().splitlines():
-            r = json.loads(line)
-            if r.get("epochs") == EPOCHS and "test_acc" in r:
-                rows.append({"short": r["short"], "test_acc": r["test_acc"], "kind": r.get("origin", ""),
-                             "source": f"{path.parent.name} seed {r['seed']}"})
-    return rows
+    """The trainings at the reference's recipe, any seed (the pool and the probes that reuse its command)."""
+    return [{"short": r["short"], "test_acc": r["test_acc"], "kind": r.get("origin", ""),
+             "source": f"{path.parent.name} seed {r['seed']}"}
+            for path in sorted(results.glob("*/reference.jsonl")) for r in read_jsonl(path)
+            if training_curve(r["recipe"]) == training_curve({**FINAL_RECIPE, "epochs": EPOCHS, "seed": r["seed"]})]
 
 
 def proof_trainings(results: Path = RESULTS) -> list[dict]:

@@ -218,14 +218,20 @@ def test_the_accuracy_ceiling_counts_each_15_epoch_training_once_where_it_ran(tm
     """Reference and probe trainings at 15 epochs, and the proofs' own finals at 15 epochs; a reused
     training (a preset read from the reference, a baseline read from earlier results) is not counted again."""
     from benchmarks.accuracy_ceiling import main
+    from evaluators.recipes import FINAL_RECIPE
 
     def write(folder, name, text):
         (tmp_path / folder).mkdir(exist_ok=True)
         (tmp_path / folder / name).write_text(text)
 
-    reference = [{"short": "p4 96x6[slab]", "test_acc": 0.70, "epochs": 15, "seed": 0, "origin": "preset slab-deit"},
-                 {"short": "p8 a", "test_acc": 0.74, "epochs": 15, "seed": 0},
-                 {"short": "p8 b", "test_acc": 0.99, "epochs": 1, "seed": 0}]  # a proxy, not the recipe
+    def recipe(**change):
+        return {**FINAL_RECIPE, "epochs": 15, "seed": 0, **change}
+
+    reference = [{"short": "p4 96x6[slab]", "test_acc": 0.70, "seed": 0, "origin": "preset slab-deit",
+                  "recipe": recipe()},
+                 {"short": "p8 a", "test_acc": 0.74, "seed": 0, "recipe": recipe()},
+                 {"short": "p8 b", "test_acc": 0.99, "seed": 0, "recipe": recipe(epochs=1)},  # a proxy
+                 {"short": "p8 c", "test_acc": 0.98, "seed": 0, "recipe": recipe(lr=1.0)}]  # another recipe
     write("reference", "reference.jsonl", "\n".join(json.dumps(r) for r in reference))
     proof = {"budget": {"final_epochs": 15}, "rows": [
         {"name": "slab-deit", "kind": "preset", "short": "p4 96x6[slab]", "test_acc": 0.70, "source": "reference"},
