@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import signal
 import sys
 import time
 import warnings
@@ -705,8 +706,15 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, say_still_stopping)
         console.print("[yellow]interrupted[/]: what was already saved is kept; re-run the same command to resume")
         sys.exit(130)
+
+
+def say_still_stopping(signum: int, frame: object) -> None:
+    """A second Ctrl-C during the first one's clean-up: let it finish (Ray's shutdown kills are
+    bounded by timeouts), since leaving mid-way orphans its agents."""
+    console.print("[yellow]still stopping the worker processes[/]: a few seconds")
 
 
 if __name__ == "__main__":

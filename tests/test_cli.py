@@ -3,6 +3,8 @@ subcommand has help with its default, the dashboard reads a run's study, and res
 while progress, warnings and errors go to stderr."""
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -180,6 +182,21 @@ def test_only_input_errors_become_one_line_and_exit_2(monkeypatch, capsys):
     failing(RuntimeError("a bug"))  # not bad input: the traceback is the report
     with pytest.raises(RuntimeError, match="a bug"):
         search.main(["front", "nowhere"])
+
+
+def test_a_second_ctrl_c_lets_the_first_ones_clean_up_finish(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(search, "cmd_front", interrupted)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            search.main(["front", "nowhere"])
+        os.kill(os.getpid(), signal.SIGINT)  # as it lands while Ray's exit-time shutdown runs
+    finally:
+        signal.signal(signal.SIGINT, before)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 130 and "interrupted" in err and "still stopping the worker processes" in err
 
 
 def test_the_constraint_is_the_first_latency_model_unless_named():
