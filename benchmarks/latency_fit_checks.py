@@ -18,7 +18,8 @@ import pandas as pd
 
 from latency_models import LatencyModel, read_table
 from latency_models import features
-from latency_models.validate import fit_and_report, per_architecture, select_fingerprint
+from latency_models.table import select_fingerprint
+from latency_models.validate import fit_and_report, per_architecture
 from search_space import ArchSpec
 
 FIGURES = ("within_5", "within_10", "mape", "kendall_tau")

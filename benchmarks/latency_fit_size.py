@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from latency_models import LatencyModel, read_table
-from latency_models.validate import metrics, per_architecture, select_fingerprint
+from latency_models.table import select_fingerprint
+from latency_models.validate import metrics, per_architecture
 from search_space import ArchSpec
 
 

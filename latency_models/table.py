@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -69,6 +70,20 @@ def measured_counts(path: Path, fingerprint: str) -> dict[str, int]:
     return df[df["fingerprint"] == fingerprint]["arch_id"].value_counts().to_dict()
 
 
+def select_fingerprint(df: pd.DataFrame, fingerprint: str | None) -> tuple[pd.DataFrame, dict]:
+    """The rows of one device fingerprint and its settings (None: the table's only one)."""
+    fps = df["fingerprint"].unique().tolist()
+    if fingerprint is None:
+        if len(fps) > 1:
+            raise TableError(f"the table mixes {len(fps)} device fingerprints {fps}; pick one with --fingerprint")
+        fingerprint = fps[0]
+    elif fingerprint not in fps:
+        raise TableError(f"fingerprint {fingerprint} is not in the table (it has {fps})")
+    rows = df[df["fingerprint"] == fingerprint]
+    fp = json.loads(rows["fingerprint_json"].iloc[0]) if "fingerprint_json" in rows else {}
+    return rows, {**fp, "id": fingerprint}
+
+
 def reference_of(rows: pd.DataFrame, source: Path | str) -> float | None:
     """The anchor latency that `rows` are scaled to (see `measure.measure_all`); None where they
     were measured before references existed."""
@@ -86,7 +101,6 @@ def reference_speed(path: Path, fingerprint: str, *, force: bool = False) -> flo
     """The reference speed (anchor ms) of a timing table or a latency model, for a measurement on
     device `fingerprint` to be put on its scale; one measured elsewhere only with `force`."""
     from .predictor import LatencyModel
-    from .validate import select_fingerprint
 
     if path.suffix == ".model":
         model = LatencyModel.load(path)

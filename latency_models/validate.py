@@ -3,15 +3,13 @@ measurement's own noise floor. scipy and sklearn are imported on use: a search w
 is cached never fits one, and would pay a second for them at every start."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 
 from search_space import ArchSpec
 
 from .predictor import LatencyModel
-from .table import TableError, reference_of
+from .table import TableError, reference_of, select_fingerprint
 
 
 def metrics(pred: np.ndarray, meas: np.ndarray) -> dict:
@@ -49,19 +47,6 @@ def noise_floor(df: pd.DataFrame) -> dict:
         return {"noise_floor": float("nan"), "noise_pairs": 0, "noise_within_10": float("nan")}
     rel = np.array([abs(b - a) / a for a, b in pairs])
     return {"noise_floor": float(np.median(rel)), "noise_pairs": len(pairs), "noise_within_10": float(np.mean(rel <= 0.10))}
-
-
-def select_fingerprint(df: pd.DataFrame, fingerprint: str | None) -> tuple[pd.DataFrame, dict]:
-    fps = df["fingerprint"].unique().tolist()
-    if fingerprint is None:
-        if len(fps) > 1:
-            raise TableError(f"the table mixes {len(fps)} device fingerprints {fps}; pick one with --fingerprint")
-        fingerprint = fps[0]
-    elif fingerprint not in fps:
-        raise TableError(f"fingerprint {fingerprint} is not in the table (it has {fps})")
-    rows = df[df["fingerprint"] == fingerprint]
-    fp = json.loads(rows["fingerprint_json"].iloc[0]) if "fingerprint_json" in rows else {}
-    return rows, {**fp, "id": fingerprint}
 
 
 def fit_and_report(df: pd.DataFrame, test_fraction: float = 0.25, seed: int = 0,

@@ -21,8 +21,8 @@ from search_space import ArchSpec, build_model, count_params, deploy
 
 from . import SearchError
 from .int8 import evaluate_int8, fp32_onnx
-from .records import atomic_write, write_records
-from .rundir import load_run_study, load_trial, run_config
+from .records import atomic_write
+from .rundir import load_run_study, load_trial, run_config, write_records
 from .schema import Attr
 
 

@@ -1,6 +1,6 @@
-"""What a run writes besides its study: trials.csv (every trial, with the highest rung it reached)
-and front.json (the Pareto-optimal feasible trials of the top rung, each carrying the run's
-rung-to-rung Kendall tau). Both are rebuilt from the study alone, atomically, after every event."""
+"""What a run records besides its study, built from the study alone: the rows of trials.csv (every
+trial, with the highest rung it reached) and the entries of front.json (the Pareto-optimal feasible
+trials of the top rung, each carrying the run's rung-to-rung Kendall tau)."""
 from __future__ import annotations
 
 import io
@@ -99,19 +99,6 @@ def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def write_records(study: optuna.Study, run_dir: Path, target_ms: float) -> list[dict]:
-    """Write trials.csv and front.json for the study's current state and the final trainings done;
-    return the front."""
-    from .rundir import final_reports
-
-    rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
-    agreement = rung_agreement(rows)
-    front = with_finals([front_entry(r, agreement) for r in pareto_front(rows, target_ms)], final_reports(run_dir))
-    atomic_write(run_dir / "trials.csv", pd.DataFrame(rows, columns=TRIAL_COLUMNS).to_csv(index=False))
-    atomic_write(run_dir / "front.json", json.dumps(front, indent=1))
-    return front
 
 
 def read_trials(path: Path) -> list[dict] | None:

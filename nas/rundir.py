@@ -1,5 +1,6 @@
-"""Reading a run directory, whatever state its files are in. The study (study.db) is the record;
-config.json is also kept in the study, and trials.csv and front.json are rebuilt from it, so a
+"""Reading a run directory, whatever state its files are in, and rewriting the files derived from its
+study. The study (study.db) is the record; config.json is also kept in the study, and trials.csv
+and front.json are rebuilt from it (with the finished final trainings) after every event, so a
 missing or corrupt copy costs nothing. Every problem that cannot be repaired is one line naming
 the file and what to do."""
 from __future__ import annotations
@@ -9,8 +10,11 @@ import warnings
 from pathlib import Path
 
 import optuna
+import pandas as pd
 
 from . import SearchError
+from .records import (TRIAL_COLUMNS, atomic_write, front_entry, pareto_front, read_trials, rung_agreement,
+                      trial_row, trial_state, with_finals)
 from .schema import Attr, TrialState
 
 
@@ -74,10 +78,19 @@ def write_config(run_dir: Path, cfg: dict) -> None:
     tmp.replace(Path(run_dir) / "config.json")
 
 
+def write_records(study: optuna.Study, run_dir: Path, target_ms: float) -> list[dict]:
+    """Write trials.csv and front.json for the study's current state and the final trainings done;
+    return the front."""
+    rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
+    agreement = rung_agreement(rows)
+    front = with_finals([front_entry(r, agreement) for r in pareto_front(rows, target_ms)], final_reports(run_dir))
+    atomic_write(run_dir / "trials.csv", pd.DataFrame(rows, columns=TRIAL_COLUMNS).to_csv(index=False))
+    atomic_write(run_dir / "front.json", json.dumps(front, indent=1))
+    return front
+
+
 def run_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(trials.csv rows, front.json), both rebuilt from the study when either is missing or corrupt."""
-    from .records import read_trials, write_records
-
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     rows, front = read_trials(run_dir / "trials.csv"), read_json(run_dir / "front.json")
@@ -117,8 +130,6 @@ def final_reports(run_dir: Path) -> dict[int, dict]:
 
 def load_trial(run_dir: Path, number: int) -> optuna.trial.FrozenTrial:
     """A trained trial of the run, or a SearchError saying why it cannot be used."""
-    from .records import trial_state
-
     run_dir = Path(run_dir)
     run_config(run_dir)
     trials = load_run_study(run_dir).get_trials(deepcopy=False)

@@ -24,9 +24,9 @@ from .config import SearchConfig, refuse_other_settings, target_name
 from .dispatch import Dispatcher, rung_train_config
 from .inputs import SearchInputs, check_target, load_inputs
 from .ladder import Ladder
-from .records import trial_state, write_records
+from .records import trial_state
 from .rungs import search_band_edges
-from .rundir import load_run_study, run_begun, run_config, study_storage, write_config
+from .rundir import load_run_study, run_begun, run_config, study_storage, write_config, write_records
 from .samplers import make_sampler
 from .schema import RESUMABLE_ATTRS, SETTLED_STATES, UNCOUNTED_STATES, Attr, TrialState
 from .screening import DUPLICATE, INFEASIBLE, RESUME, WAIT, Screening
