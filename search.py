@@ -150,7 +150,7 @@ def cmd_measure(args) -> None:
         measure_all(unique.values(), Path(args.out), runtime=args.runtime, device=args.device, threads=args.threads,
                     batch=args.batch, remeasure=args.remeasure, sweeps=args.sweeps, reference_ms=reference,
                     precision=args.precision,
-                    on_row=lambda r: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms {r['short'][:40]}"))
+                    on_row=lambda r, _: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms {r['short'][:40]}"))
     out.print(f"timings in {args.out}", markup=False)
 
 
@@ -221,7 +221,8 @@ def prepare_search(args):
     with lazy_progress("calibrating latency model") as update:  # no bar where a cached model is reused
         return prepare_search(cfg, args.target_ms, runtime=args.runtime, precision=args.precision,
                               calibrate_n=args.calibrate_n, force=args.force,
-                              on_calibration_row=lambda row: update(advance=1, info=f"{row['median_ms']:.2f} ms"),
+                              on_calibration_row=lambda row, timings: update(advance=1, total=timings,
+                                                                        info=f"{row['median_ms']:.2f} ms"),
                               on_note=lambda note: console.print(note, markup=False, soft_wrap=True))
 
 

@@ -25,9 +25,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     t0, rows = time.perf_counter(), []
 
-    def progress(row: dict) -> None:
+    def progress(row: dict, timings: int) -> None:
         rows.append(row)
-        print(f"{len(rows)} measured, {time.perf_counter() - t0:.0f} s, {row['median_ms']:.3f} ms {row['short']}",
+        print(f"{len(rows)}/{timings} measured, {time.perf_counter() - t0:.0f} s, {row['median_ms']:.3f} ms {row['short']}",
               flush=True)
 
     model_path, report = calibrate(32, 3, 10, args.out, SearchSpace(), runtime="onnxruntime", n=args.n,

@@ -32,7 +32,7 @@ def cache_stem(specs: list[ArchSpec], cache_dir: Path, space: SearchSpace, *, ru
 
 def calibrate(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, space: SearchSpace, *,
               runtime: str, n: int, seed: int = 0, precision: str = "fp32",
-              on_row: Callable[[dict], None] | None = None) -> tuple[Path, dict | None]:
+              on_row: Callable[[dict, int], None] | None = None) -> tuple[Path, dict | None]:
     """Return (model path, fit report or None when the cached model was reused)."""
     specs = specs_to_time(img_size, in_chans, num_classes, space, n=n, seed=seed)
     stem = cache_stem(specs, cache_dir, space, runtime=runtime, precision=precision)

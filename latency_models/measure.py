@@ -297,7 +297,7 @@ def exported_files(exporter: ProcessPoolExecutor, part: list[ArchSpec], folder: 
 
 def measure_all(specs: Iterable[ArchSpec], out: Path, *, runtime: str, device: str, threads: int,
                 batch: int, remeasure: float = REMEASURE_SHARE, sweeps: int = SWEEPS, chunk: int = 16,
-                reference_ms: float | None = None, on_row: Callable[[dict], None] | None = None,
+                reference_ms: float | None = None, on_row: Callable[[dict, int], None] | None = None,
                 precision: str = "fp32") -> int:
     """Measure every spec not yet in `out` for this fingerprint, appending a row per architecture.
 
@@ -308,7 +308,8 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, *, runtime: str, device: s
     row of a table is at one machine speed, however the machine's speed drifts; `raw_median_ms`
     and `anchor_ms` keep the timings as taken. For onnxruntime, a chunk's ONNX exports run first,
     in worker processes on every core (int8: quantized there too). Each chunk's rows are written as soon as it ends (an
-    interruption loses at most the chunk in progress). Returns the rows written."""
+    interruption loses at most the chunk in progress), then handed to `on_row` with the number of timings
+    this call takes in all, for a progress bar's total. Returns the rows written."""
     specs = list(specs)
     if not specs:
         return 0
@@ -327,6 +328,7 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, *, runtime: str, device: s
             exporter = stack.enter_context(ProcessPoolExecutor(os.cpu_count(), mp_context=mp.get_context("spawn")))
         passes = timings_to_take(specs, out, fid, remeasure)
         timed_again = {s.arch_id for s in passes[1]}
+        timings = len(passes[0]) + len(passes[1])
         for todo in passes:
             n = -(-len(todo) // chunk)  # chunks of equal size, so the last is not left with one architecture
             for part in (todo[i * len(todo) // n:(i + 1) * len(todo) // n] for i in range(n)):
@@ -348,7 +350,7 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, *, runtime: str, device: s
                     append_row(out, row)
                     written += 1
                     if on_row:
-                        on_row(row)
+                        on_row(row, timings)
                 del built  # the sessions hold the models
                 for arch_id, f in files.items():
                     if arch_id not in timed_again or todo is passes[1]:

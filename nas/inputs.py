@@ -93,7 +93,7 @@ def load_inputs(cfg: SearchConfig) -> SearchInputs:
 
 def prepare_search(cfg: SearchConfig, target: str | float, *, runtime: str = DEFAULT_RUNTIME,
                    precision: str = "fp32", calibrate_n: int = CALIBRATION_ARCHS, force: bool = False,
-                   on_calibration_row: Callable[[dict], None] | None = None,
+                   on_calibration_row: Callable[[dict, int], None] | None = None,
                    on_note: Callable[[str], None] = lambda note: None) -> tuple[SearchConfig, SearchInputs]:
     """The run's settings completed (latency model, target in ms) and its inputs: without
     `cfg.latency_model`, this machine is calibrated in `runtime` and `precision` (cached under RUNS_DIR/latency);

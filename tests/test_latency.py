@@ -111,12 +111,20 @@ def test_common_slowdown_is_taken_out_of_each_call():
 def test_measure_appends_rows_and_resumes(tmp_path):
     out = tmp_path / "t.csv"
     specs = tiny_specs(4)
-    rows = []
-    measure_all(specs[:2], out, runtime="torch", **ONE_THREAD, remeasure=0.0, sweeps=5, on_row=rows.append)
-    assert len(rows) == 2
-    # resumes: 2 new
-    measure_all(specs, out, runtime="torch", **ONE_THREAD, remeasure=0.0, sweeps=5, on_row=rows.append)
-    assert len(rows) == 4
+    rows, totals = [], []
+
+    def on_row(row: dict, timings: int) -> None:
+        rows.append(row)
+        totals.append(timings)
+    measure_all(specs[:2], out, runtime="torch", **ONE_THREAD, remeasure=0.0, sweeps=5, on_row=on_row)
+    assert len(rows) == 2 and totals == [2, 2]
+    # resumes: 2 new, and a progress bar's total counts only those
+    measure_all(specs, out, runtime="torch", **ONE_THREAD, remeasure=0.0, sweeps=5, on_row=on_row)
+    assert len(rows) == 4 and totals[2:] == [2, 2]
+    twice = []
+    measure_all(specs[:2], tmp_path / "twice.csv", runtime="torch", **ONE_THREAD, remeasure=1.0, sweeps=5,
+                on_row=lambda row, timings: twice.append(timings))
+    assert twice == [4] * 4  # each timed a second time: the total counts those too
     df = read_table(out)
     assert sorted(df["arch_id"]) == sorted(s.arch_id for s in specs)
     for col in ("arch_id", "spec_json", "median_ms", "p10_ms", "p90_ms", "repeats", "fingerprint"):
