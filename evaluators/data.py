@@ -116,10 +116,17 @@ def checked_arrays(source: str, arrays: dict[str, np.ndarray], classes: list[str
     y_tr = check_labels(source, "y_train", arrays["y_train"], len(x_tr), n_classes)
     y_te = check_labels(source, "y_test", arrays["y_test"], len(x_te), n_classes)
     n_classes = n_classes or int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
-    missing = sorted(set(range(n_classes)) - set(np.unique(y_tr).tolist()))
+    if n_classes < 2:
+        raise DataError(f"{source}: its labels name one class; a classifier needs at least two")
+    per_class = np.bincount(y_tr, minlength=n_classes)
+    missing = np.flatnonzero(per_class == 0).tolist()
     if missing:
         raise DataError(f"{source}: y_train has no images of class(es) {missing[:10]}; every class needs "
                         f"training images")
+    single = np.flatnonzero(per_class == 1).tolist()
+    if single:
+        raise DataError(f"{source}: y_train has a single image of class(es) {single[:10]}; every class needs "
+                        f"two or more (the search holds one out to rank on)")
     names = classes or [str(c) for c in range(n_classes)]
     return Dataset(source, _from_nhwc(x_tr), torch.from_numpy(y_tr), _from_nhwc(x_te), torch.from_numpy(y_te), names)
 
@@ -159,12 +166,13 @@ def load_npz(path: str) -> Dataset:
     except DataError:
         raise
     except ValueError as e:
-        if "allow_pickle" in str(e):
+        if "Object arrays" in str(e):
             raise DataError(f"dataset file {p} holds object arrays; "
                             f"store images and labels as numeric arrays") from None
-        raise DataError(f"dataset file {p} is not a readable .npz ({type(e).__name__})") from None
+        raise DataError(f"dataset file {p} is not an .npz archive (write one with numpy.savez)") from None
     except Exception as e:
-        raise DataError(f"dataset file {p} is not a readable .npz ({type(e).__name__})") from None
+        raise DataError(f"dataset file {p} is not a readable .npz ({type(e).__name__}); "
+                        f"write it again with numpy.savez") from None
     return checked_arrays(f"npz:{p}", arrays, classes)
 
 

@@ -1,5 +1,6 @@
 """Datasets are validated before anything runs: each problem is one line naming the file, the
 array and what is wrong, for every loader."""
+import re
 import subprocess
 import sys
 
@@ -40,6 +41,8 @@ BAD_NPZ = [
     ({"x_test": np.zeros((8, 16, 16, 3), np.uint8)}, "x_test has images of shape (16, 16, 3)"),
     ({"y_test": None}, "lacks arrays ['y_test']"),
     ({"classes": np.array(["a", "b"]), }, "y_train holds labels 0..3; expected 0..C-1 (the file names 2 classes)"),
+    ({"y_train": np.zeros(20, int), "y_test": np.zeros(8, int)}, "its labels name one class; a classifier needs"),
+    ({"y_train": np.r_[np.arange(19) % 3, 3]}, "y_train has a single image of class(es) [3]; every class needs two"),
 ]
 
 
@@ -57,6 +60,15 @@ def test_object_arrays_are_refused(tmp_path):
         load_dataset(f"npz:{path}")
 
 
+@pytest.mark.parametrize("content, message", [(b"not an archive", "is not an .npz archive"),
+                                              (b"PK\x03\x04 cut short", "is not a readable .npz (BadZipFile)")])
+def test_a_file_that_is_no_npz_says_so(tmp_path, content, message):
+    path = tmp_path / "data.npz"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=re.escape(message)):
+        load_dataset(f"npz:{path}")
+
+
 def test_grey_and_wider_integer_images_load(tmp_path):
     grey = arrays(chans=0)
     data = load_dataset(f"npz:{write(tmp_path, **grey)}")
@@ -70,7 +82,8 @@ def test_unreadable_image_in_a_folder_is_named(tmp_path):
     for split in ("train", "test"):
         for c in ("cat", "dog"):
             (tmp_path / split / c).mkdir(parents=True)
-            Image.new("RGB", (10, 10)).save(tmp_path / split / c / "a.png")
+            for name in ("a.png", "c.png"):
+                Image.new("RGB", (10, 10)).save(tmp_path / split / c / name)
     assert load_dataset(f"imagefolder:{tmp_path}").num_classes == 2
     (tmp_path / "train" / "dog" / "b.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=r"image .*b\.png cannot be read"):
