@@ -11,8 +11,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from .operators import ATTENTIONS, attention_names, norm_names
-from .spec import (DOWNSAMPLE_NAMES, PLUGIN_HINT, STEM_NAMES, ArchSpec, SpecError, StageSpec, can_downsample,
-                   coarsest_patch, stage_grids)
+from .spec import (DOWNSAMPLE_NAMES, JSON_KINDS, PATCH_SIZES, PLUGIN_HINT, STEM_NAMES, ArchSpec, SpecError,
+                   StageSpec, can_downsample, coarsest_patch, stage_grids)
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ class SearchSpace:
             override = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise SpecError(f"cannot read search-space file {path}: {e}") from None
+        if not isinstance(override, dict):
+            raise SpecError(f"{path}: a search-space file holds a JSON object of {{axis: [choices]}}")
         known = {f.name for f in dataclasses.fields(cls)}
         bad = set(override) - known
         if bad:
@@ -62,12 +64,41 @@ class SearchSpace:
         empty = [k for k, v in override.items() if k != "max_grid" and (not isinstance(v, list) or not v)]
         if empty:
             raise SpecError(f"{path}: axis {empty} must be a non-empty list of choices")
+        wrong = choice_problems(override)
+        if wrong:
+            raise SpecError(f"{path}: {'; '.join(wrong)}")
         offered = {"norms": norm_names(), "attentions": attention_names(), "stems": STEM_NAMES,
                    "downsamples": DOWNSAMPLE_NAMES}
         unknown_ops = set().union(*(set(override.get(axis, ())) - set(names) for axis, names in offered.items()))
         if unknown_ops:
             raise SpecError(f"{path}: unknown operator(s) {sorted(unknown_ops)}{PLUGIN_HINT}")
         return cls(**{k: (v if k == "max_grid" else tuple(v)) for k, v in override.items()})
+
+
+# What a number on an axis must be, beyond its type (default: positive)
+AXIS_RULES = {"stages": (lambda c: c in (1, 2, 3), "one of [1, 2, 3]"),
+              "patch": (lambda c: c in PATCH_SIZES, f"one of {list(PATCH_SIZES)}"),
+              "skip_fractions": (lambda c: 0 <= c < 1, "in [0, 1)")}
+POSITIVE = (lambda c: c > 0, "positive")
+
+
+def choice_problems(override: dict[str, Any]) -> list[str]:
+    """Choices of the wrong JSON type for their axis, or outside what a spec can hold."""
+    out = []
+    for f in dataclasses.fields(SearchSpace):
+        if f.name not in override:
+            continue
+        single = f.name == "max_grid"
+        choices, kind = ([override[f.name]], "int") if single else (override[f.name], f.type[6:].split(",")[0])
+        kinds, wanted = JSON_KINDS[kind]
+        wrong_type = [c for c in choices if not isinstance(c, kinds) or (kind != "bool" and isinstance(c, bool))]
+        fits, rule = AXIS_RULES.get(f.name, POSITIVE)
+        outside = [] if wrong_type or kind not in ("int", "float") else [c for c in choices if not fits(c)]
+        if wrong_type:
+            out.append(f"{f.name}: {json.dumps(wrong_type[0])} is not {wanted}")
+        elif outside:
+            out.append(f"{f.name}: {outside[0]} is outside the space (each must be {rule})")
+    return out
 
 
 class Suggester(Protocol):

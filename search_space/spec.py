@@ -20,6 +20,28 @@ class SpecError(ValueError):
     """A spec that cannot be built; the message lists every problem found."""
 
 
+# What a field's annotation asks of its JSON value (a bool is no number here, though Python's is)
+JSON_KINDS = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
+              "bool": ((bool,), "true or false")}
+
+
+def json_type_problems(where: str, values: dict, cls: type) -> list[str]:
+    """The fields of `values` whose JSON type does not fit the dataclass `cls`'s annotation."""
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name not in values or f.type not in (*JSON_KINDS, "tuple[int, ...]"):
+            continue
+        v = values[f.name]
+        if f.type == "tuple[int, ...]":
+            fits, wanted = isinstance(v, list) and all(type(i) is int for i in v), "a list of integers"
+        else:
+            kinds, wanted = JSON_KINDS[f.type]
+            fits = isinstance(v, kinds) and (f.type == "bool" or not isinstance(v, bool))
+        if not fits:
+            out.append(f"{where}{f.name} must be {wanted} (got {json.dumps(v)})")
+    return out
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One stage: `depth` blocks of one width, each an attention layer sandwiched by `ffns` FFNs.
@@ -142,7 +164,7 @@ class ArchSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ArchSpec:
-        if not isinstance(d, dict) or "stages" not in d:
+        if not isinstance(d, dict) or not isinstance(d.get("stages"), list):
             raise SpecError("spec must be a JSON object with a 'stages' list")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
@@ -158,6 +180,10 @@ class ArchSpec:
             missing = {"width", "depth"} - set(s)
             if missing:
                 raise SpecError(f"stage {i}: missing {sorted(missing)}")
+        wrong = json_type_problems("", d, cls) + [p for i, s in enumerate(d["stages"])
+                                                  for p in json_type_problems(f"stage {i}: ", s, StageSpec)]
+        if wrong:
+            raise SpecError("; ".join(wrong))
         return cls(**{**d, "stages": tuple(d["stages"])})
 
     @classmethod
@@ -186,6 +212,10 @@ class ArchSpec:
             return ["spec has no stages; give 1 to 3"]
         if len(self.stages) > 3:
             out.append(f"{len(self.stages)} stages; the space allows 1 to 3")
+        if min(self.img_size, self.in_chans, self.num_classes) <= 0:
+            out.append(f"img_size, in_chans and num_classes must be positive (got {self.img_size}, "
+                       f"{self.in_chans}, {self.num_classes})")
+            return out
         if self.patch not in PATCH_SIZES:
             out.append(f"patch {self.patch} not in {PATCH_SIZES}")
         elif self.img_size % self.patch:

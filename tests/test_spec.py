@@ -67,6 +67,25 @@ def test_malformed_json_messages():
         ArchSpec.from_json('{"stages": [{"width": 8, "depth": 1, "colour": 2}]}')
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({"stages": 3}, "spec must be a JSON object with a 'stages' list"),
+    ({"patch": "4"}, 'patch must be an integer (got "4")'),
+    ({"img_size": 32.0}, "img_size must be an integer (got 32.0)"),
+    ({"drop_path": None}, "drop_path must be a number (got null)"),
+    ({"num_classes": 0}, "img_size, in_chans and num_classes must be positive (got 32, 3, 0)"),
+    ({"stages": [{"width": True, "depth": 2}]}, "stage 0: width must be an integer (got true)"),
+    ({"stages": [{"width": 32, "depth": 1.5}]}, "stage 0: depth must be an integer (got 1.5)"),
+    ({"stages": [{"width": 32, "depth": 2, "skip": 1}]}, "stage 0: skip must be a list of integers (got 1)"),
+    ({"stages": [{"width": 32, "depth": 2, "dwconv": "yes"}]}, 'stage 0: dwconv must be true or false (got "yes")'),
+])
+def test_values_of_the_wrong_json_type_are_named(fields, message):
+    text = json.dumps({"stages": [{"width": 32, "depth": 2, "mlp_ratio": 3}], "img_size": 32, **fields})
+    with pytest.raises(SpecError) as e:
+        ArchSpec.from_json(text).validate()
+    assert str(e.value) == message
+    assert ArchSpec.from_json(json.dumps({"stages": [{"width": 32, "depth": 2, "mlp_ratio": 3}]})).validate()
+
+
 def test_every_validation_problem_is_reported_at_once():
     with pytest.raises(SpecError) as e:
         _spec(heads=3, norm="nope", skip=(0,)).validate()
@@ -120,3 +139,25 @@ def test_space_override_file(tmp_path):
     f.write_text(json.dumps({"norms": ["groupnorm"]}))
     with pytest.raises(SpecError, match="unknown operator"):
         SearchSpace.load(f)
+
+
+@pytest.mark.parametrize("override, message", [
+    ([1, 2], "a search-space file holds a JSON object of {axis: [choices]}"),
+    ({"widths": [64, "a"]}, 'widths: "a" is not an integer'),
+    ({"depths": [2.5]}, "depths: 2.5 is not an integer"),
+    ({"dwconv": [1]}, "dwconv: 1 is not true or false"),
+    ({"norms": [{}]}, "norms: {} is not a string"),
+    ({"max_grid": "8"}, 'max_grid: "8" is not an integer'),
+    ({"widths": [0]}, "widths: 0 is outside the space (each must be positive)"),
+    ({"patch": [3]}, "patch: 3 is outside the space (each must be one of [1, 2, 4, 8, 16])"),
+    ({"stages": [1, 4]}, "stages: 4 is outside the space (each must be one of [1, 2, 3])"),
+    ({"skip_fractions": [1.0]}, "skip_fractions: 1.0 is outside the space (each must be in [0, 1))"),
+])
+def test_space_file_choices_of_the_wrong_kind_are_named(tmp_path, override, message):
+    f = tmp_path / "space.json"
+    f.write_text(json.dumps(override))
+    with pytest.raises(SpecError) as e:
+        SearchSpace.load(f)
+    assert str(e.value) == f"{f}: {message}"
+    f.write_text(json.dumps({"mlp_ratios": [0.5, 2], "skip_fractions": [0, 0.5], "dwconv": [True], "max_grid": 8}))
+    assert SearchSpace.load(f).mlp_ratios == (0.5, 2)
