@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from search_space import ArchSpec, SpecError
+
 COLUMNS = ["arch_id", "short", "spec_json", "median_ms", "p10_ms", "p90_ms", "raw_median_ms", "repeats", "anchor_ms",
            "reference_ms", "flops", "params", "fingerprint", "fingerprint_json", "measured_at"]
 REQUIRED = ["arch_id", "spec_json", "median_ms", "p10_ms", "p90_ms", "repeats", "fingerprint"]
@@ -58,6 +60,11 @@ def read_table(path: Path) -> pd.DataFrame:
         raise TableError(f"timing table {path} has {n} row(s) with a missing or non-positive median_ms; "
                          f"remove them or re-measure")
     df["median_ms"] = bad
+    for line, text in zip(df.index + 2, df["spec_json"]):  # line 1 is the header
+        try:
+            ArchSpec.from_json(str(text)).validate()
+        except SpecError as e:
+            raise TableError(f"timing table {path} line {line}: {e}; remove the row or re-measure") from None
     return df
 
 

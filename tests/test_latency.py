@@ -193,9 +193,10 @@ def test_appending_keeps_an_older_tables_header_but_measuring_into_it_is_refused
     out = tmp_path / "old.csv"
     spec = tiny_specs(1)[0]
     fid = fingerprint_id(fingerprint("cpu", "torch", 1, 1, 8))
+    quoted = '"' + spec.to_json().replace('"', '""') + '"'
     out.write_text("arch_id,spec_json,median_ms,p10_ms,p90_ms,repeats,fingerprint\n"
-                   f"a1,{{}},1.0,0.9,1.1,30,{fid}\n")
-    append_row(out, {"arch_id": "a2", "spec_json": "{}", "median_ms": 2.0, "p10_ms": 1.9, "p90_ms": 2.1,
+                   f"a1,{quoted},1.0,0.9,1.1,30,{fid}\n")
+    append_row(out, {"arch_id": "a2", "spec_json": spec.to_json(), "median_ms": 2.0, "p10_ms": 1.9, "p90_ms": 2.1,
                      "repeats": 40, "reference_ms": 5.0, "fingerprint": fid})
     df = read_table(out)
     assert df["arch_id"].tolist() == ["a1", "a2"] and df["median_ms"].tolist() == [1.0, 2.0]
@@ -287,6 +288,8 @@ def test_save_load_round_trip_and_extrapolation_warning(tmp_path):
     ("a,b\n1,2\n", "lacks columns"),
     ("arch_id,spec_json,median_ms,p10_ms,p90_ms,repeats,fingerprint\nx,{},-1,0,0,1,f\n", "non-positive median_ms"),
     ('arch_id,spec_json\n"unterminated,\n', "not a valid CSV"),
+    ("arch_id,spec_json,median_ms,p10_ms,p90_ms,repeats,fingerprint\nx,{},1,1,1,1,f\n",
+     "line 2: spec must be a JSON object with a 'stages' list; remove the row or re-measure"),
 ])
 def test_bad_tables_are_one_line_errors(tmp_path, content, message):
     f = tmp_path / "t.csv"
