@@ -714,8 +714,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def say_still_stopping(signum: int, frame: object) -> None:
     """A second Ctrl-C during the first one's clean-up: let it finish (Ray's shutdown kills are
-    bounded by timeouts), since leaving mid-way orphans its agents."""
-    console.print("[yellow]still stopping the worker processes[/]: a few seconds")
+    bounded by timeouts), since leaving mid-way orphans its agents; a third one interrupts it."""
+    console.print("[yellow]still stopping the worker processes[/]: a few seconds (Ctrl-C again to leave now)")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ shared CIFAR-10 file), `imagefolder:PATH` (PATH/train/<class>/*, PATH/test/<clas
 from __future__ import annotations
 
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +157,8 @@ def _digits_file() -> tuple[np.ndarray, np.ndarray]:
 def load_npz(path: str) -> Dataset:
     p = Path(path)
     keys = ("x_train", "y_train", "x_test", "y_test")
+    if not zipfile.is_zipfile(p):
+        raise DataError(f"dataset file {p} is not an .npz archive, or is cut short (write it with numpy.savez)")
     try:
         with np.load(p, allow_pickle=False) as z:
             missing = [k for k in keys if k not in z.files]
@@ -165,14 +168,10 @@ def load_npz(path: str) -> Dataset:
             classes = [str(c) for c in z["classes"]] if "classes" in z.files else None
     except DataError:
         raise
-    except ValueError as e:
-        if "Object arrays" in str(e):
-            raise DataError(f"dataset file {p} holds object arrays; "
-                            f"store images and labels as numeric arrays") from None
-        raise DataError(f"dataset file {p} is not an .npz archive (write one with numpy.savez)") from None
-    except Exception as e:
-        raise DataError(f"dataset file {p} is not a readable .npz ({type(e).__name__}); "
-                        f"write it again with numpy.savez") from None
+    except Exception as e:  # a damaged member, or object arrays (which np.load refuses without pickle)
+        why = ("holds object arrays; store images and labels as numeric arrays" if "allow_pickle" in str(e)
+               else f"is not a readable .npz ({type(e).__name__}); write it again with numpy.savez")
+        raise DataError(f"dataset file {p} {why}") from None
     return checked_arrays(f"npz:{p}", arrays, classes)
 
 

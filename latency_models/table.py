@@ -60,11 +60,11 @@ def read_table(path: Path) -> pd.DataFrame:
         raise TableError(f"timing table {path} has {n} row(s) with a missing or non-positive median_ms; "
                          f"remove them or re-measure")
     df["median_ms"] = bad
-    for line, text in zip(df.index + 2, df["spec_json"]):  # line 1 is the header
+    for row, text in enumerate(df["spec_json"], start=1):
         try:
             ArchSpec.from_json(str(text)).validate()
         except SpecError as e:
-            raise TableError(f"timing table {path} line {line}: {e}; remove the row or re-measure") from None
+            raise TableError(f"timing table {path} data row {row}: {e}; remove the row or re-measure") from None
     return df
 
 

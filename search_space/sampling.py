@@ -11,8 +11,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from .operators import ATTENTIONS, attention_names, norm_names
-from .spec import (DOWNSAMPLE_NAMES, JSON_KINDS, PATCH_SIZES, PLUGIN_HINT, STEM_NAMES, ArchSpec, SpecError,
-                   StageSpec, can_downsample, coarsest_patch, stage_grids)
+from .spec import (DOWNSAMPLE_NAMES, JSON_KINDS, MAX_STAGES, PATCH_SIZES, PLUGIN_HINT, STEM_NAMES, ArchSpec,
+                   SpecError, StageSpec, can_downsample, coarsest_patch, json_value_fits, stage_grids)
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,9 @@ class SearchSpace:
 
 
 # What a number on an axis must be, beyond its type (default: positive)
-AXIS_RULES = {"stages": (lambda c: c in (1, 2, 3), "one of [1, 2, 3]"),
+AXIS_RULES = {"stages": (lambda c: 1 <= c <= MAX_STAGES, f"1 to {MAX_STAGES}"),
               "patch": (lambda c: c in PATCH_SIZES, f"one of {list(PATCH_SIZES)}"),
-              "skip_fractions": (lambda c: 0 <= c < 1, "in [0, 1)")}
+              "skip_fractions": (lambda c: 0 <= c <= 1, "in [0, 1]")}
 POSITIVE = (lambda c: c > 0, "positive")
 
 
@@ -88,14 +88,14 @@ def choice_problems(override: dict[str, Any]) -> list[str]:
     for f in dataclasses.fields(SearchSpace):
         if f.name not in override:
             continue
-        single = f.name == "max_grid"
-        choices, kind = ([override[f.name]], "int") if single else (override[f.name], f.type[6:].split(",")[0])
-        kinds, wanted = JSON_KINDS[kind]
-        wrong_type = [c for c in choices if not isinstance(c, kinds) or (kind != "bool" and isinstance(c, bool))]
+        scalar = f.name == "max_grid"  # one value, not a list of choices
+        choices = [override[f.name]] if scalar else override[f.name]
+        kind = "int" if scalar else f.type.removeprefix("tuple[").split(",")[0]
+        wrong_type = [c for c in choices if not json_value_fits(c, kind)]
         fits, rule = AXIS_RULES.get(f.name, POSITIVE)
         outside = [] if wrong_type or kind not in ("int", "float") else [c for c in choices if not fits(c)]
         if wrong_type:
-            out.append(f"{f.name}: {json.dumps(wrong_type[0])} is not {wanted}")
+            out.append(f"{f.name}: {json.dumps(wrong_type[0])} is not {JSON_KINDS[kind]}")
         elif outside:
             out.append(f"{f.name}: {outside[0]} is outside the space (each must be {rule})")
     return out

@@ -4,11 +4,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
 from .operators import ATTENTIONS, PLUGINS_VARIABLE, attention_names, norm_names
 
 PATCH_SIZES = (1, 2, 4, 8, 16)
+MAX_STAGES = 3
 STEM_NAMES = ("conv", "patch")  # overlapping 3x3 stride-2 conv stack (EfficientViT) | one patchify conv (ViT)
 DOWNSAMPLE_NAMES = ("conv2x2", "efficientvit")  # unpadded 2x2 conv | EfficientViT's subsample block
 
@@ -20,9 +22,21 @@ class SpecError(ValueError):
     """A spec that cannot be built; the message lists every problem found."""
 
 
-# What a field's annotation asks of its JSON value (a bool is no number here, though Python's is)
-JSON_KINDS = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string"),
-              "bool": ((bool,), "true or false")}
+# The JSON value a field's annotation asks for, as a message names it
+JSON_KINDS = {"int": "an integer", "float": "a finite number", "str": "a string", "bool": "true or false"}
+
+
+def json_value_fits(value: object, kind: str, *, bool_from_int: bool = False) -> bool:
+    """Whether a JSON value is of `kind` (a JSON_KINDS key). A bool is no number here, though
+    Python's is. `bool_from_int`: 0 and 1 pass as bools too, as in specs sampled from space files
+    that listed them; such specs build, and their ids keep the numbers."""
+    if kind == "bool":
+        return isinstance(value, bool) or (bool_from_int and type(value) is int and value in (0, 1))
+    if isinstance(value, bool):
+        return False
+    if kind == "float":
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, {"int": int, "str": str}[kind])
 
 
 def json_type_problems(where: str, values: dict, cls: type) -> list[str]:
@@ -33,10 +47,10 @@ def json_type_problems(where: str, values: dict, cls: type) -> list[str]:
             continue
         v = values[f.name]
         if f.type == "tuple[int, ...]":
-            fits, wanted = isinstance(v, list) and all(type(i) is int for i in v), "a list of integers"
+            fits = isinstance(v, (list, tuple)) and all(json_value_fits(i, "int") for i in v)
+            wanted = "a list of integers"
         else:
-            kinds, wanted = JSON_KINDS[f.type]
-            fits = isinstance(v, kinds) and (f.type == "bool" or not isinstance(v, bool))
+            fits, wanted = json_value_fits(v, f.type, bool_from_int=True), JSON_KINDS[f.type]
         if not fits:
             out.append(f"{where}{f.name} must be {wanted} (got {json.dumps(v)})")
     return out
@@ -164,7 +178,7 @@ class ArchSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ArchSpec:
-        if not isinstance(d, dict) or not isinstance(d.get("stages"), list):
+        if not isinstance(d, dict) or not isinstance(d.get("stages"), (list, tuple)):
             raise SpecError("spec must be a JSON object with a 'stages' list")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
@@ -209,29 +223,29 @@ class ArchSpec:
     def problems(self) -> list[str]:
         out = []
         if not self.stages:
-            return ["spec has no stages; give 1 to 3"]
-        if len(self.stages) > 3:
-            out.append(f"{len(self.stages)} stages; the space allows 1 to 3")
-        if min(self.img_size, self.in_chans, self.num_classes) <= 0:
+            return [f"spec has no stages; give 1 to {MAX_STAGES}"]
+        if len(self.stages) > MAX_STAGES:
+            out.append(f"{len(self.stages)} stages; the space allows 1 to {MAX_STAGES}")
+        sized = min(self.img_size, self.in_chans, self.num_classes) > 0
+        if not sized:
             out.append(f"img_size, in_chans and num_classes must be positive (got {self.img_size}, "
                        f"{self.in_chans}, {self.num_classes})")
-            return out
         if self.patch not in PATCH_SIZES:
             out.append(f"patch {self.patch} not in {PATCH_SIZES}")
-        elif self.img_size % self.patch:
+        elif sized and self.img_size % self.patch:
             out.append(f"patch {self.patch} does not divide image size {self.img_size}")
         if self.stem not in STEM_NAMES:
             out.append(f"unknown stem '{self.stem}'; choose one of {', '.join(STEM_NAMES)}")
         if self.downsample not in DOWNSAMPLE_NAMES:
             out.append(f"unknown downsample '{self.downsample}'; choose one of {', '.join(DOWNSAMPLE_NAMES)}")
             return out
-        grids = self.grids()
+        grids = self.grids() if sized else []  # without an image size, only the stages' own checks
         for i, g in enumerate(grids[:-1]):
             if not can_downsample(g, self.downsample):
                 out.append(f"stage {i} grid {g}x{g} cannot be downsampled ({self.downsample}) into stage "
                            f"{i + 1}; use fewer stages or a smaller patch")
-        for i, (s, g) in enumerate(zip(self.stages, grids)):
-            out.extend(s.problems(i, g))
+        for i, s in enumerate(self.stages):
+            out.extend(s.problems(i, grids[i] if grids else 1))
         if not 0 <= self.drop_path < 1:
             out.append(f"drop_path {self.drop_path} must be in [0, 1)")
         return out

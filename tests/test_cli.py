@@ -184,7 +184,7 @@ def test_only_input_errors_become_one_line_and_exit_2(monkeypatch, capsys):
         search.main(["front", "nowhere"])
 
 
-def test_a_second_ctrl_c_lets_the_first_ones_clean_up_finish(monkeypatch, capsys):
+def test_a_second_ctrl_c_lets_the_first_ones_clean_up_finish_and_a_third_interrupts(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
     monkeypatch.setattr(search, "cmd_front", interrupted)
@@ -192,7 +192,9 @@ def test_a_second_ctrl_c_lets_the_first_ones_clean_up_finish(monkeypatch, capsys
     try:
         with pytest.raises(SystemExit) as exit_:
             search.main(["front", "nowhere"])
+        assert signal.getsignal(signal.SIGINT) is search.say_still_stopping
         os.kill(os.getpid(), signal.SIGINT)  # as it lands while Ray's exit-time shutdown runs
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a third one interrupts
     finally:
         signal.signal(signal.SIGINT, before)
     err = capsys.readouterr().err

@@ -289,7 +289,7 @@ def test_save_load_round_trip_and_extrapolation_warning(tmp_path):
     ("arch_id,spec_json,median_ms,p10_ms,p90_ms,repeats,fingerprint\nx,{},-1,0,0,1,f\n", "non-positive median_ms"),
     ('arch_id,spec_json\n"unterminated,\n', "not a valid CSV"),
     ("arch_id,spec_json,median_ms,p10_ms,p90_ms,repeats,fingerprint\nx,{},1,1,1,1,f\n",
-     "line 2: spec must be a JSON object with a 'stages' list; remove the row or re-measure"),
+     "data row 1: spec must be a JSON object with a 'stages' list; remove the row or re-measure"),
 ])
 def test_bad_tables_are_one_line_errors(tmp_path, content, message):
     f = tmp_path / "t.csv"

@@ -71,8 +71,11 @@ def test_malformed_json_messages():
     ({"stages": 3}, "spec must be a JSON object with a 'stages' list"),
     ({"patch": "4"}, 'patch must be an integer (got "4")'),
     ({"img_size": 32.0}, "img_size must be an integer (got 32.0)"),
-    ({"drop_path": None}, "drop_path must be a number (got null)"),
-    ({"num_classes": 0}, "img_size, in_chans and num_classes must be positive (got 32, 3, 0)"),
+    ({"drop_path": None}, "drop_path must be a finite number (got null)"),
+    ({"num_classes": 0, "stem": "x"}, "img_size, in_chans and num_classes must be positive (got 32, 3, 0); unknown stem "
+                                      "'x'; choose one of conv, patch"),
+    ({"stages": [{"width": 32, "depth": 2, "mlp_ratio": float("inf")}]}, "stage 0: mlp_ratio must be a finite number "
+                                                                         "(got Infinity)"),
     ({"stages": [{"width": True, "depth": 2}]}, "stage 0: width must be an integer (got true)"),
     ({"stages": [{"width": 32, "depth": 1.5}]}, "stage 0: depth must be an integer (got 1.5)"),
     ({"stages": [{"width": 32, "depth": 2, "skip": 1}]}, "stage 0: skip must be a list of integers (got 1)"),
@@ -150,8 +153,9 @@ def test_space_override_file(tmp_path):
     ({"max_grid": "8"}, 'max_grid: "8" is not an integer'),
     ({"widths": [0]}, "widths: 0 is outside the space (each must be positive)"),
     ({"patch": [3]}, "patch: 3 is outside the space (each must be one of [1, 2, 4, 8, 16])"),
-    ({"stages": [1, 4]}, "stages: 4 is outside the space (each must be one of [1, 2, 3])"),
-    ({"skip_fractions": [1.0]}, "skip_fractions: 1.0 is outside the space (each must be in [0, 1))"),
+    ({"stages": [1, 4]}, "stages: 4 is outside the space (each must be 1 to 3)"),
+    ({"skip_fractions": [1.5]}, "skip_fractions: 1.5 is outside the space (each must be in [0, 1])"),
+    ({"mlp_ratios": [float("nan")]}, "mlp_ratios: NaN is not a finite number"),
 ])
 def test_space_file_choices_of_the_wrong_kind_are_named(tmp_path, override, message):
     f = tmp_path / "space.json"
@@ -159,5 +163,13 @@ def test_space_file_choices_of_the_wrong_kind_are_named(tmp_path, override, mess
     with pytest.raises(SpecError) as e:
         SearchSpace.load(f)
     assert str(e.value) == f"{f}: {message}"
-    f.write_text(json.dumps({"mlp_ratios": [0.5, 2], "skip_fractions": [0, 0.5], "dwconv": [True], "max_grid": 8}))
+    f.write_text(json.dumps({"mlp_ratios": [0.5, 2], "skip_fractions": [0, 1], "dwconv": [True], "max_grid": 8}))
     assert SearchSpace.load(f).mlp_ratios == (0.5, 2)
+
+
+def test_specs_round_trip_through_dicts_and_keep_numeric_bools():
+    spec = sample(np.random.default_rng(5))
+    assert ArchSpec.from_dict(spec.to_dict()) == spec
+    written = {"stages": [{"width": 32, "depth": 2, "dwconv": 1}], "img_size": 16}  # sampled from a space of [0, 1]
+    again = ArchSpec.from_json(json.dumps(written)).validate()
+    assert again.stages[0].dwconv == 1 and again.arch_id == ArchSpec.from_json(again.to_json()).arch_id
