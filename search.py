@@ -413,7 +413,7 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def integer(minimum: int) -> Callable[[str], int]:
+def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -421,8 +421,17 @@ def integer(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is below the minimum, {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is above the maximum, {maximum}")
         return value
     return parse
+
+
+def run_name(text: str) -> str:
+    """A run's folder name under --runs-dir: one plain name, so a run never lands outside it."""
+    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one folder name, without '/' (the run goes to RUNS_DIR/NAME)")
+    return text
 
 
 def number(low: float, high: float = float("inf"), low_open: bool = True) -> Callable[[str], float]:
@@ -546,7 +555,7 @@ def _run_parser(sub) -> None:
     d = SearchConfig.defaults()
     r = sub.add_parser("run", help="search for the best architectures under a latency target",
                        formatter_class=HelpFormatter)
-    r.add_argument("--name", required=True, help="run name: results go to RUNS_DIR/NAME")
+    r.add_argument("--name", required=True, type=run_name, help="run name: results go to RUNS_DIR/NAME")
     r.add_argument("--target-ms", required=True, type=checked_by(parse_target, ValueError),
                    help="latency target in ms, or pN: the N-th percentile of the space's predicted latencies "
                         "(p50: half the space meets it)")
@@ -627,7 +636,7 @@ def _run_dir_parsers(sub) -> None:
     d = sub.add_parser("dashboard", help="open a run's study in optuna-dashboard, on localhost",
                        formatter_class=HelpFormatter)
     d.add_argument("run", help="run directory (runs/NAME)")
-    d.add_argument("--port", type=integer(1), default=8080, help="port on 127.0.0.1")
+    d.add_argument("--port", type=integer(1, 65535), default=8080, help="port on 127.0.0.1")
     d.set_defaults(fn=cmd_dashboard)
 
     t = sub.add_parser("train", help="fully train one trial's architecture and measure it", formatter_class=HelpFormatter)

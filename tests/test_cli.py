@@ -103,6 +103,8 @@ BAD_OPTIONS = [
     (["run", "--name", "x", "--target-ms", "5", "--dataset", "cifar"], "unknown dataset 'cifar'; use digits"),
     (["export", "runs/x", "--trial", "0", "--out", "o", "--format", "tflite"], "'tflite': choose a comma-separated"),
     (["nonsense"], "invalid choice: 'nonsense'"),
+    (["run", "--name", "../x", "--target-ms", "5"], "--name: '../x': give one folder name, without '/'"),
+    (["dashboard", "runs/x", "--port", "70000"], "--port: 70000 is above the maximum, 65535"),
 ]
 
 
