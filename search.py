@@ -8,6 +8,7 @@ import dataclasses
 import json
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -700,8 +701,20 @@ def is_input_error(e: Exception) -> bool:
         if module in sys.modules)
 
 
+SIGTERM_RECEIVED = threading.Event()
+
+
+def interrupt_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler's stop, `timeout`, `kill`) is handled as Ctrl-C is. It is remembered
+    apart, since Ray's waits re-raise whatever a signal handler raised as a plain KeyboardInterrupt."""
+    SIGTERM_RECEIVED.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = show_warning
+    SIGTERM_RECEIVED.clear()
+    signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
@@ -717,8 +730,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, say_still_stopping)
-        console.print("[yellow]interrupted[/]: what was already saved is kept; re-run the same command to resume")
-        sys.exit(130)
+        stop, status = ("terminated", 143) if SIGTERM_RECEIVED.is_set() else ("interrupted", 130)
+        console.print(f"[yellow]{stop}[/]: what was already saved is kept; re-run the same command to resume")
+        sys.exit(status)
 
 
 def say_still_stopping(signum: int, frame: object) -> None:

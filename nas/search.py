@@ -4,8 +4,11 @@ checkpoint), and Optuna is told each candidate's accuracy at its highest rung. S
 SQLite study and the checkpoints, so a re-run of the same command resumes where the last stopped."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -286,14 +289,28 @@ def start_ray(cfg: SearchConfig):
         refuse_another_cluster(ray.get_runtime_context().gcs_address, cfg.ray_address)
     else:
         plugins = os.environ.get(PLUGINS_VARIABLE)  # a cluster's workers do not inherit the driver's environment
-        ray.init(address=cfg.ray_address, num_cpus=None if cfg.ray_address else cfg.workers,
-                 include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": {PLUGINS_VARIABLE: plugins}} if plugins else None)
+        with callers_sigterm_kept():
+            ray.init(address=cfg.ray_address, num_cpus=None if cfg.ray_address else cfg.workers,
+                     include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     runtime_env={"env_vars": {PLUGINS_VARIABLE: plugins}} if plugins else None)
     node_ip = ray.util.get_node_ip_address()
     if not cfg.ray_address and node_ip not in ("127.0.0.1", "::1"):
         warnings.warn(f"the local Ray node took address {node_ip}, so its services listen beyond loopback "
                       f"(Ray was imported before etnas could keep it local)", stacklevel=2)
     return ray
+
+
+@contextlib.contextmanager
+def callers_sigterm_kept():
+    """Ray's init takes over SIGTERM, and its core worker then aborts the process with a stack dump;
+    the caller's handling (the command line stops a search on it as on Ctrl-C) is put back."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 def refuse_another_cluster(joined: str, asked: str | None) -> None:

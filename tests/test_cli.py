@@ -203,6 +203,21 @@ def test_a_second_ctrl_c_lets_the_first_ones_clean_up_finish_and_a_third_interru
     assert exit_.value.code == 130 and "interrupted" in err and "still stopping the worker processes" in err
 
 
+def test_sigterm_stops_a_command_as_ctrl_c_does_with_its_own_word_and_status(monkeypatch, capsys):
+    def terminated(args):
+        assert signal.getsignal(signal.SIGTERM) is search.interrupt_on_sigterm  # else the kill ends pytest
+        os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(search, "cmd_front", terminated)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            search.main(["front", "nowhere"])
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+    assert exit_.value.code == 143 and capsys.readouterr().err.startswith("terminated: what was already saved is kept")
+
+
 def test_the_constraint_is_the_first_latency_model_unless_named():
     from nas import SearchError
     from nas.targets import constraint_and_others

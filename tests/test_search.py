@@ -339,3 +339,19 @@ def test_a_process_on_one_ray_refuses_the_address_of_another():
         start_ray(on("10.9.9.9:6379"))
     for same in (None, "auto", joined, f"localhost:{joined.rpartition(':')[2]}"):
         assert start_ray(on(same)) is ray
+
+
+@pytest.mark.slow
+def test_starting_ray_keeps_the_callers_sigterm_handling():
+    """Ray's init installs a core worker that aborts the process with a stack dump on SIGTERM; the
+    command line's handler (stop as on Ctrl-C) must still be the one that runs."""
+    code = """
+import os, signal, sys
+from nas.config import SearchConfig
+from nas.search import start_ray
+signal.signal(signal.SIGTERM, lambda *_: (print("handled by the caller", flush=True), sys.exit(7)))
+start_ray(SearchConfig(name="t", target_ms=1.0, latency_model="", workers=1))
+os.kill(os.getpid(), signal.SIGTERM)
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 7 and "handled by the caller" in res.stdout, res.stderr[-2000:]
