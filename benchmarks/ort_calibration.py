@@ -27,8 +27,8 @@ def main() -> None:
 
     def progress(row: dict, timings: int) -> None:
         rows.append(row)
-        print(f"{len(rows)}/{timings} measured, {time.perf_counter() - t0:.0f} s, {row['median_ms']:.3f} ms {row['short']}",
-              flush=True)
+        print(f"{len(rows)}/{timings} measured, {time.perf_counter() - t0:.0f} s, {row['median_ms']:.3f} ms "
+              f"{row['short']}", flush=True)
 
     model_path, report = calibrate(32, 3, 10, args.out, SearchSpace(), runtime="onnxruntime", n=args.n,
                                    seed=args.seed, on_row=progress)

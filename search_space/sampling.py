@@ -92,11 +92,12 @@ def choice_problems(override: dict[str, Any]) -> list[str]:
         choices = [override[f.name]] if scalar else override[f.name]
         kind = "int" if scalar else f.type.removeprefix("tuple[").split(",")[0]
         wrong_type = [c for c in choices if not json_value_fits(c, kind)]
-        fits, rule = AXIS_RULES.get(f.name, POSITIVE)
-        outside = [] if wrong_type or kind not in ("int", "float") else [c for c in choices if not fits(c)]
         if wrong_type:
             out.append(f"{f.name}: {json.dumps(wrong_type[0])} is not {JSON_KINDS[kind]}")
-        elif outside:
+            continue
+        fits, rule = AXIS_RULES.get(f.name, POSITIVE)
+        outside = [c for c in choices if kind in ("int", "float") and not fits(c)]
+        if outside:
             out.append(f"{f.name}: {outside[0]} is outside the space (each must be {rule})")
     return out
 
