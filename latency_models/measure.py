@@ -295,6 +295,23 @@ def exported_files(exporter: ProcessPoolExecutor, part: list[ArchSpec], folder: 
     return {a: str(p) for a, p in paths.items()}
 
 
+def equal_chunks(todo: list, chunk: int) -> list[list]:
+    """`todo` cut into the fewest pieces of at most `chunk`, of equal size, so that the last piece
+    is not left with one architecture (its timing would have no company but the anchor)."""
+    n = -(-len(todo) // chunk)
+    return [todo[i * len(todo) // n:(i + 1) * len(todo) // n] for i in range(n)]
+
+
+def table_row(spec: ArchSpec, stats: dict, *, params: int, device_fingerprint: dict) -> dict:
+    """A timing table's row for `spec` (all but the anchor's and reference's figures)."""
+    return {"arch_id": spec.arch_id, "short": spec.short(), "spec_json": spec.to_json(),
+            **{k: stats[k] for k in ("median_ms", "p10_ms", "p90_ms", "raw_median_ms", "repeats")},
+            "flops": total_flops(spec), "params": params,
+            "fingerprint": fingerprint_id(device_fingerprint),
+            "fingerprint_json": json.dumps(device_fingerprint, sort_keys=True),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
 def measure_all(specs: Iterable[ArchSpec], out: Path, *, runtime: str, device: str, threads: int,
                 batch: int, remeasure: float = REMEASURE_SHARE, sweeps: int = SWEEPS, chunk: int = 16,
                 reference_ms: float | None = None, on_row: Callable[[dict, int], None] | None = None,
@@ -307,9 +324,10 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, *, runtime: str, device: s
     chunk), or `reference_ms` (another table's or model's, so that both are on one scale). So every
     row of a table is at one machine speed, however the machine's speed drifts; `raw_median_ms`
     and `anchor_ms` keep the timings as taken. For onnxruntime, a chunk's ONNX exports run first,
-    in worker processes on every core (int8: quantized there too). Each chunk's rows are written as soon as it ends (an
-    interruption loses at most the chunk in progress), then handed to `on_row` with the number of timings
-    this call takes in all, for a progress bar's total. Returns the rows written."""
+    in worker processes on every core (int8: quantized there too). Each chunk's rows are written
+    as soon as it ends (an interruption loses at most the chunk in progress), then handed to
+    `on_row` with the number of timings this call takes in all, for a progress bar's total.
+    Returns the rows written."""
     specs = list(specs)
     if not specs:
         return 0
@@ -330,8 +348,7 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, *, runtime: str, device: s
         timed_again = {s.arch_id for s in passes[1]}
         timings = len(passes[0]) + len(passes[1])
         for todo in passes:
-            n = -(-len(todo) // chunk)  # chunks of equal size, so the last is not left with one architecture
-            for part in (todo[i * len(todo) // n:(i + 1) * len(todo) // n] for i in range(n)):
+            for part in equal_chunks(todo, chunk):
                 files = exported_files(exporter, part, tmp, precision) if exporter else {}
                 anchor = anchor or deployed_runner(anchor_spec(part[0]), runtime, device, threads, batch,
                                                    precision=precision)[0]
@@ -340,13 +357,8 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, *, runtime: str, device: s
                 stats, anchor_ms, reference_ms = time_at_reference({a: run for a, (run, _) in built.items()}, anchor,
                                                                    reference_ms, sweeps, device)
                 for spec in part:
-                    st = stats[spec.arch_id]
-                    row = {"arch_id": spec.arch_id, "short": spec.short(), "spec_json": spec.to_json(),
-                           **{k: st[k] for k in ("median_ms", "p10_ms", "p90_ms", "raw_median_ms", "repeats")},
-                           "anchor_ms": anchor_ms, "reference_ms": reference_ms,
-                           "flops": total_flops(spec), "params": built[spec.arch_id][1],
-                           "fingerprint": fid, "fingerprint_json": json.dumps(fp, sort_keys=True),
-                           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                    row = {**table_row(spec, stats[spec.arch_id], params=built[spec.arch_id][1], device_fingerprint=fp),
+                           "anchor_ms": anchor_ms, "reference_ms": reference_ms}
                     append_row(out, row)
                     written += 1
                     if on_row:

@@ -13,8 +13,8 @@ from latency_models import LatencyModel, ModelFileError, TableError, read_table
 from latency_models.table import append_row
 from latency_models.calibrate import fingerprint_mismatch
 from latency_models.features import FEATURE_NAMES, KINDS, feature_matrix, tally, total_flops
-from latency_models.measure import (call_times, exported_files, fingerprint, fingerprint_id, measure_all,
-                                     interleaved_stats, remove_common_slowdown, time_interleaved)
+from latency_models.measure import (call_times, equal_chunks, exported_files, fingerprint, fingerprint_id,
+                                     interleaved_stats, measure_all, remove_common_slowdown, time_interleaved)
 from latency_models.validate import fit_and_report, metrics
 from search_space import ArchSpec, SearchSpace, StageSpec, build_model, count_flops, deploy, presets, sample
 
@@ -160,6 +160,14 @@ def test_measure_times_chunks_with_the_anchor_and_scales_them_to_one_reference(t
     assert np.allclose(df["p90_ms"] / df["median_ms"], 1.1) and (df["repeats"] == 7).all()
     assert sorted(df["anchor_ms"].unique()) == [4.0, 6.0, 8.0]  # the machine's speed, as it was
     assert np.allclose(df["raw_median_ms"] / df["anchor_ms"] * 4.0, [1.2 * true[a] for a in df.index])
+
+
+@pytest.mark.parametrize("n, chunk", [(1, 16), (16, 16), (17, 16), (33, 16), (171, 16), (5, 2)])
+def test_chunks_cover_everything_once_in_the_fewest_pieces_of_near_equal_size(n, chunk):
+    pieces = equal_chunks(list(range(n)), chunk)
+    sizes = [len(p) for p in pieces]
+    assert sum(pieces, []) == list(range(n)) and len(pieces) == -(-n // chunk)
+    assert max(sizes) <= chunk and max(sizes) - min(sizes) <= 1
 
 
 def test_a_given_reference_is_used_and_a_tables_own_is_kept(tmp_path):
