@@ -18,7 +18,7 @@ from search_space.pretrained import CONFIG_FILE, WEIGHTS_FILE, save_pretrained
 
 from .config import EXPORT_FORMATS, target_name
 from .final import load_trained, target_precision, target_runtime, time_on_target
-from .int8 import CALIBRATION_IMAGES, calibration_batch, fp32_onnx, int8_figures
+from .int8 import CALIBRATION_IMAGES, calibration_batch, fp32_onnx, int8_figures, int8_speedup
 from .rundir import final_report, load_trial, run_config
 from .schema import Attr
 from .targets import OTHER_TARGETS, as_constraint
@@ -124,8 +124,8 @@ def write_deployed(deployed: torch.nn.Module, out: Path, formats: tuple[str, ...
 
 def write_int8(fp32: Path, deployed: torch.nn.Module, path: Path, cfg: dict, meta: dict) -> dict:
     """model.int8.onnx from `fp32` (the export of `deployed`), calibrated on the run's training
-    images, verified on its test images (accuracy, top-1 agreement with fp32) and timed in
-    onnxruntime."""
+    images, verified on its test images (accuracy, top-1 agreement with fp32), timed in
+    onnxruntime, and timed against `fp32` for its speed-up."""
     data = load_dataset(cfg["dataset"])
     norm = Normalizer(meta["mean"], meta["std"], deployed.spec.img_size)
     try:
@@ -134,7 +134,7 @@ def write_int8(fp32: Path, deployed: torch.nn.Module, path: Path, cfg: dict, met
         raise SearchError(f"{e}; export without --int8") from None
     figures = int8_figures(path, deployed, data.x_test, data.y_test, norm)
     timing = time_on_target(deployed, timing_config(cfg, "int8"), "onnxruntime", exported=path, precision="int8")
-    return {**figures, "latency": timing}
+    return {**figures, "latency": timing, "vs_fp32": int8_speedup(fp32, path, deployed)}
 
 
 def timing_config(cfg: dict, precision: str) -> dict:
@@ -247,6 +247,10 @@ def latency_rows(final: dict, shipped: dict | None, cfg: dict, quantized: dict |
                     f"({100 * (quantized['test_acc_int8'] - final['test_acc']):+.2f} points vs fp32), top-1 "
                     f"agreement with fp32 {quantized['int8_top1_agreement']:.1%} (calibrated on "
                     f"{CALIBRATION_IMAGES} training images) |")
+        vs = quantized["vs_fp32"]
+        slower = "; int8 is the slower file on this CPU" if vs["speedup"] < 1 else ""
+        rows.append(f"| {INT8_FILE} vs model.onnx | {vs['speedup']:.2f}x the speed ({vs['int8_ms']:.3f} vs "
+                    f"{vs['fp32_ms']:.3f} ms medians, the two files timed interleaved here{slower}) |")
     pred = f"{final['pred_ms']:.3f} ms"
     target_file = INT8_FILE if target_precision(cfg) == "int8" else "model.onnx"
     if timed[target_file] and target_runtime(cfg) == "onnxruntime":

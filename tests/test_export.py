@@ -180,6 +180,9 @@ def test_export_refuses_a_non_empty_folder_unless_forced(demo_run, tmp_path):
     card = (out / "MODEL_CARD.md").read_text()
     assert f"| model.int8.onnx accuracy | {int8['test_acc_int8']:.4f} test" in card
     assert "| model.int8.onnx latency | " in card
+    vs = int8["vs_fp32"]  # both files timed in one interleaved session
+    assert vs["fp32_ms"] > 0 and vs["int8_ms"] > 0 and vs["speedup"] == pytest.approx(vs["fp32_ms"] / vs["int8_ms"])
+    assert f"| model.int8.onnx vs model.onnx | {vs['speedup']:.2f}x the speed ({vs['int8_ms']:.3f} vs" in card
 
 
 def _one_line_error(res, text):
