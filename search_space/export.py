@@ -24,17 +24,22 @@ def _quiet():
 
 
 @contextlib.contextmanager
-def _onnx_tracing():
-    """Trace as the ONNX exporter does (sizes 0 and 1 oblivious, for the dynamic batch), but
-    without each node's Python stack: recording it was 15-20% of torch.export here, and the file
-    would carry this machine's source paths."""
+def _without_stack_traces():
+    """Trace without each node's Python stack: recording it was 15-20% of torch.export here, and
+    the file would carry this machine's source paths."""
     saved = torch.fx.config.do_not_emit_stack_traces
     torch.fx.config.do_not_emit_stack_traces = True
     try:
-        with torch.fx.experimental._config.patch(backed_size_oblivious=True):
-            yield
+        yield
     finally:
         torch.fx.config.do_not_emit_stack_traces = saved
+
+
+@contextlib.contextmanager
+def _onnx_tracing():
+    """Trace as the ONNX exporter does: sizes 0 and 1 oblivious, for the dynamic batch."""
+    with _without_stack_traces(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        yield
 
 
 def _example(model: torch.nn.Module, batch: int = 2) -> torch.Tensor:
@@ -59,15 +64,16 @@ def export_program(model: torch.nn.Module) -> torch.export.ExportedProgram:
 
 
 def onnx_trace(model: torch.nn.Module) -> torch.export.ExportedProgram:
-    """The model traced once for every file `export` writes: as the ONNX exporter traces it."""
+    """The model traced as the ONNX exporter traces it."""
     with _quiet(), _onnx_tracing():
         return export_program(model)
 
 
-def export_pt2(model: torch.nn.Module, path: str | Path,
-               program: torch.export.ExportedProgram | None = None) -> Path:
-    """The model's trace (`program` where already made) saved for torch.export.load."""
-    torch.export.save(export_program(model) if program is None else program, str(path))
+def export_pt2(model: torch.nn.Module, path: str | Path) -> Path:
+    """The model's trace saved for torch.export.load. Not the ONNX trace: tracing sizes 0 and 1
+    obliviously leaves a runtime check that refuses batch 1 in models with a conv on the token grid."""
+    with _quiet(), _without_stack_traces():
+        torch.export.save(export_program(model), str(path))
     return Path(path)
 
 

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import types
+import zipfile
 
 import onnx
 import onnxruntime
@@ -10,13 +11,14 @@ import pytest
 import torch
 
 import etnas
-from nas.package import verify_pt2
+from nas import SearchError
+from nas.package import verified_difference, verify_pt2, write_deployed
 from search_space import ArchSpec, build_model, deploy, presets
 from search_space.check import randomize_norms
 from search_space.export import (OPSET, _exporters_onnx_program, _untranslated_ops, export_onnx, export_program,
                                  export_pt2, onnx_trace, verify_onnx)
 
-from .helpers import run_cli
+from .helpers import ROOT, run_cli
 
 PRESETS = presets(8, 1, 10, width_mult=0.25, depth_mult=0.25)
 
@@ -26,13 +28,14 @@ def test_preset_exports_match_pytorch(tmp_path, name):
     model = build_model(PRESETS[name]).eval()
     randomize_norms(model, torch.Generator().manual_seed(0))
     deployed = deploy(model)
-    x = torch.randn(3, 1, 8, 8)  # batch 3: the exported batch dimension is dynamic
-    program = onnx_trace(deployed)  # one trace for both files, as `export` writes them
-    export_pt2(deployed, tmp_path / "m.pt2", program)
-    export_onnx(deployed, tmp_path / "m.onnx", program)  # last: it modifies the program
-    assert verify_onnx(tmp_path / "m.onnx", deployed, x) <= 1e-4
-    assert verify_pt2(tmp_path / "m.pt2", deployed, x) <= 1e-4
-    ops = {n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node}
+    write_deployed(deployed, tmp_path, ("onnx", "pt2"), {}, report=lambda: None)  # as `export` writes them
+    for batch in (1, 3):  # batch 1 as deployed; 3 through the dynamic batch dimension
+        x = torch.randn(batch, 1, 8, 8)
+        assert verify_onnx(tmp_path / "model.onnx", deployed, x) <= 1e-4
+        assert verify_pt2(tmp_path / "model.pt2", deployed, x) <= 1e-4
+    with zipfile.ZipFile(tmp_path / "model.pt2") as pt2:  # no source paths of the machine that exported it
+        assert not any(str(ROOT).encode() in pt2.read(member) for member in pt2.namelist())
+    ops = {n.op_type for n in onnx.load(tmp_path / "model.onnx").graph.node}
     assert not ops & {"BatchNormalization", "LayerNormalization"} or PRESETS[name].stages[0].skip
 
 
@@ -95,8 +98,21 @@ def test_a_one_token_model_with_skipat_exports_with_a_dynamic_batch(tmp_path):
     torch.manual_seed(0)
     model = deploy(build_model(spec).eval())
     export_onnx(model, tmp_path / "m.onnx")
+    export_pt2(model, tmp_path / "m.pt2")
     for batch in (1, 5):
         assert verify_onnx(tmp_path / "m.onnx", model, torch.randn(batch, 1, 8, 8)) < 1e-5
+        assert verify_pt2(tmp_path / "m.pt2", model, torch.randn(batch, 1, 8, 8)) < 1e-5
+
+
+def test_a_file_that_refuses_the_deployed_batch_is_an_error_not_a_shipped_file(tmp_path):
+    """The ONNX trace (sizes 0 and 1 oblivious) saved as pt2 keeps a check refusing batch 1 in a
+    model with a conv on the token grid: export's verification must catch such a file."""
+    deployed = deploy(build_model(PRESETS["efficientvit-m0"]).eval())
+    torch.export.save(onnx_trace(deployed), str(tmp_path / "model.pt2"))
+    with pytest.raises(SearchError, match=r"exported model.pt2 fails on a batch of 1 \(.*\); please report"):
+        verified_difference("pt2", tmp_path / "model.pt2", deployed)
+    export_pt2(deployed, tmp_path / "model.pt2")
+    assert verified_difference("pt2", tmp_path / "model.pt2", deployed) <= 1e-4
 
 
 @pytest.fixture(scope="module")
