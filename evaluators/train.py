@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import time
 import warnings
@@ -168,8 +167,18 @@ def optimizer_and_schedule(model: nn.Module, cfg: TrainConfig, total_steps: int,
     return opt, sched
 
 
+def batch_slices(n_samples: int, batch_size: int) -> list[slice]:
+    """An epoch's batches of `batch_size`, the last one shorter; a last batch of one sample joins
+    the batch before it: a BatchNorm on a 1x1 token grid would see one value per channel (an
+    error in training mode), and mixup would pair nothing."""
+    starts = list(range(0, n_samples, batch_size))
+    if len(starts) > 1 and n_samples - starts[-1] == 1:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, starts[1:] + [n_samples])] or [slice(0, 0)]
+
+
 def steps_per_epoch(n_samples: int, batch_size: int) -> int:
-    return max(1, math.ceil(n_samples / batch_size))
+    return len(batch_slices(n_samples, batch_size))
 
 
 def cycle_ends(cfg: TrainConfig, per_epoch: int, total_steps: int) -> list[int]:
@@ -212,8 +221,8 @@ class Batches:
     def epoch(self):
         """Yield (normalised images, targets) for one pass over the data in a seeded order."""
         order = torch.randperm(len(self.x), generator=self.gen)
-        for i in range(0, len(order), self.cfg.batch_size):
-            idx = order[i:i + self.cfg.batch_size]
+        for batch in batch_slices(len(order), self.cfg.batch_size):
+            idx = order[batch]
             if self.mixup is not None:
                 idx = idx[: len(idx) // 2 * 2]  # timm's batch mixup pairs samples
             idx = idx.to(self.x.device)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from evaluators.batch_norms import reestimate_batch_norms
-from evaluators.train import (Batches, Normalizer, TrainConfig, augment, optimizer_and_schedule, rand_augment,
-                              train)
+from evaluators.train import (Batches, Normalizer, TrainConfig, augment, batch_slices, optimizer_and_schedule,
+                              rand_augment, steps_per_epoch, train)
 from search_space import ArchSpec, StageSpec, build_model
 from search_space.norms import PRepBN
 
@@ -22,6 +22,26 @@ def images(n=96, side=16, chans=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n, chans, side, side), generator=g, dtype=torch.uint8)
     return x, torch.arange(n) % 10
+
+
+@pytest.mark.parametrize("n, batch_size, sizes", [(130, 64, [64, 64, 2]), (129, 64, [64, 65]), (128, 64, [64, 64]),
+                                                    (65, 64, [65]), (10, 64, [10]), (1, 64, [1])])
+def test_an_epochs_batches_cover_every_sample_once_and_none_is_a_batch_of_one(n, batch_size, sizes):
+    slices = batch_slices(n, batch_size)
+    assert [s.stop - s.start for s in slices] == sizes and steps_per_epoch(n, batch_size) == len(sizes)
+    assert [i for s in slices for i in range(n)[s]] == list(range(n))
+
+
+@pytest.mark.parametrize("mixup", [0.0, 0.8])
+def test_a_training_set_one_past_a_whole_batch_trains_a_one_token_batchnorm_model(mixup):
+    """65 images at batch 64: the last sample would be a batch of one, an error for a BatchNorm on a
+    1x1 grid (one value per channel) and an empty batch after mixup's pairing."""
+    spec = ArchSpec((StageSpec(width=32, depth=1, norm="batchnorm", heads=2, key_dim=8, dwconv=True),),
+                    img_size=8, in_chans=1, patch=8)
+    x, y = images(65, side=8, chans=1)
+    cfg = TrainConfig(epochs=2, batch_size=64, mixup=mixup, augment=False)
+    result = train(spec, x, y, x[:10], y[:10], cfg, mean=[0.5], std=[0.25])
+    assert result.steps == 2 and len(result.history) == 2
 
 
 def test_augment_takes_a_reflect_padded_crop_and_flip_per_sample():
