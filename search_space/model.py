@@ -17,6 +17,8 @@ class NASViT(nn.Module):
         super().__init__()
         spec.validate()
         self.spec = spec
+        self.pretrained_cfg = {"num_classes": spec.num_classes}  # preprocessing, once loaded from an export
+        self.label_names = [str(c) for c in range(spec.num_classes)]
         first, last = spec.stages[0], spec.stages[-1]
         grids = spec.grids()
         self.stem = STEMS[spec.stem](spec.in_chans, first.width, spec.patch)
@@ -43,12 +45,15 @@ class NASViT(nn.Module):
         return self.head.fn.fc
 
     def reset_classifier(self, num_classes: int) -> None:
-        """A freshly initialised classifier for `num_classes` (timm's convention, for fine-tuning)."""
-        if num_classes < 1:
-            raise SpecError(f"num_classes {num_classes}: a classifier needs at least one class")
+        """A freshly initialised classifier for `num_classes` (timm's convention, for fine-tuning);
+        the class names become the class indices, and `pretrained_cfg` counts the new classes."""
+        if type(num_classes) is not int or num_classes < 1:
+            raise SpecError(f"num_classes {num_classes!r}: a classifier needs a positive whole number of classes")
         self.spec = dataclasses.replace(self.spec, num_classes=num_classes)
         self.head.fn.fc = nn.Linear(self.head.fn.fc.in_features, num_classes)
         _init_linear(self.head.fn.fc)
+        self.label_names = [str(c) for c in range(num_classes)]
+        self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x) + self.pos_embed

@@ -1,6 +1,7 @@
 """The fine-tunable export files: safetensors weights and config.json back to the trainable model,
 a fresh classifier for new classes, clear errors on unusable files, and the Python API."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -79,17 +80,83 @@ def test_untrained_weights_need_no_weights_file(tmp_path):
     (lambda d: (d / CONFIG_FILE).unlink(), "config.json not found: give a folder written by `etnas export`"),
     (lambda d: (d / CONFIG_FILE).write_text("{oops"), "config.json is not JSON"),
     (lambda d: (d / CONFIG_FILE).write_text('{"architecture": "resnet50"}'), "is not an etnas model config"),
-    (lambda d: (d / WEIGHTS_FILE).write_bytes(b"garbage"), "model.safetensors is not a readable safetensors file"),
+    (lambda d: (d / WEIGHTS_FILE).write_bytes(b"garbage"), "model.safetensors does not match the checksum"),
+    (lambda d: ((d / WEIGHTS_FILE).write_bytes(b"garbage"), without_checksum(d)),
+     "model.safetensors is not a readable safetensors file"),
     (lambda d: save_file(build_model(PRESETS["slab-deit"]).state_dict(), str(d / WEIGHTS_FILE)),
+     "does not match the checksum in config.json: the file is damaged or not this model's"),
+    (lambda d: (save_file(build_model(PRESETS["slab-deit"]).state_dict(), str(d / WEIGHTS_FILE)),
+                without_checksum(d)),
      "does not fit the config's architecture"),
     (lambda d: (d / CONFIG_FILE).write_text(json.dumps({"architecture": "etnas-nasvit", "spec": {"stages": [
         {"width": 7, "depth": 1}]}})), "its spec does not build"),
+    (lambda d: edit_config(d, pretrained_cfg=None), "config.json: pretrained_cfg of the wrong JSON type"),
+    (lambda d: damage_data(d / WEIGHTS_FILE), "model.safetensors does not match the checksum in config.json: "
+                                              "the file is damaged"),
 ])
 def test_unusable_model_files_say_what_is_wrong(tmp_path, damage, message):
     save_pretrained(trained_like("deit-tiny"), tmp_path, pretrained_cfg=PREPROCESSING, label_names=NAMES)
     damage(tmp_path)
     with pytest.raises(PretrainedError, match=message.replace("(", r"\(").replace(")", r"\)")):
         create_model(tmp_path)
+
+
+def edit_config(folder, **changes):
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    (folder / CONFIG_FILE).write_text(json.dumps({**config, **changes}))
+
+
+def without_checksum(folder):
+    """As folders exported before config.json recorded the weights' checksum."""
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    del config["weights_sha256"]
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+
+
+def damage_data(weights):
+    """Bytes in the tensor data changed, the header intact: safetensors itself loads such a file."""
+    data = bytearray(weights.read_bytes())
+    data[-100:] = b"\xff" * 100
+    weights.write_bytes(bytes(data))
+
+
+def test_weights_are_written_as_any_file_is_and_an_unreadable_one_is_named(tmp_path, monkeypatch):
+    import os
+    import pathlib
+
+    save_pretrained(trained_like("deit-tiny"), tmp_path, pretrained_cfg=PREPROCESSING, label_names=NAMES)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / WEIGHTS_FILE).stat().st_mode & 0o777 == 0o666 & ~umask  # not private to its writer
+    read_bytes = pathlib.Path.read_bytes
+
+    def denied(path):
+        if path.name == WEIGHTS_FILE:
+            raise PermissionError(13, "Permission denied")
+        return read_bytes(path)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", denied)
+    with pytest.raises(PretrainedError, match="model.safetensors cannot be read \\(Permission denied\\); make it "
+                                              "readable"):
+        create_model(tmp_path)
+
+
+@pytest.mark.parametrize("num_classes", ["5", 5.0, True, [5], 0])
+def test_a_class_count_that_is_no_positive_int_is_named(tmp_path, num_classes):
+    save_pretrained(trained_like("deit-tiny"), tmp_path, pretrained_cfg=PREPROCESSING, label_names=NAMES)
+    with pytest.raises(PretrainedError, match=re.escape(f"num_classes must be a positive int, got {num_classes!r}")):
+        create_model(tmp_path, num_classes=num_classes)
+    with pytest.raises(PretrainedError, match="path must be a folder written by `etnas export`"):
+        create_model(None)
+
+
+def test_a_reset_classifier_renames_the_classes_and_counts_them_in_pretrained_cfg(tmp_path):
+    save_pretrained(trained_like("deit-tiny"), tmp_path, pretrained_cfg=PREPROCESSING, label_names=NAMES)
+    model = create_model(tmp_path)
+    model.reset_classifier(3)
+    assert model.label_names == ["0", "1", "2"] and model.pretrained_cfg == {**PREPROCESSING, "num_classes": 3}
+    save_pretrained(model, tmp_path, pretrained_cfg=model.pretrained_cfg, label_names=model.label_names)
+    assert create_model(tmp_path).get_classifier().out_features == 3  # saved again, as it is now
 
 
 def test_label_names_must_match_the_class_count(tmp_path):
