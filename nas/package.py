@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from evaluators.data import IMAGE_RESIZE, load_dataset
+from evaluators.data import IMAGE_RESIZE, load_dataset, pixels_read_as
 from evaluators.train import Normalizer
 from latency_models.measure import fingerprint_id
 from search_space import count_params, deploy
@@ -253,9 +253,7 @@ def latency_rows(final: dict, shipped: dict | None, cfg: dict, quantized: dict |
     timed = {"model.onnx": shipped, INT8_FILE: quantized and quantized["latency"]}
     for name, timing in timed.items():
         if timing:
-            on = "on the predictor's scale" if timing["on_predictor_scale"] else "at this session's speed"
-            rows.append(f"| {name} latency | {timing['measured_ms']:.3f} ms median (p10-p90 {timing['p10_ms']:.3f}-"
-                        f"{timing['p90_ms']:.3f}), timed here: {target_name(timing['device'])}, {on} |")
+            rows.append(f"| {name} latency | {measured_text(timing)}; timed here: {target_name(timing['device'])} |")
     if quantized:
         rows.append(f"| {INT8_FILE} accuracy | {quantized['test_acc_int8']:.4f} test "
                     f"({100 * (quantized['test_acc_int8'] - final['test_acc']):+.2f} points vs fp32), top-1 "
@@ -271,10 +269,25 @@ def latency_rows(final: dict, shipped: dict | None, cfg: dict, quantized: dict |
         ms = timed[target_file]["measured_ms"]
         pred += f" ({(final['pred_ms'] - ms) / ms:+.1%} vs {target_file})"
     rows += [f"| predicted latency | {pred} |",
-             f"| measured after training | {final['measured_ms']:.3f} ms median (p10 {final['p10_ms']:.3f}, p90 "
-             f"{final['p90_ms']:.3f}; {final['pred_rel_err']:+.1%} predicted vs this), "
-             f"{target_name(final['device'])} |"]
+             f"| measured after training | {measured_text(final)}; {final['pred_rel_err']:+.1%} predicted vs "
+             f"measured; {target_name(final['device'])} |"]
     return "\n".join(rows + [other_target_row(t) for t in targets or []])
+
+
+def measured_text(timing: dict) -> str:
+    """A timing as the card gives it: median and p10-p90 as timed, then, where it was timed beside
+    the anchor, on the predictor's scale (the speed its table was measured at), the figure that
+    predictions are compared with. Rows that lead with the timing as taken compare with each other."""
+    def spread(factor: float) -> str:
+        return (f"{timing['measured_ms'] * factor:.3f} ms median (p10-p90 {timing['p10_ms'] * factor:.3f}-"
+                f"{timing['p90_ms'] * factor:.3f})")
+
+    if not timing.get("on_predictor_scale"):
+        return f"{spread(1.0)} as timed"
+    if not (timing.get("anchor_ms") and timing.get("reference_ms")):  # a report from before they were kept
+        return f"{spread(1.0)} on the predictor's scale"
+    return f"{spread(timing['anchor_ms'] / timing['reference_ms'])} as timed, {timing['measured_ms']:.3f} ms on the " \
+           f"predictor's scale"
 
 
 def other_target_row(target: dict) -> str:
@@ -284,9 +297,7 @@ def other_target_row(target: dict) -> str:
     if timing is None:
         measured = f"not measured here: {target['not_measured']}"
     else:
-        on = "on its predictor's scale" if timing["on_predictor_scale"] else "at this session's speed"
-        measured = (f"{timing['measured_ms']:.3f} ms measured here (p10-p90 {timing['p10_ms']:.3f}-{timing['p90_ms']:.3f}"
-                    f", {on})")
+        measured = f"measured here {measured_text(timing)}"
         if target["pred_ms"] is not None:
             measured += f", {(target['pred_ms'] - timing['measured_ms']) / timing['measured_ms']:+.1%} predicted vs measured"
     return f"| latency on target {target['target']} | {pred}; {measured}; {target_name(target['device'])} |"
@@ -294,9 +305,13 @@ def other_target_row(target: dict) -> str:
 
 def model_card(spec, final: dict, params: int, diffs: dict, preprocessing: dict, label_names: list[str],
                shipped: dict | None, cfg: dict, quantized: dict | None = None, targets: list[dict] | None = None) -> str:
+    """MODEL_CARD.md: the figures, the input and output, and how to load and fine-tune the files
+    written (the formats in `diffs`)."""
     c, h = spec.in_chans, spec.img_size
     mean, std = ([round(v, 4) for v in preprocessing[k]] for k in ("mean", "std"))
     checked = f"{', '.join(map(str, VERIFIED_BATCHES))}: {', '.join(f'{k} {v:.1e}' for k, v in diffs.items())}"
+    graphs = " and ".join(EXPORTERS[f][1] for f in written(tuple(diffs)))
+    loading = "\n".join(LOADING[f].format(c=c, h=h) for f in written(tuple(diffs)))
     return f"""# {spec.short()}
 
 Architecture `{spec.arch_id}` found by etnas (hardware-aware NAS for efficient vision transformers).
@@ -309,26 +324,16 @@ Architecture `{spec.arch_id}` found by etnas (hardware-aware NAS for efficient v
 | parameters (deployed) | {params:,} |
 | export check | max abs diff vs PyTorch at batch sizes {checked} |
 
-Input: float32 `[batch, {c}, {h}, {h}]`: each image resized to {h}x{h} ({preprocessing['crop_mode']}: aspect ratio
-not kept, nothing cropped; {preprocessing['interpolation']}, as etnas's `imagefolder:` loader does), pixels scaled to
-[0, 1], then per channel `(x - mean) / std` with mean {mean} and std {std}. Output: logits `[batch,
-{spec.num_classes}]` for the classes {label_names_text(label_names)}. Norms are folded into the adjacent layers
-(deploy-time re-parameterization), so model.onnx and model.pt2 hold inference-only graphs; model.onnx
-carries the class names and preprocessing in its metadata (`label_names`, `pretrained_cfg`). The
-full spec is in `arch.json`.
+Input: float32 `[batch, {c}, {h}, {h}]`: {pixels_read_as(cfg['dataset'], h)}, divided by
+255, then per channel `(x - mean) / std` with mean {mean} and std {std}. Output: logits `[batch,
+{spec.num_classes}]` for the classes {label_names_text(label_names)}. Norms are folded into the
+adjacent layers (deploy-time re-parameterization), so the deployed graphs ({graphs}) are inference
+only{ONNX_METADATA_NOTE * ("onnx" in diffs)}. The full spec is in `arch.json`.
 
 ## Load it (no etnas needed)
 
 ```python
-import json, onnxruntime as ort, numpy as np
-session = ort.InferenceSession("model.onnx")
-logits = session.run(None, {{"images": np.zeros((1, {c}, {h}, {h}), np.float32)}})[0]
-label_names = json.loads(session.get_modelmeta().custom_metadata_map["label_names"])
-
-import torch
-program = torch.export.load("model.pt2").module()
-logits = program(torch.zeros(1, {c}, {h}, {h}))
-```
+{loading}```
 
 ## Fine-tune it
 
@@ -342,6 +347,20 @@ model = etnas.create_model("this folder", num_classes=5)  # a new classifier for
 model.pretrained_cfg, model.label_names                   # preprocessing, class names
 ```
 """
+
+
+ONNX_METADATA_NOTE = ("; model.onnx carries the class names and preprocessing in its metadata\n(`label_names`, "
+                      "`pretrained_cfg`)")
+LOADING = {  # the card's code loading each format, in the order written
+    "pt2": """import torch
+program = torch.export.load("model.pt2").module()
+logits = program(torch.zeros(1, {c}, {h}, {h}))
+""",
+    "onnx": """import json, onnxruntime as ort, numpy as np
+session = ort.InferenceSession("model.onnx")
+logits = session.run(None, {{"images": np.zeros((1, {c}, {h}, {h}), np.float32)}})[0]
+label_names = json.loads(session.get_modelmeta().custom_metadata_map["label_names"])
+"""}
 
 
 def label_names_text(names: list[str], shown: int = 20) -> str:

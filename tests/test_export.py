@@ -148,7 +148,10 @@ def test_demo_path_trains_and_exports_the_best(demo_run, tmp_path):
     assert f"{final['test_acc']:.4f}" in card and "onnxruntime" in card
     shipped = json.loads((tmp_path / "export" / "latency.json").read_text())  # the shipped file, timed
     assert shipped["device"]["runtime"] == "onnxruntime" and shipped["measured_ms"] > 0
-    assert f"| model.onnx latency | {shipped['measured_ms']:.3f} ms median (p10-p90 {shipped['p10_ms']:.3f}" in card
+    as_timed = shipped["anchor_ms"] / shipped["reference_ms"]  # on the predictor's scale, and as timed first
+    assert (f"| model.onnx latency | {shipped['measured_ms'] * as_timed:.3f} ms median (p10-p90 "
+            f"{shipped['p10_ms'] * as_timed:.3f}") in card
+    assert f"as timed, {shipped['measured_ms']:.3f} ms on the predictor's scale; timed here: onnxruntime" in card
     assert "| search target | onnxruntime " in card and "fp32 on" in card  # the default calibration's runtime
     front = json.loads(run_cli("front", demo_run, "--json").stdout)["front"]
     shown = next(f for f in front if f["trial"] == best["trial"])
@@ -169,7 +172,8 @@ def check_take_away_files(exported, card):
     assert json.loads(meta["label_names"]) == model.label_names == [str(d) for d in range(10)]  # digits' classes
     assert json.loads(meta["pretrained_cfg"]) == model.pretrained_cfg
     assert ArchSpec.from_json(meta["etnas.spec"]) == model.spec
-    assert "for the classes `0`, `1`, `2`" in card and "squash" in card and "etnas.create_model" in card
+    assert "for the classes `0`, `1`, `2`" in card and "etnas.create_model" in card
+    assert "scikit-learn's digits (values 0..16) as 8-bit pixels, value x 255/16 rounded, divided by 255" in " ".join(card.split())
     arch = json.loads((exported / "arch.json").read_text())
     assert arch["label_names"] == model.label_names and arch["pretrained_cfg"]["interpolation"] == "bicubic"
 
@@ -199,6 +203,11 @@ def test_export_refuses_a_non_empty_folder_unless_forced(demo_run, tmp_path):
     vs = int8["vs_fp32"]  # both files timed in one interleaved session
     assert vs["fp32_ms"] > 0 and vs["int8_ms"] > 0 and vs["speedup"] == pytest.approx(vs["fp32_ms"] / vs["int8_ms"])
     assert f"| model.int8.onnx vs model.onnx | {vs['speedup']:.2f}x the speed ({vs['int8_ms']:.3f} vs" in card
+    etnas.export(demo_run, tmp_path / "pt2", trial=best, formats="pt2")  # one format, named as a string
+    written = {p.name for p in (tmp_path / "pt2").iterdir()}
+    assert "model.pt2" in written and "model.onnx" not in written
+    card = (tmp_path / "pt2" / "MODEL_CARD.md").read_text()
+    assert "torch.export.load(\"model.pt2\")" in card and "model.onnx" not in card  # it loads what was written
 
 
 def _one_line_error(res, text):

@@ -8,7 +8,7 @@ import torch
 
 from latency_models import LatencyModel
 from latency_models.measure import fingerprint, fingerprint_id
-from nas.package import other_target_latencies, other_target_row, timing_config, unmeasurable_here
+from nas.package import measured_text, other_target_latencies, other_target_row, timing_config, unmeasurable_here
 from nas.schema import Attr
 from nas.targets import OTHER_TARGETS, as_constraint, remember_targets, target_records
 from search_space import build_model, deploy, presets
@@ -63,7 +63,8 @@ def test_export_times_the_targets_this_machine_is_and_the_card_says_which():
     card_here, card_far = other_target_row(here), other_target_row(far)
     rel = (0.5 - here["timing"]["measured_ms"]) / here["timing"]["measured_ms"]
     assert card_here.startswith("| latency on target here | 0.500 ms predicted;") and f"{rel:+.1%} predicted" in card_here
-    assert "at this session's speed" in card_here and "torch" in card_here
+    assert f"measured here {here['timing']['measured_ms']:.3f} ms median" in card_here and "torch" in card_here
+    assert "as timed," in card_here and "predictor's scale" not in card_here  # no scale to put it on
     assert "3.000 ms predicted; not measured here: another device" in card_far and "Phone CPU" in card_far
 
 
@@ -99,6 +100,15 @@ def test_fp32_and_torch_tallies_have_no_dequantized_weights():
     assert features(spec, "onnxruntime", "int8")[-2] > 0  # its norms fold into Linears that stay float
 
 
+def test_a_card_leads_with_the_timing_as_taken_and_gives_the_predictors_scale_beside_it():
+    timing = {"measured_ms": 2.0, "p10_ms": 1.8, "p90_ms": 2.4, "on_predictor_scale": True, "anchor_ms": 0.5,
+              "reference_ms": 1.0}
+    assert measured_text(timing) == "1.000 ms median (p10-p90 0.900-1.200) as timed, 2.000 ms on the predictor's scale"
+    assert measured_text({**timing, "on_predictor_scale": False}) == "2.000 ms median (p10-p90 1.800-2.400) as timed"
+    legacy = {k: v for k, v in timing.items() if k not in ("anchor_ms", "reference_ms")}  # a report from before
+    assert measured_text(legacy) == "2.000 ms median (p10-p90 1.800-2.400) on the predictor's scale"
+
+
 def test_a_file_timed_on_a_targets_scale_is_not_timed_again_for_its_row():
     int8 = fingerprint("cpu", "onnxruntime", 1, 1, 8, "int8")
     int8 = {**int8, "id": fingerprint_id(int8)}
@@ -106,8 +116,9 @@ def test_a_file_timed_on_a_targets_scale_is_not_timed_again_for_its_row():
     assert timing_config(cfg, "int8")["latency_reference_ms"] == 3.0  # the int8 file lands on cpu-int8's scale
     assert timing_config(cfg, "fp32") is cfg  # no fp32 onnxruntime target: the constraint's, as before
     earlier = {"measured_ms": 1.25, "p10_ms": 1.2, "p90_ms": 1.3, "on_predictor_scale": True, "reference_ms": 3.0,
-               "device": {k: v for k, v in int8.items() if k != "id"}}
+               "anchor_ms": 1.5, "device": {k: v for k, v in int8.items() if k != "id"}}
     never_run = types.SimpleNamespace(spec=types.SimpleNamespace(img_size=8))  # timing it again would fail
     (row,) = other_target_latencies(never_run, cfg, {Attr.PRED_MS_TARGETS: {"cpu-int8": 1.0}},
                                     {"fp32": None, "int8": "model.int8.onnx"}, {"int8": earlier})
-    assert row["timing"] is earlier and "1.250 ms measured here" in other_target_row(row)
+    assert row["timing"] is earlier and "measured here 0.625 ms median (p10-p90 0.600-0.650) as timed, 1.250 ms on the " \
+                                        "predictor's scale, -20.0% predicted vs measured" in other_target_row(row)
