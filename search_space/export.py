@@ -48,7 +48,7 @@ def _example(model: torch.nn.Module, batch: int = 2) -> torch.Tensor:
 
 
 def _batch_dim() -> torch.export.Dim:
-    return torch.export.Dim("batch", min=1, max=4096)
+    return torch.export.Dim("batch", min=1)
 
 
 def export_program(model: torch.nn.Module) -> torch.export.ExportedProgram:
@@ -213,13 +213,21 @@ def export_onnx(model: torch.nn.Module, path: str | Path,
     program = onnx_trace(model) if program is None else program
     with _quiet():
         if not _untranslated_ops(program):
-            _direct_onnx_program(program).save(str(path))
+            _batch_named(_direct_onnx_program(program)).save(str(path))
             if _agrees(path, model):
                 return path
             with _onnx_tracing():
                 program = export_program(model)
-        _exporters_onnx_program(program).save(str(path))
+        _batch_named(_exporters_onnx_program(program)).save(str(path))
     return path
+
+
+def _batch_named(onnx_program):
+    """The program with its dynamic batch axis named `batch` (the trace calls it s77 or the like)."""
+    first = onnx_program.model.graph.inputs[0].shape[0]
+    if isinstance(first.value, str):
+        onnx_program.rename_axes({first: "batch"})
+    return onnx_program
 
 
 def set_onnx_metadata(path: str | Path, metadata: dict[str, str]) -> None:
