@@ -242,7 +242,8 @@ def lazy_progress(description: str):
     try:
         yield update
     finally:
-        bar.stop()
+        if task is not None:  # stopping a bar never drawn prints an empty line
+            bar.stop()
 
 
 def progress_text(p, cfg) -> str:

@@ -75,6 +75,14 @@ def run_cli(*args, check=True, timeout=600, one_log=False, own_process=None):
     return res
 
 
+def one_line_error(res, *words):
+    """A command refused bad input as the product promises: exit status 2 and a single line on
+    stderr, `error: ...`, holding each of `words` (no blank line, no traceback)."""
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error:") and res.stderr.count("\n") == 1, res.stderr
+    assert all(w in res.stderr for w in words), res.stderr
+
+
 def joining_shared_ray():
     """Within it, a search started in this process joins this process's Ray (`start_shared_ray`)."""
     return mock.patch.object(engine, "start_ray", start_shared_ray)

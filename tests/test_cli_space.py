@@ -2,7 +2,7 @@ import json
 
 from search_space import ArchSpec
 
-from .helpers import run_cli
+from .helpers import one_line_error, run_cli
 
 def test_space_sample_writes_loadable_specs(tmp_path):
     out = tmp_path / "s.jsonl"
@@ -24,5 +24,4 @@ def test_bad_space_file_is_one_line_exit_2(tmp_path):
     f = tmp_path / "space.json"
     f.write_text("{not json")
     res = run_cli("space", "sample", "--n", "1", "--out", str(tmp_path / "x"), "--space", str(f), check=False)
-    assert res.returncode == 2
-    assert res.stderr.strip().startswith("error:") and len(res.stderr.strip().splitlines()) == 1
+    one_line_error(res)

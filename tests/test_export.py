@@ -18,7 +18,7 @@ from search_space.check import randomize_norms
 from search_space.export import (OPSET, _exporters_onnx_program, _untranslated_ops, export_onnx, export_program,
                                  export_pt2, onnx_trace, verify_onnx)
 
-from .helpers import ROOT, run_cli
+from .helpers import ROOT, one_line_error, run_cli
 
 PRESETS = presets(8, 1, 10, width_mult=0.25, depth_mult=0.25)
 
@@ -190,7 +190,7 @@ def test_export_refuses_a_non_empty_folder_unless_forced(demo_run, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    _one_line_error(run_cli("export", demo_run, "--trial", best, "--out", out, check=False),
+    one_line_error(run_cli("export", demo_run, "--trial", best, "--out", out, check=False),
                     f"--out {out} is not empty; pass --force")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     (out / "model.pt2").write_text("stale")
@@ -214,25 +214,19 @@ def test_export_refuses_a_non_empty_folder_unless_forced(demo_run, tmp_path):
     assert "torch.export.load(\"model.pt2\")" in card and "model.onnx" not in card  # it loads what was written
 
 
-def _one_line_error(res, text):
-    assert res.returncode == 2, res.stderr
-    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], res.stderr
-
-
 @pytest.mark.slow  # on the demo run: a real calibration and search
 def test_bad_input_is_one_line_exit_2(demo_run, tmp_path):
-    _one_line_error(run_cli("front", tmp_path / "nope", check=False), "no run at")
-    _one_line_error(run_cli("train", demo_run, "--trial", 999, check=False), "has no trial 999")
+    one_line_error(run_cli("front", tmp_path / "nope", check=False), "no run at")
+    one_line_error(run_cli("train", demo_run, "--trial", 999, check=False), "has no trial 999")
     trials = pd.read_csv(demo_run / "trials.csv")
     untrained = trials[trials["state"].isin(["INFEASIBLE", "FAIL", "PRUNED"])]
     if len(untrained):
         n = int(untrained["number"].iloc[0])
-        _one_line_error(run_cli("train", demo_run, "--trial", n, check=False), f"trial {n} of")
+        one_line_error(run_cli("train", demo_run, "--trial", n, check=False), f"trial {n} of")
     never_trained = trials[trials["state"] == "COMPLETE"]["number"].iloc[-1]
     if not (demo_run / "final" / str(never_trained)).exists():
-        _one_line_error(run_cli("export", demo_run, "--trial", never_trained, "--out", tmp_path / "x", check=False),
+        one_line_error(run_cli("export", demo_run, "--trial", never_trained, "--out", tmp_path / "x", check=False),
                         "has no final training yet")
-    _one_line_error(run_cli("run", "--name", "d", "--target-ms", 5, "--dataset", f"npz:{tmp_path}/none.npz",
+    one_line_error(run_cli("run", "--name", "d", "--target-ms", 5, "--dataset", f"npz:{tmp_path}/none.npz",
                             "--runs-dir", tmp_path, check=False), "does not exist")
-    _one_line_error(run_cli("train", demo_run, "--trial", "fastest", check=False), "neither a trial number")
+    one_line_error(run_cli("train", demo_run, "--trial", "fastest", check=False), "neither a trial number")

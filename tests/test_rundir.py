@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from .helpers import run_cli
+from .helpers import one_line_error, run_cli
 
 ON_A_FINISHED_RUN = pytest.mark.slow  # a real search, left out of the edit loop's subset
 
@@ -26,13 +26,6 @@ def run(finished_run, tmp_path):
     copy = tmp_path / "r"
     shutil.copytree(finished_run, copy)
     return copy
-
-
-def one_line(res, *words):
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in res.stderr, res.stderr
-    assert all(w in lines[0] for w in words), lines[0]
 
 
 @ON_A_FINISHED_RUN
@@ -58,8 +51,8 @@ def test_a_corrupt_study_is_one_line_and_nothing_else_is_touched(run):
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "study.db"}
     (run / "study.db").write_bytes(b"SQLite format 3\x00 but not really")
     (run / "front.json").unlink()
-    one_line(run_cli("front", run, check=False), "study.db", "unreadable")
-    one_line(run_cli("train", run, "--trial", "0", check=False), "study.db")
+    one_line_error(run_cli("front", run, check=False), "study.db", "unreadable")
+    one_line_error(run_cli("train", run, "--trial", "0", check=False), "study.db")
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name not in ("study.db",)}
     assert after == {k: v for k, v in before.items() if k != "front.json"}
 
@@ -67,14 +60,14 @@ def test_a_corrupt_study_is_one_line_and_nothing_else_is_touched(run):
 @ON_A_FINISHED_RUN
 def test_a_missing_study_is_one_line(run):
     (run / "study.db").unlink()
-    one_line(run_cli("train", run, "--trial", "0", check=False), "study.db")
+    one_line_error(run_cli("train", run, "--trial", "0", check=False), "study.db")
 
 
 @ON_A_FINISHED_RUN
 def test_a_corrupt_final_report_is_one_line_naming_it(run, tmp_path):
     (final,) = run.glob("final/*/final.json")
     final.write_text("{")
-    one_line(run_cli("export", run, "--trial", final.parent.name, "--out", tmp_path / "out", check=False),
+    one_line_error(run_cli("export", run, "--trial", final.parent.name, "--out", tmp_path / "out", check=False),
              "final.json", "corrupt")
     assert json.loads(run_cli("front", run, "--json").stdout)["front"]  # still shown, without that measure
 
@@ -88,7 +81,7 @@ def test_a_corrupt_final_report_is_one_line_naming_it(run, tmp_path):
 def test_output_paths_that_are_files_are_one_line(run, tmp_path, command):
     blocker = tmp_path / "a-file"
     blocker.write_text("keep me")
-    one_line(run_cli(*command(run, blocker), check=False), "a-file")
+    one_line_error(run_cli(*command(run, blocker), check=False), "a-file")
     assert blocker.read_text() == "keep me"
 
 
