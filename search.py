@@ -22,7 +22,7 @@ from evaluators.recipes import FINAL_RECIPE
 from evaluators.sources import KINDS, DataError, check_dataset_name
 from latency_models.settings import REMEASURE_SHARE, SWEEPS
 from nas import SearchError
-from nas.config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, RUNTIMES, preset_names,
+from nas.config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, RUNTIMES, export_formats, preset_names,
                         parse_target)
 from search_space.presets import PRESETS
 from search_space.quantize import PRECISIONS
@@ -469,12 +469,11 @@ def checked_by(check: Callable[[str], object], error: type[Exception]) -> Callab
     return parsed_by(kept, error)
 
 
-def export_formats(text: str) -> tuple[str, ...]:
-    formats = tuple(f for f in text.split(",") if f)
-    unknown = sorted(set(formats) - set(EXPORT_FORMATS))
-    if unknown or not formats:
-        raise argparse.ArgumentTypeError(f"{text!r}: choose a comma-separated list of {', '.join(EXPORT_FORMATS)}")
-    return formats
+def export_format_list(text: str) -> tuple[str, ...]:
+    try:
+        return export_formats(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def gpu_share(text: str) -> float:
@@ -620,7 +619,7 @@ def _proxy_options(r: argparse.ArgumentParser, d) -> None:
                         "(latency-blind)")
     r.add_argument("--subset", type=number(0, 1), help="share of the training split the proxy trains on (default: all)")
     r.add_argument("--resolution", type=integer(8), help="proxy input side (default: the data's)")
-    r.add_argument("--batch-size", type=integer(1), default=d.batch_size, help="proxy batch size")
+    r.add_argument("--batch-size", type=integer(2), default=d.batch_size, help="proxy batch size")
     r.add_argument("--lr", type=number(0), default=d.lr, help="proxy peak AdamW learning rate")
 
 
@@ -647,7 +646,7 @@ def _run_dir_parsers(sub) -> None:
     t.add_argument("--epochs", type=number(0), help="training epochs (default: 4x the proxy epochs, at least 10)")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where to train (the latency is always measured on this CPU)")
-    t.add_argument("--batch-size", type=integer(1), default=FINAL_RECIPE["batch_size"], help="batch size")
+    t.add_argument("--batch-size", type=integer(2), default=FINAL_RECIPE["batch_size"], help="batch size")
     t.add_argument("--lr", type=number(0), default=FINAL_RECIPE["lr"], help="peak AdamW learning rate")
     t.add_argument("--mixup", type=number(0, low_open=False), default=0.0, help="mixup alpha, 0 = off (timm Mixup)")
     t.add_argument("--cutmix", type=number(0, low_open=False), default=0.0, help="cutmix alpha, 0 = off")
@@ -663,7 +662,7 @@ def _run_dir_parsers(sub) -> None:
     e.add_argument("run", help="run directory (runs/NAME)")
     e.add_argument("--trial", required=True, help="trial number, or 'best': the most accurate front point")
     e.add_argument("--out", required=True, help="directory to write the model files to")
-    e.add_argument("--format", type=export_formats, default=",".join(EXPORT_FORMATS),
+    e.add_argument("--format", type=export_format_list, default=",".join(EXPORT_FORMATS),
                    help="comma-separated deployed formats (the fine-tunable model.safetensors and config.json are "
                         "always written)")
     e.add_argument("--force", action="store_true", help="replace the model files of a non-empty --out")

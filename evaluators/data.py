@@ -219,13 +219,14 @@ def load_cifar10(root: str) -> Dataset:
 
 def pixels_read_as(name: str, size: int) -> str:
     """How the source `name` (as `load_dataset` takes it) made its images the 8-bit pixels a model
-    trains on: what a user of the exported model does to an image before scaling it to [0, 1]."""
-    kind, _ = check_dataset_name(name)
+    trains on: what a user of the exported model does to an image before scaling it to [0, 1]. The
+    source need not be on this machine any more."""
+    kind = name.partition(":")[0]
     return {"digits": "scikit-learn's digits (values 0..16) as 8-bit pixels, value x 255/16 rounded",
             "imagefolder": f"each image converted to RGB and squashed to {size}x{size} with Pillow's bicubic filter "
                            f"(aspect ratio not kept, nothing cropped), as 8-bit pixels",
             "npz": "8-bit pixels, as the npz file holds them",
-            "cifar10": "CIFAR-10's 8-bit pixels"}[kind]
+            "cifar10": "CIFAR-10's 8-bit pixels"}.get(kind, "8-bit pixels")
 
 
 def load_dataset(name: str) -> Dataset:

@@ -55,6 +55,10 @@ class TrainConfig:
     threads: int = 1
     device: str = "cpu"  # "cuda" trains on a GPU; the search's Ray workers stay on CPU threads
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:  # a BatchNorm on a 1x1 token grid would see one value per channel
+            raise ValueError(f"batch_size {self.batch_size}: training needs batches of two or more")
+
 
 def training_curve(recipe: dict) -> dict:
     """The fields of a recorded TrainConfig that decide the training's curve, with today's defaults

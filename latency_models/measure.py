@@ -296,8 +296,8 @@ def exported_files(exporter: ProcessPoolExecutor, part: list[ArchSpec], folder: 
 
 
 def equal_chunks(todo: list, chunk: int) -> list[list]:
-    """`todo` cut into the fewest pieces of at most `chunk`, of equal size, so that the last piece
-    is not left with one architecture (its timing would have no company but the anchor)."""
+    """`todo` cut into the fewest pieces of at most `chunk`, their sizes differing by one at most, so
+    that the last piece is not left with one architecture (no company but the anchor)."""
     n = -(-len(todo) // chunk)
     return [todo[i * len(todo) // n:(i + 1) * len(todo) // n] for i in range(n)]
 

@@ -18,6 +18,16 @@ CALIBRATION_ARCHS = 150  # sampled architectures a calibration times (the preset
 EXPORT_FORMATS = ("onnx", "pt2")  # the deployed graphs `export` can write
 
 
+def export_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
+    """The formats `export` writes, named as a comma-separated string or a sequence: at least one,
+    each of EXPORT_FORMATS."""
+    names = tuple(f for f in (formats.split(",") if isinstance(formats, str) else formats) if f)
+    unknown = sorted(set(names) - set(EXPORT_FORMATS))
+    if unknown or not names:
+        raise SearchError(f"export formats {formats!r}: choose a comma-separated list of {', '.join(EXPORT_FORMATS)}")
+    return names
+
+
 def target_name(fp: dict) -> str:
     """The deployment target a fingerprint stands for, in words: device, runtime, precision,
     threads, batch."""
@@ -59,6 +69,9 @@ class SearchConfig:
             raise SearchError(f"--trials: {self.trials} is below the minimum, {len(self.presets) + 1}: the "
                               f"{len(self.presets)} seed presets come first, then at least one searched trial "
                               f"(fewer presets: --presets)")
+        if self.batch_size < 2:
+            raise SearchError(f"--batch-size: {self.batch_size} is below the minimum, 2 (a BatchNorm on a 1x1 token "
+                              f"grid needs two samples a batch)")
 
     @classmethod
     def defaults(cls) -> SearchConfig:

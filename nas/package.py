@@ -16,7 +16,7 @@ from search_space.export import export_onnx, export_pt2, set_onnx_metadata, veri
 from search_space.quantize import QuantizationError, quantize_int8
 from search_space.pretrained import CONFIG_FILE, WEIGHTS_FILE, save_pretrained
 
-from .config import EXPORT_FORMATS, target_name
+from .config import EXPORT_FORMATS, export_formats, target_name
 from .final import load_trained, target_precision, target_runtime, time_on_target
 from .int8 import CALIBRATION_IMAGES, calibration_batch, fp32_onnx, int8_figures, int8_speedup
 from .rundir import final_report, load_trial, run_config
@@ -43,14 +43,13 @@ def verify_pt2(path: Path, reference: torch.nn.Module, x: torch.Tensor) -> float
 VERIFIERS = {"onnx": verify_onnx, "pt2": verify_pt2}
 
 
-def export_trial(run_dir: Path, number: int, out: Path, formats: tuple[str, ...] = EXPORT_FORMATS, *, force: bool = False,
-                 int8: bool = False, on_stage: Callable[[str, int, int], None] | None = None) -> dict:
-    """Deploy the trained model of a trial, export it, verify each file (with `int8`, also its
-    quantization, model.int8.onnx), write the fine-tunable weights, arch.json and the card;
-    `on_stage(what, done, total)` before each step."""
-    unknown = set(formats) - set(EXPORT_FORMATS)
-    if unknown:
-        raise SearchError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(EXPORT_FORMATS)}")
+def export_trial(run_dir: Path, number: int, out: Path, formats: str | tuple[str, ...] = EXPORT_FORMATS, *,
+                 force: bool = False, int8: bool = False,
+                 on_stage: Callable[[str, int, int], None] | None = None) -> dict:
+    """Deploy the trained model of a trial, export it in `formats` (see `export_formats`), verify
+    each file (with `int8`, also its quantization, model.int8.onnx), write the fine-tunable
+    weights, arch.json and the card; `on_stage(what, done, total)` before each step."""
+    formats = export_formats(formats)
     model, meta = load_trained(run_dir, number)  # what cannot be read is one line, before any progress
     final, cfg = final_report(run_dir, number), run_config(run_dir)
     out = prepare_out(Path(out), force)
@@ -128,8 +127,9 @@ def verified_difference(fmt: str, path: Path, deployed: torch.nn.Module) -> floa
         try:
             worst = max(worst, VERIFIERS[fmt](path, deployed, x))
         except Exception as e:  # onnxruntime and torch.export raise their own types
-            raise SearchError(f"exported {path.name} fails on a batch of {batch} ({(str(e).splitlines() or [type(e).__name__])[0]}); "
-                              f"please report this architecture: {spec.short()}") from None
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SearchError(f"exported {path.name} fails on a batch of {batch} ({why}); please report this "
+                              f"architecture: {spec.short()}") from None
     if worst > TOLERANCE:
         raise SearchError(f"exported {path.name} differs from the PyTorch model by {worst:.2e} "
                           f"(> {TOLERANCE}); please report this architecture: {spec.short()}")
@@ -259,10 +259,10 @@ def latency_rows(final: dict, shipped: dict | None, cfg: dict, quantized: dict |
                     f"({100 * (quantized['test_acc_int8'] - final['test_acc']):+.2f} points vs fp32), top-1 "
                     f"agreement with fp32 {quantized['int8_top1_agreement']:.1%} (calibrated on "
                     f"{CALIBRATION_IMAGES} training images) |")
-        vs = quantized["vs_fp32"]
-        slower = "; int8 is the slower file on this CPU" if vs["speedup"] < 1 else ""
-        rows.append(f"| {INT8_FILE} vs model.onnx | {vs['speedup']:.2f}x the speed ({vs['int8_ms']:.3f} vs "
-                    f"{vs['fp32_ms']:.3f} ms medians, the two files timed interleaved here{slower}) |")
+        vs, fp32 = quantized["vs_fp32"], "model.onnx" if shipped else "the fp32 ONNX graph (not exported)"
+        slower = "; int8 is the slower one on this CPU" if vs["speedup"] < 1 else ""
+        rows.append(f"| {INT8_FILE} vs {fp32} | {vs['speedup']:.2f}x the speed ({vs['int8_ms']:.3f} vs "
+                    f"{vs['fp32_ms']:.3f} ms medians, the two timed interleaved here{slower}) |")
     pred = f"{final['pred_ms']:.3f} ms"
     target_file = INT8_FILE if target_precision(cfg) == "int8" else "model.onnx"
     if timed[target_file] and target_runtime(cfg) == "onnxruntime":
@@ -325,7 +325,8 @@ Architecture `{spec.arch_id}` found by etnas (hardware-aware NAS for efficient v
 | export check | max abs diff vs PyTorch at batch sizes {checked} |
 
 Input: float32 `[batch, {c}, {h}, {h}]`: {pixels_read_as(cfg['dataset'], h)}, divided by
-255, then per channel `(x - mean) / std` with mean {mean} and std {std}. Output: logits `[batch,
+255, then per channel `(x - mean) / std` with mean {mean} and std {std} (an image of another size
+is first squashed to {h}x{h}, bicubic, as `pretrained_cfg` says). Output: logits `[batch,
 {spec.num_classes}]` for the classes {label_names_text(label_names)}. Norms are folded into the
 adjacent layers (deploy-time re-parameterization), so the deployed graphs ({graphs}) are inference
 only{ONNX_METADATA_NOTE * ("onnx" in diffs)}. The full spec is in `arch.json`.

@@ -222,10 +222,10 @@ def export_onnx(model: torch.nn.Module, path: str | Path,
     return path
 
 
-def _batch_named(onnx_program):
+def _batch_named(onnx_program: torch.onnx.ONNXProgram) -> torch.onnx.ONNXProgram:
     """The program with its dynamic batch axis named `batch` (the trace calls it s77 or the like)."""
     first = onnx_program.model.graph.inputs[0].shape[0]
-    if isinstance(first.value, str):
+    if isinstance(getattr(first, "value", None), str):
         onnx_program.rename_axes({first: "batch"})
     return onnx_program
 

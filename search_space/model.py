@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import torch
 import torch.nn as nn
@@ -10,6 +11,13 @@ from timm.layers import trunc_normal_
 from .blocks import STEMS, ClassifierHead, EfficientViTDownsample, PatchMerging, PreNorm, Stage
 from .operators import NORMS
 from .spec import ArchSpec, SpecError, StageSpec
+
+
+def class_count(value: object) -> int:
+    """`value` as a number of classes: a positive integer (numpy's too, not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise SpecError(f"num_classes must be a positive integer, got {value!r}")
+    return int(value)
 
 
 class NASViT(nn.Module):
@@ -47,8 +55,7 @@ class NASViT(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """A freshly initialised classifier for `num_classes` (timm's convention, for fine-tuning);
         the class names become the class indices, and `pretrained_cfg` counts the new classes."""
-        if type(num_classes) is not int or num_classes < 1:
-            raise SpecError(f"num_classes {num_classes!r}: a classifier needs a positive whole number of classes")
+        num_classes = class_count(num_classes)
         self.spec = dataclasses.replace(self.spec, num_classes=num_classes)
         self.head.fn.fc = nn.Linear(self.head.fn.fc.in_features, num_classes)
         _init_linear(self.head.fn.fc)

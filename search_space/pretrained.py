@@ -10,7 +10,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from .model import NASViT, build_model
+from .model import NASViT, build_model, class_count
 from .spec import ArchSpec, SpecError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -58,6 +58,9 @@ def read_config(path: Path) -> dict:
              if key in config and not isinstance(config[key], kind)]
     if wrong:
         raise PretrainedError(f"{config_path}: {', '.join(wrong)} of the wrong JSON type; export the model again")
+    names, classes = config.get("label_names"), config.get("num_classes")
+    if names and classes is not None and len(names) != classes:
+        raise PretrainedError(f"{config_path}: {len(names)} label names for {classes} classes; export the model again")
     return config
 
 
@@ -67,8 +70,10 @@ def create_model(path: str | Path, *, num_classes: int | None = None, pretrained
     on new classes). The model carries `pretrained_cfg` (preprocessing) and `label_names`."""
     if not isinstance(path, (str, os.PathLike)):
         raise PretrainedError(f"path must be a folder written by `etnas export` (a str or Path), got {path!r}")
-    if num_classes is not None and not (type(num_classes) is int and num_classes >= 1):
-        raise PretrainedError(f"num_classes must be a positive int, got {num_classes!r}")
+    try:
+        num_classes = None if num_classes is None else class_count(num_classes)
+    except SpecError as e:
+        raise PretrainedError(str(e)) from None
     path = Path(path)
     config = read_config(path)
     try:

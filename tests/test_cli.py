@@ -102,6 +102,8 @@ BAD_OPTIONS = [
     (["run", "--name", "x", "--target-ms", "5", "--dataset", "npz:none.npz"], "dataset file none.npz does not exist"),
     (["run", "--name", "x", "--target-ms", "5", "--dataset", "cifar"], "unknown dataset 'cifar'; use digits"),
     (["export", "runs/x", "--trial", "0", "--out", "o", "--format", "tflite"], "'tflite': choose a comma-separated"),
+    (["export", "runs/x", "--trial", "0", "--out", "o", "--format", ","], "',': choose a comma-separated"),
+    (["train", "runs/x", "--trial", "best", "--batch-size", "1"], "--batch-size: 1 is below the minimum, 2"),
     (["nonsense"], "invalid choice: 'nonsense'"),
     (["run", "--name", "../x", "--target-ms", "5"], "--name: '../x': give one folder name, without '/'"),
     (["dashboard", "runs/x", "--port", "70000"], "--port: 70000 is above the maximum, 65535"),

@@ -12,7 +12,8 @@ import torch
 
 import etnas
 from nas import SearchError
-from nas.package import verified_difference, verify_pt2, write_deployed
+from latency_models.measure import fingerprint
+from nas.package import model_card, verified_difference, verify_pt2, write_deployed
 from search_space import ArchSpec, build_model, deploy, presets
 from search_space.check import randomize_norms
 from search_space.export import (OPSET, _exporters_onnx_program, _untranslated_ops, export_onnx, export_program,
@@ -117,6 +118,25 @@ def test_a_file_that_refuses_the_deployed_batch_is_an_error_not_a_shipped_file(t
         verified_difference("pt2", tmp_path / "model.pt2", deployed)
     export_pt2(deployed, tmp_path / "model.pt2")
     assert verified_difference("pt2", tmp_path / "model.pt2", deployed) <= 1e-4
+
+
+def test_the_card_loads_only_what_was_written_and_needs_no_dataset_on_this_machine():
+    """A pt2-only export with int8, of a run whose npz is gone: the card neither loads nor names
+    model.onnx, and says how the source's pixels were read without opening it."""
+    spec = PRESETS["deit-tiny"]
+    device = fingerprint("cpu", "onnxruntime", 1, 1, 8)
+    timing = {"measured_ms": 2.0, "p10_ms": 1.8, "p90_ms": 2.4, "on_predictor_scale": False, "device": device}
+    final = {"test_acc": 0.9, "dataset": "npz:gone.npz", "epochs": 15, "pred_ms": 1.9, "pred_rel_err": -0.05,
+             "flops": 1000, **timing}
+    quantized = {"test_acc_int8": 0.89, "int8_top1_agreement": 0.98, "latency": {**timing, "measured_ms": 3.0},
+                 "vs_fp32": {"fp32_ms": 1.0, "int8_ms": 2.0, "speedup": 0.5}}
+    preprocessing = {"input_size": [1, 8, 8], "interpolation": "bicubic", "crop_mode": "squash", "crop_pct": 1.0,
+                     "mean": [0.5], "std": [0.25], "num_classes": 10}
+    card = model_card(spec, final, 1234, {"pt2": 0.0}, preprocessing, [str(c) for c in range(10)], None,
+                      {"dataset": "npz:gone.npz", "latency_target": device}, quantized)
+    assert "model.onnx" not in card and 'torch.export.load("model.pt2")' in card
+    assert "| model.int8.onnx vs the fp32 ONNX graph (not exported) | 0.50x the speed" in card
+    assert "8-bit pixels, as the npz file holds them, divided by 255" in " ".join(card.split())
 
 
 @pytest.fixture(scope="module")

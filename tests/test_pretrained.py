@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -91,6 +92,7 @@ def test_untrained_weights_need_no_weights_file(tmp_path):
     (lambda d: (d / CONFIG_FILE).write_text(json.dumps({"architecture": "etnas-nasvit", "spec": {"stages": [
         {"width": 7, "depth": 1}]}})), "its spec does not build"),
     (lambda d: edit_config(d, pretrained_cfg=None), "config.json: pretrained_cfg of the wrong JSON type"),
+    (lambda d: edit_config(d, label_names=["a"]), "config.json: 1 label names for 4 classes"),
     (lambda d: damage_data(d / WEIGHTS_FILE), "model.safetensors does not match the checksum in config.json: "
                                               "the file is damaged"),
 ])
@@ -141,10 +143,10 @@ def test_weights_are_written_as_any_file_is_and_an_unreadable_one_is_named(tmp_p
         create_model(tmp_path)
 
 
-@pytest.mark.parametrize("num_classes", ["5", 5.0, True, [5], 0])
+@pytest.mark.parametrize("num_classes", ["5", 5.0, True, [5], 0, np.int64(-1)])
 def test_a_class_count_that_is_no_positive_int_is_named(tmp_path, num_classes):
     save_pretrained(trained_like("deit-tiny"), tmp_path, pretrained_cfg=PREPROCESSING, label_names=NAMES)
-    with pytest.raises(PretrainedError, match=re.escape(f"num_classes must be a positive int, got {num_classes!r}")):
+    with pytest.raises(PretrainedError, match=re.escape(f"num_classes must be a positive integer, got {num_classes!r}")):
         create_model(tmp_path, num_classes=num_classes)
     with pytest.raises(PretrainedError, match="path must be a folder written by `etnas export`"):
         create_model(None)
@@ -153,7 +155,7 @@ def test_a_class_count_that_is_no_positive_int_is_named(tmp_path, num_classes):
 def test_a_reset_classifier_renames_the_classes_and_counts_them_in_pretrained_cfg(tmp_path):
     save_pretrained(trained_like("deit-tiny"), tmp_path, pretrained_cfg=PREPROCESSING, label_names=NAMES)
     model = create_model(tmp_path)
-    model.reset_classifier(3)
+    model.reset_classifier(np.int64(3))  # as y.max() + 1 gives it
     assert model.label_names == ["0", "1", "2"] and model.pretrained_cfg == {**PREPROCESSING, "num_classes": 3}
     save_pretrained(model, tmp_path, pretrained_cfg=model.pretrained_cfg, label_names=model.label_names)
     assert create_model(tmp_path).get_classifier().out_features == 3  # saved again, as it is now

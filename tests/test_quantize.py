@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from latency_models.measure import fingerprint, fingerprint_id, measure_all
+from nas.int8 import int8_speedup
 from search_space import build_model, deploy, presets
 from search_space.check import randomize_norms
 from search_space.export import export_onnx
@@ -26,6 +27,18 @@ def exported(tmp_path, name: str):
     model = build_model(PRESETS[name]).eval()
     randomize_norms(model, torch.Generator().manual_seed(0))
     return export_onnx(deploy(model), tmp_path / f"{name}.onnx")
+
+
+def test_the_int8_speedup_times_each_file_in_its_role(tmp_path):
+    """Given a small graph as fp32 and a much larger one as int8, the int8 file is the slower;
+    swapped, the faster: each file is timed as what it is."""
+    small = exported(tmp_path, "deit-tiny")
+    large = export_onnx(deploy(build_model(presets(8, 1, 10, width_mult=2.0, depth_mult=2.0)["deit-tiny"]).eval()),
+                        tmp_path / "large.onnx")
+    deployed = deploy(build_model(PRESETS["deit-tiny"]).eval())
+    slower = int8_speedup(small, large, deployed, sweeps=20)
+    assert slower["speedup"] == pytest.approx(slower["fp32_ms"] / slower["int8_ms"]) and slower["speedup"] < 0.5
+    assert int8_speedup(large, small, deployed, sweeps=20)["speedup"] > 2
 
 
 @pytest.mark.parametrize("name", ["slab-deit", "unified-norm", "pre-rmsnorm"])

@@ -26,10 +26,15 @@ def images(n=96, side=16, chans=3, seed=0):
 
 @pytest.mark.parametrize("n, batch_size, sizes", [(130, 64, [64, 64, 2]), (129, 64, [64, 65]), (128, 64, [64, 64]),
                                                     (65, 64, [65]), (10, 64, [10]), (1, 64, [1])])
-def test_an_epochs_batches_cover_every_sample_once_and_none_is_a_batch_of_one(n, batch_size, sizes):
+def test_an_epochs_batches_cover_every_sample_once_and_only_a_lone_sample_is_a_batch_of_one(n, batch_size, sizes):
     slices = batch_slices(n, batch_size)
     assert [s.stop - s.start for s in slices] == sizes and steps_per_epoch(n, batch_size) == len(sizes)
     assert [i for s in slices for i in range(n)[s]] == list(range(n))
+
+
+def test_a_batch_of_one_is_refused_before_training():
+    with pytest.raises(ValueError, match="batch_size 1: training needs batches of two or more"):
+        TrainConfig(batch_size=1)
 
 
 @pytest.mark.parametrize("mixup", [0.0, 0.8])
