@@ -363,14 +363,11 @@ def cmd_train(args) -> None:
     load_trial(Path(args.run), number)  # a bad run or trial is reported before torch is imported
     from nas.final import train_final
 
-    with progress_bar() as bar:
-        task = bar.add_task(f"training trial {number}", total=None, info="")
-        recipe = {k: getattr(args, k) for k in ("batch_size", "lr", "mixup", "cutmix", "randaugment", "holdout")}
+    recipe = {k: getattr(args, k) for k in ("batch_size", "lr", "mixup", "cutmix", "randaugment", "holdout")}
+    with lazy_progress(f"training trial {number}") as update:  # none for a finished checkpoint
         report = train_final(Path(args.run), number, args.epochs, args.device,
-                             on_step=lambda step, total, loss: bar.update(task, completed=step, total=total,
-                                                                          info=f"loss {loss:.3f}"), **recipe)
-        if bar.tasks[0].total is None:  # resumed from a finished checkpoint: nothing left to step
-            bar.update(task, total=1, completed=1, info="already trained")
+                             on_step=lambda step, total, loss: update(completed=step, total=total,
+                                                                      info=f"loss {loss:.3f}"), **recipe)
     table = Table("figure", "value", title=f"final training of trial {report['trial']}")
     for k in ("short", "test_acc", "test_acc_int8", "int8_top1_agreement", "pred_ms", "measured_ms", "pred_rel_err",
               "epochs", "train_s", "params"):
