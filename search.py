@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import signal
 import sys
 import threading
@@ -434,7 +435,7 @@ def run_name(text: str) -> str:
 
 
 def number(low: float, high: float = float("inf"), low_open: bool = True) -> Callable[[str], float]:
-    """A float in (low, high] (or [low, high] with low_open=False)."""
+    """A finite float in (low, high] (or [low, high] with low_open=False)."""
     interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
 
     def parse(text: str) -> float:
@@ -442,10 +443,18 @@ def number(low: float, high: float = float("inf"), low_open: bool = True) -> Cal
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if not (low < value <= high if low_open else low <= value <= high):
             raise argparse.ArgumentTypeError(f"{value:g} is outside {interval}")
         return value
     return parse
+
+
+def checked_randaugment_config(text: str) -> str:
+    from evaluators.train import checked_randaugment  # torch and timm, only where the option is given
+
+    return checked_randaugment(text)
 
 
 def parsed_by(convert: Callable[[str], object], error: type[Exception]) -> Callable[[str], object]:
@@ -647,7 +656,8 @@ def _run_dir_parsers(sub) -> None:
     t.add_argument("--lr", type=number(0), default=FINAL_RECIPE["lr"], help="peak AdamW learning rate")
     t.add_argument("--mixup", type=number(0, low_open=False), default=0.0, help="mixup alpha, 0 = off (timm Mixup)")
     t.add_argument("--cutmix", type=number(0, low_open=False), default=0.0, help="cutmix alpha, 0 = off")
-    t.add_argument("--randaugment", help="timm RandAugment config, e.g. rand-m9-mstd0.5 (default: off)")
+    t.add_argument("--randaugment", type=parsed_by(checked_randaugment_config, ValueError),
+                   help="timm RandAugment config, e.g. rand-m9-mstd0.5 (default: off)")
     t.add_argument("--holdout", action="store_true",
                    help="train on the search's training part only and record the held-out validation accuracy "
                         "after every epoch (the long-training reference's protocol; default: train on the whole "

@@ -58,6 +58,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 2:  # a BatchNorm on a 1x1 token grid would see one value per channel
             raise ValueError(f"batch_size {self.batch_size}: training needs batches of two or more")
+        if self.randaugment:
+            checked_randaugment(self.randaugment)
 
 
 def training_curve(recipe: dict) -> dict:
@@ -104,6 +106,17 @@ def reflect_index(i: torch.Tensor, side: int) -> torch.Tensor:
     """Indices outside 0..side-1 mirrored back as reflect padding does (the edge is not repeated)."""
     i = i.abs()
     return torch.where(i > side - 1, 2 * (side - 1) - i, i)
+
+
+def checked_randaugment(config: str) -> str:
+    """`config` where timm's RandAugment takes it; ValueError naming it otherwise."""
+    from timm.data.auto_augment import rand_augment_transform
+
+    try:
+        rand_augment_transform(config, {"img_mean": (128, 128, 128)})
+    except Exception:  # timm asserts on the prefix and fails in its own ways on the rest
+        raise ValueError(f"{config!r} is not a timm RandAugment config, e.g. rand-m9-mstd0.5") from None
+    return config
 
 
 def rand_augment(x: torch.Tensor, config: str, seed: int) -> torch.Tensor:

@@ -144,6 +144,6 @@ def parse_target(target: str) -> tuple[str, float]:
         raise ValueError(f"{target!r} is neither milliseconds nor a percentile like p50") from None
     if percentile and not 0 < value <= 100:
         raise ValueError(f"{target}: a percentile must lie in (0, 100]")
-    if not percentile and not value > 0:
-        raise ValueError(f"{target}: a latency target must be positive milliseconds")
+    if not percentile and not 0 < value < float("inf"):
+        raise ValueError(f"{target}: a latency target must be positive, finite milliseconds")
     return ("percentile" if percentile else "ms"), value

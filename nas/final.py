@@ -4,6 +4,7 @@ this device beside its prediction."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 import warnings
@@ -135,13 +136,25 @@ def recipe_checkpoint(out: Path, recipe: dict) -> Path:
     previous = checkpoint_recipe(out, asked)
     if checkpoint.exists() and previous is not None and previous != asked:
         changed = ", ".join(f"{k} {previous.get(k)} -> {v}" for k, v in asked.items() if previous.get(k) != v)
-        for name in ("checkpoint.pt", "model.pt", "final.json"):
-            if (out / name).exists():
-                (out / name).rename(out / name.replace(".", ".other-recipe.", 1))
-        warnings.warn(f"{checkpoint} was made with another recipe ({changed}); set aside as *.other-recipe.*, "
-                      f"training from scratch", stacklevel=2)
+        why = f"was made with another recipe ({changed})" if previous else f"has an unreadable {made_with.name}"
+        tag = set_aside(out, ("checkpoint.pt", "model.pt", "final.json"))
+        warnings.warn(f"{checkpoint} {why}; set aside as *.{tag}.*, training from scratch", stacklevel=2)
     atomic_write(made_with, json.dumps(asked))
     return checkpoint
+
+
+def set_aside(out: Path, names: tuple[str, ...]) -> str:
+    """Rename the files `names` of `out` to *.TAG.*, TAG the first of other-recipe, other-recipe-2,
+    ... that none of them has yet (an earlier set-aside is never overwritten); returns TAG."""
+    for n in itertools.count(1):
+        tag = "other-recipe" if n == 1 else f"other-recipe-{n}"
+        targets = {name: out / name.replace(".", f".{tag}.", 1) for name in names}
+        if not any(target.exists() for target in targets.values()):
+            break
+    for name, target in targets.items():
+        if (out / name).exists():
+            (out / name).rename(target)
+    return tag
 
 
 def checkpoint_recipe(out: Path, asked: dict) -> dict | None:

@@ -131,6 +131,11 @@ def test_a_checkpoint_is_continued_only_with_its_own_recipe(tmp_path):
         assert not recipe_checkpoint(tmp_path, {**recipe, "epochs": 30}).exists()
     assert (tmp_path / "checkpoint.other-recipe.pt").read_text() == "15-epoch state"
     assert (tmp_path / "final.other-recipe.json").exists() and not (tmp_path / "final.json").exists()
+    (tmp_path / "checkpoint.pt").write_text("30-epoch state")
+    with pytest.warns(UserWarning, match=r"another recipe \(epochs 30 -> 15.*set aside as \*\.other-recipe-2\.\*"):
+        recipe_checkpoint(tmp_path, recipe)  # a second change: the first set-aside is kept
+    assert (tmp_path / "checkpoint.other-recipe.pt").read_text() == "15-epoch state"
+    assert (tmp_path / "checkpoint.other-recipe-2.pt").read_text() == "30-epoch state"
 
 
 def test_a_finished_training_from_before_recipe_records_is_judged_by_its_report(tmp_path):
@@ -148,5 +153,5 @@ def test_a_finished_training_from_before_recipe_records_is_judged_by_its_report(
         assert not recipe_checkpoint(tmp_path, {**recipe, "holdout": True}).exists()
     (tmp_path / "checkpoint.pt").write_text("state")
     (tmp_path / "checkpoint.json").write_text('{"epo')  # cut short by a kill: another recipe, not a crash
-    with pytest.warns(UserWarning, match="another recipe"):
+    with pytest.warns(UserWarning, match="has an unreadable checkpoint.json; set aside as"):
         assert not recipe_checkpoint(tmp_path, recipe).exists()
