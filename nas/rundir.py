@@ -5,8 +5,11 @@ missing or corrupt copy costs nothing. Every problem that cannot be repaired is 
 the file and what to do."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -45,6 +48,21 @@ def read_json(path: Path) -> object | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+@contextlib.contextmanager
+def searching(run_dir: Path) -> Iterator[None]:
+    """Held while a search writes `run_dir`: a second search of the same run at once is refused (it
+    would requeue the first one's trials under it). The system frees it when its holder ends, even
+    by kill -9."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".search.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SearchError(f"{run_dir} is being searched by another process; wait for it to end or stop it, "
+                              f"or choose another --name") from None
+        yield
 
 
 def run_begun(run_dir: Path) -> bool:

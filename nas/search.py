@@ -29,7 +29,8 @@ from .inputs import SearchInputs, check_target, load_inputs
 from .ladder import Ladder
 from .records import trial_state
 from .rungs import search_band_edges
-from .rundir import load_run_study, run_begun, run_config, study_storage, write_config, write_records
+from .rundir import (load_run_study, run_begun, run_config, searching, study_storage, write_config,
+                     write_records)
 from .samplers import make_sampler
 from .schema import RESUMABLE_ATTRS, SETTLED_STATES, UNCOUNTED_STATES, Attr, TrialState
 from .screening import DUPLICATE, INFEASIBLE, RESUME, WAIT, Screening
@@ -214,27 +215,36 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
     inputs = inputs or load_inputs(cfg)
     run = None
     try:
-        run = start_run(cfg, on_progress, inputs)
-        run.deadline = None if cfg.minutes is None else started + cfg.minutes * 60
-        run.report()
-        while True:
-            propose(run)
-            if run.time_up():
-                run.report(stop_at_time_limit(run))
-                break
-            if not run.dispatcher.pending:
-                break
-            result = run.dispatcher.next_result(timeout=run.seconds_left())
-            if result is not None:
-                run.report(settle(run, *result))
+        with searching(cfg.run_dir):  # until the workers are cancelled too
+            try:
+                run = start_run(cfg, on_progress, inputs)
+                run.deadline = None if cfg.minutes is None else started + cfg.minutes * 60
+                run.report()
+                search_until_done(run)
+            except (KeyboardInterrupt, Exception):
+                if run is not None:
+                    run.dispatcher.cancel()
+                raise
     except (KeyboardInterrupt, Exception) as e:
-        if run is not None:
-            run.dispatcher.cancel()
         problem = storage_problem(e)
         if problem is not None and not isinstance(e, StorageError):
             raise storage_error(cfg.run_dir, problem, where=one_line(e)) from None
         raise
     return run.front
+
+
+def search_until_done(run: SearchRun) -> None:
+    """Propose and settle trials until none is pending or the time limit is up."""
+    while True:
+        propose(run)
+        if run.time_up():
+            run.report(stop_at_time_limit(run))
+            return
+        if not run.dispatcher.pending:
+            return
+        result = run.dispatcher.next_result(timeout=run.seconds_left())
+        if result is not None:
+            run.report(settle(run, *result))
 
 
 def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] | None,

@@ -301,6 +301,20 @@ def test_changed_settings_refuse_to_resume(tmp_path, latency_model):
     assert "target_ms" not in res.stderr and not (tmp_path / "latency").exists()
 
 
+def test_a_run_being_searched_by_another_process_is_refused_untouched(tmp_path, latency_model):
+    """The lock is the file's: held here through another open file, as another process holds it."""
+    from nas.rundir import searching
+
+    with searching(tmp_path / "x"):
+        res = run_cli("run", "--name", "x", "--target-ms", TARGET, "--latency-model", latency_model,
+                      "--runs-dir", tmp_path, *TINY, check=False, own_process=False)
+        assert res.returncode == 2 and "Traceback" not in res.stderr  # after the run's notes, one error line:
+        assert res.stderr.splitlines()[-1].startswith("error:") and "is being searched by another process" in res.stderr
+        assert [p.name for p in (tmp_path / "x").iterdir()] == [".search.lock"]  # nothing written
+    with searching(tmp_path / "x"):  # released at its end: free again
+        pass
+
+
 def test_unreachable_target_says_fastest_and_suggests(tmp_path, latency_model):
     res = run_cli("run", "--name", "slow", "--target-ms", "0.01", "--latency-model", latency_model,
                   "--runs-dir", tmp_path, check=False, own_process=False)
