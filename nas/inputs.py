@@ -21,7 +21,7 @@ from search_space.sampling import params_of
 from . import SearchError
 from .config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, SearchConfig, parse_target, refuse_other_settings,
                      target_name)
-from .rundir import run_begun, run_config
+from .rundir import refuse_a_lost_study, run_begun, run_config
 from .targets import load_targets
 
 
@@ -104,7 +104,8 @@ def prepare_search(cfg: SearchConfig, target: str | float, *, runtime: str = DEF
     data = load_dataset(cfg.dataset)
     shape = (data.img_size, data.in_chans, data.num_classes)
     cfg = dataclasses.replace(cfg, base_epochs=min(cfg.base_epochs, cfg.epochs))
-    if run_begun(cfg.run_dir):  # a resume with other settings: refused before a calibration
+    if run_begun(cfg.run_dir):  # a resume that cannot be: refused before a calibration
+        refuse_a_lost_study(cfg.run_dir)
         refuse_other_settings(cfg, run_config(cfg.run_dir), but=("target_ms",))  # the target once resolved
     space, preset_params = search_space_for(cfg, shape)
     if not cfg.latency_model:

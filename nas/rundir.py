@@ -29,8 +29,8 @@ def load_run_study(run_dir: Path) -> optuna.Study:
     """The run's study, or one line saying why it cannot be read."""
     db = Path(run_dir) / "study.db"
     if not db.is_file():
-        raise SearchError(f"run {run_dir} has no study.db (it holds every trial); re-run the search with the same "
-                          f"settings to start over, or choose another run")
+        raise SearchError(f"run {run_dir} has no study.db (it holds every trial); restore it from a copy, or "
+                          f"start a new run with another --name")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         names = optuna.study.get_all_study_names(study_storage(run_dir))
@@ -63,6 +63,15 @@ def searching(run_dir: Path) -> Iterator[None]:
             raise SearchError(f"{run_dir} is being searched by another process; wait for it to end or stop it, "
                               f"or choose another --name") from None
         yield
+
+
+def refuse_a_lost_study(run_dir: Path) -> None:
+    """A run whose study.db is gone but whose records remain: searching again would start over and
+    overwrite trials.csv and front.json, and leave final/ naming trials of another study."""
+    kept = [name for name in ("trials.csv", "front.json", "final") if (run_dir / name).exists()]
+    if kept and not (run_dir / "study.db").exists():
+        raise SearchError(f"{run_dir} has no study.db but holds a search's records ({', '.join(kept)}); restore "
+                          f"study.db from a copy, or start a new run with another --name")
 
 
 def run_begun(run_dir: Path) -> bool:

@@ -315,6 +315,17 @@ def test_a_run_being_searched_by_another_process_is_refused_untouched(tmp_path, 
         pass
 
 
+def test_a_run_that_lost_its_study_is_not_searched_over_its_records(tmp_path, latency_model):
+    run_dir = tmp_path / "x"
+    (run_dir / "final" / "11").mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"target_ms": 1.0, "proxy_evaluation": PROXY_EVALUATION}))
+    (run_dir / "trials.csv").write_text("number,state\n0,COMPLETE\n")
+    res = run_cli("run", "--name", "x", "--target-ms", TARGET, "--latency-model", latency_model,
+                  "--runs-dir", tmp_path, check=False, own_process=False)
+    assert res.returncode == 2 and "has no study.db but holds a search's records (trials.csv, final)" in res.stderr
+    assert (run_dir / "trials.csv").read_text() == "number,state\n0,COMPLETE\n" and not (run_dir / "study.db").exists()
+
+
 def test_unreachable_target_says_fastest_and_suggests(tmp_path, latency_model):
     res = run_cli("run", "--name", "slow", "--target-ms", "0.01", "--latency-model", latency_model,
                   "--runs-dir", tmp_path, check=False, own_process=False)
