@@ -34,12 +34,14 @@ def load_run_study(run_dir: Path) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         names = optuna.study.get_all_study_names(study_storage(run_dir))
-        if len(names) != 1:
-            raise ValueError(f"{len(names)} studies")
-        return optuna.load_study(study_name=names[0], storage=study_storage(run_dir))
+        study = optuna.load_study(study_name=names[0], storage=study_storage(run_dir)) if len(names) == 1 else None
     except Exception as e:
         raise SearchError(f"{db} is unreadable ({type(e).__name__}); it holds every trial of the run: restore it "
                           f"from a backup, or start a new run with another --name") from None
+    if study is None:
+        raise SearchError(f"{db} holds {len(names)} studies ({', '.join(names) or 'none'}), a run's holds one; "
+                          f"restore it from a backup, or start a new run with another --name")
+    return study
 
 
 def read_json(path: Path) -> object | None:

@@ -68,11 +68,12 @@ def open_study(cfg: SearchConfig, latency_model: LatencyModel,
 
 def _study(cfg: SearchConfig, saved: dict) -> optuna.Study:
     """Create or load the study with the run's sampler; it keeps a copy of config.json."""
-    if (cfg.run_dir / "study.db").exists():
-        load_run_study(cfg.run_dir)  # a corrupt database is one line, before anything else
+    name = cfg.name
+    if (cfg.run_dir / "study.db").exists():  # a corrupt database is one line, before anything else
+        name = load_run_study(cfg.run_dir).study_name  # the run's, though its folder was renamed since
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    study = optuna.create_study(study_name=cfg.name, storage=study_storage(cfg.run_dir),
+    study = optuna.create_study(study_name=name, storage=study_storage(cfg.run_dir),
                                 directions=["maximize", "minimize"], sampler=make_sampler(cfg.sampler, cfg.seed),
                                 load_if_exists=True)
     if study.user_attrs.get(Attr.CONFIG) != saved:  # new, or a target added on resuming

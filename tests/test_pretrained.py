@@ -174,18 +174,21 @@ def test_importing_the_python_api_imports_nothing_heavy():
 
 @pytest.mark.slow
 def test_python_api_goes_on_with_the_search_the_command_line_began(two_target_run, tmp_path, capsys):
-    """The API's settings are the command line's: the run `etnas run` made with TINY's options is
-    resumed (a changed setting would be refused) and searched two trials further."""
+    """The API's settings are the command line's: the run `etnas run` made with TINY's options, its
+    folder renamed since, is resumed (a changed setting would be refused) and searched two trials
+    further."""
     import etnas
+
+    from nas.rundir import load_run_study
 
     from .test_search import check_run
 
     shutil.copytree(two_target_run / "runs", tmp_path / "runs")
-    run = tmp_path / "runs" / "tiny"
+    run = (tmp_path / "runs" / "tiny").rename(tmp_path / "runs" / "renamed")
     before = pd.read_csv(run / "trials.csv")
     capsys.readouterr()
     with joining_shared_ray():
-        front = etnas.search("digits", "p50", name="tiny", runs_dir=tmp_path / "runs", trials=14,
+        front = etnas.search("digits", "p50", name="renamed", runs_dir=tmp_path / "runs", trials=14,
                              latency_model=two_target_run / "digits.model",
                              other_latency_models=(str(two_target_run / "other-device.model"),),
                              epochs=2, base_epochs=0.25, eta=2, subset=0.3, workers=1, seed=1)
@@ -199,3 +202,4 @@ def test_python_api_goes_on_with_the_search_the_command_line_began(two_target_ru
     added = after[after["number"] > before["number"].max()]
     assert (added["rung_acc"].notna() | (added["state"] == "INFEASIBLE")).sum() >= 2  # searched on, not re-read
     assert all("other-device" in json.loads(r) for r in added["pred_ms_targets"].dropna())  # the second target too
+    assert load_run_study(run).study_name == "tiny"  # the run's one study, continued
