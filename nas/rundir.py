@@ -44,6 +44,14 @@ def load_run_study(run_dir: Path) -> optuna.Study:
     return study
 
 
+REPORT_NUMBERS = ("test_acc", "pred_ms", "measured_ms", "p10_ms", "p90_ms", "epochs", "flops", "params")
+
+
+def is_number(value: object) -> bool:
+    """A JSON number (a bool is none)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def read_json(path: Path) -> object | None:
     """A JSON file's content, or None where it is missing, truncated or corrupt."""
     try:
@@ -88,7 +96,7 @@ def run_config(run_dir: Path) -> dict:
         raise SearchError(f"no run at {run_dir}; start one with `etnas run --name NAME --target-ms X`")
     path = run_dir / "config.json"
     cfg = read_json(path)
-    if isinstance(cfg, dict) and "target_ms" in cfg:
+    if isinstance(cfg, dict) and is_number(cfg.get("target_ms")):
         return cfg
     if not run_begun(run_dir):
         raise SearchError(f"no run at {run_dir}; start one with `etnas run --name NAME --target-ms X`")
@@ -123,7 +131,7 @@ def run_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     rows, front = read_trials(run_dir / "trials.csv"), read_json(run_dir / "front.json")
-    if rows is None or not isinstance(front, list):
+    if rows is None or not (isinstance(front, list) and all(isinstance(f, dict) and "trial" in f for f in front)):
         front = write_records(load_run_study(run_dir), run_dir, float(cfg["target_ms"]))
         rows = read_trials(run_dir / "trials.csv")
     return rows, front
@@ -135,7 +143,8 @@ def final_report(run_dir: Path, number: int) -> dict | None:
     if not path.exists():
         return None
     report = read_json(path)
-    if not isinstance(report, dict) or "test_acc" not in report:
+    if not (isinstance(report, dict) and "test_acc" in report
+            and all(is_number(report[k]) for k in REPORT_NUMBERS if k in report)):
         raise SearchError(f"{path} is corrupt; re-run `etnas train {run_dir} --trial {number}` (it resumes or "
                           f"re-measures) to rewrite it")
     return report

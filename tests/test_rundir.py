@@ -30,13 +30,15 @@ def run(finished_run, tmp_path):
 
 @ON_A_FINISHED_RUN
 @pytest.mark.parametrize("name", ["config.json", "trials.csv", "front.json"])
-@pytest.mark.parametrize("damage", ["missing", "truncated", "garbage"])
+@pytest.mark.parametrize("damage", ["missing", "truncated", "garbage", "wrong shape"])
 def test_derived_files_are_rebuilt_from_the_study(run, name, damage):
     original = (run / name).read_text()
+    wrong_shape = {"config.json": '{"target_ms": "abc"}', "trials.csv": "a,b\n1,2\n", "front.json": "[{}]"}
     if damage == "missing":
         (run / name).unlink()
     else:
-        (run / name).write_text(original[: len(original) // 2] if damage == "truncated" else "\x00\x01 garbage")
+        (run / name).write_text({"truncated": original[: len(original) // 2], "garbage": "\x00\x01 garbage",
+                                 "wrong shape": wrong_shape[name]}[damage])
     res = run_cli("front", run, "--json")
     assert json.loads(res.stdout)["front"]
     rebuilt = (run / name).read_text()
@@ -66,9 +68,12 @@ def test_a_missing_study_is_one_line(run):
 @ON_A_FINISHED_RUN
 def test_a_corrupt_final_report_is_one_line_naming_it(run, tmp_path):
     (final,) = run.glob("final/*/final.json")
-    final.write_text("{")
-    one_line_error(run_cli("export", run, "--trial", final.parent.name, "--out", tmp_path / "out", check=False),
-             "final.json", "corrupt")
+    report = json.loads(final.read_text())
+    for damaged in ("{", json.dumps({**report, "test_acc": "0.9"})):
+        final.write_text(damaged)
+        one_line_error(run_cli("export", run, "--trial", final.parent.name, "--out", tmp_path / "out", check=False),
+                       "final.json", "corrupt")
+        assert not (tmp_path / "out").exists()  # refused before writing anything
     assert json.loads(run_cli("front", run, "--json").stdout)["front"]  # still shown, without that measure
 
 
