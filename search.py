@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import signal
+import socket
 import sys
 import threading
 import time
@@ -349,6 +350,14 @@ def cmd_dashboard(args) -> None:
     db = Path(args.run) / "study.db"
     if not db.is_file():
         raise UserError(f"{db} not found: give the directory of a run made by `etnas run`")
+    from nas.rundir import load_run_study
+
+    load_run_study(Path(args.run))  # a damaged study is one line, not the dashboard's traceback
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", args.port))
+        except OSError as e:
+            raise UserError(f"port {args.port} cannot be used here ({e.strerror}); choose another --port") from None
     from optuna_dashboard import run_server
 
     console.print(f"optuna-dashboard for {args.run} at http://127.0.0.1:{args.port} (this machine only; Ctrl-C "

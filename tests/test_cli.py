@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -77,6 +78,19 @@ def test_dashboard_reads_the_runs_study_and_user_attributes(tmp_path):
 def test_dashboard_on_a_missing_run_is_one_line(tmp_path):
     res = run_cli("dashboard", str(tmp_path / "nope"), check=False)
     one_line_error(res, "study.db")
+
+
+def test_dashboard_on_a_damaged_study_or_a_busy_port_is_one_line_before_serving(tmp_path):
+    (tmp_path / "study.db").write_bytes(b"SQLite format 3\x00 but not really")
+    one_line_error(run_cli("dashboard", tmp_path, check=False), "study.db is unreadable")
+    (tmp_path / "study.db").unlink()
+    optuna.create_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        one_line_error(run_cli("dashboard", tmp_path, "--port", port, check=False),
+                       f"port {port} cannot be used here (Address already in use); choose another --port")
 
 
 BAD_OPTIONS = [
