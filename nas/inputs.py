@@ -103,6 +103,9 @@ def prepare_search(cfg: SearchConfig, target: str | float, *, runtime: str = DEF
         raise SearchError(f"--runs-dir {cfg.runs_dir} is a file, not a directory; choose another path")
     data = load_dataset(cfg.dataset)
     shape = (data.img_size, data.in_chans, data.num_classes)
+    if cfg.resolution is not None and cfg.resolution > data.img_size:
+        raise SearchError(f"--resolution {cfg.resolution} is above the data's image size, {data.img_size}: the proxy "
+                          f"trains at a lower resolution to be cheaper; give at most {data.img_size}")
     cfg = dataclasses.replace(cfg, base_epochs=min(cfg.base_epochs, cfg.epochs))
     if run_begun(cfg.run_dir):  # a resume that cannot be: refused before a calibration
         refuse_a_lost_study(cfg.run_dir)

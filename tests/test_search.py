@@ -21,8 +21,8 @@ from nas.records import pareto_front
 from nas.rungs import Rungs
 from search_space.presets import PRESETS
 
-from .helpers import (ROOT, TARGET, TINY, TINY_ONE_WORKER, read_only_query, run_cli, start_shared_ray,
-                      synthetic_model)
+from .helpers import (ROOT, TARGET, TINY, TINY_ONE_WORKER, one_line_error, read_only_query, run_cli,
+                      start_shared_ray, synthetic_model)
 
 
 @pytest.fixture(scope="module")
@@ -324,6 +324,12 @@ def test_a_run_that_lost_its_study_is_not_searched_over_its_records(tmp_path, la
                   "--runs-dir", tmp_path, check=False, own_process=False)
     assert res.returncode == 2 and "has no study.db but holds a search's records (trials.csv, final)" in res.stderr
     assert (run_dir / "trials.csv").read_text() == "number,state\n0,COMPLETE\n" and not (run_dir / "study.db").exists()
+
+
+def test_a_proxy_resolution_above_the_datas_is_refused(tmp_path, latency_model):
+    res = run_cli("run", "--name", "y", "--target-ms", TARGET, "--latency-model", latency_model, "--resolution", 100000,
+                  "--runs-dir", tmp_path, check=False, own_process=False)
+    one_line_error(res, "--resolution 100000 is above the data's image size, 8")
 
 
 def test_unreachable_target_says_fastest_and_suggests(tmp_path, latency_model):
