@@ -300,6 +300,8 @@ def start_ray(cfg: SearchConfig):
     if ray.is_initialized():
         refuse_another_cluster(ray.get_runtime_context().gcs_address, cfg.ray_address)
     else:
+        if cfg.ray_address:
+            check_cluster_answers(cfg.ray_address)
         plugins = os.environ.get(PLUGINS_VARIABLE)  # a cluster's workers do not inherit the driver's environment
         with callers_sigterm_kept():
             ray.init(address=cfg.ray_address, num_cpus=None if cfg.ray_address else cfg.workers,
@@ -310,6 +312,19 @@ def start_ray(cfg: SearchConfig):
         warnings.warn(f"the local Ray node took address {node_ip}, so its services listen beyond loopback "
                       f"(Ray was imported before etnas could keep it local)", stacklevel=2)
     return ray
+
+
+def check_cluster_answers(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT address nothing listens at is one line at once: Ray's own connect retries for
+    minutes, deaf to Ctrl-C. Other forms (auto, ray://...) are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if not host or "/" in host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise SearchError(f"no Ray cluster answers at --ray-address {address} ({e.strerror or 'timed out'}); start "
+                          f"one there with `ray start --head`, or leave the option out to train on this machine") from None
 
 
 @contextlib.contextmanager

@@ -353,6 +353,24 @@ def test_pareto_front_keeps_only_non_dominated_feasible_rows():
 
 
 @pytest.mark.slow
+def test_an_address_no_cluster_answers_at_is_one_line_at_once():
+    import socket
+
+    from nas import SearchError
+    from nas.search import check_cluster_answers
+
+    with socket.socket() as probe:  # a port nothing listens at once this socket is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(SearchError, match=f"no Ray cluster answers at --ray-address 127.0.0.1:{port} "
+                                          f"\\(Connection refused\\); start one there with `ray start --head`"):
+        check_cluster_answers(f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 5
+    for left_to_ray in ("auto", "ray://head:10001"):
+        check_cluster_answers(left_to_ray)
+
+
 def test_a_process_on_one_ray_refuses_the_address_of_another():
     """The engine searches on the Ray its process has joined (a second search from Python, the
     tests' shared one); an address naming another cluster is an error, not silently ignored."""
