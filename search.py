@@ -460,6 +460,13 @@ def number(low: float, high: float = float("inf"), low_open: bool = True) -> Cal
     return parse
 
 
+def given_path(text: str) -> str:
+    """A path option's value; an empty one (`--out ""`) would mean the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder name")
+    return text
+
+
 def checked_randaugment_config(text: str) -> str:
     from evaluators.train import checked_randaugment  # torch and timm, only where the option is given
 
@@ -525,7 +532,7 @@ def _space_parsers(sub) -> None:
         sp.add_argument("--seed", type=integer(0), default=0, help="sampling seed")
         _shape_options(sp)
         sp.set_defaults(fn=fn)
-    space_sub.choices["sample"].add_argument("--out", required=True, help="JSONL file to write")
+    space_sub.choices["sample"].add_argument("--out", required=True, type=given_path, help="JSONL file to write")
     space_sub.choices["check"].add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -550,13 +557,13 @@ def _latency_parsers(sub) -> None:
     m.add_argument("--reference", help="timing CSV or latency model whose reference speed to measure at "
                                        "(to check a fitted model on new architectures)")
     m.add_argument("--force", action="store_true", help="accept a --reference measured on another device")
-    m.add_argument("--out", required=True, help="timing CSV to write or append to")
+    m.add_argument("--out", required=True, type=given_path, help="timing CSV to write or append to")
     m.set_defaults(fn=cmd_measure)
 
     f = sub.add_parser("fit-latency", help="fit and validate a latency predictor on a timing CSV",
                        formatter_class=HelpFormatter)
     f.add_argument("csv", help="timing CSV from `measure`")
-    f.add_argument("--out", required=True, help="latency model file to write")
+    f.add_argument("--out", required=True, type=given_path, help="latency model file to write")
     f.add_argument("--json", action="store_true", help="print the fit report as JSON")
     f.add_argument("--test-fraction", type=number(0, 0.9), default=0.25, help="share of architectures held out")
     f.add_argument("--seed", type=integer(0), default=0, help="seed of the held-out split")
@@ -677,7 +684,7 @@ def _run_dir_parsers(sub) -> None:
                        formatter_class=HelpFormatter)
     e.add_argument("run", help="run directory (runs/NAME)")
     e.add_argument("--trial", required=True, help="trial number, or 'best': the most accurate front point")
-    e.add_argument("--out", required=True, help="directory to write the model files to")
+    e.add_argument("--out", required=True, type=given_path, help="directory to write the model files to")
     e.add_argument("--format", type=export_format_list, default=",".join(EXPORT_FORMATS),
                    help="comma-separated deployed formats (the fine-tunable model.safetensors and config.json are "
                         "always written)")

@@ -101,11 +101,12 @@ def run_config(run_dir: Path) -> dict:
     if not run_begun(run_dir):
         raise SearchError(f"no run at {run_dir}; start one with `etnas run --name NAME --target-ms X`")
     saved = load_run_study(run_dir).user_attrs.get(Attr.CONFIG)
+    damage = "corrupt" if path.exists() else "missing"
     if not saved:
-        raise SearchError(f"{path} is {'corrupt' if path.exists() else 'missing'} and the study keeps no copy "
-                          f"(a run from before etnas kept one); restore it, or start a new run with another --name")
+        raise SearchError(f"{path} is {damage} and the study keeps no copy (a run from before etnas kept one); "
+                          f"restore it, or start a new run with another --name")
     write_config(run_dir, saved)
-    warnings.warn(f"{path} was {'corrupt' if path.exists() else 'missing'}; rebuilt from the study", stacklevel=2)
+    warnings.warn(f"{path} was {damage}; rebuilt from the study", stacklevel=2)
     return saved
 
 

@@ -279,4 +279,6 @@ def load_specs(path) -> list[ArchSpec]:
                 specs.append(ArchSpec.from_json(line).validate())
             except SpecError as e:
                 raise SpecError(f"{path} line {i}: {e}") from None
+    if not specs:  # the caller would go on as if no file had been given
+        raise SpecError(f"spec file {path} holds no specs; write some with `etnas space sample --out {path}`")
     return specs

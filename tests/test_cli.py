@@ -118,6 +118,8 @@ BAD_OPTIONS = [
     (["export", "runs/x", "--trial", "0", "--out", "o", "--format", "tflite"], "'tflite': choose a comma-separated"),
     (["export", "runs/x", "--trial", "0", "--out", "o", "--format", ","], "',': choose a comma-separated"),
     (["train", "runs/x", "--trial", "best", "--batch-size", "1"], "--batch-size: 1 is below the minimum, 2"),
+    (["measure", "--out", "t.csv", "--specs", "/dev/null"], "spec file /dev/null holds no specs"),
+    (["export", "runs/x", "--trial", "0", "--out", ""], "--out: an empty path; give a file or folder name"),
     (["train", "runs/x", "--trial", "best", "--epochs", "inf"], "--epochs: 'inf' is not a finite number"),
     (["train", "runs/x", "--trial", "best", "--randaugment", "bogus"], "'bogus' is not a timm RandAugment config"),
     (["run", "--name", "x", "--target-ms", "inf"], "a latency target must be positive, finite milliseconds"),
