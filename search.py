@@ -289,7 +289,6 @@ def print_front(run_dir: Path, as_json: bool) -> None:
         print(json.dumps(front_summary(Path(run_dir))))
         return
     trials, front, target, finals = load_view(Path(run_dir))
-    html = write_html(Path(run_dir), trials, front, target, finals)
     table = Table("trial", "rung", "val acc", "pred ms", "measured ms", "MFLOPs", "params", architecture_column(),
                   title=f"Pareto front of {run_dir} (target {target:g} ms on {run_target(run_dir)}; top-rung trials)")
     for f in front:
@@ -310,7 +309,12 @@ def print_front(run_dir: Path, as_json: bool) -> None:
         tau = f"{a['kendall_tau']:.2f}" if a["kendall_tau"] is not None else "n/a (fewer than 3)"
         out.print(f"ranking from rung {a['rungs'].replace('->', ' to ')}: Kendall tau {tau} over "
                   f"{a['trials']} promoted trials")
-    out.print(f"plot: {html}", markup=False)
+    try:
+        out.print(f"plot: {write_html(Path(run_dir), trials, front, target, finals)}", markup=False)
+    except OSError as e:  # a read-only run folder still shows its front
+        console.print(f"[yellow]warning:[/] {escape(str(Path(run_dir) / 'front.html'))} was not written "
+                      f"({escape(e.strerror or str(e))}); the tables above are complete", highlight=False,
+                      soft_wrap=True)
 
 
 def rung_text(rung) -> str:

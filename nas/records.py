@@ -97,8 +97,12 @@ FINAL_FIGURES = ("test_acc", "measured_ms")
 def atomic_write(path: Path, text: str) -> None:
     """Write the whole file or nothing: a reader (or a kill) never sees it half written."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full or read-only disk leaves no stray .tmp behind
+        raise
 
 
 def read_trials(path: Path) -> list[dict] | None:

@@ -66,6 +66,19 @@ def test_a_missing_study_is_one_line(run):
 
 
 @ON_A_FINISHED_RUN
+def test_front_of_a_read_only_run_still_shows_its_tables(run, monkeypatch):
+    import errno
+
+    def refuse(path, text):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr("nas.front.atomic_write", refuse)
+    res = run_cli("front", run)
+    assert "Pareto front of" in res.stdout and "plot:" not in res.stdout
+    assert "front.html was not written (Read-only file system); the tables above are complete" in res.stderr
+
+
+@ON_A_FINISHED_RUN
 def test_a_corrupt_final_report_is_one_line_naming_it(run, tmp_path):
     (final,) = run.glob("final/*/final.json")
     report = json.loads(final.read_text())

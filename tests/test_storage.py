@@ -45,6 +45,20 @@ def test_a_read_only_run_directory_is_refused_in_one_line(tmp_path, monkeypatch)
         check_writable(tmp_path)
 
 
+def test_an_atomic_write_that_fails_leaves_the_file_as_it_was_and_no_tmp(tmp_path, monkeypatch):
+    from nas.records import atomic_write
+
+    atomic_write(tmp_path / "front.json", "[1]")
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr("os.replace", full)
+    with pytest.raises(OSError):
+        atomic_write(tmp_path / "front.json", "[2]")
+    assert [p.name for p in tmp_path.iterdir()] == ["front.json"] and (tmp_path / "front.json").read_text() == "[1]"
+
+
 def test_a_checkpoint_write_that_fails_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "a.pt"
     save_checkpoint(path, {"step": 8})
