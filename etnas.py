@@ -43,8 +43,8 @@ def train(run_dir: str | Path, trial: int | str = "best", *, epochs: float | Non
 def export(run_dir: str | Path, out: str | Path, trial: int | str = "best", *,
            formats: str | tuple[str, ...] = EXPORT_FORMATS, force: bool = False, int8: bool = False) -> dict:
     """Export a trained trial (`etnas export`): verified model.onnx / model.pt2 (`formats`: a
-    sequence or a comma-separated string, as the command line's), the fine-tunable model.safetensors and config.json, arch.json and
-    MODEL_CARD.md; with `int8`, model.int8.onnx too."""
+    sequence or a comma-separated string, as the command line's), the fine-tunable
+    model.safetensors and config.json, arch.json and MODEL_CARD.md; with `int8`, model.int8.onnx too."""
     from nas.package import export_trial
     from nas.rundir import resolve_trial
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from search_space.spec import json_value_fits
+
 from . import SearchError
 from .records import (TRIAL_COLUMNS, atomic_write, front_entry, pareto_front, read_trials, rung_agreement,
                       trial_row, trial_state, with_finals)
@@ -45,11 +47,6 @@ def load_run_study(run_dir: Path) -> optuna.Study:
 
 
 REPORT_NUMBERS = ("test_acc", "pred_ms", "measured_ms", "p10_ms", "p90_ms", "epochs", "flops", "params")
-
-
-def is_number(value: object) -> bool:
-    """A JSON number (a bool is none)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def read_json(path: Path) -> object | None:
@@ -96,7 +93,7 @@ def run_config(run_dir: Path) -> dict:
         raise SearchError(f"no run at {run_dir}; start one with `etnas run --name NAME --target-ms X`")
     path = run_dir / "config.json"
     cfg = read_json(path)
-    if isinstance(cfg, dict) and is_number(cfg.get("target_ms")):
+    if isinstance(cfg, dict) and json_value_fits(cfg.get("target_ms"), "float"):
         return cfg
     if not run_begun(run_dir):
         raise SearchError(f"no run at {run_dir}; start one with `etnas run --name NAME --target-ms X`")
@@ -145,7 +142,7 @@ def final_report(run_dir: Path, number: int) -> dict | None:
         return None
     report = read_json(path)
     if not (isinstance(report, dict) and "test_acc" in report
-            and all(is_number(report[k]) for k in REPORT_NUMBERS if k in report)):
+            and all(json_value_fits(report[k], "float") for k in REPORT_NUMBERS if k in report)):
         raise SearchError(f"{path} is corrupt; re-run `etnas train {run_dir} --trial {number}` (it resumes or "
                           f"re-measures) to rewrite it")
     return report

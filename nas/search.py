@@ -323,8 +323,9 @@ def check_cluster_answers(address: str, timeout_s: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as e:
-        raise SearchError(f"no Ray cluster answers at --ray-address {address} ({e.strerror or 'timed out'}); start "
-                          f"one there with `ray start --head`, or leave the option out to train on this machine") from None
+        raise SearchError(f"no Ray cluster answers at --ray-address {address} ({e.strerror or 'timed out'}); "
+                          f"start one there with `ray start --head`, or leave the option out to train on this "
+                          f"machine") from None
 
 
 @contextlib.contextmanager

@@ -83,7 +83,7 @@ def create_model(path: str | Path, *, num_classes: int | None = None, pretrained
     if pretrained:
         load_weights(model, (path if path.is_dir() else path.parent) / WEIGHTS_FILE, config.get("weights_sha256"))
     model.pretrained_cfg = {**config.get("pretrained_cfg", {}), "num_classes": model.spec.num_classes}
-    model.label_names = [str(name) for name in config.get("label_names") or range(model.spec.num_classes)]
+    model.label_names = [str(name) for name in config.get("label_names") or model.label_names]
     if num_classes is not None and num_classes != model.spec.num_classes:
         model.reset_classifier(num_classes)
     return model.train()
@@ -100,7 +100,7 @@ def load_weights(model: NASViT, weights_path: Path, sha256: str | None = None) -
         raise PretrainedError(f"{weights_path} cannot be read ({e.strerror}); make it readable to this user") from None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise PretrainedError(f"{weights_path} does not match the checksum in {CONFIG_FILE}: the file is damaged "
-                              f"or not this model's; copy or export the model again") from None
+                              f"or not this model's; copy or export the model again")
     try:
         weights = load(data)
     except SafetensorError as e:
