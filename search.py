@@ -199,9 +199,37 @@ def cmd_run(args) -> None:
     started = time.monotonic()  # --minutes counts the calibration too
     cfg, inputs = prepare_search(args)
     front = watch_search(cfg, inputs, started)
+    refuse_a_search_that_trained_nothing(cfg.run_dir)
     print_front(cfg.run_dir, as_json=False)
     out.print(f"{len(front)} architectures on the front; browse: etnas front {cfg.run_dir}",
               markup=False)
+
+
+def refuse_a_search_that_trained_nothing(run_dir: Path) -> None:
+    """A search whose every training failed ends in an error naming why, not in an empty front."""
+    from nas.front import failures
+
+    found = failures(run_dir)
+    if found.all_failed():
+        raise UserError(f"every trial of {run_dir} sent to training failed ({len(found.failed)}); {first_failure(found, run_dir)}. "
+                        f"Fix the cause, then start a new run with another --name: this one does not train a "
+                        f"failed architecture again")
+
+
+def warn_of_failures(run_dir: Path) -> None:
+    from nas.front import failures
+
+    found = failures(run_dir)
+    if found.failed:
+        console.print(f"[yellow]warning:[/] {len(found.failed)} of the {len(found.failed) + found.trained} trials "
+                      f"sent to training failed; {escape(first_failure(found, run_dir))}", highlight=False,
+                      soft_wrap=True)
+
+
+def first_failure(found, run_dir: Path) -> str:
+    first = found.failed[0]
+    return (f"trial {int(first['number'])}: {first['failure']} (every trial's reason is in the failure column "
+            f"of {Path(run_dir) / 'trials.csv'})")
 
 
 def prepare_search(args):
@@ -309,6 +337,7 @@ def print_front(run_dir: Path, as_json: bool) -> None:
         tau = f"{a['kendall_tau']:.2f}" if a["kendall_tau"] is not None else "n/a (fewer than 3)"
         out.print(f"ranking from rung {a['rungs'].replace('->', ' to ')}: Kendall tau {tau} over "
                   f"{a['trials']} promoted trials")
+    warn_of_failures(run_dir)
     try:
         out.print(f"plot: {write_html(Path(run_dir), trials, front, target, finals)}", markup=False)
     except OSError as e:  # a read-only run folder still shows its front
@@ -652,8 +681,8 @@ def _proxy_options(r: argparse.ArgumentParser, d) -> None:
 def _run_dir_parsers(sub) -> None:
     fr = sub.add_parser("front", help="show a run's Pareto front and write front.html", formatter_class=HelpFormatter)
     fr.add_argument("run", help="run directory (runs/NAME)")
-    fr.add_argument("--json", action="store_true", help="print the front, the presets, the target and the rungs' "
-                                                        "epochs as JSON (writes nothing)")
+    fr.add_argument("--json", action="store_true", help="print the front, the presets, the failed trials, the target "
+                                                        "and the rungs' epochs as JSON (writes nothing)")
     fr.add_argument("--target", help="the front on another target: one the run recorded (a --latency-model's "
                                      "file stem) or any latency model file, even one fitted after the search "
                                      "(trained trials only; writes nothing)")

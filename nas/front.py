@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -29,6 +30,25 @@ def load_view(run_dir: Path) -> tuple[pd.DataFrame, list[dict], float, dict[int,
     return pd.DataFrame(rows), with_finals(front, finals), float(cfg["target_ms"]), finals
 
 
+class Failures(NamedTuple):
+    """A run's failed trials beside the ones it trained and the ones still to finish."""
+
+    failed: list[dict]
+    trained: int
+    unfinished: int
+
+    def all_failed(self) -> bool:
+        return bool(self.failed) and not self.trained and not self.unfinished
+
+
+def failures(run_dir: Path) -> Failures:
+    rows, _ = run_records(Path(run_dir))
+    states = [r["state"] for r in rows]
+    return Failures([r for r in rows if r["state"] == TrialState.FAIL],
+                    trained=sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states),
+                    unfinished=sum(s in (TrialState.RUNNING, TrialState.WAITING) for s in states))
+
+
 def preset_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """The seed presets' trials; one interrupted by a kill was queued and trained again."""
     return trials[trials["preset"].notna() & (trials["state"] != TrialState.INTERRUPTED)]
@@ -40,7 +60,7 @@ def front_summary(run_dir: Path) -> dict:
     trials, front, target_ms, finals = load_view(run_dir)
     cfg = run_config(run_dir)
     rungs = Rungs(min(cfg["base_epochs"], cfg["epochs"]), cfg["epochs"], cfg["eta"]) if "eta" in cfg else None
-    presets = preset_trials(trials)
+    presets, failed = preset_trials(trials), trials[trials["state"] == TrialState.FAIL]
     preset_rows = [{"preset": r["preset"], "trial": int(r["number"]), "state": r["state"],
                     "rung": None if pd.isna(r["rung"]) else int(r["rung"]),
                     "rung_acc": None if pd.isna(r["rung_acc"]) else float(r["rung_acc"]),
@@ -49,7 +69,8 @@ def front_summary(run_dir: Path) -> dict:
                    for _, r in presets.iterrows()]
     return {"run": str(run_dir), "target_ms": target_ms, "target": cfg.get("latency_target"),
             "target_name": run_target(run_dir), "rung_epochs": rungs.budgets if rungs else None,
-            "front": front, "presets": preset_rows}
+            "front": front, "presets": preset_rows,
+            "failed": [{"trial": int(n), "failure": f} for n, f in zip(failed["number"], failed["failure"])]}
 
 
 def last_accuracy(row: pd.Series) -> float | None:

@@ -79,6 +79,22 @@ def test_front_of_a_read_only_run_still_shows_its_tables(run, monkeypatch):
 
 
 @ON_A_FINISHED_RUN
+def test_front_says_how_many_trials_failed_and_why(run):
+    trials = pd.read_csv(run / "trials.csv", dtype={"failure": object})
+    off_front = trials.index[~trials["number"].isin(f["trial"] for f in json.loads((run / "front.json").read_text()))
+                             & (trials["state"] == "COMPLETE")][0]
+    trials.loc[off_front, ["state", "failure"]] = ["FAIL", "RuntimeError: out of memory"]
+    trials.to_csv(run / "trials.csv", index=False)
+    trained = int(trials["state"].isin(["COMPLETE", "PRUNED"]).sum())
+    res = run_cli("front", run)
+    assert (f"warning: 1 of the {trained + 1} trials sent to training failed; trial {trials.loc[off_front, 'number']}: "
+            f"RuntimeError: out of memory (every trial's reason is in the failure column of {run / 'trials.csv'})"
+            ) in " ".join(res.stderr.split())
+    failed = json.loads(run_cli("front", run, "--json").stdout)["failed"]
+    assert failed == [{"trial": int(trials.loc[off_front, "number"]), "failure": "RuntimeError: out of memory"}]
+
+
+@ON_A_FINISHED_RUN
 def test_a_corrupt_final_report_is_one_line_naming_it(run, tmp_path):
     (final,) = run.glob("final/*/final.json")
     report = json.loads(final.read_text())

@@ -279,13 +279,20 @@ def socket_inodes(pid: int) -> set[str]:
 
 
 @pytest.mark.slow
-def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path, latency_model):
-    run_cli("run", "--name", "boom", "--target-ms", TARGET, "--trials", 3, "--presets", "none",
-            "--latency-model", latency_model, "--runs-dir", tmp_path, "--lr", "1e9", *TINY_ONE_WORKER)
+def test_a_search_whose_every_trial_fails_says_why_and_keeps_its_records(tmp_path, latency_model):
+    res = run_cli("run", "--name", "boom", "--target-ms", TARGET, "--trials", 3, "--presets", "none",
+                  "--latency-model", latency_model, "--runs-dir", tmp_path, "--lr", "1e9", *TINY_ONE_WORKER,
+                  check=False)
     trials = pd.read_csv(tmp_path / "boom" / "trials.csv")
     failed = trials[trials["state"] == "FAIL"]
     assert len(failed) >= 1 and failed["failure"].str.contains("loss became").all()
-    assert len(trials[trials["state"] != "RUNNING"]) >= 3
+    assert set(trials["state"]) <= {"FAIL", "INFEASIBLE"} and len(trials) >= 3  # none trained
+    last = res.stderr.splitlines()[-1]
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert last.startswith(f"error: every trial of {tmp_path / 'boom'} sent to training failed ({len(failed)}); "
+                           f"trial {failed['number'].iloc[0]}: "
+                           f"{failed['failure'].iloc[0]}") and "start a new run with another --name" in last
+    assert "architectures on the front" not in res.stdout
 
 
 def test_changed_settings_refuse_to_resume(tmp_path, latency_model):
