@@ -278,15 +278,14 @@ def lazy_progress(description: str):
 
 def progress_text(p, cfg) -> str:
     """The search's live line: counts, rungs, best accuracy, front size and ETA, then the last event."""
-    minutes = None
-    if p.mean_train_s:
-        minutes = max(p.total - p.done, 0) * p.mean_train_s / max(cfg.workers, 1) / 60
+    minutes = None if p.training_s_left is None else p.training_s_left / 60
     if p.minutes_left is not None and (minutes is None or p.minutes_left < minutes):
         minutes = p.minutes_left  # the time limit ends it first
-    eta = "" if minutes is None else f", ETA ~{minutes:.1f} min"
+    eta = "" if minutes is None else f", ETA ~{minutes * 60:.0f} s" if minutes < 1 else f", ETA ~{minutes:.1f} min"
     best = f"{p.best_acc:.4f}" if p.best_acc is not None else "-"
     rungs = "/".join(map(str, p.at_rung))
-    return (f"{p.done}/{p.total} done, {p.running} training, {p.failed} failed, {p.infeasible} infeasible, "
+    queued = f" ({p.queued} more queued)" if p.queued else ""
+    return (f"{p.done}/{p.total} done, {p.running} training{queued}, {p.failed} failed, {p.infeasible} infeasible, "
             f"{p.duplicates} duplicates | at rungs 0..: {rungs} | best top-rung acc under {cfg.target_ms:g} ms: "
             f"{best} | front {p.front_size}{eta}\n  {escape(p.last)}")
 

@@ -39,6 +39,16 @@ class Rungs:
     def budgets(self) -> list[float]:
         return [self.first * (self.eta ** k - 1) / (self.eta - 1) for k in range(1, self.count + 1)]
 
+    def epochs_of(self, rung: int) -> float:
+        """The epochs rung `rung` trains on top of the rungs below it."""
+        return self.first * self.eta ** rung
+
+
+def expected_epochs(rungs: Rungs, from_rung: int = 0) -> float:
+    """The epochs a candidate starting rung `from_rung` trains on average when each rung promotes
+    1/eta of its results: all of its rung's, 1/eta of the next one's, 1/eta^2 of the one after."""
+    return sum(rungs.epochs_of(k) / rungs.eta ** (k - from_rung) for k in range(from_rung, rungs.count))
+
 
 @dataclass(frozen=True)
 class RungResult:

@@ -44,7 +44,7 @@ class Attr:
     STARTED_AT = "started_at"  # the step each rung's training started from (past the rung's start: a checkpoint)
     TRAINED_ON = "trained_on"  # the Ray node (IP) that trained each rung
     RELAUNCHES = "relaunches"  # rung trainings started again after their worker or its node was lost
-    STEPS = "steps"  # optimizer steps of the top rung's schedule
+    STEPS = "steps"  # the optimizer step its last rung ended on (the top rung's: the whole schedule's)
     HISTORY = "history"  # per-epoch curves of the last rung
     TRAIN_S = "train_s"
     VAL_ACC = "val_acc"  # set at the top rung only, where accuracies compare across trials

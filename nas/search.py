@@ -28,7 +28,7 @@ from .dispatch import Dispatcher, rung_train_config
 from .inputs import SearchInputs, check_target, load_inputs
 from .ladder import Ladder
 from .records import trial_state
-from .rungs import search_band_edges
+from .rungs import expected_epochs, search_band_edges
 from .rundir import (load_run_study, refuse_a_lost_study, run_begun, run_config, searching, study_storage,
                      write_config, write_records)
 from .samplers import make_sampler
@@ -119,8 +119,9 @@ class SearchProgress:
     duplicates: int = 0
     best_acc: float | None = None
     front_size: int = 0
+    queued: int = 0  # rung trainings waiting for a free worker
     at_rung: list[int] = field(default_factory=list)
-    mean_train_s: float | None = None
+    training_s_left: float | None = None  # on the clock: the workers share it
     total: int = 0
     minutes_left: float | None = None  # of --minutes
     last: str = ""
@@ -143,6 +144,11 @@ class SearchRun:
     front: list = field(default_factory=list)
     proposals_in_a_row_seen: int = 0
     budget_said: bool = False
+    timed_from: float = field(default_factory=time.monotonic)  # the pace of training is measured from here
+    epochs_before: float = 0.0  # trained by an earlier run of the search
+
+    def __post_init__(self) -> None:
+        self.epochs_before = self.ladder.epochs_trained()
 
     def finished(self) -> set[str]:
         """Architectures whose trial is over: trained to their last rung, or failed."""
@@ -187,23 +193,41 @@ class SearchRun:
             return False
         if self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             return False  # queued trials first
-        budgets = [0.0, *self.cfg.rungs.budgets]
-        under_way = sum(budgets[rung + 1] - budgets[rung] for _, rung in self.dispatcher.pending.values())
+        under_way = sum(self.cfg.rungs.epochs_of(rung) for _, rung in self.dispatcher.pending.values())
         return self.ladder.epochs_trained() + under_way >= self.cfg.budget_epochs
+
+    def training_s_left(self) -> float | None:
+        """A guess at the time the trainings still owed take, at the pace of this search so far
+        (seconds on the clock per epoch trained, those in flight counted half done): the trials
+        still to propose, at the share of proposals trained so far, and those in flight, each to
+        the rungs it reaches on average (`expected_epochs`)."""
+        rungs, in_flight = self.cfg.rungs, [rung for _, rung in self.dispatcher.pending.values()]
+        half_of_flight = sum(rungs.epochs_of(rung) for rung in in_flight) / 2
+        finished = self.ladder.epochs_trained() - self.epochs_before
+        if finished <= 0:
+            return None
+        done = finished + half_of_flight
+        c = counts(self.study)
+        tried = c.get(TrialState.COMPLETE, 0) + c.get(TrialState.FAIL, 0)
+        trained_share = tried / (tried + c.get(TrialState.INFEASIBLE, 0)) if tried else 1.0
+        to_propose = max(self.cfg.trials - self.counted() - len(in_flight), 0)
+        owed = (to_propose * trained_share * expected_epochs(rungs)
+                + sum(expected_epochs(rungs, rung) for rung in in_flight) - half_of_flight)
+        if self.cfg.budget_epochs is not None:
+            owed = min(owed, max(self.cfg.budget_epochs - self.ladder.epochs_trained() - half_of_flight, 0.0))
+        return owed * (time.monotonic() - self.timed_from) / done
 
     def report(self, last: str = "") -> None:
         self.front = write_records(self.study, self.cfg.run_dir, self.cfg.target_ms)
         if not self.on_progress:
             return
-        c = counts(self.study)
-        trained = [t.user_attrs[Attr.TRAIN_S] for t in self.study.get_trials(deepcopy=False)
-                   if trial_state(t) == TrialState.COMPLETE and Attr.TRAIN_S in t.user_attrs]
+        c, in_flight = counts(self.study), len(self.dispatcher.pending)
         self.on_progress(SearchProgress(
-            done=self.counted(), running=len(self.dispatcher.pending), failed=c.get(TrialState.FAIL, 0),
+            done=self.counted(), running=min(in_flight, self.cfg.workers),
+            queued=max(in_flight - self.cfg.workers, 0), failed=c.get(TrialState.FAIL, 0),
             infeasible=c.get(TrialState.INFEASIBLE, 0), duplicates=c.get(TrialState.DUPLICATE, 0),
             best_acc=max((f["val_acc"] for f in self.front), default=None), front_size=len(self.front),
-            at_rung=self.ladder.at_rung(), mean_train_s=float(np.mean(trained)) if trained else None,
-            total=self.cfg.trials, last=last,
+            at_rung=self.ladder.at_rung(), training_s_left=self.training_s_left(), total=self.cfg.trials, last=last,
             minutes_left=None if self.deadline is None else self.seconds_left() / 60))
 
 

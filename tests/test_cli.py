@@ -256,13 +256,17 @@ def test_the_live_line_counts_down_the_time_limit_when_it_ends_the_run_first():
     from nas.search import SearchProgress
 
     cfg = SearchConfig(name="r", target_ms=1.0, latency_model="", workers=2)
-    by_trials = SearchProgress(done=10, total=30, mean_train_s=60.0)  # 20 trials left, a minute each, 2 workers
+    by_trials = SearchProgress(done=10, total=30, training_s_left=600.0)
     assert "ETA ~10.0 min" in search.progress_text(by_trials, cfg)
-    by_limit = SearchProgress(done=10, total=30, mean_train_s=60.0, minutes_left=4.0)
+    by_limit = SearchProgress(done=10, total=30, training_s_left=600.0, minutes_left=4.0)
     assert "ETA ~4.0 min" in search.progress_text(by_limit, cfg)
-    assert "ETA ~10.0 min" in search.progress_text(SearchProgress(done=10, total=30, mean_train_s=60.0,
+    assert "ETA ~10.0 min" in search.progress_text(SearchProgress(done=10, total=30, training_s_left=600.0,
                                                                   minutes_left=25.0), cfg)
     assert "ETA ~7.5 min" in search.progress_text(SearchProgress(minutes_left=7.5), cfg)  # before any training
+    assert "ETA" not in search.progress_text(SearchProgress(done=1, total=30), cfg)
+    assert "ETA ~42 s" in search.progress_text(SearchProgress(training_s_left=42.3), cfg)
+    assert "2 training (1 more queued)," in search.progress_text(SearchProgress(running=2, queued=1), cfg)
+    assert "2 training," in search.progress_text(SearchProgress(running=2), cfg)
 
 
 def test_a_log_gets_a_line_per_search_event_and_a_progress_line_every_so_often(monkeypatch):

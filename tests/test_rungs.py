@@ -1,8 +1,8 @@
 """Multi-fidelity rungs: budgets, and promotion rules that keep slow candidates in the race."""
 import pytest
 
-from nas.rungs import (RungResult, Rungs, latency_bands, pareto_order, promoted, rung_score, search_band_edges,
-                       successive_halving)
+from nas.rungs import (RungResult, Rungs, expected_epochs, latency_bands, pareto_order, promoted, rung_score,
+                       search_band_edges, successive_halving)
 
 
 def test_budgets_grow_eta_fold_and_end_at_the_top():
@@ -12,6 +12,14 @@ def test_budgets_grow_eta_fold_and_end_at_the_top():
     assert Rungs(2.0, 2.0).budgets == [2.0]
     with pytest.raises(ValueError, match="base"):
         Rungs(5.0, 1.0)
+
+
+def test_a_candidate_trains_each_rungs_epochs_at_the_chance_it_is_promoted_there():
+    rungs = Rungs(base_epochs=0.1, top_epochs=4.0, eta=3)  # rung k adds 0.1, 0.3, 0.9, 2.7 epochs
+    assert expected_epochs(rungs) == pytest.approx(0.1 + 0.3 / 3 + 0.9 / 9 + 2.7 / 27)
+    assert expected_epochs(rungs, from_rung=2) == pytest.approx(0.9 + 2.7 / 3)
+    assert expected_epochs(rungs, from_rung=3) == pytest.approx(2.7)
+    assert expected_epochs(Rungs(2.0, 2.0)) == pytest.approx(2.0)  # one rung: every candidate trains it all
 
 
 def field(n=9):

@@ -1,5 +1,7 @@
 """The search's parts on their own: screening a proposal, the rung ladder's promotion decisions,
 and the dispatcher's bookkeeping of trainings in flight (Ray replaced by a recorder)."""
+import dataclasses
+
 import optuna
 import pytest
 
@@ -312,6 +314,37 @@ def test_at_the_time_limit_results_in_are_kept_and_trainings_in_flight_are_queue
     assert queued[done.number].user_attrs["rung_accs"] == [0.6]  # its finished rung is kept
     assert queued[done.number].user_attrs["promoted_to"] == 1  # and the promotion it earned
     assert "rung_accs" not in queued[in_flight.number].user_attrs
+
+
+def test_the_training_time_left_counts_the_rungs_each_trial_still_owes_at_the_searchs_pace(tmp_path, study):
+    import time
+
+    from nas.config import SearchConfig
+    from nas.search import SearchRun
+
+    cfg = SearchConfig(name="r", target_ms=1.0, latency_model="", runs_dir=str(tmp_path), trials=10, workers=2,
+                       epochs=6.5, base_epochs=0.5, eta=3)  # rungs of 0.5, 1.5 and 4.5 epochs more
+    dispatcher = OfflineDispatcher(tmp_path)
+    run = SearchRun(cfg, study, None, Ladder(study, cfg.rungs, "bands", []), dispatcher)
+    assert run.training_s_left() is None  # no rung finished: no pace yet
+    trained, infeasible, in_flight = study.ask(), study.ask(), study.ask()
+    for key, value in (("arch_id", "a"), ("pred_ms", 0.4), ("rung_accs", [0.5])):
+        trained.set_user_attr(key, value)
+    study.tell(trained, [0.5, 0.4])
+    run.ladder.note("a", 0.4, [0.5])
+    infeasible.set_user_attr("infeasible", True)
+    study.tell(infeasible, [0.0, 9.0])
+    dispatcher.pending = {in_flight.number: (in_flight, 1)}
+    run.timed_from = time.monotonic() - 8.0
+    # 8 s for rung 0's 0.5 epochs and half of rung 1's 1.5 in flight: 6.4 s an epoch. Owed: 7 trials to
+    # propose, half of them trained (1 of 2 so far), 0.5 + 1.5/3 + 4.5/9 epochs each on average, and the one
+    # in flight the rest of rung 1 and a third of rung 2
+    assert run.training_s_left() == pytest.approx((7 * 0.5 * 1.5 + 0.75 + 4.5 / 3) * 6.4, rel=1e-2)
+    capped = dataclasses.replace(cfg, budget_epochs=2.0)  # 0.5 trained, 0.75 under way: 0.75 left to propose
+    run.cfg = capped
+    assert run.training_s_left() == pytest.approx(0.75 * 6.4, rel=1e-2)
+    resumed = SearchRun(cfg, study, None, Ladder(study, cfg.rungs, "bands", []), dispatcher)
+    assert resumed.ladder.epochs_trained() == 0.5 and resumed.training_s_left() is None  # paced from its own first rung, not the earlier run's
 
 
 def preset_run(tmp_path, study, names=("deit-tiny", "slab-deit")):
