@@ -56,6 +56,15 @@ def json_type_problems(where: str, values: dict, cls: type) -> list[str]:
     return out
 
 
+def floats_as_floats(spec: object) -> None:
+    """Store the whole numbers given to float fields as floats (JSON's 4 as 4.0), so that a spec
+    written by hand names the same architecture, arch_id included, as the sampled one."""
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if f.type == "float" and type(value) is int:
+            object.__setattr__(spec, f.name, float(value))
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One stage: `depth` blocks of one width, each an attention layer sandwiched by `ffns` FFNs.
@@ -75,6 +84,9 @@ class StageSpec:
     mlp_ratio: float = 4.0
     dwconv: bool = False
     skip: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        floats_as_floats(self)
 
     def short(self) -> str:
         parts = [self.norm, self.attention, f"h{self.heads}k{self.key_dim}v{self.value_ratio}",
@@ -150,6 +162,7 @@ class ArchSpec:
     name: str = field(default="", compare=False)  # a label (preset name); not part of the identity
 
     def __post_init__(self):
+        floats_as_floats(self)
         object.__setattr__(self, "stages", tuple(
             s if isinstance(s, StageSpec) else StageSpec(**{**s, "skip": tuple(s.get("skip", ()))})
             for s in self.stages))

@@ -167,6 +167,13 @@ def test_space_file_choices_of_the_wrong_kind_are_named(tmp_path, override, mess
     assert SearchSpace.load(f).mlp_ratios == (0.5, 2)
 
 
+def test_a_whole_number_in_a_float_field_names_the_same_architecture():
+    as_floats = ArchSpec(stages=(StageSpec(32, 2, mlp_ratio=3.0),), drop_path=0.1)
+    by_hand = ArchSpec.from_json(json.dumps({"stages": [{"width": 32, "depth": 2, "mlp_ratio": 3}], "drop_path": 0.1}))
+    assert by_hand == as_floats and by_hand.arch_id == as_floats.arch_id and by_hand.to_json() == as_floats.to_json()
+    assert type(ArchSpec(stages=(StageSpec(32, 2, mlp_ratio=2),), drop_path=1).drop_path) is float
+
+
 def test_specs_round_trip_through_dicts_and_keep_numeric_bools():
     spec = sample(np.random.default_rng(5))
     assert ArchSpec.from_dict(spec.to_dict()) == spec
