@@ -91,6 +91,16 @@ def predictions_of(model: LatencyModel, specs: list[ArchSpec]) -> list[float]:
         return [float(v) for v in model.predict(specs)] if specs else []
 
 
+def warn_of_another_input_size(model: LatencyModel, specs: list[ArchSpec], path: str) -> None:
+    """Latency depends on the input size: a model timed on other inputs predicts these specs by
+    extrapolation (a search refuses such a model without --force)."""
+    measured, sizes = model.fingerprint.get("img_size"), sorted({s.img_size for s in specs})
+    if measured is not None and set(sizes) - {measured}:
+        warnings.warn(f"latency model {path} was measured on {measured}x{measured} inputs and this run's models "
+                      f"take {', '.join(f'{n}x{n}' for n in sizes)}: their latencies on it are extrapolated; fit a "
+                      f"model on inputs of this run's size for figures to rely on", stacklevel=2)
+
+
 def recorded(row: dict) -> dict[str, float]:
     """A trials.csv row's latencies on the other targets (none for a trial recorded without them)."""
     return json.loads(row["pred_ms_targets"]) if isinstance(row.get("pred_ms_targets"), str) else {}
@@ -110,8 +120,9 @@ def front_on_target(rows: list[dict], target: str, target_ms: float | None = Non
         latency = [recorded(r).get(target) for r in trained]
         source = f"{target}, recorded during the search"
     elif Path(target).is_file():
-        latency = predictions_of(LatencyModel.load(target), [ArchSpec.from_json(r["spec"]) for r in trained])
-        source = f"{target_label(target)}, predicted now"
+        model, specs = LatencyModel.load(target), [ArchSpec.from_json(r["spec"]) for r in trained]
+        warn_of_another_input_size(model, specs, target)
+        latency, source = predictions_of(model, specs), f"{target_label(target)}, predicted now"
     else:
         known = ", ".join(sorted(recorded_targets(rows))) or "none recorded"
         raise SearchError(f"--target {target} is neither a target of this run ({known}) nor a latency model file")

@@ -119,7 +119,9 @@ def check_other_target(run_dir, trials, latency_model, other):
     recorded = [json.loads(r)["other-device"] for r in described["pred_ms_targets"]]
     assert recorded == pytest.approx(list(model.predict([ArchSpec.from_json(s) for s in described["spec"]])))
     from_record = json.loads(run_cli("front", run_dir, "--target", "other-device", "--json").stdout)
-    from_file = json.loads(run_cli("front", run_dir, "--target", other, "--json").stdout)
+    from_file = run_cli("front", run_dir, "--target", other, "--json")
+    assert "warning" not in from_file.stderr
+    from_file = json.loads(from_file.stdout)
     assert from_record["front"] == from_file["front"] and from_record["front"]
     points = [(f["val_acc"], f["pred_ms"]) for f in from_record["front"]]
     top = described[described["val_acc"].notna()]
@@ -131,6 +133,10 @@ def check_other_target(run_dir, trials, latency_model, other):
     assert "Pareto front of" in run_cli("front", run_dir, "--target", "other-device").stdout
     res = run_cli("front", run_dir, "--target", "phone", check=False)
     assert res.returncode == 2 and "neither a target of this run (other-device)" in res.stderr
+    at_32_px = synthetic_model(run_dir.parent / "at-32-px.model", img_size=32, in_chans=3)
+    said = " ".join(run_cli("front", run_dir, "--target", at_32_px).stderr.split())
+    assert (f"warning: latency model {at_32_px} was measured on 32x32 inputs and this run's models take 8x8: their "
+            f"latencies on it are extrapolated") in said
 
 
 def recorded_of(rows, label):
