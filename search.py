@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import signal
@@ -756,6 +757,14 @@ def is_input_error(e: Exception) -> bool:
         if module in sys.modules)
 
 
+# What to do about a file the command could not write, where "choose another path" is not all of it:
+# the path may be a run directory to resume, or a model's own folder.
+UNWRITABLE = "give this user the right to write there (or, for an output, choose another path)"
+FULL = "free space, then re-run the same command: what was already saved is kept"
+OS_ERROR_ADVICE = {errno.EACCES: UNWRITABLE, errno.EPERM: UNWRITABLE, errno.ENOSPC: FULL, errno.EDQUOT: FULL,
+                   errno.EROFS: "its file system is read-only: remount it writable (or, for an output, choose a path "
+                                "on another one)"}
+
 SIGTERM_RECEIVED = threading.Event()
 
 
@@ -775,7 +784,8 @@ def main(argv: list[str] | None = None) -> None:
         args.fn(args)
     except OSError as e:  # an output path that is a file, a directory, or not writable
         where = f"{e.filename}: " if e.filename else ""
-        console.print(f"[red]error:[/] {escape(f'{where}{e.strerror or e}')}; choose another path", highlight=False,
+        advice = OS_ERROR_ADVICE.get(e.errno, "choose another path")
+        console.print(f"[red]error:[/] {escape(f'{where}{e.strerror or e}')}; {advice}", highlight=False,
                       soft_wrap=True)
         sys.exit(2)
     except Exception as e:

@@ -51,9 +51,9 @@ def check_writable(run_dir: Path) -> None:
         probe.write_bytes(b"\0" * 4096)
         probe.unlink()
     except OSError as e:
-        problem = storage_problem(e)
-        if problem is None:
-            raise
         with contextlib.suppress(OSError):
             probe.unlink()
+        problem = storage_problem(e)
+        if problem is None:  # named by the folder the user gave, not by the probe
+            raise OSError(e.errno, e.strerror, str(run_dir)) from None
         raise storage_error(run_dir, problem) from None

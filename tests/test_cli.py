@@ -183,6 +183,24 @@ def test_written_files_and_version_on_stdout_bad_options_on_stderr(tmp_path):
     assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.startswith("error:")
 
 
+@pytest.mark.parametrize("refusal, advice", [
+    ((13, "Permission denied"), "Permission denied; give this user the right to write there (or, for an output, "
+                                "choose another path)"),
+    ((30, "Read-only file system"), "Read-only file system; its file system is read-only: remount it writable"),
+    ((28, "No space left on device"), "No space left on device; free space, then re-run the same command"),
+    ((21, "Is a directory"), "Is a directory; choose another path"),
+])
+def test_a_file_that_cannot_be_written_is_one_line_with_advice_for_its_cause(tmp_path, monkeypatch, refusal, advice):
+    from pathlib import Path
+
+    def refuse(path, *args, **kwargs):
+        raise OSError(*refusal, str(path))
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    one_line_error(run_cli("space", "sample", "--n", 2, "--out", tmp_path / "s.jsonl", check=False),
+                   f"error: {tmp_path / 's.jsonl'}: {advice}")
+
+
 def test_a_bad_run_directory_is_one_line_on_stderr_only(tmp_path):
     res = run_cli("front", tmp_path / "nope", check=False)
     one_line_error(res, "no run at")

@@ -44,6 +44,14 @@ def test_a_read_only_run_directory_is_refused_in_one_line(tmp_path, monkeypatch)
     with pytest.raises(StorageError, match=r"run directory .* is read-only; nothing recorded is lost: .* re-run"):
         check_writable(tmp_path)
 
+    def deny(self, data):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr("pathlib.Path.write_bytes", deny)
+    with pytest.raises(PermissionError) as denied:
+        check_writable(tmp_path)
+    assert denied.value.filename == str(tmp_path)  # the folder given, not the probe inside it
+
 
 def test_an_atomic_write_that_fails_leaves_the_file_as_it_was_and_no_tmp(tmp_path, monkeypatch):
     from nas.records import atomic_write
