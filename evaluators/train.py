@@ -376,6 +376,10 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointSetAside(UserWarning):
+    """A checkpoint that could not be read was moved aside, and its training started over."""
+
+
 def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
                     device: torch.device) -> dict | None:
     """Restore model, optimizer and sampling state and return the loop's state (step, history,
@@ -394,7 +398,7 @@ def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ge
         aside = Path(path).with_suffix(Path(path).suffix + ".corrupt")
         Path(path).replace(aside)
         warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}); moved to {aside.name}, "
-                      f"training from scratch", stacklevel=2)
+                      f"training from scratch", CheckpointSetAside, stacklevel=2)
         return None
 
 

@@ -436,6 +436,8 @@ def propose(run: SearchRun) -> None:
 
 def settle(run: SearchRun, trial: optuna.trial.Trial, rung: int, res: dict) -> str:
     """A training reached its rung: fail it, or record the rung and promote or conclude."""
+    for note in res.get("notes", ()):  # what the worker would have warned of
+        warnings.warn(f"trial {trial.number}: {note}", stacklevel=2)
     if "storage" in res:  # the trial stays running: the next run re-queues it from its checkpoint
         raise storage_error(run.cfg.run_dir, res["storage"], where=f"a worker writing {res['path']}")
     if "lost" in res:

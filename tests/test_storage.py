@@ -95,6 +95,30 @@ def test_a_worker_reports_a_full_disk_instead_of_failing_the_candidate(monkeypat
         == "OSError: [Errno 5] I/O error"
 
 
+def test_a_checkpoint_a_worker_sets_aside_is_told_to_the_driver(monkeypatch, tmp_path):
+    from evaluators.train import TrainConfig
+    from search_space import ArchSpec, StageSpec
+
+    x, y = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8), torch.arange(32) % 10
+    monkeypatch.setattr(workers, "data_on_device", lambda holder, device: (x, y, x, y, [0.5], [0.25]))
+    spec = ArchSpec((StageSpec(width=16, depth=1, heads=2, key_dim=8),), img_size=8, in_chans=1, patch=2)
+    ckpt = tmp_path / "a.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    res = workers.evaluate_on_worker(spec.to_json(), ["ref"], TrainConfig(epochs=1, batch_size=16), str(ckpt), None)
+    assert res["val_acc"] is not None and (tmp_path / "a.pt.corrupt").read_bytes() == b"not a checkpoint"
+    (note,) = res["notes"]
+    assert note.startswith(f"checkpoint {ckpt} is unreadable (") and note.endswith("training from scratch")
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    trial.set_user_attr("arch_id", "a")
+    run = SimpleNamespace(study=study, dispatcher=SimpleNamespace(checkpoint=lambda arch_id: tmp_path / f"{arch_id}.pt"))
+    monkeypatch.setattr("nas.search.share_fate", lambda run, trial: None)
+    monkeypatch.setattr("nas.search.release_presets", lambda run: "")
+    with pytest.warns(UserWarning, match=f"trial {trial.number}: checkpoint {ckpt} is unreadable"):
+        settle(run, trial, 0, {"failure": "diverged", "notes": [note]})
+
+
 def test_a_lost_node_is_named_in_a_few_words():
     class NodeDiedError(Exception):
         pass
