@@ -93,7 +93,7 @@ def export_trial(run_dir: Path, number: int, out: Path, formats: str | tuple[str
     (out / "MODEL_CARD.md").write_text(card)
     report()
     return {"out": str(out), "max_abs_diff": diffs, "shipped_ms": shipped and shipped["measured_ms"],
-            "int8": quantized, "files": sorted(p.name for p in out.iterdir())}
+            "int8": quantized, "files": sorted(name for name in WRITTEN if (out / name).exists())}
 
 
 def written(formats: tuple[str, ...]) -> list[str]:

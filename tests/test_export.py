@@ -216,7 +216,7 @@ def test_export_refuses_a_non_empty_folder_unless_forced(demo_run, tmp_path):
     (out / "model.pt2").write_text("stale")
     res = run_cli("export", demo_run, "--trial", best, "--out", out, "--format", "onnx", "--force", "--int8")
     assert not (out / "model.pt2").exists() and (out / "notes.txt").read_text() == "mine"  # only its own files
-    assert (out / "model.onnx").exists() and "exported to" in res.stdout
+    assert (out / "model.onnx").exists() and "exported to" in res.stdout and "notes.txt" not in res.stdout
     int8 = json.loads((out / "model.int8.json").read_text())
     final = json.loads((demo_run / "final" / str(best) / "final.json").read_text())
     assert int8["test_acc_int8"] == pytest.approx(final["test_acc_int8"])  # the same quantization as train's
