@@ -200,21 +200,9 @@ def cmd_run(args) -> None:
     started = time.monotonic()  # --minutes counts the calibration too
     cfg, inputs = prepare_search(args)
     front = watch_search(cfg, inputs, started)
-    refuse_a_search_that_trained_nothing(cfg.run_dir)
     print_front(cfg.run_dir, as_json=False)
     out.print(f"{len(front)} architectures on the front; browse: etnas front {cfg.run_dir}",
               markup=False)
-
-
-def refuse_a_search_that_trained_nothing(run_dir: Path) -> None:
-    """A search whose every training failed ends in an error naming why, not in an empty front."""
-    from nas.front import failures
-
-    found = failures(run_dir)
-    if found.all_failed():
-        raise UserError(f"every trial of {run_dir} sent to training failed ({len(found.failed)}); {first_failure(found, run_dir)}. "
-                        f"Fix the cause, then start a new run with another --name: this one does not train a "
-                        f"failed architecture again")
 
 
 def warn_of_failures(run_dir: Path) -> None:
@@ -223,14 +211,7 @@ def warn_of_failures(run_dir: Path) -> None:
     found = failures(run_dir)
     if found.failed:
         console.print(f"[yellow]warning:[/] {len(found.failed)} of the {len(found.failed) + found.trained} trials "
-                      f"sent to training failed; {escape(first_failure(found, run_dir))}", highlight=False,
-                      soft_wrap=True)
-
-
-def first_failure(found, run_dir: Path) -> str:
-    first = found.failed[0]
-    return (f"trial {int(first['number'])}: {first['failure']} (every trial's reason is in the failure column "
-            f"of {Path(run_dir) / 'trials.csv'})")
+                      f"sent to training failed; {escape(found.first(run_dir))}", highlight=False, soft_wrap=True)
 
 
 def prepare_search(args):

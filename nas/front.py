@@ -40,6 +40,11 @@ class Failures(NamedTuple):
     def all_failed(self) -> bool:
         return bool(self.failed) and not self.trained and not self.unfinished
 
+    def first(self, run_dir: Path) -> str:
+        first = self.failed[0]
+        return (f"trial {int(first['number'])}: {first['failure']} (every trial's reason is in the failure column "
+                f"of {Path(run_dir) / 'trials.csv'})")
+
 
 def failures(run_dir: Path) -> Failures:
     rows, _ = run_records(Path(run_dir))
@@ -47,6 +52,15 @@ def failures(run_dir: Path) -> Failures:
     return Failures([r for r in rows if r["state"] == TrialState.FAIL],
                     trained=sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states),
                     unfinished=sum(s in (TrialState.RUNNING, TrialState.WAITING) for s in states))
+
+
+def refuse_a_search_that_trained_nothing(run_dir: Path) -> None:
+    """A search whose every training failed ends in an error naming why, not in an empty front."""
+    found = failures(run_dir)
+    if found.all_failed():
+        raise SearchError(f"every trial of {run_dir} sent to training failed ({len(found.failed)}); "
+                          f"{found.first(run_dir)}. Fix the cause, then start a new run with another --name: this "
+                          f"one does not train a failed architecture again")
 
 
 def preset_trials(trials: pd.DataFrame) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from search_space.sampling import FixedSuggester
 from . import SearchError
 from .config import SearchConfig, refuse_other_settings, target_name
 from .dispatch import Dispatcher, rung_train_config
+from .front import refuse_a_search_that_trained_nothing
 from .inputs import SearchInputs, check_target, load_inputs
 from .ladder import Ladder
 from .records import trial_state
@@ -234,7 +235,8 @@ class SearchRun:
 def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] | None = None,
                inputs: SearchInputs | None = None, started: float | None = None) -> list[dict]:
     """Run (or resume) a search; returns the Pareto front of the top rung. Infeasible candidates are
-    never trained; every feasible one trains the first rung, and the promoted ones continue.
+    never trained; every feasible one trains the first rung, and the promoted ones continue. A
+    search whose every training failed is an error naming the first failure (its records kept).
     `started`: the time.monotonic() the run began (before its calibration), which `cfg.minutes`
     counts from; default now."""
     started = time.monotonic() if started is None else started
@@ -247,6 +249,7 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
                 run.deadline = None if cfg.minutes is None else started + cfg.minutes * 60
                 run.report()
                 search_until_done(run)
+                refuse_a_search_that_trained_nothing(cfg.run_dir)
             except (KeyboardInterrupt, Exception):
                 if run is not None:
                     run.dispatcher.cancel()
