@@ -211,7 +211,8 @@ def warn_of_failures(run_dir: Path) -> None:
     found = failures(run_dir)
     if found.failed:
         console.print(f"[yellow]warning:[/] {len(found.failed)} of the {len(found.failed) + found.trained} trials "
-                      f"sent to training failed; {escape(found.first(run_dir))}", highlight=False, soft_wrap=True)
+                      f"sent to training failed; {escape(found.first_failure(run_dir))}", highlight=False,
+                      soft_wrap=True)
 
 
 def prepare_search(args):

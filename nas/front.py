@@ -40,7 +40,7 @@ class Failures(NamedTuple):
     def all_failed(self) -> bool:
         return bool(self.failed) and not self.trained and not self.unfinished
 
-    def first(self, run_dir: Path) -> str:
+    def first_failure(self, run_dir: Path) -> str:
         first = self.failed[0]
         return (f"trial {int(first['number'])}: {first['failure']} (every trial's reason is in the failure column "
                 f"of {Path(run_dir) / 'trials.csv'})")
@@ -59,8 +59,8 @@ def refuse_a_search_that_trained_nothing(run_dir: Path) -> None:
     found = failures(run_dir)
     if found.all_failed():
         raise SearchError(f"every trial of {run_dir} sent to training failed ({len(found.failed)}); "
-                          f"{found.first(run_dir)}. Fix the cause, then start a new run with another --name: this "
-                          f"one does not train a failed architecture again")
+                          f"{found.first_failure(run_dir)}. Fix the cause, then start a new run with another "
+                          f"--name: this one does not train a failed architecture again")
 
 
 def preset_trials(trials: pd.DataFrame) -> pd.DataFrame:

@@ -122,7 +122,7 @@ class SearchProgress:
     front_size: int = 0
     queued: int = 0  # rung trainings waiting for a free worker
     at_rung: list[int] = field(default_factory=list)
-    training_s_left: float | None = None  # on the clock: the workers share it
+    training_s_left: float | None = None  # a guess of the time, on the clock, its trainings still take
     total: int = 0
     minutes_left: float | None = None  # of --minutes
     last: str = ""
