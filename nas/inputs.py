@@ -14,6 +14,7 @@ import numpy as np
 from evaluators.data import Dataset, load_dataset
 from latency_models import LatencyModel
 from latency_models.calibrate import calibrate, fingerprint_mismatch
+from latency_models.measure import fingerprint, fingerprint_id
 from search_space import SearchSpace, presets, sample
 from search_space.presets import SEARCH_SCALE
 from search_space.sampling import params_of
@@ -64,6 +65,17 @@ def check_target(target_ms: float, latencies: np.ndarray) -> None:
                           f"(half the space meets it) or at least {q10:.2f} (a tenth does)")
 
 
+def refuse_another_target(name: str, resumed: dict | None, target: dict) -> None:
+    """A resumed run predicts latency on the target it was searched for: its trials' latencies on
+    two devices, runtimes or precisions would not compare, nor would its front."""
+    searched_for = (resumed or {}).get("latency_target")
+    if searched_for and searched_for.get("id") != target.get("id", fingerprint_id(target)):
+        raise SearchError(f"run {name} was searched for {target_name(searched_for)}, not {target_name(target)}: "
+                          f"resume it with the latency model it was searched with (none: with the --runtime and "
+                          f"--precision it used, on that machine), or choose a new --name; `etnas front RUN "
+                          f"--target MODEL` shows its front on another target")
+
+
 @dataclass
 class SearchInputs:
     """The data, the space widened to the presets, the presets' trial parameters, the latency
@@ -107,11 +119,14 @@ def prepare_search(cfg: SearchConfig, target: str | float, *, runtime: str = DEF
         raise SearchError(f"--resolution {cfg.resolution} is above the data's image size, {data.img_size}: the proxy "
                           f"trains at a lower resolution to be cheaper; give at most {data.img_size}")
     cfg = dataclasses.replace(cfg, base_epochs=min(cfg.base_epochs, cfg.epochs))
+    resumed = None
     if run_begun(cfg.run_dir):  # a resume that cannot be: refused before a calibration
         refuse_a_lost_study(cfg.run_dir)
-        refuse_other_settings(cfg, run_config(cfg.run_dir), but=("target_ms",))  # the target once resolved
+        resumed = run_config(cfg.run_dir)
+        refuse_other_settings(cfg, resumed, but=("target_ms",))  # the target once resolved
     space, preset_params = search_space_for(cfg, shape)
     if not cfg.latency_model:
+        refuse_another_target(cfg.name, resumed, fingerprint("cpu", runtime, 1, 1, data.img_size, precision))
         path, report = calibrate(*shape, Path(cfg.runs_dir) / "latency", space, runtime=runtime, n=calibrate_n,
                                  precision=precision, on_row=on_calibration_row)
         on_note(f"latency model {path}: held-out within ±10% {report['within_10']:.0%}, Kendall tau "
@@ -119,6 +134,7 @@ def prepare_search(cfg: SearchConfig, target: str | float, *, runtime: str = DEF
                 f"reusing latency model {path}")
         cfg = dataclasses.replace(cfg, latency_model=str(path))
     model = LatencyModel.load(cfg.latency_model)
+    refuse_another_target(cfg.name, resumed, model.fingerprint)
     mismatch = fingerprint_mismatch(model, data.img_size)
     if mismatch and not force:
         raise SearchError(f"latency model {cfg.latency_model} was measured elsewhere ({'; '.join(mismatch)}); "

@@ -314,6 +314,23 @@ def test_changed_settings_refuse_to_resume(tmp_path, latency_model):
     assert "target_ms" not in res.stderr and not (tmp_path / "latency").exists()
 
 
+def test_a_run_resumes_only_on_the_target_it_was_searched_for(tmp_path, latency_model):
+    run_dir = tmp_path / "x"
+    run_dir.mkdir()
+    searched_for = {**LatencyModel.load(latency_model).fingerprint, "runtime": "onnxruntime", "onnxruntime": "1.0",
+                    "precision": "int8", "id": "0123456789"}
+    saved = {**SearchConfig(name="x", target_ms=1.0, latency_model="").identity(), "latency_target": searched_for}
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    res = run_cli("run", "--name", "x", "--target-ms", TARGET, "--latency-model", latency_model,
+                  "--runs-dir", tmp_path, check=False, own_process=False)
+    one_line_error(res, "run x was searched for onnxruntime 1.0 int8 on", ", not torch ", "resume it with the latency "
+                   "model it was searched with", "or choose a new --name")
+    res = run_cli("run", "--name", "x", "--target-ms", TARGET, "--runtime", "torch", "--calibrate-n", 8,
+                  "--runs-dir", tmp_path, check=False, own_process=False)  # this machine's target: refused before timing it
+    one_line_error(res, "run x was searched for onnxruntime 1.0 int8 on", ", not torch ")
+    assert not (tmp_path / "latency").exists() and json.loads((run_dir / "config.json").read_text()) == saved
+
+
 def test_a_run_being_searched_by_another_process_is_refused_untouched(tmp_path, latency_model):
     """The lock is the file's: held here through another open file, as another process holds it."""
     from nas.rundir import searching
