@@ -59,12 +59,30 @@ def cmd_space_sample(args) -> None:
 
     from search_space import SearchSpace, sample
 
+    refuse_to_replace(args.out, args.force, spec_file, "spec file (JSONL)")
     space = SearchSpace.load(args.space)
     rng = np.random.default_rng(args.seed)
     specs = [sample(rng, space, args.img_size, args.in_chans, args.num_classes) for _ in range(args.n)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("".join(s.to_json() + "\n" for s in specs))
     out.print(f"wrote {len(specs)} specs ({len({s.arch_id for s in specs})} distinct) to {args.out}", markup=False)
+
+
+def refuse_to_replace(out: str, force: bool, written_here: Callable[[Path], bool], kind: str) -> None:
+    """An --out that exists is replaced when it is a file of the kind the command writes (a re-run),
+    or with --force: another file there (a timing table, say) may hold hours of work."""
+    if Path(out).is_file() and Path(out).stat().st_size and not force and not written_here(Path(out)):
+        raise UserError(f"--out {out} exists and is not a {kind}; pass --force to replace it, or choose another path")
+
+
+def spec_file(path: Path) -> bool:
+    from search_space import SpecError, load_specs
+
+    try:
+        load_specs(path)
+    except (SpecError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def cmd_space_check(args) -> None:
@@ -165,8 +183,12 @@ def require_runtime_for(precision: str, runtime: str) -> None:
 
 def cmd_fit_latency(args) -> None:
     from latency_models import read_table
+    from latency_models.calibrate import loads
     from latency_models.validate import fit_and_report
 
+    if Path(args.out).resolve() == Path(args.csv).resolve():
+        raise UserError(f"--out {args.out} is the timing table being fitted; give the model a path of its own")
+    refuse_to_replace(args.out, args.force, loads, "latency model")
     model, report = fit_and_report(read_table(Path(args.csv)), args.test_fraction, args.seed, args.fingerprint)
     model.save(args.out)
     if args.json:
@@ -548,6 +570,8 @@ def _space_parsers(sub) -> None:
         _shape_options(sp)
         sp.set_defaults(fn=fn)
     space_sub.choices["sample"].add_argument("--out", required=True, type=given_path, help="JSONL file to write")
+    space_sub.choices["sample"].add_argument("--force", action="store_true",
+                                             help="replace an --out that is not a spec file")
     space_sub.choices["check"].add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -579,6 +603,7 @@ def _latency_parsers(sub) -> None:
                        formatter_class=HelpFormatter)
     f.add_argument("csv", help="timing CSV from `measure`")
     f.add_argument("--out", required=True, type=given_path, help="latency model file to write")
+    f.add_argument("--force", action="store_true", help="replace an --out that is not a latency model")
     f.add_argument("--json", action="store_true", help="print the fit report as JSON")
     f.add_argument("--test-fraction", type=number(0, 0.9), default=0.25, help="share of architectures held out")
     f.add_argument("--seed", type=integer(0), default=0, help="seed of the held-out split")

@@ -14,7 +14,7 @@ import numpy as np
 from evaluators.data import Dataset, load_dataset
 from latency_models import LatencyModel
 from latency_models.calibrate import calibrate, fingerprint_mismatch
-from latency_models.measure import fingerprint, fingerprint_id
+from latency_models.measure import fingerprint
 from search_space import SearchSpace, presets, sample
 from search_space.presets import SEARCH_SCALE
 from search_space.sampling import params_of
@@ -69,11 +69,19 @@ def refuse_another_target(name: str, resumed: dict | None, target: dict) -> None
     """A resumed run predicts latency on the target it was searched for: its trials' latencies on
     two devices, runtimes or precisions would not compare, nor would its front."""
     searched_for = (resumed or {}).get("latency_target")
-    if searched_for and searched_for.get("id") != target.get("id", fingerprint_id(target)):
+    if searched_for and not same_target(searched_for, target):
         raise SearchError(f"run {name} was searched for {target_name(searched_for)}, not {target_name(target)}: "
                           f"resume it with the latency model it was searched with (none: with the --runtime and "
                           f"--precision it used, on that machine), or choose a new --name; `etnas front RUN "
                           f"--target MODEL` shows its front on another target")
+
+
+def same_target(a: dict, b: dict) -> bool:
+    """Whether two device fingerprints are one target: by their ids where both have one (a timing
+    table's), else by their content."""
+    if a.get("id") and b.get("id"):
+        return a["id"] == b["id"]
+    return {k: v for k, v in a.items() if k != "id"} == {k: v for k, v in b.items() if k != "id"}
 
 
 @dataclass

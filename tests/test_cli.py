@@ -201,6 +201,26 @@ def test_a_file_that_cannot_be_written_is_one_line_with_advice_for_its_cause(tmp
                    f"error: {tmp_path / 's.jsonl'}: {advice}")
 
 
+def test_an_out_path_holding_other_work_is_replaced_only_with_force(tmp_path):
+    from .helpers import synthetic_model
+
+    table = tmp_path / "t.csv"
+    table.write_text("hours,of,timings\n1,2,3\n")
+    one_line_error(run_cli("fit-latency", table, "--out", table, "--force", check=False),
+                   f"--out {table} is the timing table being fitted; give the model a path of its own")
+    one_line_error(run_cli("fit-latency", tmp_path / "other.csv", "--out", table, check=False),
+                   f"--out {table} exists and is not a latency model; pass --force to replace it")
+    one_line_error(run_cli("space", "sample", "--n", 2, "--out", table, check=False),
+                   f"--out {table} exists and is not a spec file (JSONL); pass --force")
+    assert table.read_text() == "hours,of,timings\n1,2,3\n"
+    model = synthetic_model(tmp_path / "m.model")  # a model of its own is replaced (a re-fit): the table is
+    refit = run_cli("fit-latency", table, "--out", model, check=False)  # what is refused then
+    assert refit.returncode == 2 and "--out" not in refit.stderr and "t.csv" in refit.stderr
+    run_cli("space", "sample", "--n", 2, "--out", table, "--force")
+    run_cli("space", "sample", "--n", 3, "--out", table)  # a spec file now: sampled again without --force
+    assert len(table.read_text().splitlines()) == 3
+
+
 def test_a_bad_run_directory_is_one_line_on_stderr_only(tmp_path):
     res = run_cli("front", tmp_path / "nope", check=False)
     one_line_error(res, "no run at")
