@@ -189,7 +189,8 @@ def cmd_fit_latency(args) -> None:
     if Path(args.out).resolve() == Path(args.csv).resolve():
         raise UserError(f"--out {args.out} is the timing table being fitted; give the model a path of its own")
     refuse_to_replace(args.out, args.force, loads, "latency model")
-    model, report = fit_and_report(read_table(Path(args.csv)), args.test_fraction, args.seed, args.fingerprint)
+    model, report = fit_and_report(read_table(Path(args.csv)), args.test_fraction, args.seed, args.fingerprint,
+                                   source=args.csv)
     model.save(args.out)
     if args.json:
         print(json.dumps(report))
@@ -203,14 +204,17 @@ def cmd_fit_latency(args) -> None:
                      ("kendall_tau", "{:.3f}")):
         table.add_row(key, fmt.format(report[key]), fmt.format(base["flops"][key]), fmt.format(base["params"][key]))
     out.print(table)
-    out.print(f"noise floor (median relative difference of {report['noise_pairs']} re-measured "
-              f"architectures): {report['noise_floor']:.2%}; within ±10% of each other: "
-              f"{report['noise_within_10']:.1%}")
+    if report["noise_pairs"]:
+        out.print(f"noise floor (median relative difference of {report['noise_pairs']} re-measured "
+                  f"architectures): {report['noise_floor']:.2%}; within ±10% of each other: "
+                  f"{report['noise_within_10']:.1%}")
+    else:
+        out.print("noise floor: none measured (no architecture was timed twice: `measure --remeasure` above 0)")
     if "raw" in report:
         raw = report["raw"]
+        floor = f"; their noise floor {raw['noise_floor']:.2%}" if raw["noise_pairs"] else ""
         out.print(f"against the raw timings (the machine's speed at the time, not the reference's): within "
-                  f"±10% {raw['within_10']:.1%}, Kendall tau {raw['kendall_tau']:.3f}; their noise floor "
-                  f"{raw['noise_floor']:.2%}")
+                  f"±10% {raw['within_10']:.1%}, Kendall tau {raw['kendall_tau']:.3f}{floor}")
     out.print(f"Model saved to {args.out} ({report['saved_model']}).", markup=False)
 
 

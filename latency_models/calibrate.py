@@ -41,7 +41,7 @@ def calibrate(img_size: int, in_chans: int, num_classes: int, cache_dir: Path, s
         return model_path, None
     measure_all(specs, csv_path, runtime=runtime, device="cpu", threads=1, batch=1, on_row=on_row,
                 precision=precision)  # resumes: a model of an older tally is re-fitted from its timings
-    model, report = fit_and_report(read_table(csv_path), seed=seed)
+    model, report = fit_and_report(read_table(csv_path), seed=seed, source=csv_path)
     model.save(model_path)
     return model_path, report
 

@@ -28,7 +28,7 @@ from search_space.presets import SEARCH_SCALE
 
 from .features import tally, total_flops
 from .settings import REMEASURE_SHARE, SWEEPS, WARM_CALLS
-from .table import append_row, measured_counts, table_reference
+from .table import append_row, drop_cut_row, measured_counts, table_reference
 
 
 def cpu_model() -> str:
@@ -336,6 +336,7 @@ def measure_all(specs: Iterable[ArchSpec], out: Path, *, runtime: str, device: s
         raise ValueError(f"precision {precision} is timed in onnxruntime only, not {runtime}")
     fp = fingerprint(device, runtime, threads, batch, specs[0].img_size, precision)
     fid = fingerprint_id(fp)
+    drop_cut_row(out)
     reference_ms = table_reference(out, fid, reference_ms)
     anchor = None
     written = 0

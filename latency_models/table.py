@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from search_space import ArchSpec, SpecError
@@ -12,6 +16,9 @@ from search_space import ArchSpec, SpecError
 COLUMNS = ["arch_id", "short", "spec_json", "median_ms", "p10_ms", "p90_ms", "raw_median_ms", "repeats", "anchor_ms",
            "reference_ms", "flops", "params", "fingerprint", "fingerprint_json", "measured_at"]
 REQUIRED = ["arch_id", "spec_json", "median_ms", "p10_ms", "p90_ms", "repeats", "fingerprint"]
+FITTED = ["flops", "params", "fingerprint_json"]  # a fit needs them too; tables older than them still read
+NUMBERS = {"median_ms": "positive", "p10_ms": "non-negative", "p90_ms": "non-negative", "flops": "non-negative",
+           "params": "non-negative"}  # each a finite number, where the table has it
 
 
 class TableError(ValueError):
@@ -37,29 +44,50 @@ def append_row(path: Path, row: dict) -> None:
         f.flush()
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Load and check a timing table."""
+def complete_length(data: bytes) -> int:
+    """The bytes of `data` up to its last line end: every row is written whole with its line end,
+    so what follows the last one is a row whose write was cut short (a kill, a full disk)."""
+    return len(data) if not data or data.endswith(b"\n") else data.rfind(b"\n") + 1
+
+
+def drop_cut_row(path: Path) -> None:
+    """Cut off a last row whose write was cut short, before appending to the table: else the next
+    row would be glued to it. Its architecture is then measured again."""
+    data = Path(path).read_bytes() if Path(path).exists() else b""
+    keep = complete_length(data)
+    if keep < len(data):
+        os.truncate(path, keep)
+        warnings.warn(f"timing table {path}: its last row was cut short (an interrupted write); dropped, and its "
+                      f"architecture measured again", stacklevel=2)
+
+
+def read_table(path: Path, *, rows_required: bool = True) -> pd.DataFrame:
+    """Load and check a timing table (`rows_required`: one holding a header only is an error)."""
     path = Path(path)
     if not path.exists():
         raise TableError(f"timing table {path} does not exist; measure one with `etnas measure --out {path}`")
+    data = path.read_bytes()
+    if complete_length(data) < len(data):
+        warnings.warn(f"timing table {path}: its last row was cut short (an interrupted write) and is left out; "
+                      f"the same `etnas measure` measures it again", stacklevel=2)
     try:
-        df = pd.read_csv(path, dtype={"arch_id": str, "fingerprint": str})
+        df = pd.read_csv(io.BytesIO(data[:complete_length(data)]), dtype={"arch_id": str, "fingerprint": str})
     except pd.errors.EmptyDataError:
         raise TableError(f"timing table {path} is empty; measure some architectures first") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise TableError(f"timing table {path} is not a valid CSV ({str(e).splitlines()[0]}); "
-                         f"delete it or re-measure") from None
+        raise TableError(f"{path} is not a timing table: not a valid CSV ({str(e).splitlines()[0]})") from None
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise TableError(f"timing table {path} lacks columns {missing}; was it written by `etnas measure`?")
-    if df.empty:
+    if df.empty and rows_required:
         raise TableError(f"timing table {path} has no rows; measure some architectures first")
-    bad = pd.to_numeric(df["median_ms"], errors="coerce")
-    if bad.isna().any() or (bad <= 0).any():
-        n = int(bad.isna().sum() + (bad <= 0).sum())
-        raise TableError(f"timing table {path} has {n} row(s) with a missing or non-positive median_ms; "
-                         f"remove them or re-measure")
-    df["median_ms"] = bad
+    for column, sign in ((c, sign) for c, sign in NUMBERS.items() if c in df.columns):
+        values = pd.to_numeric(df[column], errors="coerce")
+        bad = ~np.isfinite(values) | ((values <= 0) if sign == "positive" else (values < 0))
+        if bad.any():
+            raise TableError(f"timing table {path} has {int(bad.sum())} row(s) whose {column} is missing or not a "
+                             f"finite {sign} number; remove them or re-measure")
+        df[column] = values
     for row, text in enumerate(df["spec_json"], start=1):
         try:
             ArchSpec.from_json(str(text)).validate()
@@ -73,7 +101,7 @@ def measured_counts(path: Path, fingerprint: str) -> dict[str, int]:
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return {}
-    df = read_table(path)
+    df = read_table(path, rows_required=False)
     return df[df["fingerprint"] == fingerprint]["arch_id"].value_counts().to_dict()
 
 
@@ -130,7 +158,7 @@ def table_reference(path: Path, fingerprint: str, wanted: float | None = None) -
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return wanted
-    rows = read_table(path)
+    rows = read_table(path, rows_required=False)
     if "reference_ms" not in rows:  # appending would drop the new columns (the file keeps its header)
         raise TableError(f"timing table {path} was measured before timings were scaled to a reference; "
                          f"measure into a new file")

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import onnx
@@ -221,6 +222,7 @@ def test_remeasured_share_gets_a_second_row(tmp_path):
 def synthetic_rows(specs, factor=lambda i: 1.0):
     return [{"arch_id": s.arch_id, "spec_json": s.to_json(), "median_ms": synthetic_ms(s), "p10_ms": 0, "p90_ms": 0,
              "raw_median_ms": synthetic_ms(s) * factor(i), "repeats": 1, "reference_ms": 2.0, "fingerprint": "f",
+             "fingerprint_json": json.dumps(fingerprint("cpu", "torch", 1, 1, s.img_size)),
              "flops": total_flops(s), "params": 1 + i % 7} for i, s in enumerate(specs)]
 
 
@@ -294,7 +296,12 @@ def test_save_load_round_trip_and_extrapolation_warning(tmp_path):
 @pytest.mark.parametrize("content, message", [
     ("", "is empty"),
     ("a,b\n1,2\n", "lacks columns"),
-    ("arch_id,spec_json,median_ms,p10_ms,p90_ms,repeats,fingerprint\nx,{},-1,0,0,1,f\n", "non-positive median_ms"),
+    ("arch_id,spec_json,median_ms,p10_ms,p90_ms,repeats,fingerprint\nx,{},-1,0,0,1,f\n",
+     "has 1 row"),
+    ("arch_id,spec_json,median_ms,p10_ms,p90_ms,repeats,fingerprint\nx,{},inf,0,0,1,f\n",
+     "whose median_ms is missing or not a finite positive number"),
+    ("arch_id,spec_json,median_ms,p10_ms,p90_ms,repeats,fingerprint,flops\nx,{},1,0,0,1,f,xyz\n",
+     "whose flops is missing or not a finite non-negative number"),
     ('arch_id,spec_json\n"unterminated,\n', "not a valid CSV"),
     ("arch_id,spec_json,median_ms,p10_ms,p90_ms,repeats,fingerprint\nx,{},1,1,1,1,f\n",
      "data row 1: spec must be a JSON object with a 'stages' list; remove the row or re-measure"),
@@ -305,6 +312,37 @@ def test_bad_tables_are_one_line_errors(tmp_path, content, message):
     with pytest.raises(TableError, match=message):
         read_table(f)
     one_line_error(run_cli("fit-latency", f, "--out", tmp_path / "m", check=False), message)
+
+
+def test_a_row_cut_short_is_left_out_when_read_and_measured_again_when_appending(tmp_path):
+    out = tmp_path / "t.csv"
+    specs = tiny_specs(3)
+    measure_all(specs[:2], out, runtime="torch", **ONE_THREAD, remeasure=0.0, sweeps=5)
+    first = read_table(out)["arch_id"].iloc[0]
+    out.write_bytes(out.read_bytes()[:-30])  # the second row's write cut short, as a kill leaves it
+    with pytest.warns(UserWarning, match="its last row was cut short .* and is left out"):
+        assert read_table(out)["arch_id"].tolist() == [first]
+    with pytest.warns(UserWarning, match="its last row was cut short .*; dropped, and its architecture measured again"):
+        measure_all(specs, out, runtime="torch", **ONE_THREAD, remeasure=0.0, sweeps=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # whole again
+        assert sorted(read_table(out)["arch_id"]) == sorted(s.arch_id for s in specs)
+
+
+def test_a_fit_report_is_strict_json_and_a_fit_keeps_enough_to_learn_from(tmp_path):
+    table = tmp_path / "t.csv"
+    specs = list({s.arch_id: s for s in tiny_specs(40, seed=2)}.values())
+    pd.DataFrame(synthetic_rows(specs)).to_csv(table, index=False)  # no architecture timed twice: no noise floor
+    report = json.loads(run_cli("fit-latency", table, "--out", tmp_path / "m.model", "--json").stdout,
+                        parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert report["noise_pairs"] == 0 and "noise_floor" not in report
+    assert "noise floor: none measured" in run_cli("fit-latency", table, "--out", tmp_path / "m.model").stdout
+    one_line_error(run_cli("fit-latency", table, "--out", tmp_path / "n.model", "--test-fraction", 0.9, check=False),
+                   f"{len(specs)} architectures measured, 4 left to fit on after holding out 0.9 of them; a fit "
+                   f"needs at least 10")
+    pd.DataFrame(synthetic_rows(specs)).drop(columns="fingerprint_json").to_csv(table, index=False)
+    one_line_error(run_cli("fit-latency", table, "--out", tmp_path / "n.model", check=False),
+                   f"timing table {table} lacks columns ['fingerprint_json'] that a fit needs")
 
 
 def test_missing_and_corrupt_model_files(tmp_path):
