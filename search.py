@@ -60,7 +60,7 @@ def cmd_space_sample(args) -> None:
     from search_space import SearchSpace, sample
 
     refuse_to_replace(args.out, args.force, spec_file, "spec file (JSONL)")
-    space = SearchSpace.load(args.space)
+    space = SearchSpace.load(args.space, args.img_size)
     rng = np.random.default_rng(args.seed)
     specs = [sample(rng, space, args.img_size, args.in_chans, args.num_classes) for _ in range(args.n)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def cmd_space_check(args) -> None:
     from search_space import SearchSpace, presets, sample
     from search_space.check import check_space
 
-    space = SearchSpace.load(args.space)
+    space = SearchSpace.load(args.space, args.img_size)
     rng = np.random.default_rng(args.seed)
     named = list(presets(args.img_size, args.in_chans, args.num_classes).items())
     named += [(f"sample-{i}", sample(rng, space, args.img_size, args.in_chans, args.num_classes))
@@ -157,7 +157,7 @@ def cmd_measure(args) -> None:
     require_device(args.device)
     require_runtime_for(args.precision, args.runtime)
     given = load_specs(args.specs) if args.specs else []
-    sampled = specs_to_time(args.img_size, args.in_chans, args.num_classes, SearchSpace.load(args.space), n=args.n,
+    sampled = specs_to_time(args.img_size, args.in_chans, args.num_classes, SearchSpace.load(args.space, args.img_size), n=args.n,
                             seed=args.seed, preset_scales=(1.0, SEARCH_SCALE))
     unique = {s.arch_id: s for s in [*given, *sampled]}
     fid = fingerprint_id(fingerprint(args.device, args.runtime, args.threads, args.batch, args.img_size,

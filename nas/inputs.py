@@ -29,7 +29,7 @@ from .targets import load_targets
 def search_space_for(cfg: SearchConfig, shape: tuple[int, int, int]) -> tuple[SearchSpace, dict]:
     """The run's space (defaults or the user's file) widened to express every seed preset, and the
     presets' trial parameters by name."""
-    space = SearchSpace.load(cfg.space)
+    space = SearchSpace.load(cfg.space, shape[0])
     refs = presets(*shape, width_mult=SEARCH_SCALE, depth_mult=SEARCH_SCALE)
     params = {name: params_of(spec, space) for name, spec in refs.items()}
     for p in params.values():

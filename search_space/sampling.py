@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,9 +47,31 @@ class SearchSpace:
                 axis.append(value)
         return dataclasses.replace(self, **{k: tuple(v) for k, v in axes.items()})
 
+    def patches_for(self, img_size: int) -> list[int]:
+        """The patch choices that cut the image into a token grid of at most `max_grid` a side."""
+        return [p for p in self.patch if img_size % p == 0 and img_size // p <= self.max_grid]
+
+    def unusable_choices(self, img_size: int) -> list[str]:
+        """Choices that `sample` can never honour at this image size, in words: it draws the
+        nearest valid spec instead, so a space file asking for them would be overruled unsaid."""
+        out = []
+        if not self.patches_for(img_size):
+            out.append(f"no patch of {list(self.patch)} cuts {img_size}-px images into a token grid of at most "
+                       f"{self.max_grid} a side (max_grid): every spec gets patch {coarsest_patch(img_size)}")
+        never = [h for h in self.heads if not any(w % h == 0 for w in self.widths)]
+        if never:
+            out.append(f"heads {never} divide none of the widths {list(self.widths)}: no stage gets them"
+                       + (", every stage gets 1 head" if len(never) == len(self.heads) else ""))
+        fixed = {ATTENTIONS[a].value_ratio for a in self.attentions}
+        if None not in fixed and set(self.value_ratios) - fixed:
+            out.append(f"value_ratios {sorted(set(self.value_ratios) - fixed)} are never used: the attentions "
+                       f"{list(self.attentions)} fix their own ({sorted(fixed)})")
+        return out
+
     @classmethod
-    def load(cls, path: str | Path | None) -> SearchSpace:
-        """Defaults overridden by a JSON object of {axis: [choices]} (none: the defaults)."""
+    def load(cls, path: str | Path | None, img_size: int | None = None) -> SearchSpace:
+        """Defaults overridden by a JSON object of {axis: [choices]} (none: the defaults). With the
+        data's `img_size`, choices the sampler cannot honour there are warned of."""
         if path is None:
             return cls()
         try:
@@ -72,7 +95,10 @@ class SearchSpace:
         unknown_ops = set().union(*(set(override.get(axis, ())) - set(names) for axis, names in offered.items()))
         if unknown_ops:
             raise SpecError(f"{path}: unknown operator(s) {sorted(unknown_ops)}{PLUGIN_HINT}")
-        return cls(**{k: (v if k == "max_grid" else tuple(v)) for k, v in override.items()})
+        space = cls(**{k: (v if k == "max_grid" else tuple(v)) for k, v in override.items()})
+        for problem in space.unusable_choices(img_size) if img_size else ():
+            warnings.warn(f"{path}: {problem}", stacklevel=2)
+        return space
 
 
 # What a number on an axis must be, beyond its type (default: positive)
@@ -127,8 +153,7 @@ def sample(trial_or_rng: Suggester | np.random.Generator | int, space: SearchSpa
         t = np.random.default_rng(int(t))
     if isinstance(t, np.random.Generator):
         t = RngSuggester(t)
-    patches = [p for p in space.patch if img_size % p == 0 and img_size // p <= space.max_grid]
-    patch = t.suggest_categorical("patch", patches or [coarsest_patch(img_size)])  # sizes like 33 or 50
+    patch = t.suggest_categorical("patch", space.patches_for(img_size) or [coarsest_patch(img_size)])  # sizes like 33
     n_stages = t.suggest_categorical("stages", list(space.stages))
     stem = t.suggest_categorical("stem", list(space.stems))
     downsample = t.suggest_categorical("downsample", list(space.downsamples))

@@ -167,6 +167,25 @@ def test_space_file_choices_of_the_wrong_kind_are_named(tmp_path, override, mess
     assert SearchSpace.load(f).mlp_ratios == (0.5, 2)
 
 
+@pytest.mark.parametrize("override, img_size, said", [
+    ({"widths": [32], "heads": [7]}, 8, "heads [7] divide none of the widths [32]: no stage gets them, every stage gets "
+                                        "1 head"),
+    ({"widths": [32, 48], "heads": [3, 5]}, 8, "heads [5] divide none of the widths [32, 48]: no stage gets them"),
+    ({"patch": [1]}, 32, "no patch of [1] cuts 32-px images into a token grid of at most 16 a side (max_grid): every "
+                         "spec gets patch 16"),
+    ({"attentions": ["cga"], "value_ratios": [2]}, 8, "value_ratios [2] are never used: the attentions ['cga'] fix "
+                                                      "their own ([1])"),
+])
+def test_space_choices_the_sampler_cannot_honour_are_warned_of(tmp_path, override, img_size, said):
+    f = tmp_path / "space.json"
+    f.write_text(json.dumps(override))
+    with pytest.warns(UserWarning) as caught:
+        space = SearchSpace.load(f, img_size)
+    assert [str(w.message) for w in caught] == [f"{f}: {said}"]
+    assert space.unusable_choices(img_size) == [said]
+    assert all(SearchSpace().unusable_choices(size) == [] for size in (8, 28, 32, 64))  # the defaults: none
+
+
 def test_a_whole_number_in_a_float_field_names_the_same_architecture():
     as_floats = ArchSpec(stages=(StageSpec(32, 2, mlp_ratio=3.0),), drop_path=0.1)
     by_hand = ArchSpec.from_json(json.dumps({"stages": [{"width": 32, "depth": 2, "mlp_ratio": 3}], "drop_path": 0.1}))
