@@ -80,14 +80,19 @@ def check_images(source: str, name: str, x: np.ndarray) -> np.ndarray:
     if x.dtype == object:
         raise DataError(f"{where} is an object array; store images as a uint8 array")
     channels_ok = x.ndim == 3 or (x.ndim == 4 and x.shape[3] in (1, 3))
-    if x.ndim not in (3, 4) or x.shape[0] == 0 or x.shape[1] != x.shape[2] or not channels_ok:
+    if x.ndim in (3, 4) and x.shape[0] == 0:
+        raise DataError(f"{where} holds no images")
+    if x.ndim not in (3, 4) or x.shape[1] != x.shape[2] or not channels_ok:
         raise DataError(f"{where} has shape {x.shape}; expected N x H x W (grey) or N x H x W x C with C 1 or 3, "
                         f"H = W (NHWC)")
     if x.dtype == np.uint8:
         return x
-    if np.issubdtype(x.dtype, np.integer) and x.size and 0 <= x.min() and x.max() <= 255:
-        warnings.warn(f"{where} is {x.dtype}; converted to uint8 (values already lie in 0..255)", stacklevel=2)
-        return x.astype(np.uint8)
+    if np.issubdtype(x.dtype, np.integer) and x.size:
+        if 0 <= x.min() and x.max() <= 255:
+            warnings.warn(f"{where} is {x.dtype}; converted to uint8 (values already lie in 0..255)", stacklevel=2)
+            return x.astype(np.uint8)
+        raise DataError(f"{where} is {x.dtype} with values {int(x.min())}..{int(x.max())}; expected uint8 pixels "
+                        f"0..255")
     raise DataError(f"{where} is {x.dtype}; expected uint8 pixels 0..255 (scale floats in [0, 1] by 255 and "
                     f"round them before saving)")
 
@@ -116,19 +121,22 @@ def checked_arrays(source: str, arrays: dict[str, np.ndarray], classes: list[str
     n_classes = len(classes) if classes else None
     y_tr = check_labels(source, "y_train", arrays["y_train"], len(x_tr), n_classes)
     y_te = check_labels(source, "y_test", arrays["y_test"], len(x_te), n_classes)
-    n_classes = n_classes or int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
+    n_classes = n_classes or int(y_tr.max(initial=0)) + 1  # unnamed: the training labels are the classes
+    unseen = sorted(set(np.unique(y_te).tolist()) - set(range(n_classes)))
+    if unseen:
+        raise DataError(f"{source}: y_test holds label(s) {unseen[:10]} that y_train has no images of (its labels "
+                        f"run 0..{n_classes - 1}); every test class needs training images")
     if n_classes < 2:
         raise DataError(f"{source}: its labels name one class; a classifier needs at least two")
-    per_class = np.bincount(y_tr, minlength=n_classes)
-    missing = np.flatnonzero(per_class == 0).tolist()
-    if missing:
-        raise DataError(f"{source}: y_train has no images of class(es) {missing[:10]}; every class needs "
-                        f"training images")
-    single = np.flatnonzero(per_class == 1).tolist()
-    if single:
-        raise DataError(f"{source}: y_train has a single image of class(es) {single[:10]}; every class needs "
-                        f"two or more (the search holds one out to rank on)")
     names = classes or [str(c) for c in range(n_classes)]
+    per_class = np.bincount(y_tr, minlength=n_classes)
+    for count, needs in ((0, "training images"), (1, "two or more (the search holds one out to rank on)")):
+        short = [names[c] if classes else int(c) for c in np.flatnonzero(per_class == count)]
+        if short:
+            held = "no images" if count == 0 else "a single image"
+            raise DataError(f"{source}: y_train has {held} of class(es) {short[:10]}; every class needs {needs}"
+                            + ("" if classes else f" (labels run 0..{n_classes - 1}: each below the largest is "
+                                                  f"a class)"))
     return Dataset(source, _from_nhwc(x_tr), torch.from_numpy(y_tr), _from_nhwc(x_te), torch.from_numpy(y_te), names)
 
 
@@ -181,6 +189,10 @@ def load_imagefolder(path: str, size: int = 32) -> Dataset:
     classes = sorted(d.name for d in splits["train"].iterdir() if d.is_dir())
     if not classes:
         raise DataError(f"image folder {root / 'train'} has no class folders")
+    untrained = sorted(d.name for d in splits["test"].iterdir() if d.is_dir() and d.name not in classes)
+    if untrained:
+        raise DataError(f"image folder {splits['test']} has class folder(s) {untrained} that {splits['train']} "
+                        f"lacks; every test class needs training images (a misspelled folder name?)")
     arrays = {}
     for split, folder in splits.items():
         xs, ys = [], []

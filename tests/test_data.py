@@ -37,7 +37,14 @@ BAD_NPZ = [
     ({"x_train": np.zeros((20, 3, 8, 8), np.uint8)}, "x_train has shape (20, 3, 8, 8)"),
     ({"y_train": np.arange(20) % 4 - 1}, "y_train holds labels -1..2"),
     ({"y_train": (np.arange(20) % 4).astype(np.float64)}, "y_train is float64; expected integer class labels"),
-    ({"y_train": np.arange(20) % 3, "y_test": np.arange(8) % 4}, "y_train has no images of class(es) [3]"),
+    ({"y_train": np.arange(20) % 3, "y_test": np.arange(8) % 4},
+     "y_test holds label(s) [3] that y_train has no images of (its labels run 0..2)"),
+    ({"y_test": np.r_[np.arange(7) % 4, 12]}, "y_test holds label(s) [12] that y_train has no images of"),
+    ({"y_train": np.r_[np.arange(19) % 4, 7], "y_test": np.arange(8) % 4},
+     "y_train has no images of class(es) [4, 5, 6]; every class needs training images (labels run 0..7: each below "
+     "the largest is a class)"),
+    ({"x_train": np.full((20, 8, 8, 3), 300, np.int64)}, "x_train is int64 with values 300..300; expected uint8"),
+    ({"x_test": np.zeros((0, 8, 8, 3), np.uint8), "y_test": np.zeros(0, int)}, "x_test holds no images"),
     ({"x_test": np.zeros((8, 16, 16, 3), np.uint8)}, "x_test has images of shape (16, 16, 3)"),
     ({"y_test": None}, "lacks arrays ['y_test']"),
     ({"classes": np.array(["a", "b"]), }, "y_train holds labels 0..3; expected 0..C-1 (the file names 2 classes)"),
@@ -93,6 +100,23 @@ def test_unreadable_image_in_a_folder_is_named(tmp_path):
     (tmp_path / "train" / "dog" / "b.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=r"image .*b\.png cannot be read"):
         load_dataset(f"imagefolder:{tmp_path}")
+
+
+def test_a_folder_class_that_cannot_be_learned_is_named(tmp_path):
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for name in ("a.png", "c.png"):
+                Image.new("RGB", (10, 10)).save(tmp_path / split / c / name)
+    (tmp_path / "test" / "zebra").mkdir()
+    Image.new("RGB", (10, 10)).save(tmp_path / "test" / "zebra" / "z.png")
+    with pytest.raises(DataError, match=re.escape(f"image folder {tmp_path / 'test'} has class folder(s) ['zebra'] "
+                                                  f"that {tmp_path / 'train'} lacks")):
+        load_dataset(f"imagefolder:{tmp_path}")  # its test images were left out, unsaid
+    (tmp_path / "train" / "zebra").mkdir()
+    with pytest.raises(DataError, match=re.escape("y_train has no images of class(es) ['zebra']; every class needs "
+                                                  "training images")):
+        load_dataset(f"imagefolder:{tmp_path}")  # by its folder's name, not its index
 
 
 def test_the_command_line_gives_one_line_and_exit_2(tmp_path):
