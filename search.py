@@ -157,8 +157,9 @@ def cmd_measure(args) -> None:
     require_device(args.device)
     require_runtime_for(args.precision, args.runtime)
     given = load_specs(args.specs) if args.specs else []
-    sampled = specs_to_time(args.img_size, args.in_chans, args.num_classes, SearchSpace.load(args.space, args.img_size), n=args.n,
-                            seed=args.seed, preset_scales=(1.0, SEARCH_SCALE))
+    refuse_other_inputs(given, args)
+    sampled = specs_to_time(args.img_size, args.in_chans, args.num_classes, SearchSpace.load(args.space, args.img_size),
+                            n=args.n, seed=args.seed, preset_scales=(1.0, SEARCH_SCALE))
     unique = {s.arch_id: s for s in [*given, *sampled]}
     fid = fingerprint_id(fingerprint(args.device, args.runtime, args.threads, args.batch, args.img_size,
                                      args.precision))
@@ -174,6 +175,15 @@ def cmd_measure(args) -> None:
                     precision=args.precision,
                     on_row=lambda r, _: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms {r['short'][:40]}"))
     out.print(f"timings in {args.out}", markup=False)
+
+
+def refuse_other_inputs(specs: list, args) -> None:
+    """A table's rows share one input shape, the one its fingerprint names (--img-size, --in-chans)."""
+    for number, spec in enumerate(specs, start=1):
+        if (spec.img_size, spec.in_chans) != (args.img_size, args.in_chans):
+            raise UserError(f"spec {number} of {args.specs} takes {spec.img_size}-px images of {spec.in_chans} "
+                            f"channel(s), not the --img-size {args.img_size} --in-chans {args.in_chans} timed here; "
+                            f"give those options, or time it into a table of its own")
 
 
 def require_runtime_for(precision: str, runtime: str) -> None:

@@ -201,6 +201,15 @@ def test_a_file_that_cannot_be_written_is_one_line_with_advice_for_its_cause(tmp
                    f"error: {tmp_path / 's.jsonl'}: {advice}")
 
 
+def test_a_spec_file_for_other_inputs_is_not_timed_into_this_table(tmp_path):
+    specs = tmp_path / "s.jsonl"
+    run_cli("space", "sample", "--n", 2, "--img-size", 32, "--in-chans", 3, "--out", specs)
+    one_line_error(run_cli("measure", "--specs", specs, "--img-size", 8, "--in-chans", 1, "--out", tmp_path / "t.csv",
+                           check=False),
+                   f"spec 1 of {specs} takes 32-px images of 3 channel(s), not the --img-size 8 --in-chans 1 timed here")
+    assert not (tmp_path / "t.csv").exists()
+
+
 def test_an_out_path_holding_other_work_is_replaced_only_with_force(tmp_path):
     from .helpers import synthetic_model
 
