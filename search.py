@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import json
 import math
+import os
 import signal
 import socket
 import sys
@@ -33,7 +34,7 @@ from search_space.quantize import PRECISIONS
 # Results: tables, reports, paths written (a long path stays one line). Piped into a file or a pager,
 # tables are laid out 200 columns wide instead of rich's 80, so architectures are not cut.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-console = Console(stderr=True)  # progress, status, warnings and errors
+console = Console(stderr=True, soft_wrap=True)  # progress, status, warnings and errors: a line each in a log
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
 
 
@@ -135,8 +136,12 @@ def progress_bar():
             super().advance(task_id, advance)
             self.log_line()
 
-        def log_line(self) -> None:
-            if self.console.is_interactive or time.monotonic() - self.logged < LOG_EVERY_S:
+        def stop(self) -> None:
+            super().stop()
+            self.log_line(last=True)
+
+        def log_line(self, last: bool = False) -> None:
+            if self.console.is_interactive or (time.monotonic() - self.logged < LOG_EVERY_S and not last):
                 return
             self.logged = time.monotonic()
             for task in self.tasks:
@@ -145,7 +150,8 @@ def progress_bar():
                                    f"{task.fields.get('info', '')}".rstrip(), markup=False, soft_wrap=True)
 
     return LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console)
+                          TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
+                          disable=not console.is_interactive)  # a log gets log_line's lines, not a bar cut to 80 columns
 
 
 def cmd_measure(args) -> None:
@@ -156,6 +162,7 @@ def cmd_measure(args) -> None:
 
     require_device(args.device)
     require_runtime_for(args.precision, args.runtime)
+    warn_of_more_threads_than_cores(args.threads)
     given = load_specs(args.specs) if args.specs else []
     refuse_other_inputs(given, args)
     sampled = specs_to_time(args.img_size, args.in_chans, args.num_classes, SearchSpace.load(args.space, args.img_size),
@@ -175,6 +182,12 @@ def cmd_measure(args) -> None:
                     precision=args.precision,
                     on_row=lambda r, _: bar.update(task, advance=1, info=f"{r['median_ms']:.2f} ms {r['short'][:40]}"))
     out.print(f"timings in {args.out}", markup=False)
+
+
+def warn_of_more_threads_than_cores(threads: int) -> None:
+    if threads > (os.cpu_count() or 1):
+        warnings.warn(f"--threads {threads} is above this machine's {os.cpu_count()} cores: the threads share them, "
+                      f"so the timings are of no setting a deployment would use", stacklevel=2)
 
 
 def refuse_other_inputs(specs: list, args) -> None:

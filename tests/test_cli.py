@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import warnings
 
 import optuna
 import pytest
@@ -199,6 +200,15 @@ def test_a_file_that_cannot_be_written_is_one_line_with_advice_for_its_cause(tmp
     monkeypatch.setattr(Path, "write_text", refuse)
     one_line_error(run_cli("space", "sample", "--n", 2, "--out", tmp_path / "s.jsonl", check=False),
                    f"error: {tmp_path / 's.jsonl'}: {advice}")
+
+
+def test_more_timing_threads_than_cores_are_warned_of(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    with pytest.warns(UserWarning, match="--threads 3 is above this machine's 2 cores"):
+        search.warn_of_more_threads_than_cores(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        search.warn_of_more_threads_than_cores(2)
 
 
 def test_a_spec_file_for_other_inputs_is_not_timed_into_this_table(tmp_path):
