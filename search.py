@@ -30,6 +30,7 @@ from nas.config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, RUNT
                         parse_target)
 from search_space.presets import PRESETS
 from search_space.quantize import PRECISIONS
+from search_space.spec import MIN_IMG_SIZE
 
 # Results: tables, reports, paths written (a long path stays one line). Piped into a file or a pager,
 # tables are laid out 200 columns wide instead of rich's 80, so architectures are not cut.
@@ -580,7 +581,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _shape_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--img-size", type=integer(8), default=32, help="input side in pixels")
+    p.add_argument("--img-size", type=integer(MIN_IMG_SIZE), default=32, help="input side in pixels")
     p.add_argument("--in-chans", type=integer(1), default=3, help="input channels")
     p.add_argument("--num-classes", type=integer(2), default=10, help="classes of the head")
     p.add_argument("--space", help="JSON file overriding the search space's choices")
@@ -707,7 +708,7 @@ def _proxy_options(r: argparse.ArgumentParser, d) -> None:
                         "fastest to the target), pareto (non-dominated on accuracy and latency) or accuracy "
                         "(latency-blind)")
     r.add_argument("--subset", type=number(0, 1), help="share of the training split the proxy trains on (default: all)")
-    r.add_argument("--resolution", type=integer(8), help="proxy input side (default: the data's)")
+    r.add_argument("--resolution", type=integer(MIN_IMG_SIZE), help="proxy input side (default: the data's)")
     r.add_argument("--batch-size", type=integer(2), default=d.batch_size, help="proxy batch size")
     r.add_argument("--lr", type=number(0), default=d.lr, help="proxy peak AdamW learning rate")
 

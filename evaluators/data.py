@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from search_space.spec import MIN_IMG_SIZE
+
 from .sources import DataError, check_dataset_name
 
 # How `imagefolder:` brings an image to the model's input: squashed to size x size (aspect ratio
@@ -85,6 +87,9 @@ def check_images(source: str, name: str, x: np.ndarray) -> np.ndarray:
     if x.ndim not in (3, 4) or x.shape[1] != x.shape[2] or not channels_ok:
         raise DataError(f"{where} has shape {x.shape}; expected N x H x W (grey) or N x H x W x C with C 1 or 3, "
                         f"H = W (NHWC)")
+    if x.shape[1] < MIN_IMG_SIZE:
+        raise DataError(f"{where} holds {x.shape[1]}-px images; etnas searches images of {MIN_IMG_SIZE} px a side or "
+                        f"more (upsample them)")
     if x.dtype == np.uint8:
         return x
     if np.issubdtype(x.dtype, np.integer) and x.size:

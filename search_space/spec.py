@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from .operators import ATTENTIONS, PLUGINS_VARIABLE, attention_names, norm_names
 
 PATCH_SIZES = (1, 2, 4, 8, 16)
+MIN_IMG_SIZE = 8  # the smallest image side the presets and the space are built for
 MAX_STAGES = 3
 STEM_NAMES = ("conv", "patch")  # overlapping 3x3 stride-2 conv stack (EfficientViT) | one patchify conv (ViT)
 DOWNSAMPLE_NAMES = ("conv2x2", "efficientvit")  # unpadded 2x2 conv | EfficientViT's subsample block

@@ -45,6 +45,8 @@ BAD_NPZ = [
      "the largest is a class)"),
     ({"x_train": np.full((20, 8, 8, 3), 300, np.int64)}, "x_train is int64 with values 300..300; expected uint8"),
     ({"x_test": np.zeros((0, 8, 8, 3), np.uint8), "y_test": np.zeros(0, int)}, "x_test holds no images"),
+    ({"x_train": np.zeros((20, 7, 7, 3), np.uint8), "x_test": np.zeros((8, 7, 7, 3), np.uint8)},
+     "x_train holds 7-px images; etnas searches images of 8 px a side or more"),
     ({"x_test": np.zeros((8, 16, 16, 3), np.uint8)}, "x_test has images of shape (16, 16, 3)"),
     ({"y_test": None}, "lacks arrays ['y_test']"),
     ({"classes": np.array(["a", "b"]), }, "y_train holds labels 0..3; expected 0..C-1 (the file names 2 classes)"),
