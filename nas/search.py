@@ -199,24 +199,25 @@ class SearchRun:
 
     def training_s_left(self) -> float | None:
         """A guess at the time the trainings still owed take, at the pace of this search so far
-        (seconds on the clock per epoch trained, those in flight counted half done): the trials
-        still to propose, at the share of proposals trained so far, and those in flight, each to
-        the rungs it reaches on average (`expected_epochs`)."""
-        rungs, in_flight = self.cfg.rungs, [rung for _, rung in self.dispatcher.pending.values()]
-        half_of_flight = sum(rungs.epochs_of(rung) for rung in in_flight) / 2
+        (seconds on the clock per epoch trained, those training now counted half done): the
+        trainings in flight or queued, and the trials still to propose at the share of proposals
+        trained so far (within --budget-epochs), each to the rungs it reaches on average
+        (`expected_epochs`)."""
+        rungs, pending = self.cfg.rungs, [rung for _, rung in self.dispatcher.pending.values()]
         finished = self.ladder.epochs_trained() - self.epochs_before
         if finished <= 0:
             return None
-        done = finished + half_of_flight
+        half_done = sum(rungs.epochs_of(rung) for rung in pending[:self.cfg.workers]) / 2  # the queued: not begun
         c = counts(self.study)
         tried = c.get(TrialState.COMPLETE, 0) + c.get(TrialState.FAIL, 0)
         trained_share = tried / (tried + c.get(TrialState.INFEASIBLE, 0)) if tried else 1.0
-        to_propose = max(self.cfg.trials - self.counted() - len(in_flight), 0)
-        owed = (to_propose * trained_share * expected_epochs(rungs)
-                + sum(expected_epochs(rungs, rung) for rung in in_flight) - half_of_flight)
-        if self.cfg.budget_epochs is not None:
-            owed = min(owed, max(self.cfg.budget_epochs - self.ladder.epochs_trained() - half_of_flight, 0.0))
-        return owed * (time.monotonic() - self.timed_from) / done
+        to_propose = max(self.cfg.trials - self.counted() - len(pending), 0)
+        new = to_propose * trained_share * expected_epochs(rungs)
+        if self.cfg.budget_epochs is not None:  # proposals stop there; what is under way goes on
+            under_way = sum(rungs.epochs_of(rung) for rung in pending)
+            new = min(new, max(self.cfg.budget_epochs - self.ladder.epochs_trained() - under_way, 0.0))
+        owed = new + sum(expected_epochs(rungs, rung) for rung in pending) - half_done
+        return owed * (time.monotonic() - self.timed_from) / (finished + half_done)
 
     def report(self, last: str = "") -> None:
         self.front = write_records(self.study, self.cfg.run_dir, self.cfg.target_ms)

@@ -340,11 +340,18 @@ def test_the_training_time_left_counts_the_rungs_each_trial_still_owes_at_the_se
     # propose, half of them trained (1 of 2 so far), 0.5 + 1.5/3 + 4.5/9 epochs each on average, and the one
     # in flight the rest of rung 1 and a third of rung 2
     assert run.training_s_left() == pytest.approx((7 * 0.5 * 1.5 + 0.75 + 4.5 / 3) * 6.4, rel=1e-2)
-    capped = dataclasses.replace(cfg, budget_epochs=2.0)  # 0.5 trained, 0.75 under way: 0.75 left to propose
-    run.cfg = capped
-    assert run.training_s_left() == pytest.approx(0.75 * 6.4, rel=1e-2)
+    run.cfg = dataclasses.replace(cfg, budget_epochs=3.0)  # 0.5 trained, 1.5 under way: 1 epoch left to propose
+    assert run.training_s_left() == pytest.approx((1.0 + 0.75 + 4.5 / 3) * 6.4, rel=1e-2)
+    run.cfg = dataclasses.replace(cfg, budget_epochs=1.0)  # spent: what is under way still trains on
+    assert run.training_s_left() == pytest.approx((0.75 + 4.5 / 3) * 6.4, rel=1e-2)
+    queued = study.ask()
+    dispatcher.pending[queued.number] = (queued, 2)  # a promotion waiting for the one worker: not begun
+    run.cfg = dataclasses.replace(cfg, workers=1)
+    owed = (7 - 1) * 0.5 * 1.5 + 0.75 + 4.5 / 3 + 4.5  # one proposal fewer; the queued rung 2 owed whole
+    assert run.training_s_left() == pytest.approx(owed * 6.4, rel=1e-2)  # and the pace as before
     resumed = SearchRun(cfg, study, None, Ladder(study, cfg.rungs, "bands", []), dispatcher)
-    assert resumed.ladder.epochs_trained() == 0.5 and resumed.training_s_left() is None  # paced from its own first rung, not the earlier run's
+    assert resumed.ladder.epochs_trained() == 0.5  # trained by the earlier run: the pace is of its own rungs
+    assert resumed.training_s_left() is None
 
 
 def preset_run(tmp_path, study, names=("deit-tiny", "slab-deit")):
