@@ -78,6 +78,7 @@ def refuse_to_replace(out: str, force: bool, written_here: Callable[[Path], bool
 
 
 def spec_file(path: Path) -> bool:
+    """Whether the file is a JSONL of specs (`space sample` replaces one without --force)."""
     from search_space import SpecError, load_specs
 
     try:
@@ -157,7 +158,7 @@ def progress_bar():
 
 def cmd_measure(args) -> None:
     from latency_models.measure import fingerprint, fingerprint_id, measure_all, specs_to_time, timings_to_take
-    from latency_models.table import reference_speed
+    from latency_models.table import drop_cut_row, reference_speed
     from search_space import SearchSpace, load_specs
     from search_space.presets import SEARCH_SCALE
 
@@ -172,6 +173,7 @@ def cmd_measure(args) -> None:
     fid = fingerprint_id(fingerprint(args.device, args.runtime, args.threads, args.batch, args.img_size,
                                      args.precision))
     reference = reference_speed(Path(args.reference), fid, force=args.force) if args.reference else None
+    drop_cut_row(Path(args.out))  # before it is read for what is measured already
     first, second = timings_to_take(unique.values(), Path(args.out), fid, args.remeasure)
     total = len(first) + len(second)
     console.print(f"{len(unique)} architectures, {total} timings to take, {args.sweeps} interleaved calls each "
@@ -186,12 +188,13 @@ def cmd_measure(args) -> None:
 
 
 def warn_of_more_threads_than_cores(threads: int) -> None:
+    """Threads beyond the cores time a setting no deployment runs: they take turns on the cores."""
     if threads > (os.cpu_count() or 1):
         warnings.warn(f"--threads {threads} is above this machine's {os.cpu_count()} cores: the threads share them, "
                       f"so the timings are of no setting a deployment would use", stacklevel=2)
 
 
-def refuse_other_inputs(specs: list, args) -> None:
+def refuse_other_inputs(specs: list, args: argparse.Namespace) -> None:
     """A table's rows share one input shape, the one its fingerprint names (--img-size, --in-chans)."""
     for number, spec in enumerate(specs, start=1):
         if (spec.img_size, spec.in_chans) != (args.img_size, args.in_chans):
@@ -206,13 +209,12 @@ def require_runtime_for(precision: str, runtime: str) -> None:
 
 
 def cmd_fit_latency(args) -> None:
-    from latency_models import read_table
-    from latency_models.calibrate import loads
+    from latency_models import LatencyModel, read_table
     from latency_models.validate import fit_and_report
 
     if Path(args.out).resolve() == Path(args.csv).resolve():
         raise UserError(f"--out {args.out} is the timing table being fitted; give the model a path of its own")
-    refuse_to_replace(args.out, args.force, loads, "latency model")
+    refuse_to_replace(args.out, args.force, LatencyModel.written_as_one, "latency model")
     model, report = fit_and_report(read_table(Path(args.csv)), args.test_fraction, args.seed, args.fingerprint,
                                    source=args.csv)
     model.save(args.out)
@@ -792,11 +794,11 @@ def is_input_error(e: Exception) -> bool:
         if module in sys.modules)
 
 
-# What to do about a file the command could not write, where "choose another path" is not all of it:
+# What to do about a file the command could not read or write, where "choose another path" is not all:
 # the path may be a run directory to resume, or a model's own folder.
-UNWRITABLE = "give this user the right to write there (or, for an output, choose another path)"
+NOT_PERMITTED = "give this user the right to read or write it (or, for an output, choose another path)"
 FULL = "free space, then re-run the same command: what was already saved is kept"
-OS_ERROR_ADVICE = {errno.EACCES: UNWRITABLE, errno.EPERM: UNWRITABLE, errno.ENOSPC: FULL, errno.EDQUOT: FULL,
+OS_ERROR_ADVICE = {errno.EACCES: NOT_PERMITTED, errno.EPERM: NOT_PERMITTED, errno.ENOSPC: FULL, errno.EDQUOT: FULL,
                    errno.EROFS: "its file system is read-only: remount it writable (or, for an output, choose a path "
                                 "on another one)"}
 

@@ -135,10 +135,10 @@ def checked_arrays(source: str, arrays: dict[str, np.ndarray], classes: list[str
         raise DataError(f"{source}: its labels name one class; a classifier needs at least two")
     names = classes or [str(c) for c in range(n_classes)]
     per_class = np.bincount(y_tr, minlength=n_classes)
-    for count, needs in ((0, "training images"), (1, "two or more (the search holds one out to rank on)")):
+    for count, held, needs in ((0, "no images", "training images"),
+                               (1, "a single image", "two or more (the search holds one out to rank on)")):
         short = [names[c] if classes else int(c) for c in np.flatnonzero(per_class == count)]
         if short:
-            held = "no images" if count == 0 else "a single image"
             raise DataError(f"{source}: y_train has {held} of class(es) {short[:10]}; every class needs {needs}"
                             + ("" if classes else f" (labels run 0..{n_classes - 1}: each below the largest is "
                                                   f"a class)"))

@@ -61,5 +61,10 @@ def fingerprint_mismatch(model: LatencyModel, img_size: int) -> list[str]:
     here = fingerprint(model.fingerprint.get("device", "cpu"), model.fingerprint.get("runtime", "torch"),
                        model.fingerprint.get("threads", 1), model.fingerprint.get("batch", 1), img_size,
                        model.fingerprint.get("precision", "fp32"))
-    return [f"{k} {model.fingerprint.get(k)!r} vs here {v!r}" for k, v in here.items()
-            if model.fingerprint.get(k) != v]
+    return fingerprint_differences(model.fingerprint, here, "here")
+
+
+def fingerprint_differences(first: dict, second: dict, second_named: str) -> list[str]:
+    """The fields (the id aside) in which two device fingerprints differ, in words."""
+    return [f"{k} {first.get(k)!r} vs {second_named} {second.get(k)!r}" for k in sorted(set(first) | set(second))
+            if k != "id" and first.get(k) != second.get(k)]

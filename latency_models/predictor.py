@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +153,19 @@ class LatencyModel:
         arrays.update(self.residual.arrays("trees_") if self.residual else {})
         with open(path, "wb") as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+
+    @staticmethod
+    def written_as_one(path: str | Path) -> bool:
+        """Whether the file was written as a latency model, by any etnas version (this one may not
+        load it): re-fitting replaces it."""
+        with open(path, "rb") as f:
+            if f.read(1) == PICKLE_MAGIC:
+                return True
+        try:
+            with zipfile.ZipFile(path) as z:
+                return "meta.npy" in z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return False
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyModel:

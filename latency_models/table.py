@@ -44,21 +44,32 @@ def append_row(path: Path, row: dict) -> None:
         f.flush()
 
 
-def complete_length(data: bytes) -> int:
-    """The bytes of `data` up to its last line end: every row is written whole with its line end,
-    so what follows the last one is a row whose write was cut short (a kill, a full disk)."""
-    return len(data) if not data or data.endswith(b"\n") else data.rfind(b"\n") + 1
+def cut_row_start(data: bytes) -> int | None:
+    """Where a last row whose write was cut short (a kill, a full disk) begins, or None. Rows are
+    written whole with their line end: a last line without one is cut, unless it holds as many
+    fields as the header (a table saved by an editor without a final line end)."""
+    if not data or data.endswith(b"\n"):
+        return None
+    start = data.rfind(b"\n") + 1
+    first_line = data[:data.find(b"\n")].rstrip(b"\r")
+    header, tail = (next(csv.reader([line.decode(errors="replace")]), []) for line in (first_line, data[start:]))
+    return None if start and len(tail) == len(header) else start
 
 
 def drop_cut_row(path: Path) -> None:
-    """Cut off a last row whose write was cut short, before appending to the table: else the next
-    row would be glued to it. Its architecture is then measured again."""
+    """Before appending to the table: a last row cut short is dropped (the next row would be glued
+    to it; its architecture is measured again), a whole one gets its line end."""
     data = Path(path).read_bytes() if Path(path).exists() else b""
-    keep = complete_length(data)
-    if keep < len(data):
-        os.truncate(path, keep)
-        warnings.warn(f"timing table {path}: its last row was cut short (an interrupted write); dropped, and its "
-                      f"architecture measured again", stacklevel=2)
+    if not data or data.endswith(b"\n"):
+        return
+    start = cut_row_start(data)
+    if start is None:
+        with open(path, "ab") as f:
+            f.write(b"\r\n")  # as csv writes its rows
+        return
+    os.truncate(path, start)
+    warnings.warn(f"timing table {path}: its last row was cut short (an interrupted write); dropped, and its "
+                  f"architecture measured again", stacklevel=2)
 
 
 def read_table(path: Path, *, rows_required: bool = True) -> pd.DataFrame:
@@ -67,11 +78,12 @@ def read_table(path: Path, *, rows_required: bool = True) -> pd.DataFrame:
     if not path.exists():
         raise TableError(f"timing table {path} does not exist; measure one with `etnas measure --out {path}`")
     data = path.read_bytes()
-    if complete_length(data) < len(data):
+    cut = cut_row_start(data)
+    if cut is not None:
         warnings.warn(f"timing table {path}: its last row was cut short (an interrupted write) and is left out; "
                       f"the same `etnas measure` measures it again", stacklevel=2)
     try:
-        df = pd.read_csv(io.BytesIO(data[:complete_length(data)]), dtype={"arch_id": str, "fingerprint": str})
+        df = pd.read_csv(io.BytesIO(data[:cut]), dtype={"arch_id": str, "fingerprint": str})
     except pd.errors.EmptyDataError:
         raise TableError(f"timing table {path} is empty; measure some architectures first") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:

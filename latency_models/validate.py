@@ -71,7 +71,8 @@ def fit_and_report(df: pd.DataFrame, test_fraction: float = 0.25, seed: int = 0,
     if fitted_on < MIN_FITTED:
         raise TableError(f"{len(archs)} architectures measured, {fitted_on} left to fit on after holding out "
                          f"{test_fraction:g} of them; a fit needs at least {MIN_FITTED} (more than 400 for accuracy): "
-                         f"measure more, or hold out fewer (--test-fraction)")
+                         f"measure more (measure --n, run --calibrate-n), or hold out fewer (fit-latency "
+                         f"--test-fraction)")
     specs = [ArchSpec.from_json(s) for s in archs["spec_json"]]
     y = archs["median_ms"].to_numpy(float)
     rng = np.random.default_rng(seed)

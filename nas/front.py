@@ -74,7 +74,7 @@ def front_summary(run_dir: Path) -> dict:
     trials, front, target_ms, finals = load_view(run_dir)
     cfg = run_config(run_dir)
     rungs = Rungs(min(cfg["base_epochs"], cfg["epochs"]), cfg["epochs"], cfg["eta"]) if "eta" in cfg else None
-    presets, failed = preset_trials(trials), trials[trials["state"] == TrialState.FAIL]
+    presets = preset_trials(trials)
     preset_rows = [{"preset": r["preset"], "trial": int(r["number"]), "state": r["state"],
                     "rung": None if pd.isna(r["rung"]) else int(r["rung"]),
                     "rung_acc": None if pd.isna(r["rung_acc"]) else float(r["rung_acc"]),
@@ -84,7 +84,7 @@ def front_summary(run_dir: Path) -> dict:
     return {"run": str(run_dir), "target_ms": target_ms, "target": cfg.get("latency_target"),
             "target_name": run_target(run_dir), "rung_epochs": rungs.budgets if rungs else None,
             "front": front, "presets": preset_rows,
-            "failed": [{"trial": int(n), "failure": f} for n, f in zip(failed["number"], failed["failure"])]}
+            "failed": [{"trial": int(r["number"]), "failure": r["failure"]} for r in failures(run_dir).failed]}
 
 
 def last_accuracy(row: pd.Series) -> float | None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from evaluators.data import Dataset, load_dataset
 from latency_models import LatencyModel
-from latency_models.calibrate import calibrate, fingerprint_mismatch
+from latency_models.calibrate import calibrate, fingerprint_differences, fingerprint_mismatch
 from latency_models.measure import fingerprint
 from search_space import SearchSpace, presets, sample
 from search_space.presets import SEARCH_SCALE
@@ -23,7 +23,7 @@ from . import SearchError
 from .config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, SearchConfig, parse_target, refuse_other_settings,
                      target_name)
 from .rundir import refuse_a_lost_study, run_begun, run_config
-from .targets import load_targets
+from .targets import load_targets, same_target
 
 
 def search_space_for(cfg: SearchConfig, shape: tuple[int, int, int]) -> tuple[SearchSpace, dict]:
@@ -70,18 +70,11 @@ def refuse_another_target(name: str, resumed: dict | None, target: dict) -> None
     two devices, runtimes or precisions would not compare, nor would its front."""
     searched_for = (resumed or {}).get("latency_target")
     if searched_for and not same_target(searched_for, target):
-        raise SearchError(f"run {name} was searched for {target_name(searched_for)}, not {target_name(target)}: "
-                          f"resume it with the latency model it was searched with (none: with the --runtime and "
-                          f"--precision it used, on that machine), or choose a new --name; `etnas front RUN "
-                          f"--target MODEL` shows its front on another target")
-
-
-def same_target(a: dict, b: dict) -> bool:
-    """Whether two device fingerprints are one target: by their ids where both have one (a timing
-    table's), else by their content."""
-    if a.get("id") and b.get("id"):
-        return a["id"] == b["id"]
-    return {k: v for k, v in a.items() if k != "id"} == {k: v for k, v in b.items() if k != "id"}
+        differences = "; ".join(fingerprint_differences(searched_for, target, "now"))
+        raise SearchError(f"run {name} was searched for {target_name(searched_for)} and would resume on another "
+                          f"target ({differences}): resume it with --latency-model of the model it was searched "
+                          f"with (--force where this machine is not that device), or choose a new --name; `etnas "
+                          f"front RUN --target MODEL` shows its front on another target")
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 
 from latency_models import LatencyModel
-from search_space import sample
+from search_space import ArchSpec, sample
 from search_space.operators import PLUGINS_VARIABLE
 from search_space.sampling import FixedSuggester
 
@@ -59,12 +59,27 @@ def open_study(cfg: SearchConfig, latency_model: LatencyModel,
         refuse_a_lost_study(cfg.run_dir)
         before = run_config(cfg.run_dir)
         refuse_other_settings(cfg, before)
-        return _study(cfg, remember_targets(cfg.run_dir, before, others or {}))
+        study = _study(cfg, remember_targets(cfg.run_dir, before, others or {}))
+        refuse_other_ids(study, cfg.name)
+        return study
     saved = {**cfg.identity(), "latency_fingerprint": latency_model.fingerprint.get("id"),
              "latency_reference_ms": latency_model.reference_ms, "latency_target": latency_model.fingerprint,
              **({OTHER_TARGETS: target_records(others)} if others else {})}
     write_config(cfg.run_dir, saved)
     return _study(cfg, saved)
+
+
+def refuse_other_ids(study: optuna.Study, name: str) -> None:
+    """A run whose trials' ids are not their specs' ids now (an earlier etnas kept a float field's
+    whole numbers, from a space file's choices, apart): resumed, it would train them again as new
+    architectures, and miss their checkpoints."""
+    for t in study.get_trials(deepcopy=False):
+        spec, arch_id = t.user_attrs.get(Attr.SPEC), t.user_attrs.get(Attr.ARCH_ID)
+        if spec and arch_id and ArchSpec.from_json(spec).arch_id != arch_id:
+            raise SearchError(f"run {name} was searched by an earlier etnas, which named some architectures by other "
+                              f"ids (whole numbers in its space file's float choices, such as mlp_ratios); resumed, "
+                              f"it would train them again: choose a new --name (its front, train and export still "
+                              f"work)")
 
 
 def _study(cfg: SearchConfig, saved: dict) -> optuna.Study:

@@ -53,14 +53,21 @@ def target_records(models: dict[str, LatencyModel]) -> dict[str, dict]:
     return {label: {"fingerprint": m.fingerprint, "reference_ms": m.reference_ms} for label, m in models.items()}
 
 
+def same_target(a: dict, b: dict) -> bool:
+    """Whether two device fingerprints are one target: by their ids where both have one (a timing
+    table's), else by their content."""
+    if a.get("id") and b.get("id"):
+        return a["id"] == b["id"]
+    return {k: v for k, v in a.items() if k != "id"} == {k: v for k, v in b.items() if k != "id"}
+
+
 def remember_targets(run_dir: Path, cfg: dict, models: dict[str, LatencyModel]) -> dict:
     """The run's config with the targets first given when it is resumed added, written (their
     latencies are recorded from then on); a label given again must name the same model."""
     known, given = cfg.get(OTHER_TARGETS, {}), target_records(models)
     for label in set(known) & set(given):
         before, now = known[label], given[label]
-        if (before["fingerprint"].get("id"), before["reference_ms"]) != (now["fingerprint"].get("id"),
-                                                                          now["reference_ms"]):
+        if not same_target(before["fingerprint"], now["fingerprint"]) or before["reference_ms"] != now["reference_ms"]:
             raise SearchError(f"latency model {label} is not the one this run recorded as target {label} (another "
                               f"device or fit); resume with the original file, or give this one another file name "
                               f"to add it as a new target")

@@ -185,8 +185,8 @@ def test_written_files_and_version_on_stdout_bad_options_on_stderr(tmp_path):
 
 
 @pytest.mark.parametrize("refusal, advice", [
-    ((13, "Permission denied"), "Permission denied; give this user the right to write there (or, for an output, "
-                                "choose another path)"),
+    ((13, "Permission denied"), "Permission denied; give this user the right to read or write it (or, for an "
+                                "output, choose another path)"),
     ((30, "Read-only file system"), "Read-only file system; its file system is read-only: remount it writable"),
     ((28, "No space left on device"), "No space left on device; free space, then re-run the same command"),
     ((21, "Is a directory"), "Is a directory; choose another path"),
@@ -232,9 +232,11 @@ def test_an_out_path_holding_other_work_is_replaced_only_with_force(tmp_path):
     one_line_error(run_cli("space", "sample", "--n", 2, "--out", table, check=False),
                    f"--out {table} exists and is not a spec file (JSONL); pass --force")
     assert table.read_text() == "hours,of,timings\n1,2,3\n"
-    model = synthetic_model(tmp_path / "m.model")  # a model of its own is replaced (a re-fit): the table is
-    refit = run_cli("fit-latency", table, "--out", model, check=False)  # what is refused then
-    assert refit.returncode == 2 and "--out" not in refit.stderr and "t.csv" in refit.stderr
+    old_format = tmp_path / "old.model"
+    old_format.write_bytes(b"\x80\x04 a pickled model of an earlier etnas")
+    for model in (synthetic_model(tmp_path / "m.model"), old_format):  # a model is replaced (a re-fit): the
+        refit = run_cli("fit-latency", table, "--out", model, check=False)  # table is what is refused then
+        assert refit.returncode == 2 and "--out" not in refit.stderr and "t.csv" in refit.stderr
     run_cli("space", "sample", "--n", 2, "--out", table, "--force")
     run_cli("space", "sample", "--n", 3, "--out", table)  # a spec file now: sampled again without --force
     assert len(table.read_text().splitlines()) == 3

@@ -327,6 +327,10 @@ def test_a_row_cut_short_is_left_out_when_read_and_measured_again_when_appending
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # whole again
         assert sorted(read_table(out)["arch_id"]) == sorted(s.arch_id for s in specs)
+        out.write_bytes(out.read_bytes().rstrip())  # saved by an editor without a final line end: all kept
+        assert len(read_table(out)) == 3
+        measure_all(tiny_specs(4), out, runtime="torch", **ONE_THREAD, remeasure=0.0, sweeps=5)
+        assert len(read_table(out)) == 4  # appended on a line of its own
 
 
 def test_a_fit_report_is_strict_json_and_a_fit_keeps_enough_to_learn_from(tmp_path):

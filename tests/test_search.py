@@ -323,11 +323,12 @@ def test_a_run_resumes_only_on_the_target_it_was_searched_for(tmp_path, latency_
     (run_dir / "config.json").write_text(json.dumps(saved))
     res = run_cli("run", "--name", "x", "--target-ms", TARGET, "--latency-model", latency_model,
                   "--runs-dir", tmp_path, check=False, own_process=False)
-    one_line_error(res, "run x was searched for onnxruntime 1.0 int8 on", ", not torch ", "resume it with the latency "
-                   "model it was searched with", "or choose a new --name")
+    one_line_error(res, "run x was searched for onnxruntime 1.0 int8 on", "and would resume on another target "
+                   "(onnxruntime '1.0' vs now None; precision 'int8' vs now None; runtime 'onnxruntime' vs now 'torch')",
+                   "resume it with --latency-model of the model it was searched with", "or choose a new --name")
     res = run_cli("run", "--name", "x", "--target-ms", TARGET, "--runtime", "torch", "--calibrate-n", 8,
                   "--runs-dir", tmp_path, check=False, own_process=False)  # this machine's target: refused before timing it
-    one_line_error(res, "run x was searched for onnxruntime 1.0 int8 on", ", not torch ")
+    one_line_error(res, "run x was searched for onnxruntime 1.0 int8 on", "runtime 'onnxruntime' vs now 'torch'")
     assert not (tmp_path / "latency").exists() and json.loads((run_dir / "config.json").read_text()) == saved
 
 

@@ -354,6 +354,25 @@ def test_the_training_time_left_counts_the_rungs_each_trial_still_owes_at_the_se
     assert resumed.training_s_left() is None
 
 
+def test_a_run_whose_ids_an_earlier_etnas_gave_otherwise_is_not_resumed(study):
+    import hashlib
+
+    from nas import SearchError
+    from nas.search import refuse_other_ids
+    from search_space import ArchSpec, StageSpec
+
+    spec = ArchSpec((StageSpec(width=32, depth=1, mlp_ratio=4.0),), img_size=8, in_chans=1)
+    for spec_json in (spec.to_json(), spec.to_json().replace('"mlp_ratio":4.0', '"mlp_ratio":4')):
+        trial = study.ask()
+        trial.set_user_attr("spec", spec_json)
+        trial.set_user_attr("arch_id", hashlib.sha1(spec_json.encode()).hexdigest()[:12])  # as it was named then
+        if spec_json == spec.to_json():
+            refuse_other_ids(study, "r")  # ids as they are now: resumed
+    with pytest.raises(SearchError, match="run r was searched by an earlier etnas, which named some architectures by "
+                                          "other ids"):
+        refuse_other_ids(study, "r")
+
+
 def preset_run(tmp_path, study, names=("deit-tiny", "slab-deit")):
     """A run whose presets `names` were asked and are training at rung 0 (nothing else in the study)."""
     from types import SimpleNamespace

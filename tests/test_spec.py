@@ -191,6 +191,9 @@ def test_a_whole_number_in_a_float_field_names_the_same_architecture():
     by_hand = ArchSpec.from_json(json.dumps({"stages": [{"width": 32, "depth": 2, "mlp_ratio": 3}], "drop_path": 0.1}))
     assert by_hand == as_floats and by_hand.arch_id == as_floats.arch_id and by_hand.to_json() == as_floats.to_json()
     assert type(ArchSpec(stages=(StageSpec(32, 2, mlp_ratio=2),), drop_path=1).drop_path) is float
+    from_whole_numbers, from_floats = SearchSpace(mlp_ratios=(2, 4)), SearchSpace(mlp_ratios=(2.0, 4.0))
+    assert [sample(seed, from_whole_numbers).arch_id for seed in range(5)] == [
+        sample(seed, from_floats).arch_id for seed in range(5)]  # as a space file's [2, 4] and [2.0, 4.0]
 
 
 def test_specs_round_trip_through_dicts_and_keep_numeric_bools():

@@ -122,3 +122,16 @@ def test_a_file_timed_on_a_targets_scale_is_not_timed_again_for_its_row():
                                     {"fp32": None, "int8": "model.int8.onnx"}, {"int8": earlier})
     assert row["timing"] is earlier and "measured here 0.625 ms median (p10-p90 0.600-0.650) as timed, 1.250 ms on the " \
                                         "predictor's scale, -20.0% predicted vs measured" in other_target_row(row)
+
+
+def test_a_calibrated_target_read_back_from_a_run_is_the_machines_own():
+    """A run's config.json keeps its model's fingerprint with the table's id; this machine's, computed
+    before a calibration, has none: the two are one target, compared by content."""
+    from latency_models.measure import fingerprint, fingerprint_id
+    from nas.targets import same_target
+
+    here = fingerprint("cpu", "onnxruntime", 1, 1, 8)
+    recorded = json.loads(json.dumps({**here, "id": fingerprint_id(here)}))
+    assert same_target(recorded, here) and same_target(recorded, recorded)
+    assert not same_target(recorded, {**here, "threads": 2})
+    assert not same_target(recorded, {**recorded, "id": "0123456789"})  # ids, where both have one
