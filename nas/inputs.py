@@ -27,14 +27,22 @@ from .targets import load_targets, same_target
 
 
 def search_space_for(cfg: SearchConfig, shape: tuple[int, int, int]) -> tuple[SearchSpace, dict]:
-    """The run's space (defaults or the user's file) widened to express every seed preset, and the
-    presets' trial parameters by name."""
+    """The run's space widened to express its seed presets, and their trial parameters by name. The
+    default space is widened by every preset, whichever are trained, so that percentile targets
+    and calibrations stay the same; a space file only by the presets the run trains (it is the
+    user's own choice of what to search), saying what they add."""
     space = SearchSpace.load(cfg.space, shape[0])
     refs = presets(*shape, width_mult=SEARCH_SCALE, depth_mult=SEARCH_SCALE)
-    params = {name: params_of(spec, space) for name, spec in refs.items()}
+    params = {name: params_of(spec, space) for name, spec in refs.items() if cfg.space is None or name in cfg.presets}
+    widened = space
     for p in params.values():
-        space = space.including(p)
-    return space, params
+        widened = widened.including(p)
+    added = {f.name: sorted(set(getattr(widened, f.name)) - set(getattr(space, f.name)), key=str)
+             for f in dataclasses.fields(SearchSpace) if f.name != "max_grid"}
+    if cfg.space and any(added.values()):
+        warnings.warn(f"{cfg.space}: the seed presets add {', '.join(f'{k} {v}' for k, v in added.items() if v)} "
+                      f"to its choices; --presets none searches the file's choices only", stacklevel=2)
+    return widened, params
 
 
 def space_latencies(model: LatencyModel, space: SearchSpace, shape: tuple[int, int, int], seed: int = 0,

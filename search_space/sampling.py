@@ -58,6 +58,13 @@ class SearchSpace:
         if not self.patches_for(img_size):
             out.append(f"no patch of {list(self.patch)} cuts {img_size}-px images into a token grid of at most "
                        f"{self.max_grid} a side (max_grid): every spec gets patch {coarsest_patch(img_size)}")
+        patches = self.patches_for(img_size) or [coarsest_patch(img_size)]
+        too_deep = [n for n in self.stages if not any(
+            all(can_downsample(g, d) for g in stage_grids(img_size // p, n, d)[:-1])
+            for p in patches for d in self.downsamples)]
+        if too_deep:
+            out.append(f"stages {too_deep} need a token grid that halves {max(too_deep) - 1} time(s), which no patch "
+                       f"of {patches} leaves on {img_size}-px images: such specs get fewer stages")
         never = [h for h in self.heads if not any(w % h == 0 for w in self.widths)]
         if never:
             out.append(f"heads {never} divide none of the widths {list(self.widths)}: no stage gets them"

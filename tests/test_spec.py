@@ -171,10 +171,12 @@ def test_space_file_choices_of_the_wrong_kind_are_named(tmp_path, override, mess
     ({"widths": [32], "heads": [7]}, 8, "heads [7] divide none of the widths [32]: no stage gets them, every stage gets "
                                         "1 head"),
     ({"widths": [32, 48], "heads": [3, 5]}, 8, "heads [5] divide none of the widths [32, 48]: no stage gets them"),
-    ({"patch": [1]}, 32, "no patch of [1] cuts 32-px images into a token grid of at most 16 a side (max_grid): every "
+    ({"patch": [1], "stages": [1, 2]}, 32, "no patch of [1] cuts 32-px images into a token grid of at most 16 a side (max_grid): every "
                          "spec gets patch 16"),
     ({"attentions": ["cga"], "value_ratios": [2]}, 8, "value_ratios [2] are never used: the attentions ['cga'] fix "
                                                       "their own ([1])"),
+    ({"patch": [4, 8], "stages": [2, 3]}, 8, "stages [3] need a token grid that halves 2 time(s), which no patch of "
+                                             "[4, 8] leaves on 8-px images: such specs get fewer stages"),
 ])
 def test_space_choices_the_sampler_cannot_honour_are_warned_of(tmp_path, override, img_size, said):
     f = tmp_path / "space.json"
@@ -184,6 +186,26 @@ def test_space_choices_the_sampler_cannot_honour_are_warned_of(tmp_path, overrid
     assert [str(w.message) for w in caught] == [f"{f}: {said}"]
     assert space.unusable_choices(img_size) == [said]
     assert all(SearchSpace().unusable_choices(size) == [] for size in (8, 28, 32, 64))  # the defaults: none
+
+
+def test_a_space_file_is_searched_as_given_save_for_the_presets_the_run_trains(tmp_path):
+    from nas.config import SearchConfig
+    from nas.inputs import search_space_for
+
+    f = tmp_path / "space.json"
+    f.write_text(json.dumps({"norms": ["batchnorm", "prepbn"], "attentions": ["sla", "cga"], "stages": [2, 3]}))
+    narrowed, none = search_space_for(SearchConfig(name="x", target_ms=1.0, latency_model="", space=str(f),
+                                                   presets="none"), (8, 1, 10))
+    assert (narrowed.norms, narrowed.attentions, narrowed.stages, none) == (("batchnorm", "prepbn"), ("sla", "cga"),
+                                                                            (2, 3), {})
+    rng = np.random.default_rng(0)
+    assert all(s.stages[0].norm in ("batchnorm", "prepbn") and {t.attention for t in s.stages} <= {"sla", "cga"}
+               for s in (sample(rng, narrowed, 8, 1, 10) for _ in range(20)))
+    with pytest.warns(UserWarning, match=r"the seed presets add .*norms \['layernorm'\], attentions \['mhsa'\] to "
+                                         r"its choices; --presets none searches the file's choices only"):
+        widened, params = search_space_for(SearchConfig(name="x", target_ms=1.0, latency_model="", space=str(f),
+                                                        presets="deit-tiny"), (8, 1, 10))
+    assert list(params) == ["deit-tiny"] and "layernorm" in widened.norms and "rmsnorm" not in widened.norms
 
 
 def test_a_whole_number_in_a_float_field_names_the_same_architecture():
