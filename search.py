@@ -26,8 +26,8 @@ from evaluators.recipes import FINAL_RECIPE
 from evaluators.sources import KINDS, DataError, check_dataset_name
 from latency_models.settings import REMEASURE_SHARE, SWEEPS
 from nas import SearchError
-from nas.config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, RUNTIMES, export_formats, preset_names,
-                        parse_target)
+from nas.config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, MAX_MINUTES, RUNTIMES, export_formats,
+                        preset_names, parse_target)
 from search_space.presets import PRESETS
 from search_space.quantize import PRECISIONS
 from search_space.spec import MIN_IMG_SIZE
@@ -245,7 +245,6 @@ def cmd_fit_latency(args) -> None:
 
 
 # --- search -----------------------------------------------------------------------------------
-MAX_MINUTES = 1e5  # --minutes: about 70 days, beyond which a limit means none (and Ray's waits overflow)
 
 
 def cmd_run(args) -> None:

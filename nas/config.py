@@ -1,6 +1,7 @@
 """A search's settings, with their defaults (the command line shows these); no heavy imports."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,14 +9,24 @@ from pathlib import Path
 from evaluators.recipes import PROXY_EVALUATION, PROXY_EVALUATION_BEFORE, PROXY_RECIPE
 from search_space.presets import PRESETS
 
+from search_space.spec import MIN_IMG_SIZE
+
 from . import SearchError
-from .rungs import Rungs
+from .rungs import PROMOTION_RULES, Rungs
+from .samplers import SAMPLERS
 
 
 RUNTIMES = ("torch", "onnxruntime")  # what `measure` and the calibration can time
 DEFAULT_RUNTIME = "onnxruntime"  # the runtime of the file `export` ships, so the target a search optimises
 CALIBRATION_ARCHS = 150  # sampled architectures a calibration times (the presets are added)
 EXPORT_FORMATS = ("onnx", "pt2")  # the deployed graphs `export` can write
+MAX_MINUTES = 1e5  # --minutes: about 70 days, beyond which a limit means none (and Ray's waits overflow)
+# A setting's bounds, as (low, high, low allowed), where None is not its default: checked for the
+# command line and the Python API alike, before a run writes anything
+BOUNDS = {"epochs": (0, math.inf, False), "base_epochs": (0, math.inf, False), "lr": (0, math.inf, False),
+          "subset": (0, 1, False), "budget_epochs": (0, math.inf, False), "minutes": (0, MAX_MINUTES, False),
+          "eta": (2, math.inf, True), "workers": (1, math.inf, True), "seed": (0, math.inf, True),
+          "resolution": (MIN_IMG_SIZE, math.inf, True), "gpus_per_trial": (0, math.inf, True)}
 
 
 def export_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
@@ -26,6 +37,17 @@ def export_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
     if unknown or not names:
         raise SearchError(f"export formats {formats!r}: choose a comma-separated list of {', '.join(EXPORT_FORMATS)}")
     return names
+
+
+def check_bounds(name: str, value: object, low: float, high: float, low_allowed: bool, whole: bool) -> None:
+    """SearchError unless `value` is None (the default: none) or a finite number within the bounds."""
+    if value is None:
+        return
+    kind = int if whole else (int, float)
+    inside = low <= value <= high if low_allowed else low < value <= high
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not inside:
+        interval = f"{'[' if low_allowed else '('}{low:g}, {high:g}]"
+        raise SearchError(f"{name}: {value!r} is not {'an integer' if whole else 'a number'} in {interval}")
 
 
 def target_name(fp: dict) -> str:
@@ -72,6 +94,12 @@ class SearchConfig:
         if self.batch_size < 2:
             raise SearchError(f"--batch-size: {self.batch_size} is below the minimum, 2 (a BatchNorm on a 1x1 token "
                               f"grid needs two samples a batch)")
+        for name, (low, high, low_allowed) in BOUNDS.items():
+            check_bounds(name, getattr(self, name), low, high, low_allowed,
+                         whole=self.__dataclass_fields__[name].type.startswith("int"))
+        for name, choices in (("promotion", PROMOTION_RULES), ("sampler", SAMPLERS)):
+            if getattr(self, name) not in choices:
+                raise SearchError(f"{name}: {getattr(self, name)!r}; choose one of {', '.join(choices)}")
 
     @classmethod
     def defaults(cls) -> SearchConfig:

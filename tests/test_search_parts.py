@@ -373,6 +373,27 @@ def test_a_run_whose_ids_an_earlier_etnas_gave_otherwise_is_not_resumed(study):
         refuse_other_ids(study, "r")
 
 
+@pytest.mark.parametrize("setting, said", [
+    ({"promotion": "best"}, "promotion: 'best'; choose one of pareto, bands, accuracy"),
+    ({"sampler": "cmaes"}, "sampler: 'cmaes'; choose one of"),
+    ({"eta": 1}, r"eta: 1 is not an integer in \[2, inf\]"),
+    ({"workers": 0}, r"workers: 0 is not an integer in \[1, inf\]"),
+    ({"minutes": 0}, r"minutes: 0 is not a number in \(0, 100000\]"),
+    ({"budget_epochs": -1}, "budget_epochs: -1 is not a number"),
+    ({"subset": 0}, r"subset: 0 is not a number in \(0, 1\]"),
+    ({"lr": float("inf")}, "lr: inf is not a number"),
+])
+def test_the_python_api_checks_a_runs_settings_before_it_writes_anything(tmp_path, setting, said):
+    """As the command line's options do: a run that started with a setting no search can use could
+    never be resumed (its settings would differ) nor finished."""
+    import etnas
+    from nas import SearchError
+
+    with pytest.raises(SearchError, match=said):
+        etnas.search("digits", 1.0, name="x", runs_dir=tmp_path, latency_model="none.model", **setting)
+    assert list(tmp_path.iterdir()) == []
+
+
 def preset_run(tmp_path, study, names=("deit-tiny", "slab-deit")):
     """A run whose presets `names` were asked and are training at rung 0 (nothing else in the study)."""
     from types import SimpleNamespace
