@@ -254,6 +254,10 @@ def cmd_run(args) -> None:
     print_front(cfg.run_dir, as_json=False)
     out.print(f"{len(front)} architectures on the front; browse: etnas front {cfg.run_dir}",
               markup=False)
+    if not front:
+        console.print("[yellow]warning:[/] no trial finished the top rung within the target: give more --trials "
+                      "or --minutes (the same command resumes the run), or a looser --target-ms under a new --name",
+                      highlight=False)
 
 
 def warn_of_failures(run_dir: Path) -> None:

@@ -23,7 +23,7 @@ from . import SearchError
 from .config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, SearchConfig, parse_target, refuse_other_settings,
                      target_name)
 from .rundir import refuse_a_lost_study, run_begun, run_config
-from .targets import load_targets, same_target
+from .targets import OTHER_TARGETS, load_targets, same_target
 
 
 def search_space_for(cfg: SearchConfig, shape: tuple[int, int, int]) -> tuple[SearchSpace, dict]:
@@ -78,6 +78,11 @@ def refuse_another_target(name: str, resumed: dict | None, target: dict) -> None
     two devices, runtimes or precisions would not compare, nor would its front."""
     searched_for = (resumed or {}).get("latency_target")
     if searched_for and not same_target(searched_for, target):
+        others = [label for label, record in (resumed or {}).get(OTHER_TARGETS, {}).items()
+                  if same_target(record["fingerprint"], target)]
+        if others:
+            raise SearchError(f"run {name} was searched under the constraint of another of its latency models than "
+                              f"{others[0]}; resume it with the --constraint it was searched with")
         differences = "; ".join(fingerprint_differences(searched_for, target, "now"))
         raise SearchError(f"run {name} was searched for {target_name(searched_for)} and would resume on another "
                           f"target ({differences}): resume it with --latency-model of the model it was searched "
@@ -153,6 +158,10 @@ def prepare_search(cfg: SearchConfig, target: str | float, *, runtime: str = DEF
     cfg = dataclasses.replace(cfg, target_ms=resolve_target(str(target), latencies))
     if str(target).startswith("p"):
         on_note(f"target {target} of the space's predicted latencies: {cfg.target_ms:g} ms")
+    check_target(cfg.target_ms, latencies)  # refused before the workers start
+    if resumed:
+        refuse_other_settings(cfg, resumed)  # the target too, now in milliseconds
+    on_note(cfg.rungs.said())
     others = load_targets(cfg.other_latency_models)
     for label, other in others.items():
         on_note(f"also recorded: latency on {label} ({target_name(other.fingerprint)})")

@@ -39,6 +39,15 @@ class Rungs:
     def budgets(self) -> list[float]:
         return [self.first * (self.eta ** k - 1) / (self.eta - 1) for k in range(1, self.count + 1)]
 
+    def said(self) -> str:
+        """The rungs in words, and the base epochs they settled on where that is not the one asked."""
+        if self.count == 1:
+            return f"one rung of {self.top_epochs:g} epochs (no promotions)"
+        moved = "" if math.isclose(self.first, self.base_epochs) else (
+            f" (--base-epochs {self.base_epochs:g} moved to {self.first:.3g}: the nearest base whose rungs, "
+            f"each adding {self.eta} times the epochs of the one before, end at --epochs {self.top_epochs:g})")
+        return f"rungs at {', '.join(f'{b:.3g}' for b in self.budgets)} epochs{moved}"
+
     def epochs_of(self, rung: int) -> float:
         """The epochs rung `rung` trains on top of the rungs below it."""
         return self.first * self.eta ** rung

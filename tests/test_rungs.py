@@ -22,6 +22,14 @@ def test_a_candidate_trains_each_rungs_epochs_at_the_chance_it_is_promoted_there
     assert expected_epochs(Rungs(2.0, 2.0)) == pytest.approx(2.0)  # one rung: every candidate trains it all
 
 
+def test_the_rungs_are_said_with_the_base_they_settled_on():
+    assert Rungs(0.5, 6.5, 3).said() == "rungs at 0.5, 2, 6.5 epochs"
+    assert Rungs(0.25, 1.0, 2).said() == ("rungs at 0.333, 1 epochs (--base-epochs 0.25 moved to 0.333: the nearest "
+                                          "base whose rungs, each adding 2 times the epochs of the one before, end at "
+                                          "--epochs 1)")
+    assert Rungs(1.0, 1.0).said() == "one rung of 1 epochs (no promotions)"
+
+
 def field(n=9):
     """Accuracy grows with latency: the fast third converges best early but is least accurate."""
     return [RungResult(f"m{i}", accuracy=0.3 + 0.05 * i, latency_ms=1.0 + i) for i in range(n)] + [

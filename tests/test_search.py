@@ -194,6 +194,8 @@ def test_a_time_limit_stops_the_trainings_in_flight_and_keeps_them(tmp_path, lat
                   "--presets", "efficientvit-m0", "--latency-model", latency_model, "--runs-dir", tmp_path)
     said = "the time limit of 0.4 min is reached after 0 trials: 1 training(s) in flight stopped; 1 trial(s) queued"
     assert said in res.stderr
+    assert "0 architectures on the front" in res.stdout and "warning: no trial finished the top rung within the " \
+        "target: give more --trials or --minutes (the same command resumes the run)" in " ".join(res.stderr.split())
     trials = {t.number: t for t in study_trials(tmp_path / "timed")}
     assert [t.state.name for t in trials.values()] == ["FAIL", "WAITING"]  # no new candidate after the limit
     # queued again with what it carries, to go on from its checkpoint (as after a kill: the test below)
@@ -330,6 +332,25 @@ def test_a_run_resumes_only_on_the_target_it_was_searched_for(tmp_path, latency_
                   "--runs-dir", tmp_path, check=False, own_process=False)  # this machine's target: refused before timing it
     one_line_error(res, "run x was searched for onnxruntime 1.0 int8 on", "runtime 'onnxruntime' vs now 'torch'")
     assert not (tmp_path / "latency").exists() and json.loads((run_dir / "config.json").read_text()) == saved
+    with_two = {**saved, "other_targets": {"digits": {"fingerprint": LatencyModel.load(latency_model).fingerprint,
+                                                      "reference_ms": None}}}
+    (run_dir / "config.json").write_text(json.dumps(with_two))  # searched under the int8 model, digits recorded
+    res = run_cli("run", "--name", "x", "--target-ms", TARGET, "--latency-model", latency_model,
+                  "--runs-dir", tmp_path, check=False, own_process=False)
+    one_line_error(res, "run x was searched under the constraint of another of its latency models than digits; "
+                        "resume it with the --constraint it was searched with")
+
+
+def test_a_resume_under_another_target_is_refused_before_the_workers_start(tmp_path, latency_model):
+    run_dir = tmp_path / "x"
+    run_dir.mkdir()
+    saved = {**SearchConfig(name="x", target_ms=123.0, latency_model="").identity(),
+             "latency_target": LatencyModel.load(latency_model).fingerprint}
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    res = run_cli("run", "--name", "x", "--target-ms", TARGET, "--latency-model", latency_model, "--runs-dir", tmp_path,
+                  check=False, own_process=False)
+    assert res.returncode == 2 and "already exists with other settings (target_ms: 123.0 -> " in res.stderr
+    assert "starting Ray workers" not in res.stderr and "rungs at" not in res.stderr
 
 
 def test_a_run_being_searched_by_another_process_is_refused_untouched(tmp_path, latency_model):
@@ -366,7 +387,7 @@ def test_a_proxy_resolution_above_the_datas_is_refused(tmp_path, latency_model):
 def test_unreachable_target_says_fastest_and_suggests(tmp_path, latency_model):
     res = run_cli("run", "--name", "slow", "--target-ms", "0.01", "--latency-model", latency_model,
                   "--runs-dir", tmp_path, check=False, own_process=False)
-    assert res.returncode == 2
+    assert res.returncode == 2 and "starting Ray workers" not in res.stderr and not (tmp_path / "slow").exists()
     assert "below the fastest architecture" in res.stderr and "try --target-ms" in res.stderr
 
 
