@@ -195,11 +195,13 @@ class SearchRun:
     def time_up(self) -> bool:
         return self.seconds_left() == 0
 
-    def train(self, trial: optuna.trial.Trial, rung: int) -> None:
+    def train(self, trial: optuna.trial.Trial, rung: int) -> bool:
         """Start a rung's training, unless the time limit is up: the trial then stays running, to be
-        queued again with the rungs it finished."""
-        if not self.time_up():
-            self.dispatcher.submit(trial, rung)
+        queued again with the rungs it finished. Whether it started."""
+        if self.time_up():
+            return False
+        self.dispatcher.submit(trial, rung)
+        return True
 
     def budget_spent(self) -> bool:
         """Whether the trainings finished and under way reach --budget-epochs: the sampler proposes
@@ -449,8 +451,9 @@ def propose(run: SearchRun) -> None:
             run.ladder.note(spec.arch_id, trial.user_attrs[Attr.PRED_MS], trial.user_attrs[Attr.RUNG_ACCS])
             run.report(conclude(run, trial))
         else:
-            run.train(trial, rung=0)
-            run.report(f"trial {trial.number} training {spec.short()[:60]}")
+            started = run.train(trial, rung=0)
+            run.report(f"trial {trial.number} {'training' if started else 'waits for a resume (time is up)'} "
+                       f"{spec.short()[:60]}")
 
 
 def settle(run: SearchRun, trial: optuna.trial.Trial, rung: int, res: dict) -> str:

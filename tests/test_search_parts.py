@@ -306,6 +306,7 @@ def test_at_the_time_limit_results_in_are_kept_and_trainings_in_flight_are_queue
                     deadline=time.monotonic() - 1)
     propose(run)  # a free worker, trials left, but no time: nothing is asked
     assert len(study.trials) == 2
+    assert run.train(in_flight, 1) is False and dispatcher.started == []  # a proposal the limit overtook: not started
     said = stop_at_time_limit(run)
     assert "1 training(s) in flight stopped; 2 trial(s) queued" in said
     assert dispatcher.started == [] and dispatcher.stopped == [in_flight.number]  # the promotion earned waits too
