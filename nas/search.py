@@ -160,11 +160,8 @@ class SearchRun:
     front: list = field(default_factory=list)
     proposals_in_a_row_seen: int = 0
     budget_said: bool = False
-    timed_from: float = field(default_factory=time.monotonic)  # the pace of training is measured from here
-    epochs_before: float = 0.0  # trained by an earlier run of the search
-
-    def __post_init__(self) -> None:
-        self.epochs_before = self.ladder.epochs_trained()
+    worker_s: float = 0.0  # the pace of training: seconds on the workers for the rungs finished here,
+    worker_epochs: float = 0.0  # and the epochs they trained
 
     def finished(self) -> set[str]:
         """Architectures whose trial is over: trained to their last rung, or failed."""
@@ -214,16 +211,21 @@ class SearchRun:
         under_way = sum(self.cfg.rungs.epochs_of(rung) for _, rung in self.dispatcher.pending.values())
         return self.ladder.epochs_trained() + under_way >= self.cfg.budget_epochs
 
+    def timed(self, rung: int, res: dict) -> None:
+        """Keep a finished rung's seconds on its worker and the epochs it trained, for the ETA."""
+        if res.get("worker_s") and res.get("steps"):
+            self.worker_s += res["worker_s"]
+            self.worker_epochs += res["trained_steps"] / res["steps"] * self.cfg.rungs.budgets[rung]
+
     def training_s_left(self) -> float | None:
-        """A guess at the time the trainings still owed take, at the pace of this search so far
-        (seconds on the clock per epoch trained, those training now counted half done): the
-        trainings in flight or queued, and the trials still to propose at the share of proposals
-        trained so far (within --budget-epochs), each to the rungs it reaches on average
-        (`expected_epochs`)."""
-        rungs, pending = self.cfg.rungs, [rung for _, rung in self.dispatcher.pending.values()]
-        finished = self.ladder.epochs_trained() - self.epochs_before
-        if finished <= 0:
+        """A guess at the time the trainings still owed take, at this search's pace (the seconds its
+        workers took per epoch, each rung's overheads included, shared by the workers): the
+        trainings in flight (those running counted half done) or queued, and the trials still to
+        propose at the share of proposals trained so far (within --budget-epochs), each to the rungs
+        it reaches on average (`expected_epochs`)."""
+        if self.worker_epochs <= 0:
             return None
+        rungs, pending = self.cfg.rungs, [rung for _, rung in self.dispatcher.pending.values()]
         half_done = sum(rungs.epochs_of(rung) for rung in pending[:self.cfg.workers]) / 2  # the queued: not begun
         c = counts(self.study)
         tried = c.get(TrialState.COMPLETE, 0) + c.get(TrialState.FAIL, 0)
@@ -234,7 +236,7 @@ class SearchRun:
             under_way = sum(rungs.epochs_of(rung) for rung in pending)
             new = min(new, max(self.cfg.budget_epochs - self.ladder.epochs_trained() - under_way, 0.0))
         owed = new + sum(expected_epochs(rungs, rung) for rung in pending) - half_done
-        return owed * (time.monotonic() - self.timed_from) / (finished + half_done)
+        return owed * self.worker_s / self.worker_epochs / max(self.cfg.workers, 1)
 
     def report(self, last: str = "") -> None:
         self.front = write_records(self.study, self.cfg.run_dir, self.cfg.target_ms)
@@ -472,6 +474,7 @@ def settle(run: SearchRun, trial: optuna.trial.Trial, rung: int, res: dict) -> s
         failed = f"trial {trial.number} failed at rung {rung}: {res['failure']}"
         return "; ".join(filter(None, (failed, release_presets(run))))
     run.ladder.record(trial, rung, res)
+    run.timed(rung, res)
     return conclude(run, trial)
 
 

@@ -1,5 +1,6 @@
 """Ray workers: one CPU (and `--gpus-per-trial` of a GPU) each, training a candidate up to a rung.
 A worker process fetches the run's data once and keeps it on its device for every later task."""
+import time
 import warnings
 
 import ray
@@ -31,6 +32,7 @@ def evaluate_on_worker(spec_json: str, data_holder: list, cfg: TrainConfig, chec
         data = data_on_device(data_holder, cfg.device)
     except Exception as e:  # the data could not be fetched or placed: this trial fails, the search goes on
         return {"failure": f"data not available on the worker ({type(e).__name__}: {e})"}
+    started = time.perf_counter()  # the process's start and the data's transfer aside: paid once
     with warnings.catch_warnings(record=True) as caught:  # a worker's own warnings reach no one
         warnings.simplefilter("always", CheckpointSetAside)
         try:
@@ -39,7 +41,8 @@ def evaluate_on_worker(spec_json: str, data_holder: list, cfg: TrainConfig, chec
             problem = storage_problem(e)
             res = {"storage": problem, "path": e.filename or checkpoint} if problem else {"failure": f"OSError: {e}"}
     notes = [str(w.message) for w in caught if issubclass(w.category, CheckpointSetAside)]
-    return {**res, "node": ray.util.get_node_ip_address(), **({"notes": notes} if notes else {})}
+    return {**res, "node": ray.util.get_node_ip_address(), "worker_s": time.perf_counter() - started,
+            **({"notes": notes} if notes else {})}
 
 
 remote_evaluate = ray.remote(num_cpus=1, max_retries=0)(evaluate_on_worker)

@@ -318,8 +318,6 @@ def test_at_the_time_limit_results_in_are_kept_and_trainings_in_flight_are_queue
 
 
 def test_the_training_time_left_counts_the_rungs_each_trial_still_owes_at_the_searchs_pace(tmp_path, study):
-    import time
-
     from nas.config import SearchConfig
     from nas.search import SearchRun
 
@@ -333,26 +331,25 @@ def test_the_training_time_left_counts_the_rungs_each_trial_still_owes_at_the_se
         trained.set_user_attr(key, value)
     study.tell(trained, [0.5, 0.4])
     run.ladder.note("a", 0.4, [0.5])
+    run.timed(0, {"worker_s": 4.0, "trained_steps": 13, "steps": 13})  # rung 0: 0.5 epochs (26 steps each) in 4 s
     infeasible.set_user_attr("infeasible", True)
     study.tell(infeasible, [0.0, 9.0])
     dispatcher.pending = {in_flight.number: (in_flight, 1)}
-    run.timed_from = time.monotonic() - 8.0
-    # 8 s for rung 0's 0.5 epochs and half of rung 1's 1.5 in flight: 6.4 s an epoch. Owed: 7 trials to
-    # propose, half of them trained (1 of 2 so far), 0.5 + 1.5/3 + 4.5/9 epochs each on average, and the one
-    # in flight the rest of rung 1 and a third of rung 2
-    assert run.training_s_left() == pytest.approx((7 * 0.5 * 1.5 + 0.75 + 4.5 / 3) * 6.4, rel=1e-2)
+    # 8 s an epoch on a worker, 4 s on the clock with 2 workers. Owed: 7 trials to propose, half of them trained
+    # (1 of 2 so far), 0.5 + 1.5/3 + 4.5/9 epochs each on average, and the one in flight the rest of rung 1
+    # (half done) and a third of rung 2
+    assert run.training_s_left() == pytest.approx((7 * 0.5 * 1.5 + 0.75 + 4.5 / 3) * 4.0)
     run.cfg = dataclasses.replace(cfg, budget_epochs=3.0)  # 0.5 trained, 1.5 under way: 1 epoch left to propose
-    assert run.training_s_left() == pytest.approx((1.0 + 0.75 + 4.5 / 3) * 6.4, rel=1e-2)
+    assert run.training_s_left() == pytest.approx((1.0 + 0.75 + 4.5 / 3) * 4.0)
     run.cfg = dataclasses.replace(cfg, budget_epochs=1.0)  # spent: what is under way still trains on
-    assert run.training_s_left() == pytest.approx((0.75 + 4.5 / 3) * 6.4, rel=1e-2)
+    assert run.training_s_left() == pytest.approx((0.75 + 4.5 / 3) * 4.0)
     queued = study.ask()
     dispatcher.pending[queued.number] = (queued, 2)  # a promotion waiting for the one worker: not begun
     run.cfg = dataclasses.replace(cfg, workers=1)
     owed = (7 - 1) * 0.5 * 1.5 + 0.75 + 4.5 / 3 + 4.5  # one proposal fewer; the queued rung 2 owed whole
-    assert run.training_s_left() == pytest.approx(owed * 6.4, rel=1e-2)  # and the pace as before
-    resumed = SearchRun(cfg, study, None, Ladder(study, cfg.rungs, "bands", []), dispatcher)
-    assert resumed.ladder.epochs_trained() == 0.5  # trained by the earlier run: the pace is of its own rungs
-    assert resumed.training_s_left() is None
+    assert run.training_s_left() == pytest.approx(owed * 8.0)  # one worker: 8 s an epoch on the clock
+    run.timed(1, {"worker_s": 6.0, "trained_steps": 13, "steps": 52})  # a third of rung 1 (resumed): 0.5 epochs
+    assert run.training_s_left() == pytest.approx(owed * 10.0)  # 10 s for 1 epoch
 
 
 def test_a_run_whose_ids_an_earlier_etnas_gave_otherwise_is_not_resumed(study):
