@@ -129,6 +129,7 @@ def progress_bar():
         """rich's Progress, which also prints its line to a log every LOG_EVERY_S seconds."""
 
         logged = time.monotonic()
+        ended = False  # its last line is printed: when its tasks are done, or when it stops
 
         def update(self, task_id, **fields) -> None:
             super().update(task_id, **fields)
@@ -143,9 +144,11 @@ def progress_bar():
             self.log_line(last=True)
 
         def log_line(self, last: bool = False) -> None:
-            if self.console.is_interactive or (time.monotonic() - self.logged < LOG_EVERY_S and not last):
+            done = all(t.total is not None and t.completed >= t.total for t in self.tasks)
+            due = last or done or time.monotonic() - self.logged >= LOG_EVERY_S
+            if self.console.is_interactive or self.ended or not due:
                 return
-            self.logged = time.monotonic()
+            self.logged, self.ended = time.monotonic(), last or done
             for task in self.tasks:
                 done = f"{task.completed:g}" + (f"/{task.total:g}" if task.total else "")
                 self.console.print(f"{task.description}: {done} in {task.elapsed or 0:.0f} s "

@@ -355,3 +355,10 @@ def test_a_log_gets_a_line_per_search_event_and_a_progress_line_every_so_often(m
         task = bar.add_task("calibrating", total=None, info="")
         bar.update(task, advance=3, info="1.20 ms")
     assert "\ncalibrating: 3 in 0 s 1.20 ms\n" in log.getvalue()
+    monkeypatch.setattr(search, "LOG_EVERY_S", 3600)
+    with search.progress_bar() as bar:  # the last line when the work is done, not after what follows it
+        task = bar.add_task("measuring", total=2, info="")
+        bar.update(task, advance=1, info="a")
+        bar.update(task, advance=1, info="b")
+        search.console.print("what follows")
+    assert log.getvalue().endswith("measuring: 2/2 in 0 s b\nwhat follows\n")
