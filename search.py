@@ -263,10 +263,10 @@ def cmd_run(args) -> None:
                       highlight=False)
 
 
-def warn_of_failures(run_dir: Path) -> None:
+def warn_of_failures(run_dir: Path, rows: list[dict]) -> None:
     from nas.front import failures
 
-    found = failures(run_dir)
+    found = failures(rows)
     if found.failed:
         console.print(f"[yellow]warning:[/] {len(found.failed)} of the {len(found.failed) + found.trained} trials "
                       f"sent to training failed; {escape(found.first_failure(run_dir))}", highlight=False,
@@ -377,7 +377,7 @@ def print_front(run_dir: Path, as_json: bool) -> None:
         tau = f"{a['kendall_tau']:.2f}" if a["kendall_tau"] is not None else "n/a (fewer than 3)"
         out.print(f"ranking from rung {a['rungs'].replace('->', ' to ')}: Kendall tau {tau} over "
                   f"{a['trials']} promoted trials")
-    warn_of_failures(run_dir)
+    warn_of_failures(run_dir, trials.to_dict("records"))
     try:
         out.print(f"plot: {write_html(Path(run_dir), trials, front, target, finals)}", markup=False)
     except OSError as e:  # a read-only run folder still shows its front

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from evaluators.recipes import PROXY_EVALUATION, PROXY_EVALUATION_BEFORE, PROXY_RECIPE
 from search_space.presets import PRESETS
-
 from search_space.spec import MIN_IMG_SIZE
 
 from . import SearchError

@@ -46,8 +46,8 @@ class Failures(NamedTuple):
                 f"of {Path(run_dir) / 'trials.csv'})")
 
 
-def failures(run_dir: Path) -> Failures:
-    rows, _ = run_records(Path(run_dir))
+def failures(rows: list[dict]) -> Failures:
+    """The failures among a run's trials.csv rows."""
     states = [r["state"] for r in rows]
     return Failures([r for r in rows if r["state"] == TrialState.FAIL],
                     trained=sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states),
@@ -56,7 +56,7 @@ def failures(run_dir: Path) -> Failures:
 
 def refuse_a_search_that_trained_nothing(run_dir: Path) -> None:
     """A search whose every training failed ends in an error naming why, not in an empty front."""
-    found = failures(run_dir)
+    found = failures(run_records(Path(run_dir))[0])
     if found.all_failed():
         raise SearchError(f"every trial of {run_dir} sent to training failed ({len(found.failed)}); "
                           f"{found.first_failure(run_dir)}. Fix the cause, then start a new run with another "
@@ -84,7 +84,8 @@ def front_summary(run_dir: Path) -> dict:
     return {"run": str(run_dir), "target_ms": target_ms, "target": cfg.get("latency_target"),
             "target_name": run_target(run_dir), "rung_epochs": rungs.budgets if rungs else None,
             "front": front, "presets": preset_rows,
-            "failed": [{"trial": int(r["number"]), "failure": r["failure"]} for r in failures(run_dir).failed]}
+            "failed": [{"trial": int(r["number"]), "failure": r["failure"]}
+                       for r in failures(trials.to_dict("records")).failed]}
 
 
 def last_accuracy(row: pd.Series) -> float | None:

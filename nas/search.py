@@ -208,8 +208,11 @@ class SearchRun:
             return False
         if self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             return False  # queued trials first
-        under_way = sum(self.cfg.rungs.epochs_of(rung) for _, rung in self.dispatcher.pending.values())
-        return self.ladder.epochs_trained() + under_way >= self.cfg.budget_epochs
+        return self.ladder.epochs_trained() + self.epochs_under_way() >= self.cfg.budget_epochs
+
+    def epochs_under_way(self) -> float:
+        """The epochs the trainings in flight or queued train, each its whole rung."""
+        return sum(self.cfg.rungs.epochs_of(rung) for _, rung in self.dispatcher.pending.values())
 
     def timed(self, rung: int, res: dict) -> None:
         """Keep a finished rung's seconds on its worker and the epochs it trained, for the ETA."""
@@ -233,8 +236,7 @@ class SearchRun:
         to_propose = max(self.cfg.trials - self.counted() - len(pending), 0)
         new = to_propose * trained_share * expected_epochs(rungs)
         if self.cfg.budget_epochs is not None:  # proposals stop there; what is under way goes on
-            under_way = sum(rungs.epochs_of(rung) for rung in pending)
-            new = min(new, max(self.cfg.budget_epochs - self.ladder.epochs_trained() - under_way, 0.0))
+            new = min(new, max(self.cfg.budget_epochs - self.ladder.epochs_trained() - self.epochs_under_way(), 0.0))
         owed = new + sum(expected_epochs(rungs, rung) for rung in pending) - half_done
         return owed * self.worker_s / self.worker_epochs / max(self.cfg.workers, 1)
 

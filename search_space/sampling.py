@@ -51,6 +51,10 @@ class SearchSpace:
         """The patch choices that cut the image into a token grid of at most `max_grid` a side."""
         return [p for p in self.patch if img_size % p == 0 and img_size // p <= self.max_grid]
 
+    def sampled_patches(self, img_size: int) -> list[int]:
+        """The patches `sample` draws from: `patches_for`, or the coarsest that divides sizes like 33."""
+        return self.patches_for(img_size) or [coarsest_patch(img_size)]
+
     def unusable_choices(self, img_size: int) -> list[str]:
         """Choices that `sample` can never honour at this image size, in words: it draws the
         nearest valid spec instead, so a space file asking for them would be overruled unsaid."""
@@ -58,7 +62,7 @@ class SearchSpace:
         if not self.patches_for(img_size):
             out.append(f"no patch of {list(self.patch)} cuts {img_size}-px images into a token grid of at most "
                        f"{self.max_grid} a side (max_grid): every spec gets patch {coarsest_patch(img_size)}")
-        patches = self.patches_for(img_size) or [coarsest_patch(img_size)]
+        patches = self.sampled_patches(img_size)
         too_deep = [n for n in self.stages if not any(
             all(can_downsample(g, d) for g in stage_grids(img_size // p, n, d)[:-1])
             for p in patches for d in self.downsamples)]
@@ -160,7 +164,7 @@ def sample(trial_or_rng: Suggester | np.random.Generator | int, space: SearchSpa
         t = np.random.default_rng(int(t))
     if isinstance(t, np.random.Generator):
         t = RngSuggester(t)
-    patch = t.suggest_categorical("patch", space.patches_for(img_size) or [coarsest_patch(img_size)])  # sizes like 33
+    patch = t.suggest_categorical("patch", space.sampled_patches(img_size))
     n_stages = t.suggest_categorical("stages", list(space.stages))
     stem = t.suggest_categorical("stem", list(space.stems))
     downsample = t.suggest_categorical("downsample", list(space.downsamples))

@@ -92,12 +92,17 @@ def test_grey_and_wider_integer_images_load(tmp_path):
     assert data.x_train.dtype.is_floating_point is False
 
 
-def test_unreadable_image_in_a_folder_is_named(tmp_path):
+def image_folder(root):
+    """train/ and test/ of two classes, cat and dog, two images each."""
     for split in ("train", "test"):
         for c in ("cat", "dog"):
-            (tmp_path / split / c).mkdir(parents=True)
+            (root / split / c).mkdir(parents=True)
             for name in ("a.png", "c.png"):
-                Image.new("RGB", (10, 10)).save(tmp_path / split / c / name)
+                Image.new("RGB", (10, 10)).save(root / split / c / name)
+
+
+def test_unreadable_image_in_a_folder_is_named(tmp_path):
+    image_folder(tmp_path)
     assert load_dataset(f"imagefolder:{tmp_path}").num_classes == 2
     (tmp_path / "train" / "dog" / "b.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=r"image .*b\.png cannot be read"):
@@ -105,11 +110,7 @@ def test_unreadable_image_in_a_folder_is_named(tmp_path):
 
 
 def test_a_folder_class_that_cannot_be_learned_is_named(tmp_path):
-    for split in ("train", "test"):
-        for c in ("cat", "dog"):
-            (tmp_path / split / c).mkdir(parents=True)
-            for name in ("a.png", "c.png"):
-                Image.new("RGB", (10, 10)).save(tmp_path / split / c / name)
+    image_folder(tmp_path)
     (tmp_path / "test" / "zebra").mkdir()
     Image.new("RGB", (10, 10)).save(tmp_path / "test" / "zebra" / "z.png")
     with pytest.raises(DataError, match=re.escape(f"image folder {tmp_path / 'test'} has class folder(s) ['zebra'] "
