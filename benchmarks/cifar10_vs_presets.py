@@ -55,7 +55,7 @@ from latency_models.calibrate import calibrate  # noqa: E402
 from latency_models.measure import anchor_spec, deployed_runner, runtime_runner, time_at_reference  # noqa: E402
 from nas import SearchError  # noqa: E402
 from nas.config import CALIBRATION_ARCHS, DEFAULT_RUNTIME, RUNTIMES  # noqa: E402
-from nas.final import load_trained, predictor_reference_ms, target_runtime, train_final  # noqa: E402
+from nas.final import final_dir, load_trained, predictor_reference_ms, target_runtime, train_final  # noqa: E402
 from nas.rundir import run_config  # noqa: E402
 from nas.schema import TrialState  # noqa: E402
 from search_space import ArchSpec, SearchSpace, build_model, deploy, presets  # noqa: E402
@@ -107,15 +107,25 @@ def chosen_trials(run: Path, target: float, searched_finals: int = 3) -> tuple[d
 
 def reuse_final(previous: Path, run: Path, number: int, arch_id: str, epochs: float, dataset: str) -> bool:
     """Copy a finished final training of the same architecture, recipe and data from a previous run
-    of this script (training is seeded, so it would repeat it); `search.py train` then finds the
-    finished checkpoint and only evaluates and times it."""
+    of this script (training is seeded, so it would repeat it); it is then read, not trained again."""
     for path in Path(previous).glob("final/*/final.json"):
-        report = json.loads(path.read_text())
-        made = (report["arch_id"], report["epochs"], report["dataset"], report.get("holdout"))
-        if made == (arch_id, epochs, dataset, True):
+        if made_as(json.loads(path.read_text()), arch_id, epochs, dataset):
             shutil.copytree(path.parent, run / "final" / str(number), dirs_exist_ok=True)
             return True
     return False
+
+
+def made_as(report: dict, arch_id: str, epochs: float, dataset: str) -> bool:
+    """Whether a final training's report is this benchmark's: the architecture, held out, at `epochs` on `dataset`."""
+    made = (report["arch_id"], report["epochs"], report["dataset"], report.get("holdout"))
+    return made == (arch_id, epochs, dataset, True)
+
+
+def finished_final(run: Path, number: int, arch_id: str, epochs: float, dataset: str) -> bool:
+    """Whether trial `number` of `run` has this benchmark's final training already (a rerun reads
+    it: evaluating and quantizing it again would give the same figures)."""
+    report = final_dir(run, number) / "final.json"
+    return report.exists() and made_as(json.loads(report.read_text()), arch_id, epochs, dataset)
 
 
 def reference_trainings(reference: Path | None, epochs: float) -> dict[str, dict]:
@@ -130,8 +140,8 @@ def reference_trainings(reference: Path | None, epochs: float) -> dict[str, dict
 
 def train_finals(run: Path, numbers: list[int], baselines: list[str], epochs: float, jobs: int, out: Path) -> None:
     """`etnas train --holdout` for each trial and `timm_baselines.py` for each baseline, `jobs` at a
-    time with one thread each (as the reference trains); a finished one is only evaluated and timed
-    again. With one job they run in this process, one after another, without a start-up each. The
+    time with one thread each (as the reference trains); one interrupted goes on from its checkpoint.
+    With one job they run in this process, one after another, without a start-up each. The
     first failure cancels the trainings not yet started and stops the script once those under way
     end."""
     if jobs == 1:
@@ -324,7 +334,9 @@ def final_rows(run: Path, presets_by_trial: dict[int, str], searched: list[int],
                       if trials.at[n, "arch_id"] in reference}
     trained = [n for n in numbers if n not in from_reference]
     to_train = [name for name in baselines if name not in finished]
-    train_finals(run, trained, to_train, budget["final_epochs"], jobs, out)
+    epochs, dataset = float(budget["final_epochs"]), run_config(run)["dataset"]
+    unfinished = [n for n in trained if not finished_final(run, n, trials.at[n, "arch_id"], epochs, dataset)]
+    train_finals(run, unfinished, to_train, budget["final_epochs"], jobs, out)
     models = {n: load_trained(run, n)[0] for n in trained}
     models.update({n: build_model(ArchSpec.from_dict(r["spec"])) for n, r in from_reference.items()})
     spec = next(iter(models.values())).spec

@@ -41,9 +41,13 @@ def test_cifar10_vs_presets_quick_on_digits(tmp_path, monkeypatch):
     assert res["search_target_ms"] > 0
     assert (tmp_path / "out" / "cifar10_front.png").stat().st_size > 5_000
 
-    # again, as a resumed rerun would: the baseline is read from the first run's results, not trained
+    # again, as a resumed rerun would: the baseline is read from the first run's results, not trained,
+    # and the finished finals are read, not evaluated and quantized again
+    finals = sorted((tmp_path / "out" / "runs" / "search" / "final").glob("*/final.json"))
+    written = [p.stat().st_mtime_ns for p in finals]
     monkeypatch.setattr(sys, "argv", [*sys.argv, "--baselines-from", str(tmp_path / "out")])
     proof.main()
+    assert len(finals) == 7 and [p.stat().st_mtime_ns for p in finals] == written
     again = json.loads((tmp_path / "out" / "results.json").read_text())
     first_pico, pico = (next(r for r in rows if r["kind"] == "timm") for rows in (res["rows"], again["rows"]))
     assert pico["source"] == "earlier results" and pico["test_acc"] == first_pico["test_acc"]
