@@ -27,7 +27,7 @@ from evaluators.sources import KINDS, DataError, check_dataset_name
 from latency_models.settings import REMEASURE_SHARE, SWEEPS
 from nas import SearchError
 from nas.config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, EXPORT_FORMATS, MAX_MINUTES, RUNTIMES, export_formats,
-                        preset_names, parse_target)
+                        interval_text, preset_names, parse_target)
 from search_space.presets import PRESETS
 from search_space.quantize import PRECISIONS
 from search_space.spec import MIN_IMG_SIZE
@@ -451,12 +451,17 @@ def cmd_train(args) -> None:
         report = train_final(Path(args.run), number, args.epochs, args.device,
                              on_step=lambda step, total, loss: update(completed=step, total=total,
                                                                       info=f"loss {loss:.3f}"), **recipe)
+    if report["resumed_at_step"] == report["steps"]:
+        out.print(f"trial {number} was trained already ({report['epochs']:g} epochs): evaluated and timed again",
+                  markup=False)
     table = Table("figure", "value", title=f"final training of trial {report['trial']}")
-    for k in ("short", "test_acc", "test_acc_int8", "int8_top1_agreement", "pred_ms", "measured_ms", "pred_rel_err",
-              "epochs", "train_s", "params"):
-        if k not in report:  # int8 figures of a model onnxruntime could not quantize
+    # train_s: the training loop's seconds; wall_s: the command's, evaluation, quantizing and timing included
+    figures = {**report, "held_out_val_acc": (report["val_curve"] or [None])[-1]}
+    for k in ("short", "test_acc", "held_out_val_acc", "test_acc_int8", "int8_top1_agreement", "pred_ms", "measured_ms",
+              "pred_rel_err", "epochs", "train_s", "wall_s", "params"):
+        if figures.get(k) is None:  # int8 figures of a model onnxruntime could not quantize; no holdout
             continue
-        v = report[k]
+        v = figures[k]
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else escape(str(v)))
     out.print(table)
     from nas.front import load_view, write_html
@@ -518,7 +523,7 @@ def run_name(text: str) -> str:
 
 def number(low: float, high: float = float("inf"), low_open: bool = True) -> Callable[[str], float]:
     """A finite float in (low, high] (or [low, high] with low_open=False)."""
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+    interval = interval_text(low, high, low_allowed=not low_open)
 
     def parse(text: str) -> float:
         try:
@@ -541,6 +546,9 @@ def given_path(text: str) -> str:
 
 
 def checked_randaugment_config(text: str) -> str:
+    """A RandAugment config timm takes, or "" for `off`."""
+    if text == "off":
+        return ""
     from evaluators.train import checked_randaugment  # torch and timm, only where the option is given
 
     return checked_randaugment(text)
@@ -741,19 +749,23 @@ def _run_dir_parsers(sub) -> None:
     t = sub.add_parser("train", help="fully train one trial's architecture and measure it", formatter_class=HelpFormatter)
     t.add_argument("run", help="run directory (runs/NAME)")
     t.add_argument("--trial", required=True, help="trial number, or 'best': the most accurate front point")
-    t.add_argument("--epochs", type=number(0), help="training epochs (default: 4x the proxy epochs, at least 10)")
+    # An option left out keeps the value the trial's earlier final training was made with, so that a
+    # re-run goes on with that training (or, finished, evaluates and times it again) instead of starting over
+    def default(value: str) -> str:
+        return f"(default: as the trial's earlier final training, else {value})"
+
+    t.add_argument("--epochs", type=number(0), help=f"training epochs {default('4x the proxy epochs, at least 10')}")
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="where to train (the latency is always measured on this CPU)")
-    t.add_argument("--batch-size", type=integer(2), default=FINAL_RECIPE["batch_size"], help="batch size")
-    t.add_argument("--lr", type=number(0), default=FINAL_RECIPE["lr"], help="peak AdamW learning rate")
-    t.add_argument("--mixup", type=number(0, low_open=False), default=0.0, help="mixup alpha, 0 = off (timm Mixup)")
-    t.add_argument("--cutmix", type=number(0, low_open=False), default=0.0, help="cutmix alpha, 0 = off")
+    t.add_argument("--batch-size", type=integer(2), help=f"batch size {default(FINAL_RECIPE['batch_size'])}")
+    t.add_argument("--lr", type=number(0), help=f"peak AdamW learning rate {default(FINAL_RECIPE['lr'])}")
+    t.add_argument("--mixup", type=number(0, low_open=False), help=f"mixup alpha, 0 = off (timm Mixup) {default(0)}")
+    t.add_argument("--cutmix", type=number(0, low_open=False), help=f"cutmix alpha, 0 = off {default(0)}")
     t.add_argument("--randaugment", type=parsed_by(checked_randaugment_config, ValueError),
-                   help="timm RandAugment config, e.g. rand-m9-mstd0.5 (default: off)")
-    t.add_argument("--holdout", action="store_true",
+                   help=f"timm RandAugment config, e.g. rand-m9-mstd0.5, or off {default('off')}")
+    t.add_argument("--holdout", action=argparse.BooleanOptionalAction,
                    help="train on the search's training part only and record the held-out validation accuracy "
-                        "after every epoch (the long-training reference's protocol; default: train on the whole "
-                        "training split)")
+                        f"after every epoch (the long-training reference's protocol) {default('the whole split')}")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("export", help="export a trained trial to ONNX and torch.export files",

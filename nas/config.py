@@ -38,6 +38,11 @@ def export_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
     return names
 
 
+def interval_text(low: float, high: float, low_allowed: bool) -> str:
+    """An interval as a message names it: (0, 1], [2, inf) (infinity is never allowed)."""
+    return f"{'[' if low_allowed else '('}{low:g}, {high:g}{')' if math.isinf(high) else ']'}"
+
+
 def check_bounds(name: str, value: object, low: float, high: float, low_allowed: bool, whole: bool) -> None:
     """SearchError unless `value` is None (the default: none) or a finite number within the bounds."""
     if value is None:
@@ -45,8 +50,8 @@ def check_bounds(name: str, value: object, low: float, high: float, low_allowed:
     kind = int if whole else (int, float)
     inside = low <= value <= high if low_allowed else low < value <= high
     if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not inside:
-        interval = f"{'[' if low_allowed else '('}{low:g}, {high:g}]"
-        raise SearchError(f"{name}: {value!r} is not {'an integer' if whole else 'a number'} in {interval}")
+        raise SearchError(f"{name}: {value!r} is not {'an integer' if whole else 'a number'} in "
+                          f"{interval_text(low, high, low_allowed)}")
 
 
 def target_name(fp: dict) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from evaluators.data import load_dataset
 from evaluators.recipes import FINAL_RECIPE
 from evaluators.train import Normalizer, TrainConfig, accuracy, train, training_curve
 from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, fingerprint_id, runtime_runner,
@@ -21,9 +21,10 @@ from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, f
 from search_space import ArchSpec, build_model, count_params, deploy
 
 from . import SearchError
+from .config import check_bounds
 from .int8 import evaluate_int8, fp32_onnx
 from .records import atomic_write
-from .rundir import load_run_study, load_trial, run_config, write_records
+from .rundir import load_run_study, load_trial, run_config, run_dataset, write_records
 from .schema import Attr
 
 
@@ -82,23 +83,23 @@ def time_on_target(deployed: torch.nn.Module, cfg: dict, runtime: str | None = N
 
 
 def train_final(run_dir: Path, number: int, epochs: float | None = None, device: str = "cpu",
-                on_step: Callable[[int, int, float], None] | None = None, holdout: bool = False, **recipe) -> dict:
+                on_step: Callable[[int, int, float], None] | None = None, holdout: bool | None = None,
+                **recipe) -> dict:
     """Train trial `number` from scratch with the full budget (on `device`) and FINAL_RECIPE, any
-    TrainConfig field overridden by `recipe`; resumes from its checkpoint. With `holdout`, train on
-    the search's training part only and record the held-out validation accuracy after every epoch
-    (the long-training reference's protocol). The latency is measured in the run's target runtime
-    on this machine's CPU (`time_on_target`)."""
+    TrainConfig field overridden by `recipe`; resumes from its checkpoint, whose recorded recipe
+    fills the options not given (None), so that a re-run continues or re-measures it. With
+    `holdout`, train on the search's training part only and record the held-out validation
+    accuracy after every epoch (the long-training reference's protocol). The latency is measured
+    in the run's target runtime on this machine's CPU (`time_on_target`)."""
     cfg = run_config(run_dir)
     trial = load_trial(run_dir, number)
     spec = ArchSpec.from_json(trial.user_attrs[Attr.SPEC])
-    epochs = epochs if epochs is not None else max(4 * float(cfg["epochs"]), 10)
     out = final_dir(run_dir, trial.number)
+    tcfg, holdout = final_config(out, {**recipe, "epochs": epochs, "holdout": holdout}, cfg, device)
+    data = run_dataset(run_dir, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(cfg["dataset"])
     mean, std = data.channel_stats()
     x, y, x_val, y_val = data.holdout(seed=cfg["seed"]) if holdout else (data.x_train, data.y_train, None, None)
-    tcfg = TrainConfig(**{**FINAL_RECIPE, **recipe}, epochs=epochs, seed=cfg["seed"],
-                       threads=torch.get_num_threads(), device=device)
     t0 = time.perf_counter()
     res = train(spec, x, y, x_val, y_val, tcfg, mean=mean, std=std, on_step=on_step,
                 checkpoint=recipe_checkpoint(out, {**dataclasses.asdict(tcfg), "holdout": holdout}))
@@ -117,15 +118,48 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     report = {"trial": trial.number, "arch_id": spec.arch_id, "short": spec.short(), "test_acc": test_acc, **int8,
               "val_acc_proxy": (trial.user_attrs.get(Attr.RUNG_ACCS) or [trial.user_attrs.get(Attr.VAL_ACC)])[-1],
               "proxy_rung": len(trial.user_attrs.get(Attr.RUNG_ACCS) or [None]) - 1, "pred_ms": pred,
-              **timing, "pred_rel_err": (pred - timing["measured_ms"]) / timing["measured_ms"], "epochs": epochs,
+              **timing, "pred_rel_err": (pred - timing["measured_ms"]) / timing["measured_ms"], "epochs": tcfg.epochs,
               "recipe": {k: getattr(tcfg, k) for k in ("batch_size", "lr", "weight_decay", "mixup", "cutmix",
                                                        "randaugment")},
               "holdout": holdout, "trained_examples": len(y), "val_curve": res.history if holdout else None,
-              "train_s": res.train_s, "wall_s": time.perf_counter() - t0, "flops": trial.user_attrs.get(Attr.FLOPS),
+              "train_s": res.train_s, "steps": res.steps, "resumed_at_step": res.start_step,
+              "wall_s": time.perf_counter() - t0, "flops": trial.user_attrs.get(Attr.FLOPS),
               "params": count_params(deployed), "dataset": cfg["dataset"], "trained_on": device}
-    (out / "final.json").write_text(json.dumps(report, indent=1))
+    atomic_write(out / "final.json", json.dumps(report, indent=1))  # a full disk leaves none, not a cut one
     write_records(load_run_study(run_dir), run_dir, float(cfg["target_ms"]))  # front.json with this training
     return report
+
+
+OPTION_BOUNDS = {"epochs": (0, math.inf, False), "lr": (0, math.inf, False), "batch_size": (2, math.inf, True),
+                 "mixup": (0, math.inf, True), "cutmix": (0, math.inf, True)}
+NOT_OPTIONS = ("seed", "threads", "device")  # the run's seed; how it trains, not what
+
+
+def default_epochs(cfg: dict) -> float:
+    """A final training's epochs where none are asked for: 4x the search's top rung, at least 10."""
+    return max(4 * float(cfg["epochs"]), 10)
+
+
+def final_config(out: Path, given: dict, cfg: dict, device: str) -> tuple[TrainConfig, bool]:
+    """The final training's TrainConfig and holdout: each field `given` (None: not given), else the
+    one the training in `out` was made with (a re-run goes on with it, not from scratch), else
+    FINAL_RECIPE's and `default_epochs`; checked before anything is written."""
+    options = {"holdout", *TrainConfig.__dataclass_fields__} - set(NOT_OPTIONS)
+    unknown = sorted(set(given) - options)
+    if unknown:
+        raise SearchError(f"unknown training options {', '.join(unknown)}; choose from {', '.join(sorted(options))}")
+    made_with = checkpoint_recipe(out, {}) if (out / "checkpoint.pt").exists() else None
+    recipe = {**FINAL_RECIPE, "epochs": default_epochs(cfg), "holdout": False,
+              **{k: v for k, v in (made_with or {}).items() if k in options},
+              **{k: v for k, v in given.items() if v is not None}}
+    for name, (low, high, low_allowed) in OPTION_BOUNDS.items():
+        check_bounds(name, recipe.get(name), low, high, low_allowed, whole=name == "batch_size")
+    holdout = bool(recipe.pop("holdout"))
+    try:
+        return TrainConfig(**{**recipe, "randaugment": recipe.get("randaugment") or None}, seed=cfg["seed"],
+                           threads=torch.get_num_threads(), device=device), holdout
+    except ValueError as e:  # a RandAugment config timm does not take
+        raise SearchError(str(e)) from None
 
 
 def recipe_checkpoint(out: Path, recipe: dict) -> Path:

@@ -2,13 +2,15 @@
 running it against PyTorch, plus arch.json and a model card."""
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from evaluators.data import IMAGE_RESIZE, load_dataset, pixels_read_as
+from evaluators.data import IMAGE_RESIZE, pixels_read_as
 from evaluators.train import Normalizer
 from latency_models.measure import fingerprint_id
 from search_space import count_params, deploy
@@ -19,7 +21,7 @@ from search_space.pretrained import CONFIG_FILE, WEIGHTS_FILE, save_pretrained
 from .config import EXPORT_FORMATS, export_formats, target_name
 from .final import load_trained, target_precision, target_runtime, time_on_target
 from .int8 import CALIBRATION_IMAGES, calibration_batch, fp32_onnx, int8_figures, int8_speedup
-from .rundir import final_report, load_trial, run_config
+from .rundir import final_report, load_trial, run_config, run_dataset
 from .schema import Attr
 from .targets import OTHER_TARGETS, as_constraint
 from . import SearchError
@@ -48,26 +50,41 @@ def export_trial(run_dir: Path, number: int, out: Path, formats: str | tuple[str
                  on_stage: Callable[[str, int, int], None] | None = None) -> dict:
     """Deploy the trained model of a trial, export it in `formats` (see `export_formats`), verify
     each file (with `int8`, also its quantization, model.int8.onnx), write the fine-tunable
-    weights, arch.json and the card; `on_stage(what, done, total)` before each step."""
+    weights, arch.json and the card; `on_stage(what, done, total)` before each step. The files
+    replace an earlier export's only once all are written: a failed export leaves `out` as it was."""
     formats = export_formats(formats)
     model, meta = load_trained(run_dir, number)  # what cannot be read is one line, before any progress
     final, cfg = final_report(run_dir, number), run_config(run_dir)
-    out = prepare_out(Path(out), force)
+    if final is None:
+        raise SearchError(f"trial {number} of {run_dir} has a trained model but no final.json (its training was "
+                          f"stopped before it was evaluated and timed); re-run `etnas train` on it as before to finish")
+    data = run_dataset(run_dir, cfg) if int8 else None  # quantizing calibrates on the run's training images
     stages = ["deploying the trained model", *(f"exporting and verifying {EXPORTERS[f][1]}" for f in written(formats)),
               *(["quantizing, verifying and timing model.int8.onnx"] * int8), "writing fine-tunable weights and card",
               *(["timing model.onnx in onnxruntime"] * ("onnx" in formats)),
               *(["timing the model on the search's other targets"] * bool(cfg.get(OTHER_TARGETS))), "done"]
     report = stage_reporter(stages, on_stage)
+    with staged(prepare_out(Path(out), force)) as stage:
+        report()
+        written_files = write_export(stage, model, meta, final, cfg, formats, data, report,
+                                     load_trial(run_dir, number).user_attrs)
     report()
+    return {"out": str(out), **written_files, "files": sorted(name for name in WRITTEN if (Path(out) / name).exists())}
+
+
+def write_export(out: Path, model: torch.nn.Module, meta: dict, final: dict, cfg: dict, formats: tuple[str, ...],
+                 data, report: Callable[[], None], attrs: dict) -> dict:
+    """Every file of the export into `out`, `report()` before each step after the first; with
+    `data`, model.int8.onnx too. Returns the max abs differences, the shipped latency and the int8 figures."""
     deployed = deploy(model)
     spec = model.spec
     preprocessing = pretrained_cfg(spec, meta)
     diffs = write_deployed(deployed, out, formats, onnx_metadata(spec, preprocessing, meta["label_names"]), report)
     quantized = None
-    if int8:
+    if data is not None:
         report()
         with fp32_onnx(deployed, out / "model.onnx" if "onnx" in formats else None) as fp32:
-            quantized = write_int8(fp32, deployed, out / INT8_FILE, cfg, meta)
+            quantized = write_int8(fp32, deployed, out / INT8_FILE, cfg, meta, data)
     report()
     save_pretrained(model, out, pretrained_cfg=preprocessing, label_names=meta["label_names"])
     (out / "arch.json").write_text(json.dumps({**spec.to_dict(), "short": spec.short(), "arch_id": spec.arch_id,
@@ -86,14 +103,12 @@ def export_trial(run_dir: Path, number: int, out: Path, formats: str | tuple[str
         report()
         files = {"fp32": out / "model.onnx" if "onnx" in formats else None, "int8": out / INT8_FILE if quantized else None}
         timed = {"fp32": shipped, "int8": quantized and quantized["latency"]}
-        targets = other_target_latencies(deployed, cfg, load_trial(run_dir, number).user_attrs, files, timed)
+        targets = other_target_latencies(deployed, cfg, attrs, files, timed)
         (out / TARGETS_FILE).write_text(json.dumps(targets, indent=1))
     card = model_card(spec, final, count_params(deployed), diffs, preprocessing, meta["label_names"], shipped, cfg,
                       quantized, targets)
     (out / "MODEL_CARD.md").write_text(card)
-    report()
-    return {"out": str(out), "max_abs_diff": diffs, "shipped_ms": shipped and shipped["measured_ms"],
-            "int8": quantized, "files": sorted(name for name in WRITTEN if (out / name).exists())}
+    return {"max_abs_diff": diffs, "shipped_ms": shipped and shipped["measured_ms"], "int8": quantized}
 
 
 def written(formats: tuple[str, ...]) -> list[str]:
@@ -136,11 +151,10 @@ def verified_difference(fmt: str, path: Path, deployed: torch.nn.Module) -> floa
     return worst
 
 
-def write_int8(fp32: Path, deployed: torch.nn.Module, path: Path, cfg: dict, meta: dict) -> dict:
+def write_int8(fp32: Path, deployed: torch.nn.Module, path: Path, cfg: dict, meta: dict, data) -> dict:
     """model.int8.onnx from `fp32` (the export of `deployed`), calibrated on the run's training
-    images, verified on its test images (accuracy, top-1 agreement with fp32), timed in
+    images (`data`), verified on its test images (accuracy, top-1 agreement with fp32), timed in
     onnxruntime, and timed against `fp32` for its speed-up."""
-    data = load_dataset(cfg["dataset"])
     norm = Normalizer(meta["mean"], meta["std"], deployed.spec.img_size)
     try:
         quantize_int8(fp32, path, calibration_batch(data.x_train, norm))
@@ -217,17 +231,36 @@ def stage_reporter(stages: list[str], on_stage: Callable[[str, int, int], None] 
     return next_stage
 
 
+STAGING = ".export-in-progress"  # inside --out: on the same file system, so its files move in by renaming
+
+
 def prepare_out(out: Path, force: bool) -> Path:
-    """The export folder, created; a folder holding anything is refused unless `force`, which
-    replaces the files an export writes (and nothing else)."""
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise SearchError(f"--out {out} is not empty; pass --force to replace the model files in it, or "
-                              f"choose a new folder")
-        for name in WRITTEN:
-            (out / name).unlink(missing_ok=True)
+    """The export folder, created; a folder holding anything (but a killed export's staging) is
+    refused unless `force`, which replaces the files an export writes (and nothing else)."""
+    if (out / "study.db").exists():
+        raise SearchError(f"--out {out} is a run folder; export into a folder of its own")
+    if out.is_dir() and any(p.name != STAGING for p in out.iterdir()) and not force:
+        raise SearchError(f"--out {out} is not empty; pass --force to replace the model files in it, or "
+                          f"choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A folder the export writes into, whose files replace the export's own in `out` once it has
+    written them all; it is removed whatever happens, so a failed export leaves `out` as it was."""
+    stage = out / STAGING
+    shutil.rmtree(stage, ignore_errors=True)  # a killed export's
+    stage.mkdir()
+    try:
+        yield stage
+        for name in WRITTEN:
+            (out / name).unlink(missing_ok=True)
+        for path in stage.iterdir():
+            path.replace(out / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def pretrained_cfg(spec, meta: dict) -> dict:
@@ -303,6 +336,21 @@ def other_target_row(target: dict) -> str:
     return f"| latency on target {target['target']} | {pred}; {measured}; {target_name(target['device'])} |"
 
 
+def training_rows(final: dict) -> str:
+    """The card's rows on how the model was trained: on which images, how long, with what recipe."""
+    examples = f"{final['trained_examples']:,} training images" if "trained_examples" in final else "training images"
+    part = ("the search's training part; its validation part held out" if final.get("holdout")
+            else "the whole training split")
+    rows = [f"| trained on | {examples} ({part}), {final['epochs']:g} epochs |"]
+    recipe = final.get("recipe")
+    if recipe:
+        augment = ", ".join(f"{k} {recipe[k]:g}" for k in ("mixup", "cutmix") if recipe.get(k))
+        rows.append(f"| recipe | AdamW, peak lr {recipe['lr']:g}, weight decay {recipe['weight_decay']:g}, batch "
+                    f"{recipe['batch_size']}; RandAugment {recipe.get('randaugment') or 'off'}"
+                    f"{'; ' + augment if augment else ''} |")
+    return "\n".join(rows)
+
+
 def model_card(spec, final: dict, params: int, diffs: dict, preprocessing: dict, label_names: list[str],
                shipped: dict | None, cfg: dict, quantized: dict | None = None, targets: list[dict] | None = None) -> str:
     """MODEL_CARD.md: the figures, the input and output, and how to load and fine-tune the files
@@ -318,7 +366,8 @@ Architecture `{spec.arch_id}` found by etnas (hardware-aware NAS for efficient v
 
 | figure | value |
 |---|---|
-| test accuracy | {final['test_acc']:.4f} ({final['dataset']}, {final['epochs']:g} epochs) |
+| test accuracy | {final['test_acc']:.4f} on the test split of {final['dataset']} |
+{training_rows(final)}
 {latency_rows(final, shipped, cfg, quantized, targets)}
 | FLOPs (multiply-adds) | {final['flops']:,} |
 | parameters (deployed) | {params:,} |

@@ -148,6 +148,19 @@ def final_report(run_dir: Path, number: int) -> dict | None:
     return report
 
 
+def run_dataset(run_dir: Path, cfg: dict):
+    """The dataset the run searched on, read again (to train, to quantize); one that cannot be read
+    is one line saying it is the run's, for no option of these commands names another."""
+    from evaluators.data import load_dataset
+    from evaluators.sources import DataError
+
+    try:
+        return load_dataset(cfg["dataset"])
+    except DataError as e:
+        raise SearchError(f"run {run_dir} was searched on {cfg['dataset']}, which cannot be read now "
+                          f"({str(e).split('; ')[0]}); put it back where the run found it") from None
+
+
 def final_reports(run_dir: Path) -> dict[int, dict]:
     """Every finished final training of the run by trial; an unreadable one is a warning, not a
     reason to hide the rest."""

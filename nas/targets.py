@@ -132,7 +132,8 @@ def front_on_target(rows: list[dict], target: str, target_ms: float | None = Non
         latency, source = predictions_of(model, specs), f"{target_label(target)}, predicted now"
     else:
         known = ", ".join(sorted(recorded_targets(rows))) or "none recorded"
-        raise SearchError(f"--target {target} is neither a target of this run ({known}) nor a latency model file")
+        raise SearchError(f"--target {target} is neither a target of this run ({known}) nor a latency model file; "
+                          f"the front on the run's own target is `etnas front RUN` without --target")
     moved = [{**r, "pred_ms": ms} for r, ms in zip(trained, latency) if ms is not None]
     front = pareto_front(moved, math.inf if target_ms is None else target_ms)
     return [{"trial": int(r["number"]), **{k: r[k] for k in POINT_FIELDS}, "preset": r["preset"] if isinstance(

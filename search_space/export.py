@@ -72,8 +72,10 @@ def onnx_trace(model: torch.nn.Module) -> torch.export.ExportedProgram:
 def export_pt2(model: torch.nn.Module, path: str | Path) -> Path:
     """The model's trace saved for torch.export.load. Not the ONNX trace: tracing sizes 0 and 1
     obliviously leaves a runtime check that refuses batch 1 in models with a conv on the token grid."""
+    buffer = io.BytesIO()  # written by Python, so that a full or read-only disk is an OSError naming the file
     with _quiet(), _without_stack_traces():
-        torch.export.save(export_program(model), str(path))
+        torch.export.save(export_program(model), buffer)
+    Path(path).write_bytes(buffer.getvalue())
     return Path(path)
 
 

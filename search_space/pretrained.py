@@ -48,6 +48,9 @@ def read_config(path: Path) -> dict:
     except FileNotFoundError:
         raise PretrainedError(f"{config_path} not found: give a folder written by `etnas export`") from None
     except (ValueError, UnicodeDecodeError) as e:
+        if config_path.name != CONFIG_FILE:  # model.onnx, say
+            raise PretrainedError(f"{config_path} is not an export's {CONFIG_FILE}; give the folder `etnas export` "
+                                  f"wrote") from None
         raise PretrainedError(f"{config_path} is not JSON ({e}); export the model again") from None
     except OSError as e:
         raise PretrainedError(f"{config_path} cannot be read ({e.strerror})") from None

@@ -38,6 +38,8 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, bat
             quantize_static(str(prepared), str(int8_path), Batches(_input_name(prepared)),
                             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8)
+    except OSError:  # a full or read-only disk is not the graph's fault
+        raise
     except Exception as e:  # onnxruntime raises plain exceptions of many kinds on graphs it cannot take
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise QuantizationError(f"onnxruntime could not quantize {Path(fp32_path).name} to int8 "

@@ -35,7 +35,9 @@ def test_every_option_of_every_subcommand_has_help():
 
 def test_help_shows_defaults_and_version_is_printed():
     res = run_cli("train", "--help")
-    assert "(default: 128)" in res.stdout and "(default: 0.001)" in res.stdout
+    said = " ".join(res.stdout.split())
+    assert "(default: as the trial's earlier final training, else 128)" in said and "else 0.001)" in said
+    assert "(default: cpu)" in said
     assert run_cli("--version").stdout.startswith("etnas ")
 
 
@@ -103,16 +105,16 @@ BAD_OPTIONS = [
     (["run", "--name", "x", "--target-ms", "5", "--workers", "0"], "--workers: 0 is below the minimum, 1"),
     (["run", "--name", "x", "--target-ms", "5", "--subset", "0"], "--subset: 0 is outside (0, 1]"),
     (["run", "--name", "x", "--target-ms", "5", "--subset", "1.5"], "--subset: 1.5 is outside (0, 1]"),
-    (["run", "--name", "x", "--target-ms", "5", "--epochs", "-1"], "--epochs: -1 is outside (0, inf]"),
-    (["run", "--name", "x", "--target-ms", "5", "--lr", "0"], "--lr: 0 is outside (0, inf]"),
+    (["run", "--name", "x", "--target-ms", "5", "--epochs", "-1"], "--epochs: -1 is outside (0, inf)"),
+    (["run", "--name", "x", "--target-ms", "5", "--lr", "0"], "--lr: 0 is outside (0, inf)"),
     (["run", "--name", "x", "--target-ms", "5", "--batch-size", "many"], "--batch-size: 'many' is not an integer"),
     (["run", "--name", "x", "--target-ms", "-2"], "a latency target must be positive"),
     (["run", "--name", "x", "--target-ms", "p140"], "a percentile must lie in (0, 100]"),
     (["measure", "--out", "t.csv", "--remeasure", "1.2"], "--remeasure: 1.2 is outside [0, 1]"),
     (["measure", "--out", "t.csv", "--n", "-1"], "--n: -1 is below the minimum, 0"),
     (["space", "sample", "--out", "s.jsonl", "--img-size", "4"], "--img-size: 4 is below the minimum, 8"),
-    (["train", "runs/x", "--trial", "best", "--epochs", "0"], "--epochs: 0 is outside (0, inf]"),
-    (["train", "runs/x", "--trial", "best", "--mixup", "-0.5"], "--mixup: -0.5 is outside [0, inf]"),
+    (["train", "runs/x", "--trial", "best", "--epochs", "0"], "--epochs: 0 is outside (0, inf)"),
+    (["train", "runs/x", "--trial", "best", "--mixup", "-0.5"], "--mixup: -0.5 is outside [0, inf)"),
     (["fit-latency", "t.csv", "--out", "m", "--test-fraction", "1"], "--test-fraction: 1 is outside (0, 0.9]"),
     (["run", "--name", "x", "--target-ms", "5", "--dataset", "npz:none.npz"], "dataset file none.npz does not exist"),
     (["run", "--name", "x", "--target-ms", "5", "--dataset", "cifar"], "unknown dataset 'cifar'; use digits"),

@@ -1,5 +1,6 @@
 """Export round-trips for every preset, and the main job end to end (run, front, train, export)."""
 import dataclasses
+import errno
 import json
 import types
 import zipfile
@@ -120,6 +121,14 @@ def test_a_file_that_refuses_the_deployed_batch_is_an_error_not_a_shipped_file(t
     assert verified_difference("pt2", tmp_path / "model.pt2", deployed) <= 1e-4
 
 
+def test_a_pt2_file_that_cannot_be_written_is_an_os_error_naming_it(tmp_path):
+    """torch's own writer fails with a RuntimeError that says neither the file nor why."""
+    deployed = deploy(build_model(PRESETS["deit-tiny"]).eval())
+    with pytest.raises(FileNotFoundError) as raised:
+        export_pt2(deployed, tmp_path / "gone" / "model.pt2")
+    assert raised.value.filename == str(tmp_path / "gone" / "model.pt2")
+
+
 def test_the_card_loads_only_what_was_written_and_needs_no_dataset_on_this_machine():
     """A pt2-only export with int8, of a run whose npz is gone: the card neither loads nor names
     model.onnx, and says how the source's pixels were read without opening it."""
@@ -137,6 +146,14 @@ def test_the_card_loads_only_what_was_written_and_needs_no_dataset_on_this_machi
     assert "model.onnx" not in card and 'torch.export.load("model.pt2")' in card
     assert "| model.int8.onnx vs the fp32 ONNX graph (not exported) | 0.50x the speed" in card
     assert "8-bit pixels, as the npz file holds them, divided by 255" in " ".join(card.split())
+    assert "| trained on | training images (the whole training split), 15 epochs |" in card  # a report of before
+    recipe = {"batch_size": 128, "lr": 0.001, "weight_decay": 0.05, "mixup": 0.2, "cutmix": 0.0, "randaugment": None}
+    held_out = {**final, "holdout": True, "trained_examples": 1293, "recipe": recipe}
+    card = model_card(spec, held_out, 1234, {"pt2": 0.0}, preprocessing, [str(c) for c in range(10)], None,
+                      {"dataset": "npz:gone.npz", "latency_target": device}, quantized)
+    assert ("| trained on | 1,293 training images (the search's training part; its validation part held out), "
+            "15 epochs |") in card
+    assert "| recipe | AdamW, peak lr 0.001, weight decay 0.05, batch 128; RandAugment off; mixup 0.2 |" in card
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +176,7 @@ def test_demo_path_trains_and_exports_the_best(demo_run, tmp_path):
     assert final["trial"] == best["trial"] and 0 <= final["test_acc"] <= 1 and final["measured_ms"] > 0
     assert 0 <= final["test_acc_int8"] <= 1 and 0 <= final["int8_top1_agreement"] <= 1  # beside fp32
     assert "test_acc_int8" in res.stdout
+    assert f"{final['wall_s']:.4f}" in res.stdout and final["wall_s"] > final["train_s"]  # the loop's time, and all of it
     # calibrated on this machine, so the final latency is measured on the predictor's scale
     assert final["on_predictor_scale"] and final["reference_ms"] == json.loads((demo_run / "config.json").read_text())[
         "latency_reference_ms"]
@@ -203,7 +221,7 @@ def check_take_away_files(exported, card):
 
 
 @pytest.mark.slow
-def test_export_refuses_a_non_empty_folder_unless_forced(demo_run, tmp_path):
+def test_export_refuses_a_non_empty_folder_unless_forced(demo_run, tmp_path, monkeypatch):
     best = max(json.loads((demo_run / "front.json").read_text()), key=lambda f: f["val_acc"])["trial"]
     if not (demo_run / "final" / str(best) / "model.pt").exists():
         run_cli("train", demo_run, "--trial", best, "--epochs", 1)
@@ -227,6 +245,26 @@ def test_export_refuses_a_non_empty_folder_unless_forced(demo_run, tmp_path):
     vs = int8["vs_fp32"]  # both files timed in one interleaved session
     assert vs["fp32_ms"] > 0 and vs["int8_ms"] > 0 and vs["speedup"] == pytest.approx(vs["fp32_ms"] / vs["int8_ms"])
     assert f"| model.int8.onnx vs model.onnx | {vs['speedup']:.2f}x the speed ({vs['int8_ms']:.3f} vs" in card
+    shipped = {p.name: p.read_bytes() for p in out.iterdir()}
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "MODEL_CARD.md"))
+
+    with monkeypatch.context() as m:  # the disk fills at the last step: the earlier export stays as it was
+        m.setattr("nas.package.model_card", full_disk)
+        failed = run_cli("export", demo_run, "--trial", best, "--out", out, "--force", check=False)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr  # after the progress lines, one error line
+    assert failed.stderr.splitlines()[-1].startswith(f"error: {out / 'MODEL_CARD.md'}: No space left on device; free")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == shipped  # no half export, no staging folder left
+    one_line_error(run_cli("export", demo_run, "--trial", best, "--out", demo_run, "--force", check=False),
+                   f"--out {demo_run} is a run folder; export into a folder of its own")
+    report = demo_run / "final" / str(best) / "final.json"
+    report.rename(report.with_suffix(".kept"))  # as a training killed between its last step and its report leaves it
+    try:
+        one_line_error(run_cli("export", demo_run, "--trial", best, "--out", tmp_path / "unreported", check=False),
+                       f"trial {best} of {demo_run} has a trained model but no final.json")
+    finally:
+        report.with_suffix(".kept").rename(report)
+    assert not (tmp_path / "unreported").exists() or not any((tmp_path / "unreported").iterdir())
     etnas.export(demo_run, tmp_path / "pt2", trial=best, formats="pt2")  # one format, named as a string
     written = {p.name for p in (tmp_path / "pt2").iterdir()}
     assert "model.pt2" in written and "model.onnx" not in written

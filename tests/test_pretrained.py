@@ -103,6 +103,13 @@ def test_unusable_model_files_say_what_is_wrong(tmp_path, damage, message):
         create_model(tmp_path)
 
 
+def test_a_model_file_given_for_the_folder_is_named_as_such(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x8a\x01 protobuf bytes")
+    with pytest.raises(PretrainedError, match="model.onnx is not an export's config.json; give the folder `etnas "
+                                              "export` wrote"):
+        create_model(tmp_path / "model.onnx")
+
+
 def edit_config(folder, **changes):
     config = json.loads((folder / CONFIG_FILE).read_text())
     (folder / CONFIG_FILE).write_text(json.dumps({**config, **changes}))

@@ -63,6 +63,14 @@ def test_a_file_onnxruntime_cannot_quantize_is_one_clear_error(tmp_path):
         quantize_int8(broken, tmp_path / "out.onnx", np.zeros((2, 1, 8, 8), np.float32))
 
 
+def test_a_file_that_cannot_be_written_is_the_disks_error_not_the_graphs(tmp_path):
+    """A full or read-only disk is an OSError naming the file (advice for the disk), not 'could not quantize'."""
+    fp32 = exported(tmp_path, "deit-tiny")
+    with pytest.raises(OSError) as raised:
+        quantize_int8(fp32, tmp_path / "no such folder" / "m.int8.onnx", np.zeros((2, 1, 8, 8), np.float32))
+    assert not isinstance(raised.value, QuantizationError)
+
+
 def test_int8_has_a_fingerprint_of_its_own_and_fp32_keeps_its_id():
     fp32 = fingerprint("cpu", "onnxruntime", 1, 1, 8)
     assert "precision" not in fp32  # the ids of every fp32 table and model stay what they were

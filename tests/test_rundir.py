@@ -148,6 +148,41 @@ def test_a_holdout_final_training_leaves_the_validation_part_out_and_starts_over
     # the whole-split checkpoint is another schedule: set aside in one line, not continued
     assert (folder / "checkpoint.other-recipe.pt").exists() and "another recipe" in res.stderr
     assert len([line for line in res.stderr.splitlines() if "warning" in line]) == 1
+    assert f"| held_out_val_acc | {held['val_curve'][-1]:.4f}" in " ".join(res.stdout.replace("│", "|").split())
+    # the same command without its options goes on with that training: evaluated and timed again, not redone
+    again = run_cli("train", run, "--trial", folder.name)
+    assert f"trial {folder.name} was trained already (0.2 epochs): evaluated and timed again" in again.stdout
+    assert "warning" not in again.stderr and not (folder / "checkpoint.other-recipe-2.pt").exists()
+    redone = json.loads((folder / "final.json").read_text())
+    assert redone["holdout"] and redone["epochs"] == 0.2 and redone["test_acc"] == held["test_acc"]
+    assert redone["resumed_at_step"] == redone["steps"] == held["steps"] > held["resumed_at_step"] == 0
+
+
+@ON_A_FINISHED_RUN
+def test_bad_training_options_from_python_are_refused_before_a_training_is_touched(run):
+    import etnas
+    from nas import SearchError
+
+    folder = next((run / "final").iterdir())
+    before = sorted(p.name for p in folder.iterdir())
+    for options, said in (({"lr": -1}, r"lr: -1 is not a number in \(0, inf\)"),
+                          ({"epochs": 0}, r"epochs: 0 is not a number in \(0, inf\)"),
+                          ({"batch_size": 1.5}, r"batch_size: 1.5 is not an integer in \[2, inf\)"),
+                          ({"randaugment": "bogus"}, "'bogus' is not a timm RandAugment config"),
+                          ({"momentum": 0.9}, "unknown training options momentum")):
+        with pytest.raises(SearchError, match=said):
+            etnas.train(run, int(folder.name), **options)
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing set aside, nothing written
+
+
+def test_a_runs_dataset_that_cannot_be_read_is_named_as_the_runs(tmp_path):
+    from nas import SearchError
+    from nas.rundir import run_dataset
+
+    gone = tmp_path / "moved.npz"
+    with pytest.raises(SearchError, match=f"run {tmp_path} was searched on npz:{gone}, which cannot be read now "
+                                          f"\\(dataset file {gone} does not exist\\); put it back where the run found it"):
+        run_dataset(tmp_path, {"dataset": f"npz:{gone}"})
 
 
 def test_a_checkpoint_is_continued_only_with_its_own_recipe(tmp_path):

@@ -133,6 +133,7 @@ def check_other_target(run_dir, trials, latency_model, other):
     assert "Pareto front of" in run_cli("front", run_dir, "--target", "other-device").stdout
     res = run_cli("front", run_dir, "--target", "phone", check=False)
     assert res.returncode == 2 and "neither a target of this run (other-device)" in res.stderr
+    assert "the run's own target is `etnas front RUN` without --target" in res.stderr
     at_32_px = synthetic_model(run_dir.parent / "at-32-px.model", img_size=32, in_chans=3)
     said = " ".join(run_cli("front", run_dir, "--target", at_32_px).stderr.split())
     assert (f"warning: latency model {at_32_px} was measured on 32x32 inputs and this run's models take 8x8: their "
