@@ -423,7 +423,7 @@ def cmd_dashboard(args) -> None:
     db = Path(args.run) / "study.db"
     if not db.is_file():
         raise UserError(f"{db} not found: give the directory of a run made by `etnas run`")
-    from nas.rundir import load_run_study
+    from nas.rundir import load_run_study, study_storage
 
     load_run_study(Path(args.run))  # a damaged study is one line, not the dashboard's traceback
     with socket.socket() as probe:
@@ -435,7 +435,7 @@ def cmd_dashboard(args) -> None:
 
     console.print(f"optuna-dashboard for {args.run} at http://127.0.0.1:{args.port} (this machine only; Ctrl-C "
                   f"stops it)", markup=False)
-    run_server(f"sqlite:///{db}", host="127.0.0.1", port=args.port)
+    run_server(study_storage(Path(args.run)), host="127.0.0.1", port=args.port)
 
 
 def cmd_train(args) -> None:
@@ -837,6 +837,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
+    except BrokenPipeError:  # `etnas front RUN | head`: the reader has read what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second failure at exit's flush
+        sys.exit(1)  # as rich exits where its console meets a closed pipe
     except OSError as e:  # an output path that is a file, a directory, or not writable
         where = f"{e.filename}: " if e.filename else ""
         advice = OS_ERROR_ADVICE.get(e.errno, "choose another path")

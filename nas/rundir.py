@@ -11,6 +11,7 @@ import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import optuna
 import pandas as pd
@@ -24,7 +25,9 @@ from .schema import Attr, TrialState
 
 
 def study_storage(run_dir: Path) -> str:
-    return f"sqlite:///{Path(run_dir) / 'study.db'}"
+    """The study's database URL; the path quoted, since a ? or % in it would be read as URL syntax
+    (a study of runs/a?b lands in a file runs/a, shared with every runs/a?...)."""
+    return f"sqlite:///{quote(str(Path(run_dir).absolute() / 'study.db'))}"
 
 
 def load_run_study(run_dir: Path) -> optuna.Study:

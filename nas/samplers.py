@@ -35,7 +35,10 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {"nsga2": ns
                                                                       "random": random_search}
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler `name`, seeded by the run's seed and, for a resumed study, its trial count: seeded
+    as at the start, it would propose the first architectures again (all of them while TPE samples
+    at random), each a duplicate that uses up a trial."""
     if name not in SAMPLERS:
         raise SearchError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[name](seed)
+    return SAMPLERS[name](seed + trials_so_far)

@@ -92,6 +92,9 @@ def _study(cfg: SearchConfig, saved: dict) -> optuna.Study:
     study = optuna.create_study(study_name=name, storage=study_storage(cfg.run_dir),
                                 directions=["maximize", "minimize"], sampler=make_sampler(cfg.sampler, cfg.seed),
                                 load_if_exists=True)
+    trials_so_far = len(study.get_trials(deepcopy=False))
+    if trials_so_far:
+        study.sampler = make_sampler(cfg.sampler, cfg.seed, trials_so_far)
     if study.user_attrs.get(Attr.CONFIG) != saved:  # new, or a target added on resuming
         study.set_user_attr(Attr.CONFIG, saved)
     fingerprint = saved.get("latency_target")

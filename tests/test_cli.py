@@ -364,3 +364,13 @@ def test_a_log_gets_a_line_per_search_event_and_a_progress_line_every_so_often(m
         bar.update(task, advance=1, info="b")
         search.console.print("what follows")
     assert log.getvalue().endswith("measuring: 2/2 in 0 s b\nwhat follows\n")
+
+
+def test_a_reader_that_stops_reading_ends_the_command_without_a_word():
+    """`etnas front RUN --json | head -c 100`: the reader closed the pipe; not 'error: Broken pipe'."""
+    closed = ("import errno, search\n"
+              "def front(args): raise BrokenPipeError(errno.EPIPE, 'Broken pipe')\n"
+              "search.cmd_front = front\n"
+              "search.main(['front', 'runs/x'])\n")
+    res = subprocess.run([sys.executable, "-c", closed], cwd=ROOT, capture_output=True, text=True)
+    assert (res.returncode, res.stderr) == (1, "")

@@ -175,6 +175,19 @@ def test_bad_training_options_from_python_are_refused_before_a_training_is_touch
     assert sorted(p.name for p in folder.iterdir()) == before  # nothing set aside, nothing written
 
 
+@pytest.mark.parametrize("names", [("a?x", "a?y"), ("p%41", "pA"), ("sp ace#ü", "sp ace")])
+def test_a_study_stays_in_its_own_folder_whatever_the_folder_is_called(tmp_path, names):
+    import optuna
+
+    from nas.rundir import load_run_study, study_storage
+
+    for name in names:
+        (tmp_path / name).mkdir()
+        optuna.create_study(study_name=name, storage=study_storage(tmp_path / name))
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["study.db", "study.db"]
+    assert [load_run_study(tmp_path / name).study_name for name in names] == list(names)
+
+
 def test_a_runs_dataset_that_cannot_be_read_is_named_as_the_runs(tmp_path):
     from nas import SearchError
     from nas.rundir import run_dataset

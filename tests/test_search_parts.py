@@ -439,3 +439,25 @@ def test_a_preset_that_fails_releases_the_ones_waiting_for_it(tmp_path, study):
     said = settle(run, presets["slab-deit"], 0, {"failure": "out of memory"})
     assert said.startswith(f"trial {presets['slab-deit'].number} failed at rung 0") and "promoted to rung 1" in said
     assert run.dispatcher.started == [(presets["deit-tiny"].number, 1)]
+
+
+def test_a_resumed_study_does_not_propose_its_first_architectures_again(tmp_path):
+    """Seeded as at the start, a resumed sampler replays its first proposals (TPE's random start-up
+    whole), each a duplicate that uses up a trial of the resume."""
+    from nas.config import SearchConfig
+    from nas.search import _study
+
+    cfg = SearchConfig(name="s", target_ms=1.0, latency_model="", runs_dir=str(tmp_path), sampler="tpe")
+    cfg.run_dir.mkdir()
+
+    def proposals(study: optuna.Study, n: int) -> list[int]:
+        trials = [study.ask() for _ in range(n)]
+        drawn = [t.suggest_int("x", 0, 10 ** 9) for t in trials]
+        for t in trials:
+            study.tell(t, [0.5, 1.0])
+        return drawn
+
+    first = proposals(_study(cfg, {}), 3)
+    resumed = proposals(_study(cfg, {}), 3)
+    assert not set(first) & set(resumed)
+    assert proposals(_study(cfg, {}), 1) != proposals(_study(cfg, {}), 1)  # each resume from where the study is
