@@ -374,8 +374,8 @@ def test_a_run_whose_ids_an_earlier_etnas_gave_otherwise_is_not_resumed(study):
 @pytest.mark.parametrize("setting, said", [
     ({"promotion": "best"}, "promotion: 'best'; choose one of pareto, bands, accuracy"),
     ({"sampler": "cmaes"}, "sampler: 'cmaes'; choose one of"),
-    ({"eta": 1}, r"eta: 1 is not an integer in \[2, inf\]"),
-    ({"workers": 0}, r"workers: 0 is not an integer in \[1, inf\]"),
+    ({"eta": 1}, r"eta: 1 is not an integer in \[2, inf\)"),
+    ({"workers": 0}, r"workers: 0 is not an integer in \[1, inf\)"),
     ({"minutes": 0}, r"minutes: 0 is not a number in \(0, 100000\]"),
     ({"budget_epochs": -1}, "budget_epochs: -1 is not a number"),
     ({"subset": 0}, r"subset: 0 is not a number in \(0, 1\]"),
