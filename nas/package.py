@@ -3,7 +3,9 @@ running it against PyTorch, plus arch.json and a model card."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -249,18 +251,29 @@ def prepare_out(out: Path, force: bool) -> Path:
 @contextlib.contextmanager
 def staged(out: Path) -> Iterator[Path]:
     """A folder the export writes into, whose files replace the export's own in `out` once it has
-    written them all; it is removed whatever happens, so a failed export leaves `out` as it was."""
+    written them all; it is removed whatever happens, so a failed export leaves `out` as it was.
+    Held locked: a second export into `out` meanwhile is refused."""
     stage = out / STAGING
-    shutil.rmtree(stage, ignore_errors=True)  # a killed export's
-    stage.mkdir()
+    stage.mkdir(exist_ok=True)
+    lock = os.open(stage, os.O_RDONLY)
     try:
-        yield stage
-        for name in WRITTEN:
-            (out / name).unlink(missing_ok=True)
-        for path in stage.iterdir():
-            path.replace(out / path.name)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SearchError(f"another export is writing to {out}; wait for it to end, or choose another "
+                              f"--out") from None
+        try:
+            for leftover in stage.iterdir():  # a killed export's
+                leftover.unlink()
+            yield stage
+            for name in WRITTEN:
+                (out / name).unlink(missing_ok=True)
+            for path in stage.iterdir():
+                path.replace(out / path.name)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        os.close(lock)
 
 
 def pretrained_cfg(spec, meta: dict) -> dict:

@@ -50,11 +50,18 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict:
 
 def rung_agreement(rows: list[dict]) -> list[dict]:
     """How far the run's own ranking moved between rungs: Kendall tau between the accuracies at rung
-    k and at rung k+1, over the trials (duplicates aside) that were trained at both."""
+    k and at rung k+1, over the architectures (duplicates aside, and an interrupted trial's copy
+    queued again counted once, with the rungs it reached) trained at both."""
     from scipy.stats import kendalltau  # here, not at the top: scipy.stats takes most of a second to import
 
-    accs = [json.loads(r["rung_accs"]) for r in rows if isinstance(r.get("rung_accs"), str)
-            and r["state"] != TrialState.DUPLICATE]
+    by_architecture = {}
+    for r in rows:
+        if isinstance(r.get("rung_accs"), str) and r["state"] != TrialState.DUPLICATE:
+            accs = json.loads(r["rung_accs"])
+            key = r.get("arch_id") if isinstance(r.get("arch_id"), str) else id(r)
+            if len(accs) >= len(by_architecture.get(key, [])):
+                by_architecture[key] = accs
+    accs = list(by_architecture.values())
     out = []
     for k in range(max((len(a) for a in accs), default=0) - 1):
         pairs = [(a[k], a[k + 1]) for a in accs if len(a) > k + 1]

@@ -110,6 +110,22 @@ def run_config(run_dir: Path) -> dict:
     return saved
 
 
+def recorded_config(run_dir: Path) -> dict:
+    """The run's settings as its study records them: config.json is a copy, which a hand edit may
+    have changed (a target edited there would be searched and shown as the run's); such a copy is
+    rewritten from the record, with a warning."""
+    cfg = run_config(run_dir)
+    saved = load_run_study(run_dir).user_attrs.get(Attr.CONFIG)
+    if not saved or saved == cfg:  # a run from before the study kept a copy has only config.json
+        return cfg
+    changed = ", ".join(sorted(k for k in {*cfg, *saved} if cfg.get(k) != saved.get(k)))
+    with contextlib.suppress(OSError):  # a read-only run is still read right
+        write_config(run_dir, saved)
+    warnings.warn(f"{Path(run_dir) / 'config.json'} differs from the study's record of the run's settings "
+                  f"({changed}); the record is used, and config.json rewritten from it", stacklevel=2)
+    return saved
+
+
 def write_config(run_dir: Path, cfg: dict) -> None:
     tmp = Path(run_dir) / "config.json.tmp"
     tmp.write_text(json.dumps(cfg, indent=1))
@@ -132,10 +148,20 @@ def run_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     rows, front = read_trials(run_dir / "trials.csv"), read_json(run_dir / "front.json")
-    if rows is None or not (isinstance(front, list) and all(isinstance(f, dict) and "trial" in f for f in front)):
+    if rows is None or not front_of(front, rows):
         front = write_records(load_run_study(run_dir), run_dir, float(cfg["target_ms"]))
         rows = read_trials(run_dir / "trials.csv")
     return rows, front
+
+
+def front_of(front: object, rows: list[dict]) -> bool:
+    """Whether front.json's content is a front of these trials: points of trials they hold, with
+    the point's numbers (a valid JSON file edited or written by something else is no front)."""
+    numbers = {r["number"] for r in rows}
+    return isinstance(front, list) and all(
+        isinstance(f, dict) and f.get("trial") in numbers and isinstance(f.get("short"), str)
+        and all(json_value_fits(f.get(k), "float") for k in ("val_acc", "pred_ms"))
+        and all(f.get(k) is None or json_value_fits(f[k], "float") for k in ("flops", "params")) for f in front)
 
 
 def final_report(run_dir: Path, number: int) -> dict | None:

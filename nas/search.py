@@ -30,7 +30,7 @@ from .inputs import SearchInputs, check_target, load_inputs
 from .ladder import Ladder
 from .records import trial_state
 from .rungs import expected_epochs, search_band_edges
-from .rundir import (load_run_study, refuse_a_lost_study, run_begun, run_config, searching, study_storage,
+from .rundir import (load_run_study, recorded_config, refuse_a_lost_study, run_begun, searching, study_storage,
                      write_config, write_records)
 from .samplers import make_sampler
 from .schema import RESUMABLE_ATTRS, SETTLED_STATES, UNCOUNTED_STATES, Attr, TrialState
@@ -57,7 +57,7 @@ def open_study(cfg: SearchConfig, latency_model: LatencyModel,
     check_writable(cfg.run_dir)
     if run_begun(cfg.run_dir):
         refuse_a_lost_study(cfg.run_dir)
-        before = run_config(cfg.run_dir)
+        before = recorded_config(cfg.run_dir)
         refuse_other_settings(cfg, before)
         study = _study(cfg, remember_targets(cfg.run_dir, before, others or {}))
         refuse_other_ids(study, cfg.name)

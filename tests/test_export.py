@@ -288,3 +288,19 @@ def test_bad_input_is_one_line_exit_2(demo_run, tmp_path):
     one_line_error(run_cli("run", "--name", "d", "--target-ms", 5, "--dataset", f"npz:{tmp_path}/none.npz",
                             "--runs-dir", tmp_path, check=False), "does not exist")
     one_line_error(run_cli("train", demo_run, "--trial", "fastest", check=False), "neither a trial number")
+
+
+def test_a_second_export_into_a_folder_being_written_is_refused_untouched(tmp_path):
+    from nas.package import STAGING, staged
+
+    with staged(tmp_path) as stage:
+        (stage / "model.onnx").write_text("the first export's")
+        with pytest.raises(SearchError, match=f"another export is writing to {tmp_path}; wait for it to end"):
+            with staged(tmp_path):
+                pass
+        assert (stage / "model.onnx").read_text() == "the first export's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # moved in; the staging folder gone
+    (tmp_path / STAGING).mkdir()
+    (tmp_path / STAGING / "model.pt2").write_text("a killed export's")
+    with staged(tmp_path) as stage:
+        assert not any(stage.iterdir())  # not shipped with the next

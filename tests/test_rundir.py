@@ -49,6 +49,30 @@ def test_derived_files_are_rebuilt_from_the_study(run, name, damage):
 
 
 @ON_A_FINISHED_RUN
+@pytest.mark.parametrize("edit", [[{"trial": 99}], "a trial of the run with a text for its accuracy"])
+def test_a_front_file_that_is_json_but_no_front_of_the_run_is_rebuilt(run, edit):
+    original = json.loads((run / "front.json").read_text())
+    if isinstance(edit, str):
+        edit = [{**original[0], "val_acc": "0.9"}]
+    (run / "front.json").write_text(json.dumps(edit))
+    assert json.loads(run_cli("front", run, "--json").stdout)["front"] == original
+    assert json.loads((run / "front.json").read_text()) == original
+
+
+@ON_A_FINISHED_RUN
+def test_a_hand_edited_config_gives_way_to_the_studys_record(run):
+    """config.json is a copy: a target edited there is neither shown as the run's nor resumed under."""
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "target_ms": cfg["target_ms"] / 3}, indent=1))
+    res = run_cli("front", run, "--json")
+    assert json.loads(res.stdout)["target_ms"] == cfg["target_ms"]
+    said = " ".join(res.stderr.split())
+    assert f"{run / 'config.json'} differs from the study's record of the run's settings (target_ms)" in said
+    assert json.loads((run / "config.json").read_text()) == cfg
+    assert "differs" not in run_cli("front", run, "--json").stderr  # once rewritten, nothing more to say
+
+
+@ON_A_FINISHED_RUN
 def test_a_corrupt_study_is_one_line_and_nothing_else_is_touched(run):
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != "study.db"}
     (run / "study.db").write_bytes(b"SQLite format 3\x00 but not really")

@@ -112,6 +112,10 @@ def test_rung_agreement_is_kendall_tau_per_rung_pair_over_the_trials_trained_at_
     # rung 0->1 over 4 trials: pairs (.1,.5) (.2,.4) (.3,.6) (.4,.7): 5 concordant, 1 discordant
     assert agreement[0] == {"rungs": "0->1", "trials": 4, "kendall_tau": round(4 / 6, 4)}
     assert agreement[1] == {"rungs": "1->2", "trials": 2, "kendall_tau": None}  # fewer than 3 pairs
+    interrupted = {**row([0.35, 0.1]), "arch_id": "a1", "state": "FAIL"}  # stopped at rung 2, queued again
+    queued_again = {**row([0.35, 0.1, 0.2]), "arch_id": "a1"}  # one architecture: counted once, as it went on
+    assert rung_agreement([*rows, interrupted, queued_again])[0]["trials"] == 5
+    assert rung_agreement([*rows, queued_again])[1]["trials"] == 3
 
 
 def test_search_bands_split_fastest_to_target_evenly_in_log_latency():
