@@ -48,6 +48,20 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict:
             "pred_ms_targets": json.dumps(a[Attr.PRED_MS_TARGETS]) if a.get(Attr.PRED_MS_TARGETS) else None}
 
 
+def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[dict]:
+    """Every trial's row; a trial queued again in place of an interrupted one and not yet begun is
+    described as the architecture it is (its own attributes are set when it begins)."""
+    rows = [trial_row(t) for t in trials]
+    for row, t in zip(rows, trials):
+        before = t.user_attrs.get(Attr.REQUEUED_FROM)
+        if row["arch_id"] is None and isinstance(before, int) and 0 <= before < len(rows):
+            row.update({k: rows[before][k] for k in DESCRIPTION})
+    return rows
+
+
+DESCRIPTION = ("arch_id", "short", "pred_ms", "flops", "params", "preset", "spec", "pred_ms_targets")
+
+
 def rung_agreement(rows: list[dict]) -> list[dict]:
     """How far the run's own ranking moved between rungs: Kendall tau between the accuracies at rung
     k and at rung k+1, over the architectures (duplicates aside, and an interrupted trial's copy

@@ -20,7 +20,7 @@ from search_space.spec import json_value_fits
 
 from . import SearchError
 from .records import (TRIAL_COLUMNS, atomic_write, front_entry, pareto_front, read_trials, rung_agreement,
-                      trial_row, trial_state, with_finals)
+                      trial_rows, trial_state, with_finals)
 from .schema import Attr, TrialState
 
 
@@ -115,6 +115,8 @@ def recorded_config(run_dir: Path) -> dict:
     have changed (a target edited there would be searched and shown as the run's); such a copy is
     rewritten from the record, with a warning."""
     cfg = run_config(run_dir)
+    if not (Path(run_dir) / "study.db").exists():  # a run stopped before its study began
+        return cfg
     saved = load_run_study(run_dir).user_attrs.get(Attr.CONFIG)
     if not saved or saved == cfg:  # a run from before the study kept a copy has only config.json
         return cfg
@@ -135,7 +137,7 @@ def write_config(run_dir: Path, cfg: dict) -> None:
 def write_records(study: optuna.Study, run_dir: Path, target_ms: float) -> list[dict]:
     """Write trials.csv and front.json for the study's current state and the final trainings done;
     return the front."""
-    rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
+    rows = trial_rows(study.get_trials(deepcopy=False))
     agreement = rung_agreement(rows)
     front = with_finals([front_entry(r, agreement) for r in pareto_front(rows, target_ms)], final_reports(run_dir))
     atomic_write(run_dir / "trials.csv", pd.DataFrame(rows, columns=TRIAL_COLUMNS).to_csv(index=False))

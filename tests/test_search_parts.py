@@ -461,3 +461,20 @@ def test_a_resumed_study_does_not_propose_its_first_architectures_again(tmp_path
     resumed = proposals(_study(cfg, {}), 3)
     assert not set(first) & set(resumed)
     assert proposals(_study(cfg, {}), 1) != proposals(_study(cfg, {}), 1)  # each resume from where the study is
+
+
+def test_a_trial_queued_again_is_shown_as_the_architecture_it_is_before_it_begins(study, model):
+    """After a time limit or a kill, the queued copy's row names the interrupted trial's preset and
+    architecture (it lost its preset in the presets table, and trials.csv had it blank)."""
+    from nas.records import trial_rows
+    from nas.search import recover_interrupted
+
+    trial, space = ask_preset(study, "slab-deit")
+    Screening(space, SHAPE, model, 1e3, {}).describe(trial)
+    trial.set_user_attr("preset", "slab-deit")
+    trial.set_user_attr("rung_accs", [0.4])  # stopped in its second rung
+    assert recover_interrupted(study) == 1
+    interrupted, queued = trial_rows(study.get_trials(deepcopy=False))
+    assert queued["state"] == "WAITING" and interrupted["arch_id"] is not None
+    assert {k: queued[k] for k in ("arch_id", "short", "pred_ms", "preset")} == \
+        {k: interrupted[k] for k in ("arch_id", "short", "pred_ms", "preset")}
