@@ -251,11 +251,13 @@ def cmd_fit_latency(args) -> None:
 
 
 def cmd_run(args) -> None:
+    from nas.rundir import command_path
+
     started = time.monotonic()  # --minutes counts the calibration too
     cfg, inputs = prepare_search(args)
     front = watch_search(cfg, inputs, started)
     print_front(cfg.run_dir, as_json=False)
-    out.print(f"{len(front)} architectures on the front; browse: etnas front {cfg.run_dir}",
+    out.print(f"{len(front)} architectures on the front; browse: etnas front {command_path(cfg.run_dir)}",
               markup=False)
     if not front:
         console.print("[yellow]warning:[/] no trial finished the top rung within the target: give more --trials "

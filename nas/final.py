@@ -24,7 +24,7 @@ from . import SearchError
 from .config import check_bounds
 from .int8 import evaluate_int8, fp32_onnx
 from .records import atomic_write
-from .rundir import load_run_study, load_trial, run_config, run_dataset, write_records
+from .rundir import command_path, load_run_study, load_trial, run_config, run_dataset, write_records
 from .schema import Attr
 
 
@@ -215,13 +215,13 @@ def load_trained(run_dir: Path, number: int) -> tuple[torch.nn.Module, dict]:
     path = final_dir(run_dir, trial.number) / "model.pt"
     if not path.exists():
         raise SearchError(f"trial {number} of {run_dir} has no final training yet; run "
-                          f"`etnas train {run_dir} --trial {number}` first")
+                          f"`etnas train {command_path(run_dir)} --trial {number}` first")
     try:
         blob = torch.load(path, weights_only=True)
         model = build_model(ArchSpec.from_json(blob["spec"]))
         model.load_state_dict(blob["state_dict"])
     except Exception as e:
         raise SearchError(f"model file {path} is unreadable ({type(e).__name__}); re-train it with "
-                          f"`etnas train {run_dir} --trial {number}` after deleting it") from None
+                          f"`etnas train {command_path(run_dir)} --trial {number}` after deleting it") from None
     names = blob.get("label_names") or [str(c) for c in range(model.spec.num_classes)]
     return model.eval(), {"mean": blob["mean"], "std": blob["std"], "label_names": list(names)}

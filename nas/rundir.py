@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import shlex
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,11 @@ from . import SearchError
 from .records import (TRIAL_COLUMNS, atomic_write, front_entry, pareto_front, read_trials, rung_agreement,
                       trial_rows, trial_state, with_finals)
 from .schema import Attr, TrialState
+
+
+def command_path(path: Path) -> str:
+    """A path as a suggested command gives it: quoted where a shell would split or expand it."""
+    return shlex.quote(str(path))
 
 
 def study_storage(run_dir: Path) -> str:
@@ -174,8 +180,8 @@ def final_report(run_dir: Path, number: int) -> dict | None:
     report = read_json(path)
     if not (isinstance(report, dict) and "test_acc" in report
             and all(json_value_fits(report[k], "float") for k in REPORT_NUMBERS if k in report)):
-        raise SearchError(f"{path} is corrupt; re-run `etnas train {run_dir} --trial {number}` (it resumes or "
-                          f"re-measures) to rewrite it")
+        raise SearchError(f"{path} is corrupt; re-run `etnas train {command_path(run_dir)} --trial {number}` (it "
+                          f"resumes or re-measures) to rewrite it")
     return report
 
 
@@ -215,7 +221,7 @@ def load_trial(run_dir: Path, number: int) -> optuna.trial.FrozenTrial:
     trials = load_run_study(run_dir).get_trials(deepcopy=False)
     if not 0 <= number < len(trials):
         raise SearchError(f"run {run_dir} has no trial {number} (it has trials 0..{len(trials) - 1}); "
-                          f"see `etnas front {run_dir}`")
+                          f"see `etnas front {command_path(run_dir)}`")
     t = trials[number]
     state = trial_state(t)
     if state == TrialState.DUPLICATE:
@@ -223,7 +229,7 @@ def load_trial(run_dir: Path, number: int) -> optuna.trial.FrozenTrial:
     if state != TrialState.COMPLETE:
         why = t.user_attrs.get(Attr.FAILURE, "")
         raise SearchError(f"trial {number} of {run_dir} is {state}{': ' + why if why else ''}; pick a trained "
-                          f"trial from `etnas front {run_dir}`")
+                          f"trial from `etnas front {command_path(run_dir)}`")
     return t
 
 

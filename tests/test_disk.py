@@ -21,7 +21,7 @@ def small_disk(tmp_path):
         pytest.skip("mounting a small disk needs root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)]).returncode != 0:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(disk)]).returncode != 0:
         pytest.skip("tmpfs cannot be mounted here")
     yield disk
     subprocess.run(["umount", "-l", str(disk)])

@@ -212,6 +212,17 @@ def test_a_study_stays_in_its_own_folder_whatever_the_folder_is_called(tmp_path,
     assert [load_run_study(tmp_path / name).study_name for name in names] == list(names)
 
 
+def test_a_suggested_command_quotes_a_path_a_shell_would_split(tmp_path):
+    from nas import SearchError
+    from nas.rundir import final_report
+
+    run = tmp_path / "my runs" / "100% r4"
+    (run / "final" / "3").mkdir(parents=True)
+    (run / "final" / "3" / "final.json").write_text("{")
+    with pytest.raises(SearchError, match=f"re-run `etnas train '{run}' --trial 3`"):
+        final_report(run, 3)
+
+
 def test_a_runs_dataset_that_cannot_be_read_is_named_as_the_runs(tmp_path):
     from nas import SearchError
     from nas.rundir import run_dataset
