@@ -165,6 +165,13 @@ class SearchRun:
     budget_said: bool = False
     worker_s: float = 0.0  # the pace of training: seconds on the workers for the rungs finished here,
     worker_epochs: float = 0.0  # and the epochs they trained
+    set_aside: dict = field(default_factory=dict)  # checkpoints set aside as corrupt and known: name -> ctime
+
+    def note_set_aside(self, arch_id: str) -> None:
+        """The checkpoint of `arch_id` set aside as corrupt is known to the user (said, or there before)."""
+        aside = self.dispatcher.checkpoints / f"{arch_id}.pt.corrupt"
+        with contextlib.suppress(OSError):
+            self.set_aside[aside.name] = aside.stat().st_ctime_ns
 
     def finished(self) -> set[str]:
         """Architectures whose trial is over: trained to their last rung, or failed."""
@@ -279,12 +286,28 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
                 if run is not None:
                     run.dispatcher.cancel()
                 raise
+            finally:
+                if run is not None:
+                    warn_of_checkpoints_set_aside(run)
     except (KeyboardInterrupt, Exception) as e:
         problem = storage_problem(e)
         if problem is not None and not isinstance(e, StorageError):
             raise storage_error(cfg.run_dir, problem, where=one_line(e)) from None
         raise
     return run.front
+
+
+def warn_of_checkpoints_set_aside(run: SearchRun) -> None:
+    """Checkpoints a worker found unreadable and set aside in trainings whose result never came back
+    to say so (stopped by the time limit or an interruption): each named with its trial."""
+    for aside in sorted(run.dispatcher.checkpoints.glob("*.pt.corrupt")):
+        arch_id = aside.name.removesuffix(".pt.corrupt")
+        if run.set_aside.get(aside.name) == aside.stat().st_ctime_ns:
+            continue
+        trials = [t.number for t in run.study.get_trials(deepcopy=False) if t.user_attrs.get(Attr.ARCH_ID) == arch_id]
+        warnings.warn(f"trial {trials[-1] if trials else '?'}: checkpoint {arch_id}.pt was unreadable; moved to "
+                      f"{aside.name}, its training started over", stacklevel=2)
+        run.note_set_aside(arch_id)
 
 
 def search_until_done(run: SearchRun) -> None:
@@ -328,7 +351,8 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
                      Ladder(study, cfg.rungs, cfg.promotion, band_edges),
                      Dispatcher(cfg.workers, data_ref, train_cfg, cfg.rungs, cfg.run_dir / "checkpoints",
                                 cfg.gpus_per_trial),
-                     on_progress)
+                     on_progress, set_aside={p.name: p.stat().st_ctime_ns
+                                             for p in (cfg.run_dir / "checkpoints").glob("*.pt.corrupt")})
 
 
 def keep_ray_local() -> None:
@@ -467,6 +491,7 @@ def settle(run: SearchRun, trial: optuna.trial.Trial, rung: int, res: dict) -> s
     """A training reached its rung: fail it, or record the rung and promote or conclude."""
     for note in res.get("notes", ()):  # what the worker would have warned of
         warnings.warn(f"trial {trial.number}: {note}", stacklevel=2)
+        run.note_set_aside(trial.user_attrs[Attr.ARCH_ID])
     if "storage" in res:  # the trial stays running: the next run re-queues it from its checkpoint
         raise storage_error(run.cfg.run_dir, res["storage"], where=f"a worker writing {res['path']}")
     if "lost" in res:

@@ -478,3 +478,25 @@ def test_a_trial_queued_again_is_shown_as_the_architecture_it_is_before_it_begin
     assert queued["state"] == "WAITING" and interrupted["arch_id"] is not None
     assert {k: queued[k] for k in ("arch_id", "short", "pred_ms", "preset")} == \
         {k: interrupted[k] for k in ("arch_id", "short", "pred_ms", "preset")}
+
+
+def test_a_checkpoint_set_aside_in_a_training_the_time_limit_stopped_is_still_said(tmp_path, study):
+    """The worker's warning comes back with its result; a training stopped at the time limit has
+    none, so the driver names the checkpoints set aside that no result reported."""
+    import types
+    import warnings
+
+    from nas.search import SearchRun, warn_of_checkpoints_set_aside
+
+    trial = study.ask()
+    trial.set_user_attr("arch_id", "abc")
+    (tmp_path / "old.pt.corrupt").write_text("set aside by an earlier search, and said then")
+    run = SearchRun(None, study, None, None, types.SimpleNamespace(checkpoints=tmp_path),
+                    set_aside={"old.pt.corrupt": (tmp_path / "old.pt.corrupt").stat().st_ctime_ns})
+    (tmp_path / "abc.pt.corrupt").write_text("set aside by a worker whose result never came")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_of_checkpoints_set_aside(run)
+        warn_of_checkpoints_set_aside(run)  # said once
+    assert [str(w.message) for w in caught] == [
+        "trial 0: checkpoint abc.pt was unreadable; moved to abc.pt.corrupt, its training started over"]

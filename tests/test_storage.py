@@ -112,11 +112,14 @@ def test_a_checkpoint_a_worker_sets_aside_is_told_to_the_driver(monkeypatch, tmp
     study = optuna.create_study(directions=["maximize", "minimize"])
     trial = study.ask()
     trial.set_user_attr("arch_id", "a")
-    run = SimpleNamespace(study=study, dispatcher=SimpleNamespace(checkpoint=lambda arch_id: tmp_path / f"{arch_id}.pt"))
+    said = []  # not said again at the search's end
+    run = SimpleNamespace(study=study, dispatcher=SimpleNamespace(checkpoint=lambda arch_id: tmp_path / f"{arch_id}.pt"),
+                          note_set_aside=said.append)
     monkeypatch.setattr("nas.search.share_fate", lambda run, trial: None)
     monkeypatch.setattr("nas.search.release_presets", lambda run: "")
     with pytest.warns(UserWarning, match=f"trial {trial.number}: checkpoint {ckpt} is unreadable"):
         settle(run, trial, 0, {"failure": "diverged", "notes": [note]})
+    assert said == ["a"]
 
 
 def test_a_lost_node_is_named_in_a_few_words():
