@@ -33,7 +33,8 @@ def search(dataset: str = "digits", target: str | float = "p50", *, name: str = 
 
 def train(run_dir: str | Path, trial: int | str = "best", *, epochs: float | None = None, device: str = "cpu",
           **recipe: Any) -> dict:
-    """Train a trial of a run from scratch with the final recipe (`etnas train`); returns its report."""
+    """Train a trial of a run with the final recipe (`etnas train`): the options left out (None) are
+    its earlier final training's, which is then continued or re-measured; returns its report."""
     from nas.final import train_final
     from nas.rundir import resolve_trial
 

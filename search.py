@@ -9,6 +9,7 @@ import errno
 import json
 import math
 import os
+import select
 import signal
 import socket
 import sys
@@ -839,7 +840,11 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except BrokenPipeError:  # `etnas front RUN | head`: the reader has read what it wanted
+    except BrokenPipeError as e:
+        if not stdout_closed():  # another pipe (a worker's, say): an error like any other
+            console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        # `etnas front RUN | head`: the reader has read what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second failure at exit's flush
         sys.exit(1)  # as rich exits where its console meets a closed pipe
     except OSError as e:  # an output path that is a file, a directory, or not writable
@@ -858,6 +863,16 @@ def main(argv: list[str] | None = None) -> None:
         stop, status = ("terminated", 143) if SIGTERM_RECEIVED.is_set() else ("interrupted", 130)
         console.print(f"[yellow]{stop}[/]: what was already saved is kept; re-run the same command to resume")
         sys.exit(status)
+
+
+def stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll reports an error on it)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (OSError, ValueError):  # no file descriptor: not a pipe
+        return False
 
 
 def say_still_stopping(signum: int, frame: object) -> None:

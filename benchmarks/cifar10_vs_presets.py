@@ -50,6 +50,7 @@ from benchmarks.jobs import read_jsonl  # noqa: E402
 from benchmarks.timm_baselines import (BASELINES, baseline_runner, finished_baselines, input_size,  # noqa: E402
                                       train_baseline, trained_baseline)
 from evaluators.data import Dataset, load_dataset  # noqa: E402
+from evaluators.recipes import FINAL_RECIPE  # noqa: E402
 from latency_models import LatencyModel  # noqa: E402
 from latency_models.calibrate import calibrate  # noqa: E402
 from latency_models.measure import anchor_spec, deployed_runner, runtime_runner, time_at_reference  # noqa: E402
@@ -115,10 +116,17 @@ def reuse_final(previous: Path, run: Path, number: int, arch_id: str, epochs: fl
     return False
 
 
+# The reference recipe, given whole: `train` would otherwise keep an earlier training's options
+REFERENCE_OPTIONS = {**FINAL_RECIPE, "mixup": 0.0, "cutmix": 0.0, "randaugment": ""}
+
+
 def made_as(report: dict, arch_id: str, epochs: float, dataset: str) -> bool:
-    """Whether a final training's report is this benchmark's: the architecture, held out, at `epochs` on `dataset`."""
+    """Whether a final training's report is this benchmark's: the architecture, held out, at `epochs`
+    on `dataset`, with the reference recipe (a report from before recipes were recorded had it)."""
     made = (report["arch_id"], report["epochs"], report["dataset"], report.get("holdout"))
-    return made == (arch_id, epochs, dataset, True)
+    recipe = report.get("recipe", REFERENCE_OPTIONS)
+    return made == (arch_id, epochs, dataset, True) and all(
+        (recipe.get(k) or None) == (v or None) for k, v in REFERENCE_OPTIONS.items())
 
 
 def finished_final(run: Path, number: int, arch_id: str, epochs: float, dataset: str) -> bool:
@@ -130,7 +138,6 @@ def finished_final(run: Path, number: int, arch_id: str, epochs: float, dataset:
 
 def reference_trainings(reference: Path | None, epochs: float) -> dict[str, dict]:
     """The reference pool's seed-0 trainings by arch_id, where they used this benchmark's recipe."""
-    from evaluators.recipes import FINAL_RECIPE
     from evaluators.train import training_curve
 
     ours = training_curve({**FINAL_RECIPE, "epochs": epochs, "seed": 0})
@@ -150,7 +157,7 @@ def train_finals(run: Path, numbers: list[int], baselines: list[str], epochs: fl
             train_baseline(run, name, epochs, out)
         for number in numbers:
             try:
-                train_final(run, number, epochs, holdout=True)
+                train_final(run, number, epochs, holdout=True, **REFERENCE_OPTIONS)
             except SearchError as e:  # what `etnas train` would say in one line
                 sys.exit(f"error: {e}")
         return
@@ -158,7 +165,8 @@ def train_finals(run: Path, numbers: list[int], baselines: list[str], epochs: fl
     failed = threading.Event()
 
     def one(number: int) -> None:
-        cli("train", run, "--trial", number, "--epochs", epochs, "--holdout", threads=1)
+        options = [f"--{k.replace('_', '-')}={v if v != '' else 'off'}" for k, v in REFERENCE_OPTIONS.items()]
+        cli("train", run, "--trial", number, "--epochs", epochs, "--holdout", *options, threads=1)
 
     def baseline(name: str) -> None:
         cli(run, name, "--epochs", epochs, "--out", out, threads=1, script=ROOT / "benchmarks" / "timm_baselines.py")

@@ -85,9 +85,9 @@ def time_on_target(deployed: torch.nn.Module, cfg: dict, runtime: str | None = N
 def train_final(run_dir: Path, number: int, epochs: float | None = None, device: str = "cpu",
                 on_step: Callable[[int, int, float], None] | None = None, holdout: bool | None = None,
                 **recipe) -> dict:
-    """Train trial `number` from scratch with the full budget (on `device`) and FINAL_RECIPE, any
-    TrainConfig field overridden by `recipe`; resumes from its checkpoint, whose recorded recipe
-    fills the options not given (None), so that a re-run continues or re-measures it. With
+    """Train trial `number` with the full budget (on `device`) and FINAL_RECIPE, any TrainConfig
+    field overridden by `recipe`; resumes from its checkpoint, whose recorded recipe fills the
+    options not given (None), so that a re-run continues or re-measures it. With
     `holdout`, train on the search's training part only and record the held-out validation
     accuracy after every epoch (the long-training reference's protocol). The latency is measured
     in the run's target runtime on this machine's CPU (`time_on_target`)."""
@@ -149,17 +149,32 @@ def final_config(out: Path, given: dict, cfg: dict, device: str) -> tuple[TrainC
     if unknown:
         raise SearchError(f"unknown training options {', '.join(unknown)}; choose from {', '.join(sorted(options))}")
     made_with = checkpoint_recipe(out, {}) if (out / "checkpoint.pt").exists() else None
-    recipe = {**FINAL_RECIPE, "epochs": default_epochs(cfg), "holdout": False,
-              **{k: v for k, v in (made_with or {}).items() if k in options},
+    recorded = {k: v for k, v in (made_with or {}).items() if k in options}
+    if not all(option_fits(k, v) for k, v in recorded.items()):  # a damaged record: that training is set aside
+        recorded = {}
+    recipe = {**FINAL_RECIPE, "epochs": default_epochs(cfg), "holdout": False, **recorded,
               **{k: v for k, v in given.items() if v is not None}}
     for name, (low, high, low_allowed) in OPTION_BOUNDS.items():
         check_bounds(name, recipe.get(name), low, high, low_allowed, whole=name == "batch_size")
-    holdout = bool(recipe.pop("holdout"))
+    holdout = recipe.pop("holdout")
+    if not isinstance(holdout, bool):
+        raise SearchError(f"holdout: {holdout!r} is not True or False")
     try:
         return TrainConfig(**{**recipe, "randaugment": recipe.get("randaugment") or None}, seed=cfg["seed"],
                            threads=torch.get_num_threads(), device=device), holdout
     except ValueError as e:  # a RandAugment config timm does not take
         raise SearchError(str(e)) from None
+
+
+def option_fits(name: str, value: object) -> bool:
+    """Whether `value` is of the type TrainConfig's field `name` (holdout: a bool) takes."""
+    kinds = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}
+    field = TrainConfig.__dataclass_fields__.get(name)
+    allowed = [kind.strip() for kind in (field.type if field else "bool").split("|")]
+    if value is None:
+        return "None" in allowed
+    return any(isinstance(value, kinds[kind]) and isinstance(value, bool) == (kind == "bool")
+               for kind in allowed if kind in kinds)
 
 
 def recipe_checkpoint(out: Path, recipe: dict) -> Path:
@@ -199,7 +214,8 @@ def checkpoint_recipe(out: Path, asked: dict) -> dict | None:
     made_with, report = out / "checkpoint.json", out / "final.json"
     try:
         if made_with.exists():
-            return json.loads(made_with.read_text())
+            recipe = json.loads(made_with.read_text())
+            return recipe if isinstance(recipe, dict) else {}
         if report.exists():
             r = json.loads(report.read_text())
             return {**asked, **r.get("recipe", {}), "epochs": r["epochs"], "holdout": r.get("holdout", False)}

@@ -13,7 +13,7 @@ import pandas as pd
 from . import SearchError
 from .config import target_name
 from .records import FINAL_FIGURES, atomic_write, with_finals
-from .rundir import final_reports, recorded_config, run_config, run_records
+from .rundir import final_reports, run_config, run_records
 from .rungs import Rungs
 from .schema import TrialState
 from .targets import OTHER_TARGETS, front_on_target, recorded, recorded_targets
@@ -22,7 +22,7 @@ from .targets import OTHER_TARGETS, front_on_target, recorded, recorded_targets
 def load_view(run_dir: Path) -> tuple[pd.DataFrame, list[dict], float, dict[int, dict]]:
     """(all trials, the front with its final trainings' figures, target ms, final reports by trial)."""
     run_dir = Path(run_dir)
-    cfg = recorded_config(run_dir)
+    cfg = run_config(run_dir)
     rows, front = run_records(run_dir)
     if not rows:
         raise SearchError(f"run {run_dir} has no trials yet; wait for the search to finish its first trial")

@@ -22,7 +22,7 @@ from search_space.sampling import params_of
 from . import SearchError
 from .config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, SearchConfig, parse_target, refuse_other_settings,
                      target_name)
-from .rundir import recorded_config, refuse_a_lost_study, run_begun
+from .rundir import refuse_a_lost_study, run_begun, run_config
 from .targets import OTHER_TARGETS, load_targets, same_target
 
 
@@ -136,7 +136,7 @@ def prepare_search(cfg: SearchConfig, target: str | float, *, runtime: str = DEF
     resumed = None
     if run_begun(cfg.run_dir):  # a resume that cannot be: refused before a calibration
         refuse_a_lost_study(cfg.run_dir)
-        resumed = recorded_config(cfg.run_dir)
+        resumed = run_config(cfg.run_dir)
         refuse_other_settings(cfg, resumed, but=("target_ms",))  # the target once resolved
     space, preset_params = search_space_for(cfg, shape)
     if not cfg.latency_model:

@@ -251,8 +251,8 @@ def prepare_out(out: Path, force: bool) -> Path:
 @contextlib.contextmanager
 def staged(out: Path) -> Iterator[Path]:
     """A folder the export writes into, whose files replace the export's own in `out` once it has
-    written them all; it is removed whatever happens, so a failed export leaves `out` as it was.
-    Held locked: a second export into `out` meanwhile is refused."""
+    written them all; it is removed whatever happens, so an export that fails while writing leaves
+    `out` as it was. Held locked: a second export into `out` meanwhile is refused."""
     stage = out / STAGING
     stage.mkdir(exist_ok=True)
     lock = os.open(stage, os.O_RDONLY)
@@ -266,10 +266,11 @@ def staged(out: Path) -> Iterator[Path]:
             for leftover in stage.iterdir():  # a killed export's
                 leftover.unlink()
             yield stage
-            for name in WRITTEN:
+            written = {path.name for path in stage.iterdir()}
+            for name in written:  # each replaced in one rename
+                (stage / name).replace(out / name)
+            for name in set(WRITTEN) - written:  # an earlier export's files this one did not write
                 (out / name).unlink(missing_ok=True)
-            for path in stage.iterdir():
-                path.replace(out / path.name)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     finally:

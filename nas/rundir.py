@@ -96,41 +96,36 @@ def run_begun(run_dir: Path) -> bool:
 
 
 def run_config(run_dir: Path) -> dict:
-    """config.json, rebuilt from the study's copy when it is missing or corrupt."""
+    """The run's settings as its study records them. config.json is their copy: rebuilt from the
+    record when it is missing or corrupt, and rewritten from it when it differs (a hand edit would
+    otherwise change the target or data the run is searched, shown and trained under), with a
+    warning; a run stopped before its study began, or from before the study kept a copy, has only
+    config.json."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SearchError(f"no run at {run_dir}; start one with `etnas run --name NAME --target-ms X`")
     path = run_dir / "config.json"
     cfg = read_json(path)
-    if isinstance(cfg, dict) and json_value_fits(cfg.get("target_ms"), "float"):
+    readable = isinstance(cfg, dict) and json_value_fits(cfg.get("target_ms"), "float")
+    if readable and not (run_dir / "study.db").exists():
         return cfg
     if not run_begun(run_dir):
         raise SearchError(f"no run at {run_dir}; start one with `etnas run --name NAME --target-ms X`")
     saved = load_run_study(run_dir).user_attrs.get(Attr.CONFIG)
+    if readable and (not saved or saved == cfg):
+        return cfg
     damage = "corrupt" if path.exists() else "missing"
     if not saved:
         raise SearchError(f"{path} is {damage} and the study keeps no copy (a run from before etnas kept one); "
                           f"restore it, or start a new run with another --name")
-    write_config(run_dir, saved)
-    warnings.warn(f"{path} was {damage}; rebuilt from the study", stacklevel=2)
-    return saved
-
-
-def recorded_config(run_dir: Path) -> dict:
-    """The run's settings as its study records them: config.json is a copy, which a hand edit may
-    have changed (a target edited there would be searched and shown as the run's); such a copy is
-    rewritten from the record, with a warning."""
-    cfg = run_config(run_dir)
-    if not (Path(run_dir) / "study.db").exists():  # a run stopped before its study began
-        return cfg
-    saved = load_run_study(run_dir).user_attrs.get(Attr.CONFIG)
-    if not saved or saved == cfg:  # a run from before the study kept a copy has only config.json
-        return cfg
-    changed = ", ".join(sorted(k for k in {*cfg, *saved} if cfg.get(k) != saved.get(k)))
     with contextlib.suppress(OSError):  # a read-only run is still read right
         write_config(run_dir, saved)
-    warnings.warn(f"{Path(run_dir) / 'config.json'} differs from the study's record of the run's settings "
-                  f"({changed}); the record is used, and config.json rewritten from it", stacklevel=2)
+    if readable:
+        changed = ", ".join(sorted(k for k in {*cfg, *saved} if cfg.get(k) != saved.get(k)))
+        warnings.warn(f"{path} differs from the study's record of the run's settings ({changed}); the record is "
+                      f"used, and config.json rewritten from it", stacklevel=2)
+    else:
+        warnings.warn(f"{path} was {damage}; rebuilt from the study", stacklevel=2)
     return saved
 
 

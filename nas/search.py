@@ -30,7 +30,7 @@ from .inputs import SearchInputs, check_target, load_inputs
 from .ladder import Ladder
 from .records import trial_state
 from .rungs import expected_epochs, search_band_edges
-from .rundir import (load_run_study, recorded_config, refuse_a_lost_study, run_begun, searching, study_storage,
+from .rundir import (load_run_study, refuse_a_lost_study, run_begun, run_config, searching, study_storage,
                      write_config, write_records)
 from .samplers import make_sampler
 from .schema import RESUMABLE_ATTRS, SETTLED_STATES, UNCOUNTED_STATES, Attr, TrialState
@@ -57,9 +57,9 @@ def open_study(cfg: SearchConfig, latency_model: LatencyModel,
     check_writable(cfg.run_dir)
     if run_begun(cfg.run_dir):
         refuse_a_lost_study(cfg.run_dir)
-        before = recorded_config(cfg.run_dir)
+        before = run_config(cfg.run_dir)
         refuse_other_settings(cfg, before)
-        study = _study(cfg, remember_targets(cfg.run_dir, before, others or {}))
+        study = _study(cfg, remember_targets(before, others or {}))
         refuse_other_ids(study, cfg.name)
         return study
     saved = {**cfg.identity(), "latency_fingerprint": latency_model.fingerprint.get("id"),
@@ -95,8 +95,9 @@ def _study(cfg: SearchConfig, saved: dict) -> optuna.Study:
     trials_so_far = len(study.get_trials(deepcopy=False))
     if trials_so_far:
         study.sampler = make_sampler(cfg.sampler, cfg.seed, trials_so_far)
-    if study.user_attrs.get(Attr.CONFIG) != saved:  # new, or a target added on resuming
+    if study.user_attrs.get(Attr.CONFIG) != saved:  # new, or a target added on resuming: the record, then its copy
         study.set_user_attr(Attr.CONFIG, saved)
+        write_config(cfg.run_dir, saved)
     fingerprint = saved.get("latency_target")
     describe_study(study, target_ms=cfg.target_ms, top_epochs=cfg.epochs,
                    target=target_name(fingerprint) if fingerprint else "the latency model's device")
@@ -288,7 +289,8 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
                 raise
             finally:
                 if run is not None:
-                    warn_of_checkpoints_set_aside(run)
+                    with contextlib.suppress(Exception):  # never in place of the error that ended the search
+                        warn_of_checkpoints_set_aside(run)
     except (KeyboardInterrupt, Exception) as e:
         problem = storage_problem(e)
         if problem is not None and not isinstance(e, StorageError):
@@ -304,7 +306,8 @@ def warn_of_checkpoints_set_aside(run: SearchRun) -> None:
         arch_id = aside.name.removesuffix(".pt.corrupt")
         if run.set_aside.get(aside.name) == aside.stat().st_ctime_ns:
             continue
-        trials = [t.number for t in run.study.get_trials(deepcopy=False) if t.user_attrs.get(Attr.ARCH_ID) == arch_id]
+        trials = [t.number for t in run.study.get_trials(deepcopy=False)  # the trained one, not a duplicate
+                  if t.user_attrs.get(Attr.ARCH_ID) == arch_id and t.user_attrs.get(Attr.CACHED_FROM) is None]
         warnings.warn(f"trial {trials[-1] if trials else '?'}: checkpoint {arch_id}.pt was unreadable; moved to "
                       f"{aside.name}, its training started over", stacklevel=2)
         run.note_set_aside(arch_id)

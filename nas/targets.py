@@ -14,7 +14,6 @@ from search_space import ArchSpec
 
 from . import SearchError
 from .records import pareto_front
-from .rundir import write_config
 from .schema import TrialState
 
 
@@ -61,9 +60,9 @@ def same_target(a: dict, b: dict) -> bool:
     return {k: v for k, v in a.items() if k != "id"} == {k: v for k, v in b.items() if k != "id"}
 
 
-def remember_targets(run_dir: Path, cfg: dict, models: dict[str, LatencyModel]) -> dict:
-    """The run's config with the targets first given when it is resumed added, written (their
-    latencies are recorded from then on); a label given again must name the same model."""
+def remember_targets(cfg: dict, models: dict[str, LatencyModel]) -> dict:
+    """The run's config with the targets first given when it is resumed added (their latencies are
+    recorded from then on); a label given again must name the same model."""
     known, given = cfg.get(OTHER_TARGETS, {}), target_records(models)
     for label in set(known) & set(given):
         before, now = known[label], given[label]
@@ -74,9 +73,7 @@ def remember_targets(run_dir: Path, cfg: dict, models: dict[str, LatencyModel]) 
     added = {label: record for label, record in given.items() if label not in known}
     if not added:
         return cfg
-    cfg = {**cfg, OTHER_TARGETS: {**known, **added}}
-    write_config(run_dir, cfg)
-    return cfg
+    return {**cfg, OTHER_TARGETS: {**known, **added}}  # recorded in the study, then copied to config.json
 
 
 def as_constraint(cfg: dict, label: str) -> dict:

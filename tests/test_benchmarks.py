@@ -75,6 +75,12 @@ def test_reuse_final_copies_only_the_same_architecture_recipe_and_data(tmp_path)
     assert not proof.reuse_final(previous, run, 0, "abc", 12.0, "digits")  # another recipe
     assert not proof.reuse_final(previous, run, 0, "xyz", 6.0, "digits")  # another architecture
     assert not proof.reuse_final(previous, run, 0, "abc", 6.0, "npz:other.npz")  # other data
+    recipe = {"batch_size": 128, "lr": 0.01, "weight_decay": 0.05, "mixup": 0.0, "cutmix": 0.0, "randaugment": None}
+    (previous / "final" / "3" / "final.json").write_text(json.dumps({**report, "holdout": True, "recipe": recipe}))
+    assert not proof.reuse_final(previous, run, 0, "abc", 6.0, "digits")  # another learning rate
+    recipe["lr"] = 0.001
+    (previous / "final" / "3" / "final.json").write_text(json.dumps({**report, "holdout": True, "recipe": recipe}))
+    assert proof.reuse_final(previous, run, 5, "abc", 6.0, "digits")
     assert proof.reuse_final(previous, run, 7, "abc", 6.0, "digits")
     assert (run / "final" / "7" / "checkpoint.pt").read_text() == "finished"
 
@@ -141,11 +147,17 @@ def test_a_failing_final_training_cancels_the_ones_not_started(monkeypatch, jobs
         time.sleep(0.2)
 
     def etnas_train(*args, threads=None):
-        assert args == ("train", Path("run"), "--trial", args[3], "--epochs", 1.0, "--holdout") and threads == 1
+        options = ("--batch-size=128", "--lr=0.001", "--mixup=0.0", "--cutmix=0.0", "--randaugment=off")
+        assert args == ("train", Path("run"), "--trial", args[3], "--epochs", 1.0, "--holdout", *options)
+        assert threads == 1  # the reference recipe whole: `train` would keep an earlier training's options
         train(args[3])
 
+    def train_final(run, number, epochs, holdout, **options):
+        assert options == {"batch_size": 128, "lr": 0.001, "mixup": 0.0, "cutmix": 0.0, "randaugment": ""}
+        train(number)
+
     if jobs == 1:
-        monkeypatch.setattr(proof, "train_final", lambda run, number, epochs, holdout: train(number))
+        monkeypatch.setattr(proof, "train_final", train_final)
     else:
         monkeypatch.setattr(proof, "cli", etnas_train)
     with pytest.raises(SystemExit, match="status 2"):

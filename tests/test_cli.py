@@ -367,10 +367,16 @@ def test_a_log_gets_a_line_per_search_event_and_a_progress_line_every_so_often(m
 
 
 def test_a_reader_that_stops_reading_ends_the_command_without_a_word():
-    """`etnas front RUN --json | head -c 100`: the reader closed the pipe; not 'error: Broken pipe'."""
-    closed = ("import errno, search\n"
-              "def front(args): raise BrokenPipeError(errno.EPIPE, 'Broken pipe')\n"
+    """`etnas front RUN --json | head -c 100`: the reader closed the pipe; not 'error: Broken pipe'.
+    A pipe that is not standard output breaking is an error like any other."""
+    broken = ("import errno, time, search\n"
+              "def front(args):\n"
+              "    time.sleep(0.5)  # the reader is gone by then, or not\n"
+              "    raise BrokenPipeError(errno.EPIPE, 'Broken pipe')\n"
               "search.cmd_front = front\n"
               "search.main(['front', 'runs/x'])\n")
-    res = subprocess.run([sys.executable, "-c", closed], cwd=ROOT, capture_output=True, text=True)
-    assert (res.returncode, res.stderr) == (1, "")
+    child = subprocess.Popen([sys.executable, "-c", broken], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()
+    assert (child.wait(), child.stderr.read()) == (1, b"")
+    res = subprocess.run([sys.executable, "-c", broken], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.startswith("error: [Errno 32] Broken pipe")

@@ -233,6 +233,24 @@ def test_a_runs_dataset_that_cannot_be_read_is_named_as_the_runs(tmp_path):
         run_dataset(tmp_path, {"dataset": f"npz:{gone}"})
 
 
+@pytest.mark.parametrize("record", ['[1]', '"x"', '{"epochs": null}', '{"weight_decay": "x", "epochs": 3.0}',
+                                    '{"lr": "0.001"}', '{"holdout": "false"}'])
+def test_a_damaged_recipe_record_is_no_recipe_to_go_on_with(tmp_path, record):
+    """The options left out of `train` come from the record of the trial's earlier training; one
+    that is no such record gives the defaults (and that training is set aside), not a crash."""
+    from evaluators.recipes import FINAL_RECIPE
+    from nas.final import final_config
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"state")
+    (tmp_path / "checkpoint.json").write_text(record)
+    config, holdout = final_config(tmp_path, {}, {"epochs": 1.0, "seed": 0}, "cpu")
+    assert (config.epochs, config.lr, config.batch_size, config.weight_decay, holdout) == (
+        10, FINAL_RECIPE["lr"], FINAL_RECIPE["batch_size"], 0.05, False)
+    (tmp_path / "checkpoint.json").write_text('{"epochs": 3.0, "lr": 0.01, "holdout": true, "seed": 7}')
+    config, holdout = final_config(tmp_path, {"lr": 0.02}, {"epochs": 1.0, "seed": 0}, "cpu")
+    assert (config.epochs, config.lr, config.seed, holdout) == (3.0, 0.02, 0, True)  # given > recorded; the run's seed
+
+
 def test_a_checkpoint_is_continued_only_with_its_own_recipe(tmp_path):
     from dataclasses import asdict
 

@@ -34,14 +34,12 @@ def test_a_target_is_measurable_only_on_its_own_device_runtime_and_file(tmp_path
     assert "img_size" in unmeasurable_here(HERE_TORCH, 16, files)  # timed at another input size
 
 
-def test_targets_given_on_resuming_are_added_to_the_config_once(tmp_path):
+def test_targets_given_on_resuming_are_added_to_the_config_once():
     phone = LatencyModel(fingerprint=elsewhere(HERE_TORCH, cpu="Phone CPU"), reference_ms=1.5)
     cfg = {"target_ms": 2.0, OTHER_TARGETS: target_records({"phone": phone})}
-    assert remember_targets(tmp_path, cfg, {"phone": phone}) is cfg  # nothing new: nothing written
-    assert not (tmp_path / "config.json").exists()
+    assert remember_targets(cfg, {"phone": phone}) is cfg  # nothing new
     here = LatencyModel(fingerprint=HERE_TORCH, reference_ms=None)
-    updated = remember_targets(tmp_path, cfg, {"phone": phone, "here": here})
-    assert json.loads((tmp_path / "config.json").read_text()) == updated
+    updated = remember_targets(cfg, {"phone": phone, "here": here})
     assert updated[OTHER_TARGETS]["here"] == {"fingerprint": HERE_TORCH, "reference_ms": None}
     assert updated[OTHER_TARGETS]["phone"]["reference_ms"] == 1.5
     swapped = as_constraint(updated, "phone")
@@ -79,15 +77,14 @@ def test_a_target_added_after_the_model_was_searched_has_no_prediction_and_says_
     assert "| latency on target phone | no prediction recorded; not measured here: another device" in other_target_row(row)
 
 
-def test_a_label_given_again_must_name_the_model_the_run_recorded(tmp_path):
+def test_a_label_given_again_must_name_the_model_the_run_recorded():
     from nas import SearchError
 
     phone = LatencyModel(fingerprint=elsewhere(HERE_TORCH, cpu="Phone CPU"), reference_ms=1.5)
     cfg = {"target_ms": 2.0, OTHER_TARGETS: target_records({"phone": phone})}
     refitted = LatencyModel(fingerprint=phone.fingerprint, reference_ms=1.7)
     with pytest.raises(SearchError, match="not the one this run recorded as target phone"):
-        remember_targets(tmp_path, cfg, {"phone": refitted})
-    assert not (tmp_path / "config.json").exists()
+        remember_targets(cfg, {"phone": refitted})
 
 
 def test_fp32_and_torch_tallies_have_no_dequantized_weights():
