@@ -521,6 +521,10 @@ def run_name(text: str) -> str:
     """A run's folder name under --runs-dir: one plain name, so a run never lands outside it."""
     if not text.strip() or text in (".", "..") or "/" in text or "\\" in text:
         raise argparse.ArgumentTypeError(f"{text!r}: give one folder name, without '/' (the run goes to RUNS_DIR/NAME)")
+    if not text.isprintable():  # a tab or newline makes a folder no listing shows as it is
+        raise argparse.ArgumentTypeError(f"{text!r} holds a control character (tab, newline); give a printable name")
+    if len(os.fsencode(text)) > 255:  # the file system's limit for one name
+        raise argparse.ArgumentTypeError(f"a name of {len(os.fsencode(text))} bytes; give one of at most 255")
     return text
 
 

@@ -128,6 +128,8 @@ BAD_OPTIONS = [
     (["run", "--name", "x", "--target-ms", "inf"], "a latency target must be positive, finite milliseconds"),
     (["nonsense"], "invalid choice: 'nonsense'"),
     (["run", "--name", "../x", "--target-ms", "5"], "--name: '../x': give one folder name, without '/'"),
+    (["run", "--name", "a\tb", "--target-ms", "5"], "--name: 'a\\tb' holds a control character (tab, newline)"),
+    (["run", "--name", "x" * 300, "--target-ms", "5"], "--name: a name of 300 bytes; give one of at most 255"),
     (["dashboard", "runs/x", "--port", "70000"], "--port: 70000 is above the maximum, 65535"),
 ]
 
