@@ -19,9 +19,10 @@ from evaluators.train import Normalizer, TrainConfig, accuracy, train, training_
 from latency_models.measure import (anchor_spec, deployed_runner, fingerprint, fingerprint_id, runtime_runner,
                                      time_at_reference, time_interleaved)
 from search_space import ArchSpec, build_model, count_params, deploy
+from search_space.spec import JSON_KINDS, json_value_fits
 
 from . import SearchError
-from .config import check_bounds
+from .config import BOUNDS, check_bounds
 from .int8 import evaluate_int8, fp32_onnx
 from .records import atomic_write
 from .rundir import command_path, load_run_study, load_trial, run_config, run_dataset, write_records
@@ -130,7 +131,7 @@ def train_final(run_dir: Path, number: int, epochs: float | None = None, device:
     return report
 
 
-OPTION_BOUNDS = {"epochs": (0, math.inf, False), "lr": (0, math.inf, False), "batch_size": (2, math.inf, True),
+OPTION_BOUNDS = {"epochs": BOUNDS["epochs"], "lr": BOUNDS["lr"], "batch_size": (2, math.inf, True),
                  "mixup": (0, math.inf, True), "cutmix": (0, math.inf, True)}
 NOT_OPTIONS = ("seed", "threads", "device")  # the run's seed; how it trains, not what
 
@@ -167,14 +168,11 @@ def final_config(out: Path, given: dict, cfg: dict, device: str) -> tuple[TrainC
 
 
 def option_fits(name: str, value: object) -> bool:
-    """Whether `value` is of the type TrainConfig's field `name` (holdout: a bool) takes."""
-    kinds = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,)}
+    """Whether `value` is a JSON value of the type TrainConfig's field `name` (holdout: a bool) takes."""
     field = TrainConfig.__dataclass_fields__.get(name)
-    allowed = [kind.strip() for kind in (field.type if field else "bool").split("|")]
-    if value is None:
-        return "None" in allowed
-    return any(isinstance(value, kinds[kind]) and isinstance(value, bool) == (kind == "bool")
-               for kind in allowed if kind in kinds)
+    kinds = [kind.strip() for kind in (field.type if field else "bool").split("|")]
+    return any(value is None if kind == "None" else json_value_fits(value, kind) for kind in kinds
+               if kind == "None" or kind in JSON_KINDS)
 
 
 def recipe_checkpoint(out: Path, recipe: dict) -> Path:

@@ -6,9 +6,11 @@ the file and what to do."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import shlex
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,7 +113,7 @@ def run_config(run_dir: Path) -> dict:
         return cfg
     if not run_begun(run_dir):
         raise SearchError(f"no run at {run_dir}; start one with `etnas run --name NAME --target-ms X`")
-    saved = load_run_study(run_dir).user_attrs.get(Attr.CONFIG)
+    saved = recorded_settings(run_dir)
     if readable and (not saved or saved == cfg):
         return cfg
     damage = "corrupt" if path.exists() else "missing"
@@ -127,6 +129,25 @@ def run_config(run_dir: Path) -> dict:
     else:
         warnings.warn(f"{path} was {damage}; rebuilt from the study", stacklevel=2)
     return saved
+
+
+_RECORDED: dict[str, tuple[tuple[int, int], dict | None]] = {}  # study.db -> (its state, its settings)
+
+
+def recorded_settings(run_dir: Path) -> dict | None:
+    """The settings the run's study records (None: a run from before it kept them), read once for
+    each state of study.db: opening the study takes about 0.1 s, and a command asks for the
+    settings many times. A file written in the last second is read again each time (file times
+    are coarse: a second write so soon could leave them as they were)."""
+    db = Path(run_dir) / "study.db"
+    if not db.is_file():
+        load_run_study(run_dir)  # says so in one line
+    stat = db.stat()
+    state, key = (stat.st_mtime_ns, stat.st_size), str(db.resolve())
+    recent = time.time_ns() - stat.st_mtime_ns < 1_000_000_000
+    if recent or key not in _RECORDED or _RECORDED[key][0] != state:
+        _RECORDED[key] = (state, load_run_study(run_dir).user_attrs.get(Attr.CONFIG))
+    return copy.deepcopy(_RECORDED[key][1])  # the caller's to change
 
 
 def write_config(run_dir: Path, cfg: dict) -> None:

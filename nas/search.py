@@ -299,18 +299,24 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
     return run.front
 
 
+def checkpoints_set_aside(folder: Path) -> dict[str, int]:
+    """The checkpoints in `folder` a training set aside as unreadable, by file name, each with when
+    it was (its ctime: a second one of the same architecture replaces the first)."""
+    return {path.name: path.stat().st_ctime_ns for path in sorted(folder.glob("*.pt.corrupt"))}
+
+
 def warn_of_checkpoints_set_aside(run: SearchRun) -> None:
     """Checkpoints a worker found unreadable and set aside in trainings whose result never came back
     to say so (stopped by the time limit or an interruption): each named with its trial."""
-    for aside in sorted(run.dispatcher.checkpoints.glob("*.pt.corrupt")):
-        arch_id = aside.name.removesuffix(".pt.corrupt")
-        if run.set_aside.get(aside.name) == aside.stat().st_ctime_ns:
+    for name, ctime in checkpoints_set_aside(run.dispatcher.checkpoints).items():
+        if run.set_aside.get(name) == ctime:
             continue
+        arch_id = name.removesuffix(".pt.corrupt")
         trials = [t.number for t in run.study.get_trials(deepcopy=False)  # the trained one, not a duplicate
                   if t.user_attrs.get(Attr.ARCH_ID) == arch_id and t.user_attrs.get(Attr.CACHED_FROM) is None]
         warnings.warn(f"trial {trials[-1] if trials else '?'}: checkpoint {arch_id}.pt was unreadable; moved to "
-                      f"{aside.name}, its training started over", stacklevel=2)
-        run.note_set_aside(arch_id)
+                      f"{name}, its training started over", stacklevel=2)
+        run.set_aside[name] = ctime
 
 
 def search_until_done(run: SearchRun) -> None:
@@ -354,8 +360,7 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
                      Ladder(study, cfg.rungs, cfg.promotion, band_edges),
                      Dispatcher(cfg.workers, data_ref, train_cfg, cfg.rungs, cfg.run_dir / "checkpoints",
                                 cfg.gpus_per_trial),
-                     on_progress, set_aside={p.name: p.stat().st_ctime_ns
-                                             for p in (cfg.run_dir / "checkpoints").glob("*.pt.corrupt")})
+                     on_progress, set_aside=checkpoints_set_aside(cfg.run_dir / "checkpoints"))
 
 
 def keep_ray_local() -> None:

@@ -2,7 +2,9 @@
 is rebuilt, anything else is one line naming the file and what to do, and nothing else is lost; and
 what a finished run with a second latency target exports."""
 import json
+import os
 import shutil
+import time
 
 import pandas as pd
 import pytest
@@ -210,6 +212,28 @@ def test_a_study_stays_in_its_own_folder_whatever_the_folder_is_called(tmp_path,
         optuna.create_study(study_name=name, storage=study_storage(tmp_path / name))
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["study.db", "study.db"]
     assert [load_run_study(tmp_path / name).study_name for name in names] == list(names)
+
+
+def test_the_studys_record_is_read_once_for_each_state_of_the_study(tmp_path, monkeypatch):
+    """A command asks for the settings many times; opening the study takes about 0.1 s each time."""
+    import optuna
+
+    import nas.rundir as rundir
+    from nas.schema import Attr
+
+    cfg = {"target_ms": 1.5, "dataset": "digits"}
+    study = optuna.create_study(study_name="r", storage=rundir.study_storage(tmp_path))
+    study.set_user_attr(Attr.CONFIG, cfg)
+    rundir.write_config(tmp_path, cfg)
+    written_long_ago = time.time() - 60  # a file written within the last second is read each time
+    os.utime(tmp_path / "study.db", (written_long_ago, written_long_ago))
+    opened = []
+    monkeypatch.setattr(rundir, "load_run_study", lambda run_dir: opened.append(run_dir) or study)
+    assert rundir.run_config(tmp_path) == rundir.run_config(tmp_path) == cfg and len(opened) == 1
+    study.set_user_attr(Attr.CONFIG, {**cfg, "target_ms": 2.0})  # the study written: read again
+    with pytest.warns(UserWarning, match=r"differs from the study's record of the run's settings \(target_ms\)"):
+        assert rundir.run_config(tmp_path)["target_ms"] == 2.0
+    assert len(opened) == 2
 
 
 def test_a_suggested_command_quotes_a_path_a_shell_would_split(tmp_path):
