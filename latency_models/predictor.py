@@ -97,13 +97,18 @@ class LatencyModel:
         coef, _ = nnls((a / self.scale) / y[:, None], np.ones(len(y)), maxiter=50 * a.shape[1])
         self.coef = coef / self.scale
         if residual:
-            base = a @ self.coef
+            base = self._linear(a)
             trees = HistGradientBoostingRegressor(
                 max_iter=300, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=8,
                 l2_regularization=1.0, random_state=seed)
             trees.fit(self._residual_inputs(x, base), np.log(y / np.maximum(base, 1e-9)))
             self.residual = TreeEnsemble.from_sklearn(trees)
         return self
+
+    def _linear(self, design: np.ndarray) -> np.ndarray:
+        """Stage 1, row by row: a matrix product's rounding depends on how many rows it is given, and a
+        spec predicted alone must get the figure it gets among others (a run's record and a front)."""
+        return (design * self.coef).sum(axis=1)
 
     @staticmethod
     def _residual_inputs(x: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -113,7 +118,7 @@ class LatencyModel:
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         if self.coef is None:
             raise ModelFileError("latency model is not fitted")
-        base = np.maximum(self._design(x) @ self.coef, 1e-6)
+        base = np.maximum(self._linear(self._design(x)), 1e-6)
         if self.residual is not None:
             base = base * np.exp(self.residual.predict(self._residual_inputs(x, base)))
         return base

@@ -14,7 +14,7 @@ import torch
 
 from evaluators.train import Normalizer
 from latency_models.measure import onnx_runner, time_interleaved
-from search_space.export import export_onnx
+from search_space.export import export_onnx, set_onnx_metadata
 from search_space.quantize import QuantizationError, quantize_int8
 
 CALIBRATION_IMAGES = 256  # training images that set the activation ranges
@@ -28,15 +28,19 @@ def calibration_batch(x_train: torch.Tensor, norm: Normalizer, n: int = CALIBRAT
 
 
 @contextlib.contextmanager
-def fp32_onnx(deployed: torch.nn.Module, exported: Path | None = None) -> Iterator[Path]:
+def fp32_onnx(deployed: torch.nn.Module, exported: Path | None = None,
+              metadata: dict[str, str] | None = None) -> Iterator[Path]:
     """`deployed` as `export` writes it: `exported` where that file was just written, or else a
-    temporary export for as long as it is used (an export takes seconds: made once, it is both
-    quantized and timed)."""
+    temporary export, with `metadata` (which a file quantized from it keeps), for as long as it is
+    used (an export takes seconds: made once, it is both quantized and timed)."""
     if exported is not None:
         yield exported
         return
     with tempfile.TemporaryDirectory() as tmp:
-        yield export_onnx(deployed, Path(tmp) / "model.onnx")
+        path = export_onnx(deployed, Path(tmp) / "model.onnx")
+        if metadata:
+            set_onnx_metadata(path, metadata)
+        yield path
 
 
 @torch.no_grad()

@@ -81,11 +81,12 @@ def write_export(out: Path, model: torch.nn.Module, meta: dict, final: dict, cfg
     deployed = deploy(model)
     spec = model.spec
     preprocessing = pretrained_cfg(spec, meta)
-    diffs = write_deployed(deployed, out, formats, onnx_metadata(spec, preprocessing, meta["label_names"]), report)
+    metadata = onnx_metadata(spec, preprocessing, meta["label_names"])
+    diffs = write_deployed(deployed, out, formats, metadata, report)
     quantized = None
     if data is not None:
         report()
-        with fp32_onnx(deployed, out / "model.onnx" if "onnx" in formats else None) as fp32:
+        with fp32_onnx(deployed, out / "model.onnx" if "onnx" in formats else None, metadata) as fp32:
             quantized = write_int8(fp32, deployed, out / INT8_FILE, cfg, meta, data)
     report()
     save_pretrained(model, out, pretrained_cfg=preprocessing, label_names=meta["label_names"])

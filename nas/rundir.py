@@ -83,6 +83,14 @@ def searching(run_dir: Path) -> Iterator[None]:
         yield
 
 
+def refuse_a_run_searched_now(run_dir: Path) -> None:
+    """`searching`'s refusal, asked before a search loads its data and latency model, which take
+    seconds to minutes; the search still takes the lock when it starts."""
+    if (run_dir / ".search.lock").exists():
+        with searching(run_dir):
+            pass
+
+
 def refuse_a_lost_study(run_dir: Path) -> None:
     """A run whose study.db is gone but whose records remain: searching again would start over and
     overwrite trials.csv and front.json, and leave final/ naming trials of another study."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import optuna
 
+from evaluators.data import Dataset
 from latency_models import LatencyModel
 from search_space import ArchSpec, sample
 from search_space.operators import PLUGINS_VARIABLE
@@ -280,12 +281,18 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
             try:
                 run = start_run(cfg, on_progress, inputs)
                 run.deadline = None if cfg.minutes is None else started + cfg.minutes * 60
-                run.report()
-                search_until_done(run)
+                if run.counted() < cfg.trials:
+                    connect_workers(run, inputs.data)
+                    search_until_done(run)
+                else:
+                    run.report(f"{run.counted()} trials done already, --trials {cfg.trials}: nothing left to "
+                               f"search (a higher --trials searches on)")
                 refuse_a_search_that_trained_nothing(cfg.run_dir)
-            except (KeyboardInterrupt, Exception):
+            except (KeyboardInterrupt, Exception) as e:
                 if run is not None:
                     run.dispatcher.cancel()
+                    if isinstance(e, KeyboardInterrupt):
+                        requeue_on_interrupt(run)
                 raise
             finally:
                 if run is not None:
@@ -297,6 +304,14 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
             raise storage_error(cfg.run_dir, problem, where=one_line(e)) from None
         raise
     return run.front
+
+
+def requeue_on_interrupt(run: SearchRun) -> None:
+    """Ctrl-C or SIGTERM: the trainings stopped are closed as interrupted and queued to go on from
+    their checkpoints, as at the time limit, so that the records show nothing as running."""
+    with contextlib.suppress(Exception):  # a write the interrupt cut short: the resume requeues them instead
+        recover_interrupted(run.study)
+        write_records(run.study, run.cfg.run_dir, run.cfg.target_ms)
 
 
 def checkpoints_set_aside(folder: Path) -> dict[str, int]:
@@ -335,32 +350,37 @@ def search_until_done(run: SearchRun) -> None:
 
 def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] | None,
               inputs: SearchInputs) -> SearchRun:
-    """Check the target, open (or resume) the study, start the Ray workers with the data."""
+    """Check the target and open (or resume) the study; the Ray workers start later, only where
+    trials are owed (`connect_workers`)."""
     check_target(cfg.target_ms, inputs.latencies)
     study = open_study(cfg, inputs.model, inputs.others)
     if not study.trials:
         for name in cfg.presets:
             study.enqueue_trial(inputs.preset_params[name])
     recover_interrupted(study)
-    data = inputs.data
-    mean, std = data.channel_stats()
     train_cfg = rung_train_config(cfg.rungs, cfg.gpus_per_trial, batch_size=cfg.batch_size, lr=cfg.lr,
                                   subset=cfg.subset, resolution=cfg.resolution, seed=cfg.seed, threads=1)
-    ray = start_ray(cfg)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if cfg.gpus_per_trial > gpus:
-        raise SearchError(f"--gpus-per-trial {cfg.gpus_per_trial:g} asks for more GPUs than Ray has "
-                          f"({gpus:g}); no trial could ever start")
-    data_ref = ray.put((*data.holdout(seed=cfg.seed), mean, std))
     band_edges = search_band_edges(float(np.min(inputs.latencies)), cfg.target_ms)
     preset_of = {sample(FixedSuggester(inputs.preset_params[name]), inputs.space, *inputs.shape).arch_id: name
                  for name in cfg.presets}
     screening = Screening(inputs.space, inputs.shape, inputs.model, cfg.target_ms, preset_of, inputs.others)
     return SearchRun(cfg, study, screening,
                      Ladder(study, cfg.rungs, cfg.promotion, band_edges),
-                     Dispatcher(cfg.workers, data_ref, train_cfg, cfg.rungs, cfg.run_dir / "checkpoints",
+                     Dispatcher(cfg.workers, None, train_cfg, cfg.rungs, cfg.run_dir / "checkpoints",
                                 cfg.gpus_per_trial),
                      on_progress, set_aside=checkpoints_set_aside(cfg.run_dir / "checkpoints"))
+
+
+def connect_workers(run: SearchRun, data: Dataset) -> None:
+    """Start (or join) Ray and hand it the training data once, for every worker to read."""
+    run.report("starting Ray workers")
+    ray = start_ray(run.cfg)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if run.cfg.gpus_per_trial > gpus:
+        raise SearchError(f"--gpus-per-trial {run.cfg.gpus_per_trial:g} asks for more GPUs than Ray has "
+                          f"({gpus:g}); no trial could ever start")
+    mean, std = data.channel_stats()
+    run.dispatcher.data_ref = ray.put((*data.holdout(seed=run.cfg.seed), mean, std))
 
 
 def keep_ray_local() -> None:

@@ -265,6 +265,13 @@ def test_fit_recovers_a_known_function_and_beats_baselines():
     assert np.allclose(pred, [synthetic_ms(s) for s in new], rtol=0.05)
 
 
+def test_a_spec_predicted_alone_gets_the_figure_it_gets_among_others():
+    specs = tiny_specs(120, seed=5)
+    model = LatencyModel().fit(specs[:80], np.array([synthetic_ms(s) for s in specs[:80]]))
+    together = model.predict(specs)
+    assert [model.predict([s])[0] for s in specs] == list(together)  # to the last bit
+
+
 def test_predictor_scores_ten_thousand_specs_a_second():
     specs = tiny_specs(100)
     model = LatencyModel().fit(specs, np.array([synthetic_ms(s) for s in specs]))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from latency_models.measure import fingerprint, fingerprint_id, measure_all
-from nas.int8 import int8_speedup
+from nas.int8 import fp32_onnx, int8_speedup
 from search_space import build_model, deploy, presets
 from search_space.check import randomize_norms
 from search_space.export import export_onnx
@@ -54,6 +54,16 @@ def test_int8_model_is_quantized_per_channel_and_computes_what_fp32_does(tmp_pat
     a, b = a - a.mean(0), b - b.mean(0)  # how the logits move between images, where quantization errs
     assert (a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b) > 0.95
     assert onnxruntime.InferenceSession(str(int8)).run(None, {"images": x[:1]})[0].shape == (1, 10)  # any batch
+
+
+def test_an_int8_file_keeps_the_class_names_where_no_fp32_file_is_shipped(tmp_path):
+    """`export --format pt2 --int8` quantizes a temporary fp32 export: it carries the metadata too."""
+    metadata = {"label_names": json.dumps(["a", "b"]), "etnas.arch_id": "x"}
+    deployed = deploy(build_model(PRESETS["slab-deit"]).eval())
+    with fp32_onnx(deployed, metadata=metadata) as fp32:
+        int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx", np.zeros((4, 1, 8, 8), np.float32))
+    kept = onnxruntime.InferenceSession(str(int8)).get_modelmeta().custom_metadata_map
+    assert {k: kept.get(k) for k in metadata} == metadata
 
 
 def test_a_file_onnxruntime_cannot_quantize_is_one_clear_error(tmp_path):
