@@ -25,6 +25,7 @@ from . import SearchError
 from .records import (TRIAL_COLUMNS, atomic_write, front_entry, pareto_front, read_trials, rung_agreement,
                       trial_rows, trial_state, with_finals)
 from .schema import Attr, TrialState
+from .storage import check_writable
 
 
 def command_path(path: Path) -> str:
@@ -83,9 +84,13 @@ def searching(run_dir: Path) -> Iterator[None]:
         yield
 
 
-def refuse_a_run_searched_now(run_dir: Path) -> None:
-    """`searching`'s refusal, asked before a search loads its data and latency model, which take
-    seconds to minutes; the search still takes the lock when it starts."""
+def refuse_an_unsearchable_run(run_dir: Path) -> None:
+    """What the search would refuse of an existing run directory (a disk that takes no file, another
+    process searching it), asked before the search loads its data and latency model, which take
+    seconds to minutes; the search still takes its lock when it starts."""
+    if not run_dir.is_dir():
+        return
+    check_writable(run_dir)
     if (run_dir / ".search.lock").exists():
         with searching(run_dir):
             pass
