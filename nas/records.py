@@ -16,6 +16,7 @@ from .schema import Attr, TrialState
 
 TRIAL_COLUMNS = ["number", "state", "rung", "rung_acc", "val_acc", "arch_id", "short", "pred_ms", "flops", "params",
                  "train_s", "failure", "preset", "cached_from", "rung_accs", "history", "spec", "pred_ms_targets"]
+WHOLE_NUMBER_COLUMNS = ("rung", "flops", "params", "cached_from")  # written as 2, not 2.0, beside blanks
 
 
 def trial_state(t: optuna.trial.FrozenTrial) -> TrialState:

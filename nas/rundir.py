@@ -22,7 +22,7 @@ import pandas as pd
 from search_space.spec import json_value_fits
 
 from . import SearchError
-from .records import (TRIAL_COLUMNS, atomic_write, front_entry, pareto_front, read_trials, rung_agreement,
+from .records import (TRIAL_COLUMNS, WHOLE_NUMBER_COLUMNS, atomic_write, front_entry, pareto_front, read_trials, rung_agreement,
                       trial_rows, trial_state, with_finals)
 from .schema import Attr, TrialState
 from .storage import check_writable
@@ -175,7 +175,8 @@ def write_records(study: optuna.Study, run_dir: Path, target_ms: float) -> list[
     rows = trial_rows(study.get_trials(deepcopy=False))
     agreement = rung_agreement(rows)
     front = with_finals([front_entry(r, agreement) for r in pareto_front(rows, target_ms)], final_reports(run_dir))
-    atomic_write(run_dir / "trials.csv", pd.DataFrame(rows, columns=TRIAL_COLUMNS).to_csv(index=False))
+    table = pd.DataFrame(rows, columns=TRIAL_COLUMNS).astype(dict.fromkeys(WHOLE_NUMBER_COLUMNS, "Int64"))
+    atomic_write(run_dir / "trials.csv", table.to_csv(index=False))
     atomic_write(run_dir / "front.json", json.dumps(front, indent=1))
     return front
 

@@ -1,4 +1,5 @@
 """The search engine end to end on digits: real Optuna studies, real Ray workers, real training."""
+import csv
 import json
 import os
 import shutil
@@ -151,6 +152,10 @@ def test_tiny_search_completes(two_target_run, tmp_path):
     log = (two_target_run / "run.log").read_text()
     trials = check_run(tmp_path / "tiny", 12)
     assert (trials["state"] == "INFEASIBLE").any()  # the constraint was exercised
+    with open(tmp_path / "tiny" / "trials.csv", newline="") as f:
+        written = list(csv.DictReader(f))
+    assert {"0", "2"} <= {r["rung"] for r in written} <= {"", "0", "1", "2"}  # whole numbers, beside blanks
+    assert all(r["params"].isdigit() for r in written[:6])
     check_dashboard_view(tmp_path / "tiny", trials)
     check_other_target(tmp_path / "tiny", trials, latency_model, other)
     assert "also recorded: latency on other-device" in log
