@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from evaluators.data import IMAGE_RESIZE, pixels_read_as
+from evaluators.data import IMAGE_RESIZE, Dataset, pixels_read_as
 from evaluators.train import Normalizer
 from latency_models.measure import fingerprint_id
 from search_space import count_params, deploy
@@ -60,7 +60,7 @@ def export_trial(run_dir: Path, number: int, out: Path, formats: str | tuple[str
     if final is None:
         raise SearchError(f"trial {number} of {run_dir} has a trained model but no final.json (its training was "
                           f"stopped before it was evaluated and timed); re-run `etnas train` on it as before to finish")
-    data = run_dataset(run_dir, cfg) if int8 else None  # quantizing calibrates on the run's training images
+    int8_data = run_dataset(run_dir, cfg) if int8 else None  # quantizing calibrates on the run's training images
     stages = ["deploying the trained model", *(f"exporting and verifying {EXPORTERS[f][1]}" for f in written(formats)),
               *(["quantizing, verifying and timing model.int8.onnx"] * int8), "writing fine-tunable weights and card",
               *(["timing model.onnx in onnxruntime"] * ("onnx" in formats)),
@@ -68,26 +68,27 @@ def export_trial(run_dir: Path, number: int, out: Path, formats: str | tuple[str
     report = stage_reporter(stages, on_stage)
     with staged(prepare_out(Path(out), force)) as stage:
         report()
-        written_files = write_export(stage, model, meta, final, cfg, formats, data, report,
-                                     load_trial(run_dir, number).user_attrs)
+        written_files = write_export(stage, model, meta, final, cfg, formats, report=report,
+                                     attrs=load_trial(run_dir, number).user_attrs, int8_data=int8_data)
     report()
     return {"out": str(out), **written_files, "files": sorted(name for name in WRITTEN if (Path(out) / name).exists())}
 
 
-def write_export(out: Path, model: torch.nn.Module, meta: dict, final: dict, cfg: dict, formats: tuple[str, ...],
-                 data, report: Callable[[], None], attrs: dict) -> dict:
+def write_export(out: Path, model: torch.nn.Module, meta: dict, final: dict, cfg: dict, formats: tuple[str, ...], *,
+                 report: Callable[[], None], attrs: dict, int8_data: Dataset | None = None) -> dict:
     """Every file of the export into `out`, `report()` before each step after the first; with
-    `data`, model.int8.onnx too. Returns the max abs differences, the shipped latency and the int8 figures."""
+    `int8_data`, model.int8.onnx too, calibrated and verified on it. Returns the max abs
+    differences, the shipped latency and the int8 figures."""
     deployed = deploy(model)
     spec = model.spec
     preprocessing = pretrained_cfg(spec, meta)
     metadata = onnx_metadata(spec, preprocessing, meta["label_names"])
     diffs = write_deployed(deployed, out, formats, metadata, report)
     quantized = None
-    if data is not None:
+    if int8_data is not None:
         report()
         with fp32_onnx(deployed, out / "model.onnx" if "onnx" in formats else None, metadata) as fp32:
-            quantized = write_int8(fp32, deployed, out / INT8_FILE, cfg, meta, data)
+            quantized = write_int8(fp32, deployed, out / INT8_FILE, cfg, meta, int8_data)
     report()
     save_pretrained(model, out, pretrained_cfg=preprocessing, label_names=meta["label_names"])
     (out / "arch.json").write_text(json.dumps({**spec.to_dict(), "short": spec.short(), "arch_id": spec.arch_id,
@@ -154,7 +155,7 @@ def verified_difference(fmt: str, path: Path, deployed: torch.nn.Module) -> floa
     return worst
 
 
-def write_int8(fp32: Path, deployed: torch.nn.Module, path: Path, cfg: dict, meta: dict, data) -> dict:
+def write_int8(fp32: Path, deployed: torch.nn.Module, path: Path, cfg: dict, meta: dict, data: Dataset) -> dict:
     """model.int8.onnx from `fp32` (the export of `deployed`), calibrated on the run's training
     images (`data`), verified on its test images (accuracy, top-1 agreement with fp32), timed in
     onnxruntime, and timed against `fp32` for its speed-up."""
