@@ -2,6 +2,8 @@
 does this candidate train on to the next rung, or is its accuracy here the one Optuna is told?"""
 from __future__ import annotations
 
+import math
+
 import optuna
 
 from .rungs import RungResult, Rungs, promoted
@@ -15,8 +17,9 @@ def rung_end_steps(attrs: dict) -> list[int]:
 
 
 class Ladder:
-    def __init__(self, study: optuna.Study, rungs: Rungs, rule: str, band_edges: list[float]):
-        self.rungs, self.rule, self.band_edges = rungs, rule, band_edges
+    def __init__(self, study: optuna.Study, rungs: Rungs, rule: str, band_edges: list[float],
+                 target_ms: float = math.inf):
+        self.rungs, self.rule, self.band_edges, self.target_ms = rungs, rule, band_edges, target_ms
         self.accs: dict[str, list[float]] = {}
         self.latency: dict[str, float] = {}
         for t in study.get_trials(deepcopy=False):
@@ -43,11 +46,13 @@ class Ladder:
 
     def goes_on(self, arch_id: str) -> bool:
         """Whether the architecture earns the rung above its highest one, against every result at
-        that rung so far."""
+        that rung so far within the target: one over it (a preset, trained as a baseline) can never
+        be on the front, so it neither goes on nor takes a promotion from one that can."""
         rung = len(self.accs[arch_id]) - 1
-        if rung + 1 >= self.rungs.count:
+        if rung + 1 >= self.rungs.count or self.latency[arch_id] > self.target_ms:
             return False
-        results = [RungResult(a, accs[rung], self.latency[a]) for a, accs in self.accs.items() if len(accs) > rung]
+        results = [RungResult(a, accs[rung], self.latency[a]) for a, accs in self.accs.items()
+                   if len(accs) > rung and self.latency[a] <= self.target_ms]
         return arch_id in promoted(results, self.rule, self.rungs.eta, band_edges=self.band_edges)
 
     def epochs_trained(self) -> float:

@@ -365,7 +365,7 @@ def start_run(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] |
                  for name in cfg.presets}
     screening = Screening(inputs.space, inputs.shape, inputs.model, cfg.target_ms, preset_of, inputs.others)
     return SearchRun(cfg, study, screening,
-                     Ladder(study, cfg.rungs, cfg.promotion, band_edges),
+                     Ladder(study, cfg.rungs, cfg.promotion, band_edges, cfg.target_ms),
                      Dispatcher(cfg.workers, None, train_cfg, cfg.rungs, cfg.run_dir / "checkpoints",
                                 cfg.gpus_per_trial),
                      on_progress, set_aside=checkpoints_set_aside(cfg.run_dir / "checkpoints"))

@@ -84,6 +84,14 @@ def test_ladder_promotes_within_the_runs_latency_bands(study):
     assert ladder.goes_on("d") and not ladder.goes_on("c")  # the slow band's best, and no faster result out-scores it
 
 
+def test_a_result_over_the_target_neither_goes_on_nor_takes_a_promotion(study):
+    ladder = Ladder(study, RUNGS, "accuracy", band_edges=[], target_ms=2.0)
+    ladder.note("slow-preset", 3.0, [0.9])  # a preset over the target, the best of its rung
+    ladder.note("a", 1.0, [0.5])
+    ladder.note("b", 1.5, [0.4])
+    assert not ladder.goes_on("slow-preset") and ladder.goes_on("a") and not ladder.goes_on("b")
+
+
 def test_ladder_rebuilds_from_the_study_ignoring_duplicates(study):
     for arch, accs, cached in (("a", [0.5, 0.6], None), ("a", [0.5, 0.6], 0), ("b", [0.1], None)):
         t = study.ask()
