@@ -466,7 +466,8 @@ def cmd_train(args) -> None:
         if figures.get(k) is None:  # int8 figures of a model onnxruntime could not quantize; no holdout
             continue
         v = figures[k]
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else escape(str(v)))
+        label = "params (deployed)" if k == "params" else k  # the front counts the trained model's, BN unfolded
+        table.add_row(label, f"{v:.4f}" if isinstance(v, float) else escape(str(v)))
     out.print(table)
     from nas.front import load_view, write_html
 

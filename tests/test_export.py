@@ -176,6 +176,7 @@ def test_demo_path_trains_and_exports_the_best(demo_run, tmp_path):
     assert final["trial"] == best["trial"] and 0 <= final["test_acc"] <= 1 and final["measured_ms"] > 0
     assert 0 <= final["test_acc_int8"] <= 1 and 0 <= final["int8_top1_agreement"] <= 1  # beside fp32
     assert "test_acc_int8" in res.stdout
+    assert any("params (deployed)" in line and f" {final['params']} " in line for line in res.stdout.splitlines())
     assert f"{final['wall_s']:.4f}" in res.stdout and final["wall_s"] > final["train_s"]  # the loop's time, and all of it
     # calibrated on this machine, so the final latency is measured on the predictor's scale
     assert final["on_predictor_scale"] and final["reference_ms"] == json.loads((demo_run / "config.json").read_text())[
