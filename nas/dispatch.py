@@ -59,13 +59,14 @@ class Dispatcher:
             return trial, rung, {"lost": lost_because(e)}
 
     def cancel(self) -> None:
+        if not self.pending:  # nothing to stop: Ray is not imported (its first import fixes its settings)
+            return
         import ray
 
         refs = list(self.pending)
         for ref in refs:
             ray.cancel(ref, force=True)
-        if refs:  # the kills land before anything reads their checkpoints again
-            ray.wait(refs, num_returns=len(refs), timeout=5)
+        ray.wait(refs, num_returns=len(refs), timeout=5)  # the kills land before anything reads their checkpoints
         self.pending.clear()
 
 

@@ -285,8 +285,7 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
                     connect_workers(run, inputs.data)
                     search_until_done(run)
                 else:
-                    run.report(f"{run.counted()} trials done already, --trials {cfg.trials}: nothing left to "
-                               f"search (a higher --trials searches on)")
+                    run.report(nothing_left_to_search(run))
                 refuse_a_search_that_trained_nothing(cfg.run_dir)
             except (KeyboardInterrupt, Exception) as e:
                 if run is not None:
@@ -304,6 +303,14 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
             raise storage_error(cfg.run_dir, problem, where=one_line(e)) from None
         raise
     return run.front
+
+
+def nothing_left_to_search(run: SearchRun) -> str:
+    """What a run whose --trials are done already says, with the trainings it leaves queued."""
+    queued = len(run.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    also = f"; {queued} interrupted training(s) stay queued for it" if queued else ""
+    return (f"{run.counted()} trials done already, --trials {run.cfg.trials}: nothing left to search (a higher "
+            f"--trials searches on{also})")
 
 
 def requeue_on_interrupt(run: SearchRun) -> None:

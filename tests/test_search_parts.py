@@ -508,3 +508,32 @@ def test_a_checkpoint_set_aside_in_a_training_the_time_limit_stopped_is_still_sa
         warn_of_checkpoints_set_aside(run)  # said once
     assert [str(w.message) for w in caught] == [
         "trial 0: checkpoint abc.pt was unreadable; moved to abc.pt.corrupt, its training started over"]
+
+
+def test_a_run_with_its_trials_done_says_so_and_names_the_trainings_it_leaves_queued(tmp_path, study):
+    from nas.config import SearchConfig
+    from nas.search import SearchRun, nothing_left_to_search
+
+    for value in (0.5, 0.6):
+        trial = study.ask()
+        study.tell(trial, [value, 1.0])
+    cfg = SearchConfig(name="r", target_ms=1.0, latency_model="", runs_dir=str(tmp_path), trials=2, presets=())
+    run = SearchRun(cfg, study, None, Ladder(study, RUNGS, "bands", []), OfflineDispatcher(tmp_path))
+    assert nothing_left_to_search(run) == ("2 trials done already, --trials 2: nothing left to search (a higher "
+                                           "--trials searches on)")
+    study.enqueue_trial({})  # an interrupted training queued again
+    assert "; 1 interrupted training(s) stay queued for it)" in nothing_left_to_search(run)
+
+
+def test_cancelling_nothing_leaves_ray_unimported(tmp_path):
+    """Ray reads its settings (loopback only) at its first import: a search stopped before its
+    workers started must not import it on the way out, for a later search in the same process."""
+    import subprocess
+    import sys
+
+    from .helpers import ROOT
+
+    code = ("import sys; from nas.dispatch import Dispatcher; "
+            "Dispatcher(1, None, None, None, None).cancel(); print('ray' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "False", res.stderr[-2000:]
