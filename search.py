@@ -258,7 +258,8 @@ def cmd_run(args) -> None:
     cfg, inputs = prepare_search(args)
     front = watch_search(cfg, inputs, started)
     print_front(cfg.run_dir, as_json=False)
-    out.print(f"{len(front)} architectures on the front; browse: etnas front {command_path(cfg.run_dir)}",
+    architectures = "architecture" if len(front) == 1 else "architectures"
+    out.print(f"{len(front)} {architectures} on the front; browse: etnas front {command_path(cfg.run_dir)}",
               markup=False)
     if not front:
         console.print("[yellow]warning:[/] no trial finished the top rung within the target: give more --trials "

@@ -58,6 +58,18 @@ class Dispatcher:
         except ray.exceptions.RayError as e:  # the worker died (memory, a crash in native code) or its node
             return trial, rung, {"lost": lost_because(e)}
 
+    def abandon(self) -> None:
+        """Stop every training at once on Ctrl-C or SIGTERM by leaving Ray: the workers of a local
+        Ray end with it, and a cluster's trainings end with their owner. Cancelling them one by one
+        instead can crash Ray's core worker when a cancel crosses a task's start (a failed check in
+        its task manager, a C++ stack dump, exit 1)."""
+        if not self.pending:
+            return
+        import ray
+
+        self.pending.clear()
+        ray.shutdown()
+
     def cancel(self) -> None:
         if not self.pending:  # nothing to stop: Ray is not imported (its first import fixes its settings)
             return

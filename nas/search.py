@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -287,11 +288,14 @@ def run_search(cfg: SearchConfig, on_progress: Callable[[SearchProgress], None] 
                 else:
                     run.report(nothing_left_to_search(run))
                 refuse_a_search_that_trained_nothing(cfg.run_dir)
-            except (KeyboardInterrupt, Exception) as e:
+            except KeyboardInterrupt:
+                if run is not None:
+                    requeue_on_interrupt(run)
+                    run.dispatcher.abandon()
+                raise
+            except Exception:
                 if run is not None:
                     run.dispatcher.cancel()
-                    if isinstance(e, KeyboardInterrupt):
-                        requeue_on_interrupt(run)
                 raise
             finally:
                 if run is not None:
@@ -396,7 +400,11 @@ def keep_ray_local() -> None:
     machine's outward address unless clusters are switched off, which its
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 does, read when Ray is first imported. Its token
     authentication, Ray's default for a local cluster, is asked for by name, since Ray otherwise
-    prints a notice about that default at every start."""
+    prints a notice about that default at every start. Both are read when Ray is first imported:
+    where the caller imported it already, they are left as Ray read them (a token mode set after
+    would reach the processes it starts but not itself, and its GCS would refuse it)."""
+    if "ray" in sys.modules:
+        return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "token")
 

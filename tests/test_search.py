@@ -338,7 +338,7 @@ def test_a_search_whose_every_trial_fails_says_why_and_keeps_its_records(tmp_pat
     assert last.startswith(f"error: every trial of {tmp_path / 'boom'} sent to training failed ({len(failed)}); "
                            f"trial {failed['number'].iloc[0]}: "
                            f"{failed['failure'].iloc[0]}") and "start a new run with another --name" in last
-    assert "architectures on the front" not in res.stdout
+    assert "on the front; browse" not in res.stdout
 
 
 def test_changed_settings_refuse_to_resume(tmp_path, latency_model):

@@ -537,3 +537,32 @@ def test_cancelling_nothing_leaves_ray_unimported(tmp_path):
             "Dispatcher(1, None, None, None, None).cancel(); print('ray' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.stdout.strip() == "False", res.stderr[-2000:]
+
+
+def test_an_interrupted_search_leaves_ray_rather_than_cancel_its_trainings_one_by_one(monkeypatch, tmp_path):
+    import ray
+
+    left = []
+    monkeypatch.setattr(ray, "shutdown", lambda: left.append(True))
+    monkeypatch.setattr(ray, "cancel", lambda *a, **k: pytest.fail("cancelled one by one"))
+    dispatcher = Dispatcher(2, "data", rung_train_config(RUNGS), RUNGS, tmp_path)
+    dispatcher.abandon()  # nothing in flight: Ray stays as it is
+    assert left == []
+    dispatcher.pending = {"ref": ("trial", 0)}
+    dispatcher.abandon()
+    assert left == [True] and dispatcher.pending == {}
+
+
+def test_ray_imported_before_etnas_keeps_the_settings_it_read():
+    """A token mode set after Ray's import would reach the processes it starts but not Ray itself,
+    whose GCS then refuses it (InvalidAuthToken, 'Failed to start GCS')."""
+    import subprocess
+    import sys
+
+    from .helpers import ROOT
+
+    code = ("import os; [os.environ.pop(k) for k in list(os.environ) if k.startswith('RAY_')]; import ray; "
+            "from nas.search import keep_ray_local; keep_ray_local(); "
+            "print(os.environ.get('RAY_AUTH_MODE'), os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "None None", res.stderr[-2000:]
