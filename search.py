@@ -281,12 +281,10 @@ def prepare_search(args):
     """The run's settings (SearchConfig's fields by name from the options) and its inputs, loaded
     once; a calibration shows its progress."""
     from nas.config import SearchConfig
-    from nas.rundir import refuse_an_unsearchable_run
 
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig)
                 if f.name not in ("target_ms", "latency_model", "other_latency_models")}
     cfg = SearchConfig(**settings, target_ms=0.0, latency_model="")  # its own checks, before the heavy imports
-    refuse_an_unsearchable_run(cfg.run_dir)
     if args.gpus_per_trial and not args.ray_address:
         require_device("cuda", option="--gpus-per-trial", instead="0 (CPU workers), or --ray-address of a cluster with GPUs")
     require_runtime_for(args.precision, args.runtime)

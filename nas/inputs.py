@@ -22,7 +22,7 @@ from search_space.sampling import params_of
 from . import SearchError
 from .config import (CALIBRATION_ARCHS, DEFAULT_RUNTIME, SearchConfig, parse_target, refuse_other_settings,
                      target_name)
-from .rundir import refuse_a_lost_study, run_begun, run_config
+from .rundir import refuse_a_lost_study, refuse_an_unsearchable_run, run_begun, run_config
 from .targets import OTHER_TARGETS, load_targets, same_target
 
 
@@ -127,6 +127,7 @@ def prepare_search(cfg: SearchConfig, target: str | float, *, runtime: str = DEF
     latency model measured on another device needs `force`. `on_note` hears what a user should read."""
     if Path(cfg.runs_dir).exists() and not Path(cfg.runs_dir).is_dir():
         raise SearchError(f"--runs-dir {cfg.runs_dir} is a file, not a directory; choose another path")
+    refuse_an_unsearchable_run(cfg.run_dir)
     data = load_dataset(cfg.dataset)
     shape = (data.img_size, data.in_chans, data.num_classes)
     if cfg.resolution is not None and cfg.resolution > data.img_size:

@@ -22,8 +22,8 @@ import pandas as pd
 from search_space.spec import json_value_fits
 
 from . import SearchError
-from .records import (TRIAL_COLUMNS, WHOLE_NUMBER_COLUMNS, atomic_write, front_entry, pareto_front, read_trials, rung_agreement,
-                      trial_rows, trial_state, with_finals)
+from .records import (TRIAL_COLUMNS, WHOLE_NUMBER_COLUMNS, atomic_write, front_entry, pareto_front, read_trials,
+                      rung_agreement, trial_rows, trial_state, with_finals)
 from .schema import Attr, TrialState
 from .storage import check_writable
 
